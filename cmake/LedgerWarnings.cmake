@@ -1,0 +1,16 @@
+# ledger_target_defaults(target): warnings, x86-64 cmpxchg16b, and the sanitizer selection.
+# Applied per target (no global add_compile_options), as the style guide asks.
+function(ledger_target_defaults target)
+  target_compile_features(${target} PUBLIC cxx_std_20)
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wconversion -Wshadow -Wno-sign-conversion>)
+  if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
+    # The per-account period word is a 16-byte compare-and-swap (cmpxchg16b).
+    target_compile_options(${target} PRIVATE -mcx16)
+  endif()
+  if(LEDGER_SANITIZE)
+    string(REPLACE ";" "," _san "${LEDGER_SANITIZE}")
+    target_compile_options(${target} PRIVATE -fsanitize=${_san} -fno-omit-frame-pointer -fno-sanitize-recover=all)
+    target_link_options(${target} PRIVATE -fsanitize=${_san})
+  endif()
+endfunction()

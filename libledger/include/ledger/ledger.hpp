@@ -1,0 +1,141 @@
+// ledger/ledger.hpp — per-account budgets shared by many processes through a shared-memory segment.
+//
+// Thread and process safety: a Ledger may be used by any number of threads at once, and any number
+// of processes may open the same ledger directory. Every operation is lock-free on the worker path
+// (compare-and-swap on the accounts' period words) and crash-safe: a process killed between any two
+// instructions leaves nothing half-applied once ledger_reclaim (or the sidecar) has run. Admin calls
+// (set_budget, block) serialize through a kernel-released file lock.
+//
+// Errors are returned as Status (see status.hpp); nothing on the worker path throws or allocates.
+// Money is integer nano-USD. Reservation ids are opaque and never 0.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ledger/money.hpp"
+#include "ledger/period.hpp"
+#include "ledger/status.hpp"
+
+namespace ledger {
+
+// Capacities fixed when the segment is created; reaching one gives Code::kFull.
+struct Limits {
+  uint32_t max_accounts = 65536;       // 1 .. 16,777,216
+  uint32_t max_reservations = 65536;   // 1 .. 16,777,216 (tombstones count until their grace ends)
+  uint32_t max_processes = 256;        // 1 .. 1023 handles attached at once
+};
+
+// A source of wall-clock time in milliseconds since the Unix epoch (UTC). Tests inject one to cross
+// day, week and month boundaries. now_ms == nullptr uses CLOCK_REALTIME_COARSE.
+struct Clock {
+  int64_t (*now_ms)(void* context) = nullptr;
+  void* context = nullptr;
+};
+
+struct Options {
+  // Behaviour.
+  bool create_if_missing = true;   // false: Code::kNotFound when no ledger exists at dir
+  Limits limits;                   // used only when the segment is created
+  uint32_t default_ttl_s = 600;    // hold TTL when reserve() is given 0
+  uint32_t tombstone_grace_s = 86400;  // how long an expired hold still accepts its late commit
+  uint32_t file_mode = 0600;       // segment and lock file (0660 for a group-shared ledger)
+  Clock clock;
+};
+
+inline constexpr uint32_t kTtlMaxSeconds = 7 * 86400;
+
+struct Balance {
+  int64_t limit_nanousd = 0;
+  int64_t spent_nanousd = 0;      // settled in the current period
+  int64_t held_nanousd = 0;       // live holds admitted in the current period
+  int64_t available_nanousd = 0;  // limit - spent - held (negative after an overrun)
+  uint64_t requests = 0;          // settled debits and commits in the current period
+  Period period = Period::kNone;
+  bool blocked = false;
+  int64_t period_start_unix = 0;
+};
+
+struct AccountBalance {
+  std::string account;
+  std::string parent;  // empty = none
+  Balance balance;
+};
+
+// A resolved account, for callers that want to skip the name lookup on every call.
+struct AccountRef {
+  uint32_t index = UINT32_MAX;
+};
+
+using ReservationId = uint64_t;
+
+// True when `name` is a valid account id: 1-63 bytes of [A-Za-z0-9._:@-].
+bool valid_account_name(std::string_view name);
+
+class Ledger {
+ public:
+  // Creates (when allowed) or attaches to the ledger in `dir`.
+  // Errors: kInvalidArgument (bad dir or limits), kNotFound (no ledger and !create_if_missing),
+  // kIncompatible (segment of another format, foreign or damaged), kPermission, kIoError,
+  // kFull (every process slot is taken).
+  static Status open(std::string_view dir, const Options& options, std::unique_ptr<Ledger>* out);
+  // Removes the shared segment of `dir` (not the directory). Safe only when nobody is attached.
+  static Status destroy_segment(std::string_view dir);
+  // Where the segment of `dir` lives (/dev/shm/...); empty when dir cannot be resolved.
+  static std::string segment_path(std::string_view dir);
+
+  ~Ledger();
+  Ledger(const Ledger&) = delete;
+  Ledger& operator=(const Ledger&) = delete;
+
+  // Admin. Creates the account, or changes its limit, period and parent (spend is kept; a new period
+  // kind starts a new period). REQUIRES: the parent exists, no cycle, chain depth <= 4 everywhere.
+  Status set_budget(std::string_view account, int64_t limit_nanousd, Period period,
+                    std::string_view parent);
+  // A blocked account, or one with a blocked ancestor, is denied with kDeniedBlocked.
+  Status block(std::string_view account, bool blocked);
+
+  Status find(std::string_view account, AccountRef* out) const;
+
+  // Check-and-debit on the account and all its ancestors, all or nothing. amount >= 0.
+  // Denials: kDeniedBlocked, kDeniedOverBudget (own budget), kDeniedParentOverBudget (an ancestor).
+  Status debit(std::string_view account, int64_t amount_nanousd);
+  Status debit(AccountRef account, int64_t amount_nanousd);
+
+  // Holds amount on the chain until commit/release or ttl (0 = default) passes.
+  Status reserve(std::string_view account, int64_t amount_nanousd, uint32_t ttl_s,
+                 ReservationId* id);
+  Status reserve(AccountRef account, int64_t amount_nanousd, uint32_t ttl_s, ReservationId* id);
+  // Settles a hold with the actual cost (may exceed the hold: the excess is charged, never denied).
+  // A hold that expired is still charged in full (late commit). Second settle: kAlreadySettled, or
+  // kUnknownReservation once the slot was reused.
+  Status commit(ReservationId id, int64_t actual_nanousd);
+  Status release(ReservationId id);
+
+  Status balance(std::string_view account, Balance* out) const;
+  // Every account, in creation order (one pass over the reservation table).
+  Status balances(std::vector<AccountBalance>* out) const;
+
+  // Expires holds past their TTL or whose process died, finishes or undoes the half-applied work of
+  // dead processes, and drops tombstones past their grace. Safe from any process, concurrently.
+  Status reclaim(uint32_t* reclaimed_holds);
+
+  // Durable on return: delegates to the store when one is attached (see the sidecar); without a
+  // store there is nothing durable to wait for and it returns kOk.
+  Status flush();
+
+  const std::string& dir() const;
+  Limits limits() const;
+  int64_t now_ms() const;
+
+  struct Impl;
+
+ private:
+  explicit Ledger(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ledger

@@ -1,0 +1,245 @@
+// api.cpp — the public Ledger methods: admin, lookups, the worker calls and balances.
+#include <cstring>
+
+#include "impl.hpp"
+
+namespace ledger {
+
+using namespace detail;
+
+std::string_view code_message(int32_t code) {
+  switch (code) {
+    case 0: return "ok";
+    case 1: return "denied: over budget";
+    case 2: return "denied: a parent account is over budget";
+    case 3: return "denied: model not allowed for the account's tier";
+    case 4: return "denied: account is blocked";
+    case 5: return "unknown account";
+    case 6: return "unknown reservation";
+    case 7: return "reservation already settled";
+    case 8: return "invalid argument";
+    case 9: return "ledger full: a capacity fixed at creation is used up";
+    case 10: return "incompatible: segment or store of another format version, or not a ledger";
+    case 11: return "I/O error";
+    case 12: return "permission denied";
+    case 13: return "no ledger at that path";
+    case 14: return "unknown model: no price known";
+    default: return "unknown code";
+  }
+}
+
+namespace {
+
+struct AdminLock {
+  const Ledger::Impl& impl;
+  explicit AdminLock(const Ledger::Impl& i) : impl(i) { impl.lock_byte_wait(kAdminLockByte); }
+  ~AdminLock() { impl.unlock_byte(kAdminLockByte); }
+};
+
+uint32_t fnv32(std::string_view name) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : name) {
+    h ^= c;
+    h *= 16777619u;
+  }
+  return h;
+}
+
+// Number of accounts from `index` up to its root, or kChainDepthMax + 1 on a cycle or a broken link.
+uint32_t chain_length(const Ledger::Impl& l, int32_t index) {
+  uint32_t length = 0;
+  while (index >= 0) {
+    if (length > kChainDepthMax || static_cast<uint32_t>(index) >= l.max_accounts) return kChainDepthMax + 1;
+    ++length;
+    index = load(l.accounts[index].parent, memory_order_relaxed);
+  }
+  return length;
+}
+
+}  // namespace
+
+Status Ledger::set_budget(std::string_view account, int64_t limit_nanousd, Period period,
+                          std::string_view parent) {
+  Impl& l = *impl_;
+  if (!valid_account_name(account) || limit_nanousd < 0 || limit_nanousd > kAmountNanoUsdMax ||
+      static_cast<int32_t>(period) < 0 || static_cast<int32_t>(period) > 3 ||
+      (!parent.empty() && !valid_account_name(parent)) || parent == account)
+    return Code::kInvalidArgument;
+  Status status = l.ensure_registered();
+  if (!status.ok()) return status;
+  AdminLock lock(l);
+  int32_t parent_index = -1;
+  if (!parent.empty()) {
+    parent_index = l.find_index(parent);
+    if (parent_index < 0) return Code::kUnknownAccount;
+  }
+  const uint32_t parent_length = parent_index < 0 ? 0 : chain_length(l, parent_index);
+  int32_t index = l.find_index(account);
+  if (index >= 0) {
+    // The new parent must not be the account itself or one of its descendants, and every chain
+    // through the account must stay within kChainDepthMax.
+    for (int32_t a = parent_index; a >= 0; a = load(l.accounts[a].parent, memory_order_relaxed))
+      if (a == index) return Code::kInvalidArgument;
+    uint32_t below = 0;  // longest chain from a descendant up to `index`, excluding index
+    const uint32_t count = load(l.header->account_count);
+    for (uint32_t d = 0; d < count; ++d) {
+      uint32_t steps = 0;
+      for (int32_t a = static_cast<int32_t>(d); a >= 0 && steps <= kChainDepthMax;
+           a = load(l.accounts[a].parent, memory_order_relaxed), ++steps) {
+        if (a == index) {
+          below = std::max(below, steps);
+          break;
+        }
+      }
+    }
+    if (parent_length + 1 + below > kChainDepthMax) return Code::kInvalidArgument;
+    Account& a = l.accounts[index];
+    store(a.limit_nanousd, limit_nanousd);
+    store(a.period_kind, static_cast<uint8_t>(period));
+    store(a.parent, parent_index);
+    return Code::kOk;
+  }
+  if (parent_length + 1 > kChainDepthMax) return Code::kInvalidArgument;
+  const uint32_t count = load(l.header->account_count);
+  if (count >= l.max_accounts) return Code::kFull;
+  // Reserve the index first: a crash below leaks one unpublished record, never a half-visible one.
+  store(l.header->account_count, count + 1);
+  Account& a = l.accounts[count];
+  std::memset(a.name, 0, sizeof a.name);
+  std::memcpy(a.name, account.data(), account.size());
+  a.name_length = static_cast<uint32_t>(account.size());
+  a.name_hash = fnv32(account);
+  store(a.limit_nanousd, limit_nanousd);
+  store(a.parent, parent_index);
+  store(a.period_kind, static_cast<uint8_t>(period));
+  store(a.blocked, uint8_t{0});
+  store(a.live, uint8_t{1});
+  for (uint32_t probe = 0; probe <= l.hash_mask; ++probe) {
+    uint32_t& entry = l.hash[(a.name_hash + probe) & l.hash_mask];
+    if (load(entry, memory_order_relaxed) == 0) {
+      store(entry, count + 1);  // release: the record above is complete
+      return Code::kOk;
+    }
+  }
+  return Code::kFull;  // unreachable: the table has twice as many entries as accounts
+}
+
+Status Ledger::block(std::string_view account, bool blocked) {
+  Impl& l = *impl_;
+  if (!valid_account_name(account)) return Code::kInvalidArgument;
+  Status status = l.ensure_registered();
+  if (!status.ok()) return status;
+  AdminLock lock(l);
+  const int32_t index = l.find_index(account);
+  if (index < 0) return Code::kUnknownAccount;
+  store(l.accounts[index].blocked, static_cast<uint8_t>(blocked ? 1 : 0));
+  return Code::kOk;
+}
+
+Status Ledger::find(std::string_view account, AccountRef* out) const {
+  if (out == nullptr || !valid_account_name(account)) return Code::kInvalidArgument;
+  const int32_t index = impl_->find_index(account);
+  if (index < 0) return Code::kUnknownAccount;
+  out->index = static_cast<uint32_t>(index);
+  return Code::kOk;
+}
+
+Status Ledger::debit(std::string_view account, int64_t amount_nanousd) {
+  AccountRef ref;
+  Status status = find(account, &ref);
+  if (!status.ok()) return status;
+  return impl_->admit(kOpDebit, ref.index, amount_nanousd, 0, nullptr);
+}
+
+Status Ledger::debit(AccountRef account, int64_t amount_nanousd) {
+  return impl_->admit(kOpDebit, account.index, amount_nanousd, 0, nullptr);
+}
+
+Status Ledger::reserve(std::string_view account, int64_t amount_nanousd, uint32_t ttl_s,
+                       ReservationId* id) {
+  if (id == nullptr) return Code::kInvalidArgument;
+  AccountRef ref;
+  Status status = find(account, &ref);
+  if (!status.ok()) return status;
+  return impl_->admit(kOpReserve, ref.index, amount_nanousd, ttl_s, id);
+}
+
+Status Ledger::reserve(AccountRef account, int64_t amount_nanousd, uint32_t ttl_s, ReservationId* id) {
+  if (id == nullptr) return Code::kInvalidArgument;
+  return impl_->admit(kOpReserve, account.index, amount_nanousd, ttl_s, id);
+}
+
+Status Ledger::commit(ReservationId id, int64_t actual_nanousd) {
+  return impl_->settle(id, true, actual_nanousd);
+}
+
+Status Ledger::release(ReservationId id) { return impl_->settle(id, false, 0); }
+
+namespace {
+Balance balance_of(Ledger::Impl& l, uint32_t index, int64_t now_s, int64_t held) {
+  Account& a = l.accounts[index];
+  Balance b;
+  b.period = static_cast<Period>(load(a.period_kind) & 3u);
+  const int64_t period = period_index(b.period, now_s);
+  const uint32_t tag = make_tag(b.period, period);
+  const PeriodWord word = period_word_load(a.words[tag_parity(tag)]);
+  const bool current = meta_tag(word.meta) == tag;
+  const int64_t used = current ? word.used : 0;
+  b.limit_nanousd = load(a.limit_nanousd);
+  b.held_nanousd = held;
+  b.spent_nanousd = used - held;
+  b.available_nanousd = b.limit_nanousd - used;
+  b.requests = current ? meta_requests(word.meta) : 0;
+  b.blocked = load(a.blocked) != 0;
+  b.period_start_unix = period_start_unix(b.period, period);
+  return b;
+}
+}  // namespace
+
+Status Ledger::balance(std::string_view account, Balance* out) const {
+  if (out == nullptr || !valid_account_name(account)) return Code::kInvalidArgument;
+  Impl& l = *impl_;
+  const int32_t index = l.find_index(account);
+  if (index < 0) return Code::kUnknownAccount;
+  const int64_t now_s = l.now_ms() / 1000;
+  const uint32_t tag = l.current_tag(l.accounts[index], now_s);
+  *out = balance_of(l, static_cast<uint32_t>(index), now_s, l.held_in(static_cast<uint32_t>(index), tag));
+  return Code::kOk;
+}
+
+Status Ledger::balances(std::vector<AccountBalance>* out) const {
+  if (out == nullptr) return Code::kInvalidArgument;
+  Impl& l = *impl_;
+  const int64_t now_s = l.now_ms() / 1000;
+  const uint32_t count = load(l.header->account_count);
+  std::vector<uint32_t> tags(count);
+  std::vector<int64_t> held(count, 0);
+  for (uint32_t i = 0; i < count; ++i) tags[i] = l.current_tag(l.accounts[i], now_s);
+  for (uint32_t r = 0; r < l.max_reservations; ++r) {
+    const Reservation& res = l.reservations[r];
+    if (res_status(load(res.state)) != kResHeld) continue;
+    for (uint32_t level = 0; level < kChainDepthMax; ++level) {
+      const int32_t a = load(res.chain[level], memory_order_relaxed);
+      if (a < 0 || static_cast<uint32_t>(a) >= count) break;
+      if (load(res.tags[level], memory_order_relaxed) == tags[a])
+        held[a] += load(res.amount_nanousd, memory_order_relaxed);
+    }
+  }
+  out->clear();
+  for (uint32_t i = 0; i < count; ++i) {
+    Account& a = l.accounts[i];
+    if (load(a.live) == 0) continue;
+    AccountBalance entry;
+    entry.account.assign(a.name, std::min<uint32_t>(a.name_length, kAccountNameMax));
+    const int32_t parent = load(a.parent);
+    if (parent >= 0 && static_cast<uint32_t>(parent) < count)
+      entry.parent.assign(l.accounts[parent].name, std::min<uint32_t>(l.accounts[parent].name_length, kAccountNameMax));
+    entry.balance = balance_of(l, i, now_s, held[i]);
+    out->push_back(std::move(entry));
+  }
+  return Code::kOk;
+}
+
+Status Ledger::flush() { return impl_->ensure_registered(); }
+
+}  // namespace ledger

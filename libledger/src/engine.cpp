@@ -1,0 +1,529 @@
+// engine.cpp — the lock-free operations: debit, reserve, commit, release, expire.
+//
+// How an operation survives a SIGKILL between any two instructions
+// ------------------------------------------------------------------
+// Every change of an account's period word is a 16-byte CAS whose new value carries the writer's
+// lane id ("stamp"). Before each CAS the writer records, in its lane, the word it is about to write
+// and the exact value it will install (a Target entry, seqlock-guarded). Only lane L ever writes
+// stamp L, so while a word still holds the value L's entry names, L's CAS has landed.
+//
+// Helping rule: whoever replaces a value stamped by another lane M first checks M's in-flight
+// operation; if one of M's entries names exactly that word and value, it sets that entry's
+// "applied" bit in M's ctl word (a CAS that also checks M's op seq). Hence, for a dead lane:
+//     target j landed  <=>  word == entry j's value  OR  bit j is set
+// (read the word first, then the bit). The reclaimer uses this to roll a dead lane's operation back
+// (debit, reserve: admission that was never acknowledged) or forward (commit, release, expire:
+// settlement that must not be lost), and never applies anything twice.
+//
+// Accounts keep two period words (by the parity of the period index): a rollover is one CAS on the
+// other word, and the previous period's word stays in place for commits of holds made in it.
+#include <time.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include "impl.hpp"
+
+namespace ledger {
+
+using namespace detail;
+
+namespace {
+
+uint32_t name_hash(std::string_view name) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : name) {
+    h ^= c;
+    h *= 16777619u;
+  }
+  return h;
+}
+
+inline uint64_t word_location(uint32_t account, uint32_t parity) {
+  return uint64_t{account} * 2 + parity + 1;
+}
+
+int64_t add_saturating(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
+  return r;
+}
+
+}  // namespace
+
+bool valid_account_name(std::string_view name) {
+  if (name.empty() || name.size() > kAccountNameMax) return false;
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == ':' || c == '@' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+int64_t Ledger::Impl::now_ms() const {
+  if (options.clock.now_ms != nullptr) return options.clock.now_ms(options.clock.context);
+  struct timespec ts {};
+  ::clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+int32_t Ledger::Impl::find_index(std::string_view name) const {
+  const uint32_t h = name_hash(name);
+  for (uint32_t probe = 0; probe <= hash_mask; ++probe) {
+    const uint32_t entry = load(hash[(h + probe) & hash_mask]);
+    if (entry == 0) return -1;
+    const uint32_t index = entry - 1;
+    if (index >= max_accounts) return -1;  // damaged table: treat as absent, never index past it
+    const Account& a = accounts[index];
+    if (a.name_hash == h && a.name_length == name.size() &&
+        std::memcmp(a.name, name.data(), name.size()) == 0)
+      return static_cast<int32_t>(index);
+  }
+  return -1;
+}
+
+uint32_t Ledger::Impl::current_tag(const Account& account, int64_t now_s) const {
+  const auto kind = static_cast<Period>(load(account.period_kind, memory_order_relaxed) & 3u);
+  return make_tag(kind, period_index(kind, now_s));
+}
+
+// ---- lanes and targets --------------------------------------------------------------------------
+
+Status Ledger::Impl::acquire(OpScope* op) {
+  Status status = ensure_registered();
+  if (!status.ok()) return status;
+  uint32_t k = 0;
+  for (uint32_t spins = 0;; ++spins) {
+    uint32_t mask = lane_mask.load(std::memory_order_relaxed);
+    if (mask != (1u << kLanesPerProcess) - 1) {
+      k = static_cast<uint32_t>(__builtin_ctz(~mask));
+      if (lane_mask.compare_exchange_weak(mask, mask | (1u << k), std::memory_order_acquire)) break;
+    } else if (spins > 64) {
+      std::this_thread::yield();  // more threads than lanes inside operations right now
+    }
+  }
+  op->local_index = k;
+  op->lane_id = process_slot * kLanesPerProcess + k + 1;
+  op->lane = &lanes[op->lane_id - 1];
+  return Code::kOk;
+}
+
+void Ledger::Impl::start(OpScope* op, uint32_t kind) {
+  const uint64_t ctl = load(op->lane->header.ctl, memory_order_relaxed);
+  op->seq = ctl_seq(ctl) + 1 == 0 ? 1 : ctl_seq(ctl) + 1;
+  op->n_targets = 0;
+  LaneHeader& h = op->lane->header;
+  store(h.n_targets, 0u, memory_order_relaxed);
+  store(h.reservation_slot, 0u, memory_order_relaxed);
+  store(h.ctl, make_ctl(op->seq, kPhaseActive, kind, 0, 0), memory_order_release);
+}
+
+void Ledger::Impl::finish(OpScope* op) {
+  store(op->lane->header.ctl, make_ctl(op->seq, kPhaseIdle, kOpNone, 0, 0), memory_order_release);
+}
+
+void Ledger::Impl::release(OpScope* op) {
+  if (op->local_index != UINT32_MAX)
+    lane_mask.fetch_and(~(1u << op->local_index), std::memory_order_release);
+}
+
+// Writes entry j's spec (and an empty attempt); publishes it by raising n_targets.
+void Ledger::Impl::write_spec(OpScope* op, uint32_t j, const TargetSpec& spec) {
+  assert(j < kTargetsMax);
+  Target& t = op->lane->targets[j];
+  store(t.seq, 0u, memory_order_relaxed);
+  fence_release();
+  store(t.account, spec.account, memory_order_relaxed);
+  store(t.tag, spec.tag, memory_order_relaxed);
+  store(t.flags, spec.flags, memory_order_relaxed);
+  store(t.delta, spec.delta, memory_order_relaxed);
+  store(t.fallback, spec.fallback, memory_order_relaxed);
+  LEDGER_CRASH_POINT();  // a torn entry (seq 0)
+  store(t.delta_requests, spec.delta_requests, memory_order_relaxed);
+  store(t.undo_of, spec.undo_of, memory_order_relaxed);
+  store(t.location, uint64_t{0}, memory_order_relaxed);
+  store(t.seq, op->seq, memory_order_release);
+  if (j >= op->n_targets) {
+    op->n_targets = j + 1;
+    store(op->lane->header.n_targets, op->n_targets, memory_order_release);
+  }
+}
+
+void Ledger::Impl::help(uint32_t lane_id, uint64_t location, PeriodWord current) const {
+  if (lane_id == 0 || lane_id > max_processes * kLanesPerProcess) return;
+  Lane& other = lane_by_id(lane_id);
+  uint64_t ctl = load(other.header.ctl);
+  for (int guard = 0; guard < 64; ++guard) {
+    if (ctl_phase(ctl) != kPhaseActive) return;
+    const uint32_t seq = ctl_seq(ctl);
+    const uint32_t n = std::min(load(other.header.n_targets), kTargetsMax);
+    int found = -1;
+    for (uint32_t j = 0; j < n && found < 0; ++j) {
+      const Target& t = other.targets[j];
+      if (load(t.seq) != seq) continue;
+      const uint64_t loc = load(t.location, memory_order_relaxed);
+      const int64_t used = load(t.new_used, memory_order_relaxed);
+      const uint64_t meta = load(t.new_meta, memory_order_relaxed);
+      fence_acquire();
+      if (load(t.seq, memory_order_relaxed) != seq) continue;
+      if (loc == location && used == current.used && meta == current.meta) found = static_cast<int>(j);
+    }
+    if (found < 0 || (ctl_bits(ctl) & (1u << found)) != 0) return;
+    if (compare_exchange(other.header.ctl, ctl, ctl | (uint64_t{1} << found))) return;
+  }
+}
+
+// Applies target j of `op`. Admission targets may be denied (kDeniedOverBudget); forced ones always
+// land. Writes the attempt into the lane before every CAS, and helps the previous writer.
+Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, int64_t now_s,
+                         uint32_t* effective_tag) {
+  Account& account = accounts[spec.account];
+  Target& entry = op->lane->targets[j];
+  const bool admit = (spec.flags & kTargetAdmit) != 0;
+  const Period kind = static_cast<Period>(load(account.period_kind, memory_order_relaxed) & 3u);
+  const uint32_t now_tag = make_tag(kind, period_index(kind, now_s));
+  for (;;) {
+    uint32_t parity = tag_parity(spec.tag);
+    PeriodWord* word = &account.words[parity];
+    PeriodWord current = period_word_guess(*word);
+    PeriodWord desired{};
+    uint32_t tag = spec.tag;
+    const uint32_t found_tag = meta_tag(current.meta);
+    if (admit) {
+      PeriodWord base = current;
+      if (found_tag != spec.tag) {
+        const bool newer = tag_kind(found_tag) == tag_kind(spec.tag) && tag_index(found_tag) > tag_index(spec.tag);
+        if (newer) {
+          tag = found_tag;  // another process's clock is ahead: its period is the current one
+        } else {
+          base = PeriodWord{0, 0};  // rollover: this period starts empty
+        }
+      }
+      int64_t used;
+      const int64_t limit = load(account.limit_nanousd, memory_order_relaxed);
+      if (__builtin_add_overflow(base.used, spec.delta, &used) || used > limit)
+        return Code::kDeniedOverBudget;
+      desired = PeriodWord{used, make_meta(meta_requests(base.meta) + static_cast<uint64_t>(spec.delta_requests), tag, op->lane_id)};
+    } else {
+      const bool same = found_tag == spec.tag && tag_kind(spec.tag) == kind;
+      if (same) {
+        desired = PeriodWord{add_saturating(current.used, spec.delta),
+                             make_meta(meta_requests(current.meta) + static_cast<uint64_t>(static_cast<int64_t>(spec.delta_requests)), tag, op->lane_id)};
+      } else if (spec.fallback != 0 || ((spec.flags & kTargetUndo) == 0 && spec.delta_requests != 0)) {
+        // The period this change belonged to is gone from the segment: charge the current one.
+        tag = now_tag;
+        parity = tag_parity(now_tag);
+        word = &account.words[parity];
+        current = period_word_guess(*word);
+        PeriodWord base = current;
+        const uint32_t t2 = meta_tag(current.meta);
+        if (t2 != now_tag && !(tag_kind(t2) == kind && tag_index(t2) > tag_index(now_tag))) base = PeriodWord{0, 0};
+        else tag = t2;
+        desired = PeriodWord{add_saturating(base.used, spec.fallback),
+                             make_meta(meta_requests(base.meta) + static_cast<uint64_t>(static_cast<int64_t>(spec.delta_requests)), tag, op->lane_id)};
+      } else {
+        if (effective_tag != nullptr) *effective_tag = spec.tag;
+        return Code::kOk;  // nothing left to change: the period it belonged to was reset
+      }
+    }
+    if (desired.used == current.used && meta_requests(desired.meta) == meta_requests(current.meta) &&
+        meta_tag(desired.meta) == meta_tag(current.meta)) {
+      if (effective_tag != nullptr) *effective_tag = tag;
+      return Code::kOk;  // a change of nothing: no CAS, so no stamp to account for
+    }
+    // Record the attempt (seqlock: seq 0 while rewriting), then help, then CAS.
+    store(entry.seq, 0u, memory_order_relaxed);
+    fence_release();
+    store(entry.tag, admit ? tag : spec.tag, memory_order_relaxed);
+    store(entry.location, word_location(spec.account, parity), memory_order_relaxed);
+    store(entry.new_used, desired.used, memory_order_relaxed);
+    store(entry.new_meta, desired.meta, memory_order_relaxed);
+    store(entry.seq, op->seq, memory_order_release);
+    LEDGER_CRASH_POINT();  // attempt recorded, CAS not done
+    const uint32_t stamp = meta_lane(current.meta);
+    if (stamp != 0 && stamp != op->lane_id) help(stamp, word_location(spec.account, parity), current);
+    if (period_word_cas(*word, current, desired)) {
+      LEDGER_CRASH_POINT();  // CAS landed, nothing else knows yet
+      if (effective_tag != nullptr) *effective_tag = tag;
+      return Code::kOk;
+    }
+  }
+}
+
+// ---- admission: debit and reserve -----------------------------------------------------------------
+
+Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint32_t ttl_s,
+                           ReservationId* id) {
+  if (amount < 0 || amount > kAmountNanoUsdMax || account >= max_accounts) return Code::kInvalidArgument;
+  if (kind == kOpReserve && ttl_s > kTtlMaxSeconds) return Code::kInvalidArgument;
+  // Resolve the chain (account first) and refuse blocked accounts before touching anything.
+  uint32_t chain[kChainDepthMax];
+  uint32_t depth = 0;
+  for (int32_t a = static_cast<int32_t>(account); a >= 0;) {
+    if (depth == kChainDepthMax || static_cast<uint32_t>(a) >= max_accounts) return Code::kInvalidArgument;
+    const Account& acc = accounts[a];
+    if (load(acc.live) == 0) return Code::kUnknownAccount;
+    if (load(acc.blocked, memory_order_relaxed) != 0) return Code::kDeniedBlocked;
+    chain[depth++] = static_cast<uint32_t>(a);
+    a = load(acc.parent, memory_order_relaxed);
+  }
+  const int64_t now = now_ms();
+  const int64_t now_s = now / 1000;
+
+  OpScope op;
+  Status status = begin(&op, kind);
+  if (!status.ok()) return status;
+  uint32_t slot = UINT32_MAX;
+  uint32_t generation = 0;
+  if (kind == kOpReserve) {
+    // Claim a free slot, starting where this lane's share of the table begins.
+    const uint32_t lanes_total = max_processes * kLanesPerProcess;
+    const uint32_t start = static_cast<uint32_t>(uint64_t{op.lane_id - 1} * max_reservations / lanes_total);
+    for (uint32_t i = 0; i < max_reservations && slot == UINT32_MAX; ++i) {
+      const uint32_t r = (start + i) % max_reservations;
+      uint64_t state = load(reservations[r].state, memory_order_relaxed);
+      if (res_status(state) != kResFree) continue;
+      const uint32_t g = res_generation(state) + 1 == 0 ? 1 : res_generation(state) + 1;
+      if (compare_exchange(reservations[r].state, state, make_res_state(g, kResReserving, op.lane_id))) {
+        slot = r;
+        generation = g;
+      }
+    }
+    LEDGER_CRASH_POINT();  // slot claimed, not yet recorded
+    if (slot == UINT32_MAX) {
+      end(&op);
+      return Code::kFull;
+    }
+    store(op.lane->header.reservation_state_to, make_res_state(generation, kResReserving, op.lane_id),
+          memory_order_relaxed);
+    store(op.lane->header.reservation_slot, slot + 1, memory_order_release);
+    LEDGER_CRASH_POINT();
+  }
+
+  uint32_t tags[kChainDepthMax] = {};
+  Code denied = Code::kOk;
+  uint32_t applied = 0;
+  for (; applied < depth; ++applied) {
+    TargetSpec spec;
+    spec.account = chain[applied];
+    spec.tag = current_tag(accounts[chain[applied]], now_s);
+    spec.delta = amount;
+    spec.delta_requests = kind == kOpDebit ? 1 : 0;
+    spec.flags = kTargetAdmit;
+    write_spec(&op, applied, spec);
+    const Code code = apply(&op, applied, spec, now_s, &tags[applied]);
+    if (code != Code::kOk) {
+      denied = applied == 0 ? Code::kDeniedOverBudget : Code::kDeniedParentOverBudget;
+      break;
+    }
+  }
+  if (denied != Code::kOk) {
+    // Undo the levels already applied (a concurrent request may have seen them: a spurious denial
+    // at worst, never an overspend).
+    for (uint32_t level = applied; level-- > 0;) {
+      fetch_or(op.lane->header.ctl, uint64_t{1} << level);  // it landed; we are about to overwrite it
+      TargetSpec undo;
+      undo.account = chain[level];
+      undo.tag = tags[level];
+      undo.delta = -amount;
+      undo.delta_requests = kind == kOpDebit ? -1 : 0;
+      undo.flags = kTargetUndo;
+      undo.undo_of = level;
+      write_spec(&op, kChainDepthMax + level, undo);
+      (void)apply(&op, kChainDepthMax + level, undo, now_s, nullptr);
+      LEDGER_CRASH_POINT();
+    }
+    if (slot != UINT32_MAX) store(reservations[slot].state, make_res_state(generation, kResFree, 0));
+    end(&op);
+    return denied;
+  }
+  if (slot != UINT32_MAX) {
+    Reservation& r = reservations[slot];
+    store(r.amount_nanousd, amount, memory_order_relaxed);
+    for (uint32_t i = 0; i < kChainDepthMax; ++i) {
+      store(r.chain[i], i < depth ? static_cast<int32_t>(chain[i]) : -1, memory_order_relaxed);
+      store(r.tags[i], i < depth ? tags[i] : 0u, memory_order_relaxed);
+    }
+    const uint32_t ttl = ttl_s == 0 ? options.default_ttl_s : ttl_s;
+    store(r.deadline_ms, now + int64_t{ttl} * 1000, memory_order_relaxed);
+    store(r.owner_process, process_slot, memory_order_relaxed);
+    store(r.owner_generation, process_generation, memory_order_relaxed);
+    LEDGER_CRASH_POINT();  // levels applied, hold not yet published
+    store(r.state, make_res_state(generation, kResHeld, 0));
+    LEDGER_CRASH_POINT();  // published, op not ended, id not returned
+    *id = make_reservation_id(slot, generation);
+  }
+  end(&op);
+  return Code::kOk;
+}
+
+// ---- settlement: commit, release, expire --------------------------------------------------------
+
+namespace {
+struct HoldView {
+  int64_t amount;
+  uint32_t chain[kChainDepthMax];
+  uint32_t tags[kChainDepthMax];
+  uint32_t depth;
+};
+HoldView read_hold(const Reservation& r, uint32_t max_accounts) {
+  HoldView v{};
+  v.amount = load(r.amount_nanousd, memory_order_relaxed);
+  for (uint32_t i = 0; i < kChainDepthMax; ++i) {
+    const int32_t a = load(r.chain[i], memory_order_relaxed);
+    if (a < 0 || static_cast<uint32_t>(a) >= max_accounts) break;
+    v.chain[v.depth] = static_cast<uint32_t>(a);
+    v.tags[v.depth] = load(r.tags[i], memory_order_relaxed);
+    ++v.depth;
+  }
+  return v;
+}
+}  // namespace
+
+Status Ledger::Impl::settle(ReservationId id, bool commit, int64_t actual) {
+  if (commit && (actual < 0 || actual > kAmountNanoUsdMax)) return Code::kInvalidArgument;
+  const uint64_t slot_plus_one = id & 0xFFFFFFFFu;
+  const uint32_t generation = static_cast<uint32_t>(id >> 32);
+  if (slot_plus_one == 0 || slot_plus_one > max_reservations || generation == 0)
+    return Code::kUnknownReservation;
+  const uint32_t slot = static_cast<uint32_t>(slot_plus_one - 1);
+  Reservation& r = reservations[slot];
+  OpScope op;
+  bool in_op = false;
+  for (;;) {
+    uint64_t state = load(r.state);
+    if (res_generation(state) != generation) {
+      if (in_op) end(&op);
+      return Code::kUnknownReservation;
+    }
+    const uint32_t status = res_status(state);
+    if (status == kResFree || status == kResSettling) {
+      if (in_op) end(&op);
+      return Code::kAlreadySettled;
+    }
+    if (status == kResReserving) {
+      if (in_op) end(&op);
+      return Code::kUnknownReservation;  // not issued yet: nobody can hold this id
+    }
+    if (status == kResExpired && !commit) {
+      // Releasing a tombstone: its hold is already gone; just retire it.
+      if (compare_exchange(r.state, state, make_res_state(generation, kResFree, 0))) {
+        if (in_op) end(&op);
+        return Code::kOk;
+      }
+      continue;
+    }
+    if (!in_op) {
+      Status s = begin(&op, commit ? kOpCommit : kOpRelease);
+      if (!s.ok()) return s;
+      in_op = true;
+    }
+    // The fields are stable while the slot is held (only its settler writes them).
+    const HoldView hold = read_hold(r, max_accounts);
+    const bool expired = status == kResExpired;
+    const uint64_t settling = make_res_state(generation, kResSettling, op.lane_id);
+    LaneHeader& h = op.lane->header;
+    store(h.reservation_slot, slot + 1, memory_order_relaxed);
+    store(h.reservation_state_from, state, memory_order_relaxed);
+    store(h.reservation_state_to, settling, memory_order_relaxed);
+    // Specs first, all levels, so a reclaimer can roll forward whatever is missing.
+    TargetSpec specs[kChainDepthMax];
+    for (uint32_t i = 0; i < hold.depth; ++i) {
+      specs[i].account = hold.chain[i];
+      specs[i].tag = hold.tags[i];
+      if (commit) {
+        specs[i].delta = expired ? actual : actual - hold.amount;
+        specs[i].fallback = actual;
+        specs[i].delta_requests = 1;
+      } else {
+        specs[i].delta = -hold.amount;
+      }
+      write_spec(&op, i, specs[i]);
+    }
+    LEDGER_CRASH_POINT();  // specs written, slot not claimed
+    if (!compare_exchange(r.state, state, settling)) continue;  // somebody else moved first
+    LEDGER_CRASH_POINT();  // claimed, no level applied
+    const int64_t now_s = now_ms() / 1000;
+    for (uint32_t i = 0; i < hold.depth; ++i) (void)apply(&op, i, specs[i], now_s, nullptr);
+    LEDGER_CRASH_POINT();  // all levels applied, slot not freed
+    store(r.state, make_res_state(generation, kResFree, 0));
+    LEDGER_CRASH_POINT();
+    end(&op);
+    return Code::kOk;
+  }
+}
+
+// Turns a held reservation into a tombstone: its hold leaves `used`, and a late commit will still
+// charge the actual cost until the grace period ends.
+Status Ledger::Impl::expire_hold(uint32_t slot, uint64_t state, int64_t now) {
+  Reservation& r = reservations[slot];
+  OpScope op;
+  Status s = begin(&op, kOpExpire);
+  if (!s.ok()) return s;
+  const uint32_t generation = res_generation(state);
+  const HoldView hold = read_hold(r, max_accounts);
+  const uint64_t settling = make_res_state(generation, kResSettling, op.lane_id);
+  const int64_t grace_end = now + int64_t{load(header->tombstone_grace_s, memory_order_relaxed)} * 1000;
+  LaneHeader& h = op.lane->header;
+  store(h.reservation_slot, slot + 1, memory_order_relaxed);
+  store(h.reservation_state_from, state, memory_order_relaxed);
+  store(h.reservation_state_to, settling, memory_order_relaxed);
+  store(h.tombstone_deadline_ms, grace_end, memory_order_relaxed);
+  TargetSpec specs[kChainDepthMax];
+  for (uint32_t i = 0; i < hold.depth; ++i) {
+    specs[i].account = hold.chain[i];
+    specs[i].tag = hold.tags[i];
+    specs[i].delta = -hold.amount;
+    write_spec(&op, i, specs[i]);
+  }
+  if (!compare_exchange(r.state, state, settling)) {
+    end(&op);
+    return Code::kAlreadySettled;
+  }
+  LEDGER_CRASH_POINT();
+  const int64_t now_s = now / 1000;
+  for (uint32_t i = 0; i < hold.depth; ++i) (void)apply(&op, i, specs[i], now_s, nullptr);
+  store(r.deadline_ms, grace_end, memory_order_relaxed);
+  LEDGER_CRASH_POINT();
+  store(r.state, make_res_state(generation, kResExpired, 0));
+  end(&op);
+  return Code::kOk;
+}
+
+int64_t Ledger::Impl::held_in(uint32_t account, uint32_t tag) const {
+  int64_t held = 0;
+  for (uint32_t i = 0; i < max_reservations; ++i) {
+    const Reservation& r = reservations[i];
+    if (res_status(load(r.state)) != kResHeld) continue;
+    for (uint32_t level = 0; level < kChainDepthMax; ++level) {
+      if (load(r.chain[level], memory_order_relaxed) == static_cast<int32_t>(account) &&
+          load(r.tags[level], memory_order_relaxed) == tag) {
+        held += load(r.amount_nanousd, memory_order_relaxed);
+        break;
+      }
+    }
+  }
+  return held;
+}
+
+#ifdef LEDGER_CRASH_POINTS
+namespace detail {
+std::atomic<int64_t> g_crash_countdown{0};
+void crash_point() {
+  if (g_crash_countdown.load(std::memory_order_relaxed) > 0 &&
+      g_crash_countdown.fetch_sub(1, std::memory_order_relaxed) == 1)
+    ::_exit(77);
+}
+}  // namespace detail
+#endif
+
+}  // namespace ledger
+
+#ifdef LEDGER_CRASH_POINTS
+// Test-only entry point (the crash-point build is a static library linked by one test).
+extern "C" void ledger_test_crash_after(int64_t points) {
+  ledger::detail::g_crash_countdown.store(points, std::memory_order_relaxed);
+}
+#endif

@@ -1,0 +1,183 @@
+// impl.hpp — Ledger::Impl: one process's handle on a shared segment.
+//
+// Process-local state only (the mapping, the lock file descriptor, the process slot this handle owns
+// and the local lane bitmap). Everything shared lives in the segment (layout.hpp).
+#pragma once
+
+#include <atomic>
+#include <cassert>
+#include <cstdint>
+#include <string>
+
+#include "atomics.hpp"
+#include "layout.hpp"
+#include "ledger/ledger.hpp"
+
+// Crash points: compiled in only for the crash-repair test build (LEDGER_CRASH_POINTS), where a
+// countdown makes the process _exit(77) at the Nth point reached, i.e. "killed between two
+// instructions" at every interesting place, deterministically.
+#ifdef LEDGER_CRASH_POINTS
+namespace ledger::detail {
+void crash_point();
+}
+#define LEDGER_CRASH_POINT() ::ledger::detail::crash_point()
+#else
+#define LEDGER_CRASH_POINT() ((void)0)
+#endif
+
+namespace ledger::detail {
+
+// ---- packing helpers --------------------------------------------------------------------------
+inline constexpr uint64_t kRequestMask = (uint64_t{1} << kRequestBits) - 1;
+inline constexpr uint32_t kTagMask = (1u << kTagBits) - 1;
+inline constexpr uint32_t kLaneMask = (1u << kLaneBits) - 1;
+
+inline uint64_t meta_requests(uint64_t meta) { return meta & kRequestMask; }
+inline uint32_t meta_tag(uint64_t meta) {
+  return static_cast<uint32_t>((meta >> kRequestBits) & kTagMask);
+}
+inline uint32_t meta_lane(uint64_t meta) {
+  return static_cast<uint32_t>(meta >> (kRequestBits + kTagBits));
+}
+inline uint64_t make_meta(uint64_t requests, uint32_t tag, uint32_t lane) {
+  return (requests & kRequestMask) | (uint64_t{tag & kTagMask} << kRequestBits) |
+         (uint64_t{lane & kLaneMask} << (kRequestBits + kTagBits));
+}
+// Period tag: kind (2 bits) | index (16 bits). kNone is tag 0, which a fresh word also carries.
+inline uint32_t make_tag(Period kind, int64_t index) {
+  return (static_cast<uint32_t>(kind) << 16) | (static_cast<uint32_t>(index) & 0xFFFFu);
+}
+inline Period tag_kind(uint32_t tag) { return static_cast<Period>((tag >> 16) & 3u); }
+inline uint32_t tag_index(uint32_t tag) { return tag & 0xFFFFu; }
+inline uint32_t tag_parity(uint32_t tag) { return tag & 1u; }
+
+inline uint64_t make_ctl(uint32_t seq, uint32_t phase, uint32_t kind, uint32_t resolver,
+                         uint32_t bits) {
+  return (uint64_t{seq} << 32) | (uint64_t{resolver & kLaneMask} << 16) |
+         (uint64_t{kind & 0xFu} << 12) | (uint64_t{phase & 0xFu} << 8) | (bits & 0xFFu);
+}
+inline uint32_t ctl_seq(uint64_t ctl) { return static_cast<uint32_t>(ctl >> 32); }
+inline uint32_t ctl_resolver(uint64_t ctl) { return static_cast<uint32_t>(ctl >> 16) & kLaneMask; }
+inline uint32_t ctl_kind(uint64_t ctl) { return static_cast<uint32_t>(ctl >> 12) & 0xFu; }
+inline uint32_t ctl_phase(uint64_t ctl) { return static_cast<uint32_t>(ctl >> 8) & 0xFu; }
+inline uint32_t ctl_bits(uint64_t ctl) { return static_cast<uint32_t>(ctl) & 0xFFu; }
+
+inline uint64_t make_res_state(uint32_t generation, uint32_t status, uint32_t lane) {
+  return (uint64_t{generation} << 32) | (uint64_t{lane & kLaneMask} << 4) | (status & 0xFu);
+}
+inline uint32_t res_generation(uint64_t state) { return static_cast<uint32_t>(state >> 32); }
+inline uint32_t res_status(uint64_t state) { return static_cast<uint32_t>(state) & 0xFu; }
+inline uint32_t res_lane(uint64_t state) { return static_cast<uint32_t>(state >> 4) & kLaneMask; }
+inline uint64_t make_reservation_id(uint32_t slot, uint32_t generation) {
+  return (uint64_t{generation} << 32) | (uint64_t{slot} + 1);
+}
+
+inline uint64_t make_proc_state(uint32_t generation, uint32_t status) {
+  return (uint64_t{generation} << 32) | status;
+}
+inline uint32_t proc_generation(uint64_t state) { return static_cast<uint32_t>(state >> 32); }
+inline uint32_t proc_status(uint64_t state) { return static_cast<uint32_t>(state); }
+
+// Lock file byte ranges (OFD locks, released by the kernel when the holder dies).
+inline constexpr off_t kInitLockByte = 0;
+inline constexpr off_t kAdminLockByte = 1;
+inline constexpr off_t kSlotLockBase = 64;
+
+// What one target of an operation should do (see Target in layout.hpp).
+struct TargetSpec {
+  uint32_t account = 0;
+  uint32_t tag = 0;          // admit: the current period; forced: the period the change belongs to
+  int64_t delta = 0;
+  int64_t fallback = 0;
+  int32_t delta_requests = 0;
+  uint32_t flags = 0;        // kTargetAdmit / kTargetUndo
+  uint32_t undo_of = 0;
+};
+
+// One operation in progress on a lane of this process.
+struct OpScope {
+  Lane* lane = nullptr;
+  uint32_t lane_id = 0;
+  uint32_t local_index = UINT32_MAX;  // bit in Impl::lane_mask; UINT32_MAX = borrowed lane
+  uint32_t seq = 0;
+  uint32_t n_targets = 0;
+};
+
+}  // namespace ledger::detail
+
+namespace ledger {
+
+struct Ledger::Impl {
+  // ---- process-local state --------------------------------------------------------------------
+  std::string dir;
+  std::string segment_name;
+  Options options;
+  int lock_fd = -1;
+  void* mapping = nullptr;
+  size_t size = 0;
+  detail::Header* header = nullptr;
+  detail::ProcessSlot* processes = nullptr;
+  detail::Lane* lanes = nullptr;
+  detail::Account* accounts = nullptr;
+  uint32_t* hash = nullptr;
+  detail::Reservation* reservations = nullptr;
+  uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0, hash_mask = 0;
+
+  uint32_t process_slot = UINT32_MAX;
+  uint32_t process_generation = 0;
+  uint64_t fork_epoch = 0;
+  std::atomic<uint32_t> lane_mask{0};
+  std::atomic<bool> reregistering{false};
+
+  ~Impl();
+
+  // ---- segment.cpp ----------------------------------------------------------------------------
+  Status attach(bool create);
+  Status register_process();
+  void unregister_process();
+  Status ensure_registered();  // re-registers a handle carried across fork()
+  bool try_lock_byte(off_t byte) const;
+  void lock_byte_wait(off_t byte) const;
+  void unlock_byte(off_t byte) const;
+
+  // ---- engine.cpp -----------------------------------------------------------------------------
+  int64_t now_ms() const;
+  detail::Lane& lane_by_id(uint32_t lane_id) const {
+    assert(lane_id >= 1 && lane_id <= max_processes * detail::kLanesPerProcess);
+    return lanes[lane_id - 1];
+  }
+  int32_t find_index(std::string_view name) const;
+  Status acquire(detail::OpScope* op);       // a lane of this process for the calling thread
+  void start(detail::OpScope* op, uint32_t kind);  // a new op seq on the lane
+  void finish(detail::OpScope* op);          // the op is over (the lane is kept)
+  void release(detail::OpScope* op);         // give the lane back
+  Status begin(detail::OpScope* op, uint32_t kind) {
+    Status status = acquire(op);
+    if (status.ok()) start(op, kind);
+    return status;
+  }
+  void end(detail::OpScope* op) {
+    finish(op);
+    release(op);
+  }
+  void write_spec(detail::OpScope* op, uint32_t j, const detail::TargetSpec& spec);
+  Code apply(detail::OpScope* op, uint32_t j, const detail::TargetSpec& spec, int64_t now_s,
+             uint32_t* effective_tag);
+  void help(uint32_t lane_id, uint64_t location, detail::PeriodWord current) const;
+  uint32_t current_tag(const detail::Account& account, int64_t now_s) const;
+  Status admit(uint32_t kind, uint32_t account, int64_t amount, uint32_t ttl_s, ReservationId* id);
+  Status settle(ReservationId id, bool commit, int64_t actual);
+  Status expire_hold(uint32_t slot, uint64_t state, int64_t now_ms);
+  int64_t held_in(uint32_t account, uint32_t tag) const;
+
+  // ---- reclaim.cpp ----------------------------------------------------------------------------
+  enum class Repair { kDone, kBusy };
+  bool entry_landed(const detail::Lane& lane, uint32_t seq, uint32_t j) const;
+  // held_slot: the process slot whose lock byte the caller already holds.
+  Repair repair_lane(uint32_t dead_lane, detail::OpScope* op, int depth, uint32_t held_slot);
+  // REQUIRES: the caller holds the slot's lock byte. op == nullptr: borrow one of its idle lanes.
+  bool reclaim_dead_process(uint32_t slot, detail::OpScope* op);
+  bool process_alive_for(uint32_t owner_slot, uint32_t owner_generation) const;
+};
+
+}  // namespace ledger

@@ -1,0 +1,181 @@
+// layout.hpp — the shared segment's binary format (format version kFormatVersion).
+//
+// Process-safety rule: every field below is read and written by many processes at once, only through
+// the atomic helpers in atomics.hpp (boost::atomics::ipc_atomic_ref for 32/64-bit words, cmpxchg16b for
+// the 16-byte period word). Nothing is allocated in the segment after creation: every table is sized
+// by the header's limits. Any process may die between any two instructions; the invariants that make
+// that safe are written next to the structures they govern.
+//
+// Segment = Header | ProcessSlot[max_processes] | Lane[max_processes * kLanesPerProcess]
+//         | Account[max_accounts] | uint32 hash[hash_mask + 1] | Reservation[max_reservations]
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace ledger::detail {
+
+inline constexpr uint64_t kMagic = 0x3147455352444C4CULL;  // "LLDRSEG1" little-endian
+inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr uint32_t kLanesPerProcess = 8;
+inline constexpr uint32_t kChainDepthMax = 4;
+inline constexpr uint32_t kTargetsMax = 8;  // forward levels 0..3, undo levels 4..7
+inline constexpr uint32_t kAccountNameMax = 63;
+inline constexpr uint32_t kProcessesMax = 1023;      // lane ids must fit 13 bits
+inline constexpr uint32_t kAccountsMax = 1u << 24;
+inline constexpr uint32_t kReservationsMax = 1u << 24;
+inline constexpr uint32_t kLaneBits = 13;
+inline constexpr uint32_t kRequestBits = 33;
+inline constexpr uint32_t kTagBits = 18;
+static_assert(kRequestBits + kTagBits + kLaneBits == 64);
+static_assert(kProcessesMax * kLanesPerProcess < (1u << kLaneBits));
+
+// ---------------------------------------------------------------------------------------------
+// Period word: the admission word of one account for one period. 16 bytes, changed only by a
+// 16-byte compare-and-swap. `used` = settled + held in that period. `meta` packs:
+//   requests (33 bits, wraps) | period tag (18 bits: kind 2 | index 16) | lane stamp (13 bits).
+// The lane stamp names the lane whose operation wrote the value last. Only that lane ever writes its
+// own stamp, which is what lets a reclaimer decide whether a dead lane's CAS landed (see ledger.cpp,
+// "Helping rule"). Each account has two words, indexed by the period index's parity, so a rollover
+// is a single CAS and the previous period stays readable for late commits.
+struct alignas(16) PeriodWord {
+  int64_t used;
+  uint64_t meta;
+};
+static_assert(sizeof(PeriodWord) == 16 && alignof(PeriodWord) == 16);
+
+// ---------------------------------------------------------------------------------------------
+// Account: 128 bytes, cache-line aligned. Config fields (limit, parent, period, blocked) are single
+// atomic words written by admin calls under the admin lock and read lock-free by workers.
+struct alignas(64) Account {
+  PeriodWord words[2];
+  int64_t limit_nanousd;
+  int32_t parent;        // account index, -1 = none
+  uint8_t period_kind;   // Period
+  uint8_t blocked;       // 0/1
+  uint8_t live;          // 1 once the record is complete (set before it is published in the hash)
+  uint8_t tier;          // reserved for the policy layer
+  uint32_t name_length;
+  uint32_t name_hash;
+  uint64_t reserved0;
+  char name[64];
+};
+static_assert(sizeof(Account) == 128 && alignof(Account) == 64);
+static_assert(offsetof(Account, limit_nanousd) == 32 && offsetof(Account, name) == 64);
+
+// ---------------------------------------------------------------------------------------------
+// Reservation slot. `state` = generation (32) | lane (13, at bit 4) | status (4). The generation is
+// bumped when a slot is claimed, and a reservation id is (generation << 32) | (slot + 1), so a stale
+// id never reaches a new hold. Fields other than `state` are written only by the lane that owns the
+// slot in a transitional status (kReserving, kSettling) and read after an acquire of `state`.
+enum ReservationStatus : uint32_t {
+  kResFree = 0,       // settled (commit/release) or never used; same generation => "already settled"
+  kResReserving = 1,  // claimed by `lane`, levels being applied
+  kResHeld = 2,       // a live hold
+  kResSettling = 3,   // `lane` is committing, releasing or expiring it
+  kResExpired = 4,    // tombstone: hold removed at expiry; a late commit still charges (promise 4)
+};
+struct alignas(64) Reservation {
+  uint64_t state;
+  int64_t amount_nanousd;        // the hold
+  int32_t chain[kChainDepthMax]; // account indices, -1 past the depth
+  uint32_t tags[kChainDepthMax]; // period tag each level's hold was admitted into
+  int64_t deadline_ms;           // hold expiry; for a tombstone, the end of its grace period
+  uint32_t owner_process;        // process slot that reserved it
+  uint32_t owner_generation;     // that slot's generation; a mismatch means the owner is gone
+};
+static_assert(sizeof(Reservation) == 64 && alignof(Reservation) == 64);
+
+// ---------------------------------------------------------------------------------------------
+// Process slot: one per registered handle. Liveness is the kernel-released OFD lock on byte
+// (kSlotLockBase + index) of <dir>/ledger.lock, never the pid. state = generation (32) | status.
+enum ProcessStatus : uint32_t { kProcFree = 0, kProcActive = 1 };
+struct alignas(64) ProcessSlot {
+  uint64_t state;
+  int32_t pid;  // diagnostics only
+  uint32_t reserved0;
+  int64_t registered_ms;
+  uint8_t reserved1[40];
+};
+static_assert(sizeof(ProcessSlot) == 64);
+
+// ---------------------------------------------------------------------------------------------
+// Lane: the intent record of one in-flight operation. Each process slot owns kLanesPerProcess lanes;
+// lane id = slot * kLanesPerProcess + k + 1 (0 means "no lane"). ctl packs
+//   seq (32, at bit 32) | resolver lane (13, at bit 16) | kind (4, at bit 12) | phase (4, at bit 8)
+//   | applied bits (8).
+// A target entry is valid for op `seq` only while its own `seq` field equals it (seqlock discipline:
+// 0 while being rewritten). Entries [0, n_targets) have a complete spec.
+enum LanePhase : uint32_t { kPhaseIdle = 0, kPhaseActive = 1, kPhaseResolved = 2 };
+enum OpKind : uint32_t {
+  kOpNone = 0,
+  kOpDebit = 1,     // admission: rolled back if its process dies before the end
+  kOpReserve = 2,   // admission
+  kOpCommit = 3,    // settlement: rolled forward
+  kOpRelease = 4,   // settlement
+  kOpExpire = 5,    // settlement (reclaimer)
+  kOpRepair = 6,    // corrective targets for a dead lane; rolled forward once its claim is proven
+};
+enum TargetFlags : uint32_t { kTargetAdmit = 1, kTargetUndo = 2 };
+struct alignas(64) Target {
+  uint32_t seq;          // op seq this entry belongs to; 0 while being rewritten
+  uint32_t account;
+  uint32_t tag;          // spec: period tag the change belongs to
+  uint32_t flags;        // TargetFlags
+  int64_t delta;         // spec: change of `used` when the word still holds `tag`
+  int64_t fallback;      // spec: change of the current period's `used` when `tag`'s word was recycled
+  int32_t delta_requests;
+  uint32_t undo_of;      // for kTargetUndo: index of the forward entry it undoes
+  uint64_t location;     // attempt: word id (account * 2 + parity + 1), 0 = nothing to write
+  int64_t new_used;      // attempt: the value the CAS installs
+  uint64_t new_meta;
+};
+static_assert(sizeof(Target) == 64);
+struct alignas(64) LaneHeader {
+  uint64_t ctl;
+  uint32_t n_targets;
+  uint32_t reservation_slot;  // slot + 1, 0 = none
+  uint64_t reservation_state_from;  // repair: the slot transition to apply (from -> to)
+  uint64_t reservation_state_to;
+  int64_t tombstone_deadline_ms;    // expire: grace end written into the slot
+  uint32_t repair_lane;             // repair: the dead lane and the op it resolves
+  uint32_t repair_seq;
+  uint8_t reserved[16];
+};
+static_assert(sizeof(LaneHeader) == 64);
+struct alignas(64) Lane {
+  LaneHeader header;
+  Target targets[kTargetsMax];
+};
+static_assert(sizeof(Lane) == 64 * (1 + kTargetsMax));
+
+// ---------------------------------------------------------------------------------------------
+struct alignas(64) Header {
+  uint64_t magic;                // written last at creation: a segment without it is incomplete
+  uint32_t format_version;
+  uint32_t header_size;
+  uint64_t total_size;
+  uint32_t max_accounts;
+  uint32_t max_reservations;
+  uint32_t max_processes;
+  uint32_t hash_mask;
+  uint64_t offset_processes;
+  uint64_t offset_lanes;
+  uint64_t offset_accounts;
+  uint64_t offset_hash;
+  uint64_t offset_reservations;
+  uint32_t account_count;        // accounts [0, account_count) have been allocated
+  uint32_t tombstone_grace_s;
+  int64_t created_unix;
+  uint8_t reserved0[32];
+  char dir[512];                 // realpath of the ledger directory, for diagnostics
+  uint8_t reserved1[3456];
+};
+static_assert(sizeof(Header) == 4096);
+static_assert(offsetof(Header, dir) == 128);
+
+static_assert(std::is_trivially_copyable_v<Header> && std::is_trivially_copyable_v<Account> &&
+              std::is_trivially_copyable_v<Reservation> && std::is_trivially_copyable_v<Lane>);
+
+}  // namespace ledger::detail

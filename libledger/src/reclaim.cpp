@@ -1,0 +1,253 @@
+// reclaim.cpp — finishing or undoing the work of dead processes, expiring holds.
+//
+// A dead lane's operation is resolved exactly once: the reclaimer writes its corrective targets into
+// its own lane (kOpRepair, naming the dead lane and op seq), then claims the dead lane with a CAS of
+// its ctl to kPhaseResolved/resolver, and only then applies the corrections. A reclaimer that dies
+// after the claim is itself repaired later: its claim is proven by the dead lane's ctl, so its
+// corrections are rolled forward; one that dies before the claim left nothing to undo.
+// Process slots are reclaimed only while holding their lock byte, so two reclaimers never work on
+// the same dead process, and a reclaimer's own death releases that lock.
+#include "impl.hpp"
+
+namespace ledger {
+
+using namespace detail;
+
+bool Ledger::Impl::entry_landed(const Lane& lane, uint32_t seq, uint32_t j) const {
+  const Target& t = lane.targets[j];
+  if (load(t.seq) != seq) return false;
+  const uint64_t location = load(t.location, memory_order_relaxed);
+  if (location == 0) return false;
+  const uint64_t account = (location - 1) / 2;
+  if (account >= max_accounts) return false;
+  const PeriodWord current = period_word_load(accounts[account].words[(location - 1) % 2]);
+  if (current.used == load(t.new_used, memory_order_relaxed) &&
+      current.meta == load(t.new_meta, memory_order_relaxed))
+    return true;
+  // Read the word first, then the bit: an overwriter sets the bit before it overwrites.
+  return (ctl_bits(load(lane.header.ctl)) & (1u << j)) != 0;
+}
+
+namespace {
+TargetSpec spec_of(const Target& t) {
+  TargetSpec spec;
+  spec.account = load(t.account, memory_order_relaxed);
+  spec.tag = load(t.tag, memory_order_relaxed);
+  spec.delta = load(t.delta, memory_order_relaxed);
+  spec.fallback = load(t.fallback, memory_order_relaxed);
+  spec.delta_requests = load(t.delta_requests, memory_order_relaxed);
+  spec.flags = load(t.flags, memory_order_relaxed);
+  spec.undo_of = load(t.undo_of, memory_order_relaxed);
+  return spec;
+}
+}  // namespace
+
+Ledger::Impl::Repair Ledger::Impl::repair_lane(uint32_t dead, OpScope* op, int depth,
+                                               uint32_t held_slot) {
+  if (depth > 4) return Repair::kBusy;  // a chain of dead resolvers this long: try again later
+  Lane& lane = lane_by_id(dead);
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    const uint64_t ctl = load(lane.header.ctl);
+    const uint32_t seq = ctl_seq(ctl);
+    if (ctl_phase(ctl) == kPhaseResolved) {
+      // Resolved by another lane: is that resolver still applying its corrections?
+      const uint32_t resolver = ctl_resolver(ctl);
+      if (resolver == 0 || resolver > max_processes * kLanesPerProcess) return Repair::kDone;
+      Lane& r = lane_by_id(resolver);
+      const uint64_t rctl = load(r.header.ctl);
+      if (ctl_phase(rctl) != kPhaseActive || ctl_kind(rctl) != kOpRepair ||
+          load(r.header.repair_lane, memory_order_relaxed) != dead ||
+          load(r.header.repair_seq, memory_order_relaxed) != seq)
+        return Repair::kDone;
+      const uint32_t rslot = (resolver - 1) / kLanesPerProcess;
+      if (rslot == process_slot) return Repair::kBusy;  // another thread of ours is at it
+      if (rslot == held_slot) return repair_lane(resolver, op, depth + 1, held_slot);
+      if (!try_lock_byte(kSlotLockBase + rslot)) return Repair::kBusy;  // alive: it will finish
+      const Repair result = repair_lane(resolver, op, depth + 1, rslot);
+      unlock_byte(kSlotLockBase + rslot);
+      return result;
+    }
+    if (ctl_phase(ctl) != kPhaseActive) return Repair::kDone;
+
+    const uint32_t kind = ctl_kind(ctl);
+    const uint32_t n = std::min(load(lane.header.n_targets), kTargetsMax);
+    const uint32_t slot_plus_one = load(lane.header.reservation_slot, memory_order_relaxed);
+    const uint64_t claimed = load(lane.header.reservation_state_to, memory_order_relaxed);
+    TargetSpec fixes[kTargetsMax];
+    uint32_t n_fixes = 0;
+    uint64_t res_from = 0, res_to = 0;
+    int64_t tombstone_deadline = 0;
+    Reservation* res = slot_plus_one != 0 && slot_plus_one <= max_reservations
+                           ? &reservations[slot_plus_one - 1]
+                           : nullptr;
+    const uint64_t res_state = res != nullptr ? load(res->state) : 0;
+
+    if (kind == kOpDebit || kind == kOpReserve) {
+      // Admission that was never acknowledged: roll back, unless a reserve already reached HELD
+      // (then it is complete, and its hold expires like any hold of a dead owner).
+      const bool complete = kind == kOpReserve && res != nullptr &&
+                            res_state == make_res_state(res_generation(claimed), kResHeld, 0);
+      if (!complete) {
+        for (uint32_t j = 0; j < std::min(n, kChainDepthMax); ++j) {
+          const Target& t = lane.targets[j];
+          if (load(t.seq) != seq || (load(t.flags, memory_order_relaxed) & kTargetAdmit) == 0) continue;
+          if (!entry_landed(lane, seq, j)) continue;
+          const uint32_t u = kChainDepthMax + j;
+          if (u < n && load(lane.targets[u].seq) == seq && entry_landed(lane, seq, u)) continue;
+          TargetSpec undo = spec_of(t);
+          undo.delta = -undo.delta;
+          undo.delta_requests = -undo.delta_requests;
+          undo.fallback = 0;
+          undo.flags = kTargetUndo;
+          undo.undo_of = j;
+          fixes[n_fixes++] = undo;
+        }
+        if (res != nullptr && res_state == claimed && res_status(claimed) == kResReserving) {
+          res_from = claimed;
+          res_to = make_res_state(res_generation(claimed), kResFree, 0);
+        }
+      }
+    } else if (kind == kOpCommit || kind == kOpRelease || kind == kOpExpire || kind == kOpRepair) {
+      bool proven;
+      if (kind == kOpRepair) {
+        const uint32_t target_lane = load(lane.header.repair_lane, memory_order_relaxed);
+        const uint32_t target_seq = load(lane.header.repair_seq, memory_order_relaxed);
+        proven = target_lane >= 1 && target_lane <= max_processes * kLanesPerProcess;
+        if (proven) {
+          const uint64_t tctl = load(lane_by_id(target_lane).header.ctl);
+          proven = ctl_phase(tctl) == kPhaseResolved && ctl_seq(tctl) == target_seq &&
+                   ctl_resolver(tctl) == dead;
+        }
+        if (proven && res != nullptr) {
+          const uint64_t from = load(lane.header.reservation_state_from, memory_order_relaxed);
+          if (res_state == from) {
+            res_from = from;
+            res_to = claimed;
+          }
+        }
+      } else {
+        proven = res != nullptr && res_state == claimed;
+        if (proven) {
+          res_from = claimed;
+          res_to = make_res_state(res_generation(claimed), kind == kOpExpire ? kResExpired : kResFree, 0);
+        }
+      }
+      if (kind == kOpExpire || kind == kOpRepair)
+        tombstone_deadline = load(lane.header.tombstone_deadline_ms, memory_order_relaxed);
+      if (proven) {
+        for (uint32_t j = 0; j < n; ++j) {
+          if (load(lane.targets[j].seq) != seq || entry_landed(lane, seq, j)) continue;
+          TargetSpec fix = spec_of(lane.targets[j]);
+          fix.flags &= ~kTargetAdmit;  // roll forward: forced
+          fixes[n_fixes++] = fix;
+        }
+      }
+    }
+
+    // Record the corrections in our lane, claim the dead lane, then apply them.
+    start(op, kOpRepair);
+    LaneHeader& h = op->lane->header;
+    store(h.repair_lane, dead, memory_order_relaxed);
+    store(h.repair_seq, seq, memory_order_relaxed);
+    store(h.reservation_slot, res_from != 0 || res_to != 0 ? slot_plus_one : 0u, memory_order_relaxed);
+    store(h.reservation_state_from, res_from, memory_order_relaxed);
+    store(h.reservation_state_to, res_to, memory_order_relaxed);
+    store(h.tombstone_deadline_ms, tombstone_deadline, memory_order_relaxed);
+    for (uint32_t j = 0; j < n_fixes; ++j) write_spec(op, j, fixes[j]);
+    LEDGER_CRASH_POINT();  // corrections recorded, dead lane not claimed
+    uint64_t expected = ctl;
+    if (!compare_exchange(lane.header.ctl, expected,
+                          make_ctl(seq, kPhaseResolved, kind, op->lane_id, ctl_bits(ctl)))) {
+      finish(op);  // a helper set a bit meanwhile: decide again
+      continue;
+    }
+    LEDGER_CRASH_POINT();  // claimed, nothing applied
+    const int64_t now_s = now_ms() / 1000;
+    for (uint32_t j = 0; j < n_fixes; ++j) (void)apply(op, j, fixes[j], now_s, nullptr);
+    LEDGER_CRASH_POINT();
+    if (res != nullptr && (res_from != 0 || res_to != 0)) {
+      if (res_status(res_to) == kResExpired) store(res->deadline_ms, tombstone_deadline, memory_order_relaxed);
+      uint64_t from = res_from;
+      (void)compare_exchange(res->state, from, res_to);
+    }
+    finish(op);
+    return Repair::kDone;
+  }
+  return Repair::kBusy;
+}
+
+bool Ledger::Impl::reclaim_dead_process(uint32_t slot, OpScope* op) {
+  OpScope borrowed;
+  if (op == nullptr) {
+    // Registration adopting a dead slot: do the repairs on one of its own idle lanes.
+    for (uint32_t k = 0; k < kLanesPerProcess && op == nullptr; ++k) {
+      const uint32_t id = slot * kLanesPerProcess + k + 1;
+      if (ctl_phase(load(lane_by_id(id).header.ctl)) != kPhaseActive) {
+        borrowed.lane_id = id;
+        borrowed.lane = &lane_by_id(id);
+        op = &borrowed;
+      }
+    }
+    if (op == nullptr) return false;
+  }
+  for (uint32_t k = 0; k < kLanesPerProcess; ++k) {
+    const uint32_t id = slot * kLanesPerProcess + k + 1;
+    if (id == op->lane_id) continue;
+    if (repair_lane(id, op, 0, slot) != Repair::kDone) return false;
+  }
+  // Reservations a dead lane had claimed but not yet recorded in its intent.
+  const uint32_t first = slot * kLanesPerProcess + 1, last = first + kLanesPerProcess - 1;
+  for (uint32_t r = 0; r < max_reservations; ++r) {
+    uint64_t state = load(reservations[r].state, memory_order_relaxed);
+    if (res_status(state) == kResReserving && res_lane(state) >= first && res_lane(state) <= last &&
+        res_lane(state) != op->lane_id)
+      (void)compare_exchange(reservations[r].state, state,
+                             make_res_state(res_generation(state), kResFree, 0));
+  }
+  const uint64_t state = load(processes[slot].state);
+  store(processes[slot].state, make_proc_state(proc_generation(state) + 1, kProcFree));
+  return true;
+}
+
+bool Ledger::Impl::process_alive_for(uint32_t owner_slot, uint32_t owner_generation) const {
+  if (owner_slot >= max_processes) return false;
+  const uint64_t state = load(processes[owner_slot].state);
+  return proc_status(state) == kProcActive && proc_generation(state) == owner_generation;
+}
+
+Status Ledger::reclaim(uint32_t* reclaimed_holds) {
+  Impl& l = *impl_;
+  uint32_t reclaimed = 0;
+  {
+    OpScope op;
+    Status status = l.acquire(&op);
+    if (!status.ok()) return status;
+    for (uint32_t slot = 0; slot < l.max_processes; ++slot) {
+      if (slot == l.process_slot) continue;
+      if (proc_status(load(l.processes[slot].state)) != kProcActive) continue;
+      if (!l.try_lock_byte(kSlotLockBase + slot)) continue;  // alive (or being reclaimed)
+      if (proc_status(load(l.processes[slot].state)) == kProcActive) (void)l.reclaim_dead_process(slot, &op);
+      l.unlock_byte(kSlotLockBase + slot);
+    }
+    l.release(&op);
+  }
+  const int64_t now = l.now_ms();
+  for (uint32_t r = 0; r < l.max_reservations; ++r) {
+    Reservation& res = l.reservations[r];
+    uint64_t state = load(res.state);
+    const uint32_t status = res_status(state);
+    if (status == kResHeld) {
+      const bool expired = load(res.deadline_ms, memory_order_relaxed) <= now;
+      if (expired || !l.process_alive_for(load(res.owner_process, memory_order_relaxed),
+                                          load(res.owner_generation, memory_order_relaxed))) {
+        if (l.expire_hold(r, state, now).ok()) ++reclaimed;
+      }
+    } else if (status == kResExpired && load(res.deadline_ms, memory_order_relaxed) <= now) {
+      (void)compare_exchange(res.state, state, make_res_state(res_generation(state), kResFree, 0));
+    }
+  }
+  if (reclaimed_holds != nullptr) *reclaimed_holds = reclaimed;
+  return Code::kOk;
+}
+
+}  // namespace ledger

@@ -1,0 +1,272 @@
+// Deterministic crash repair: a child process is killed (_exit at a crash point) at the 1st, 2nd,
+// 3rd ... interesting instruction of an operation, until the operation completes; after each kill
+// the parent reclaims and checks the exact outcome on a 3-level chain. Linked against the library
+// built with LEDGER_CRASH_POINTS.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <functional>
+
+#include "test_util.hpp"
+
+extern "C" void ledger_test_crash_after(int64_t points);
+
+using namespace ledger;
+using ledger_test::kUsd;
+using ledger_test::ManualClock;
+using ledger_test::TempDir;
+
+namespace {
+
+constexpr int kCrashed = 77;
+constexpr int kPointsMax = 200;
+
+struct Chain {
+  int64_t org, team, alice;
+  int64_t held_org, held_team, held_alice;
+};
+
+Chain read_chain(Ledger& ledger) {
+  Balance o, t, a;
+  REQUIRE(ledger.balance("org", &o) == Code::kOk);
+  REQUIRE(ledger.balance("team", &t) == Code::kOk);
+  REQUIRE(ledger.balance("alice", &a) == Code::kOk);
+  return Chain{o.spent_nanousd, t.spent_nanousd, a.spent_nanousd,
+               o.held_nanousd, t.held_nanousd, a.held_nanousd};
+}
+
+// Runs `body` in a child that opens its own handle and dies at crash point `points` (0 = never).
+int run_child(const std::string& dir, int64_t points, const std::function<bool(Ledger&)>& body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    std::unique_ptr<Ledger> ledger;
+    if (!Ledger::open(dir, Options{}, &ledger).ok()) ::_exit(2);
+    ledger_test_crash_after(points);
+    const bool ok = body(*ledger);
+    ::_exit(ok ? 0 : 1);  // no close: the slot is left to the reclaimer, like a crash
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+struct Fixture {
+  TempDir dir;
+  ManualClock clock;
+  std::unique_ptr<Ledger> ledger;
+  Fixture() {
+    clock.now_ms = ::time(nullptr) * int64_t{1000};
+    Options options;
+    options.clock = clock.clock();
+    options.tombstone_grace_s = 1;
+    options.limits.max_reservations = 64;
+    REQUIRE(Ledger::open(dir.path(), options, &ledger) == Code::kOk);
+    REQUIRE(ledger->set_budget("org", 1000 * kUsd, Period::kNone, "") == Code::kOk);
+    REQUIRE(ledger->set_budget("team", 500 * kUsd, Period::kNone, "org") == Code::kOk);
+    REQUIRE(ledger->set_budget("alice", 100 * kUsd, Period::kNone, "team") == Code::kOk);
+    REQUIRE(ledger->set_budget("bob", 100 * kUsd, Period::kNone, "team") == Code::kOk);
+  }
+  void reclaim_all() {
+    uint32_t n = 0;
+    REQUIRE(ledger->reclaim(&n) == Code::kOk);
+    // Drop tombstones too, so slots never run out however many iterations run.
+    clock.now_ms += 5000;
+    REQUIRE(ledger->reclaim(&n) == Code::kOk);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a debit killed at any point is rolled back on every level", "[crash]") {
+  Fixture f;
+  const bool sibling_first = GENERATE(false, true);
+  int64_t spent = 0, bob = 0;
+  int crashes = 0;
+  for (int64_t point = 1; point <= kPointsMax; ++point) {
+    const int code = run_child(f.dir.path(), point, [](Ledger& l) { return l.debit("alice", kUsd).ok(); });
+    if (sibling_first) {
+      // Another worker overwrites the words the dead one may have stamped: the helping rule must
+      // leave enough behind for the reclaimer to still see what landed.
+      REQUIRE(f.ledger->debit("bob", 7) == Code::kOk);
+      bob += 7;
+    }
+    f.reclaim_all();
+    if (code == 0) spent += kUsd;
+    const Chain c = read_chain(*f.ledger);
+    INFO("crash point " << point << " exit " << code << " sibling first " << sibling_first);
+    REQUIRE((code == 0 || code == kCrashed));
+    REQUIRE(c.alice == spent);
+    REQUIRE(c.team == spent + bob);
+    REQUIRE(c.org == spent + bob);
+    REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+    if (code == 0) break;
+    ++crashes;
+  }
+  CHECK(crashes >= 6);  // the chain has at least two points per level
+}
+
+TEST_CASE("a denied debit killed while undoing leaves nothing behind", "[crash]") {
+  Fixture f;
+  REQUIRE(f.ledger->set_budget("org", 2 * kUsd, Period::kNone, "") == Code::kOk);
+  int crashes = 0;
+  for (int64_t point = 1; point <= kPointsMax; ++point) {
+    const int code = run_child(f.dir.path(), point,
+                               [](Ledger& l) { return l.debit("alice", 3 * kUsd) == Code::kDeniedParentOverBudget; });
+    f.reclaim_all();
+    const Chain c = read_chain(*f.ledger);
+    INFO("crash point " << point << " exit " << code);
+    REQUIRE((code == 0 || code == kCrashed));
+    REQUIRE(c.alice == 0);
+    REQUIRE(c.team == 0);
+    REQUIRE(c.org == 0);
+    if (code == 0) break;
+    ++crashes;
+  }
+  CHECK(crashes >= 6);
+}
+
+TEST_CASE("a reserve killed at any point leaves no hold and no leaked slot", "[crash]") {
+  Fixture f;
+  int crashes = 0;
+  for (int64_t point = 1; point <= kPointsMax; ++point) {
+    const int code = run_child(f.dir.path(), point, [](Ledger& l) {
+      ReservationId id = 0;
+      return l.reserve("alice", 2 * kUsd, 600, &id).ok();
+    });
+    f.reclaim_all();  // a completed hold of the dead child is expired, then its tombstone dropped
+    const Chain c = read_chain(*f.ledger);
+    INFO("crash point " << point << " exit " << code);
+    REQUIRE((code == 0 || code == kCrashed));
+    REQUIRE(c.held_alice == 0);
+    REQUIRE(c.held_team == 0);
+    REQUIRE(c.held_org == 0);
+    REQUIRE(c.alice == 0);
+    REQUIRE(c.team == 0);
+    REQUIRE(c.org == 0);
+    if (code == 0) break;
+    ++crashes;
+  }
+  CHECK(crashes >= 8);
+  // Every one of the 64 slots is usable again.
+  std::vector<ReservationId> ids(64);
+  for (auto& id : ids) REQUIRE(f.ledger->reserve("alice", 1, 60, &id) == Code::kOk);
+  for (auto id : ids) REQUIRE(f.ledger->release(id) == Code::kOk);
+}
+
+TEST_CASE("a commit killed at any point is charged exactly once", "[crash]") {
+  Fixture f;
+  int64_t spent = 0;
+  int crashes = 0;
+  for (int64_t point = 1; point <= kPointsMax; ++point) {
+    ReservationId id = 0;
+    REQUIRE(f.ledger->reserve("alice", 2 * kUsd, 600, &id) == Code::kOk);
+    const int code = run_child(f.dir.path(), point, [id](Ledger& l) { return l.commit(id, 3 * kUsd).ok(); });
+    f.reclaim_all();
+    INFO("crash point " << point << " exit " << code);
+    REQUIRE((code == 0 || code == kCrashed));
+    // Either the commit was claimed (then it is rolled forward) or it never started (retry works).
+    const Status again = f.ledger->commit(id, 3 * kUsd);
+    REQUIRE((again == Code::kOk || again == Code::kAlreadySettled));
+    if (code == 0) REQUIRE(again == Code::kAlreadySettled);
+    spent += 3 * kUsd;
+    const Chain c = read_chain(*f.ledger);
+    REQUIRE(c.alice == spent);
+    REQUIRE(c.team == spent);
+    REQUIRE(c.org == spent);
+    REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+    if (code == 0) break;
+    ++crashes;
+  }
+  CHECK(crashes >= 6);
+}
+
+TEST_CASE("a release killed at any point frees the hold exactly once", "[crash]") {
+  Fixture f;
+  int crashes = 0;
+  for (int64_t point = 1; point <= kPointsMax; ++point) {
+    ReservationId id = 0;
+    REQUIRE(f.ledger->reserve("alice", 2 * kUsd, 600, &id) == Code::kOk);
+    const int code = run_child(f.dir.path(), point, [id](Ledger& l) { return l.release(id).ok(); });
+    f.reclaim_all();
+    INFO("crash point " << point << " exit " << code);
+    const Status again = f.ledger->release(id);
+    REQUIRE((again == Code::kOk || again == Code::kAlreadySettled));
+    const Chain c = read_chain(*f.ledger);
+    REQUIRE(c.alice == 0);
+    REQUIRE(c.team == 0);
+    REQUIRE(c.org == 0);
+    REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+    if (code == 0) break;
+    ++crashes;
+  }
+  CHECK(crashes >= 6);
+}
+
+TEST_CASE("an expiry killed at any point still yields one tombstone that charges late", "[crash]") {
+  Fixture f;
+  int64_t spent = 0;
+  int crashes = 0;
+  for (int64_t point = 1; point <= kPointsMax; ++point) {
+    const int64_t real_now = f.clock.now_ms;
+    f.clock.now_ms = real_now - 3'600'000;  // reserve "an hour ago" with a 1 s TTL: expired now
+    ReservationId id = 0;
+    REQUIRE(f.ledger->reserve("alice", 2 * kUsd, 1, &id) == Code::kOk);
+    f.clock.now_ms = real_now;
+    const int code = run_child(f.dir.path(), point, [](Ledger& l) {
+      uint32_t n = 0;
+      return l.reclaim(&n).ok() && n == 1;
+    });
+    uint32_t n = 0;
+    REQUIRE(f.ledger->reclaim(&n) == Code::kOk);  // finishes or redoes the expiry
+    INFO("crash point " << point << " exit " << code);
+    REQUIRE((code == 0 || code == kCrashed));
+    Chain c = read_chain(*f.ledger);
+    REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+    REQUIRE(f.ledger->commit(id, kUsd) == Code::kOk);  // the late commit
+    spent += kUsd;
+    c = read_chain(*f.ledger);
+    REQUIRE(c.alice == spent);
+    REQUIRE(c.team == spent);
+    REQUIRE(c.org == spent);
+    f.clock.now_ms += 5000;
+    REQUIRE(f.ledger->reclaim(&n) == Code::kOk);
+    f.clock.now_ms = ::time(nullptr) * int64_t{1000};
+    if (code == 0) break;
+    ++crashes;
+  }
+  CHECK(crashes >= 4);
+}
+
+TEST_CASE("a reclaimer killed while repairing is itself repaired", "[crash]") {
+  Fixture f;
+  int64_t spent = 0;
+  int cases = 0;
+  // Worker dies at debit point w (levels partly applied); a reclaimer dies at repair point r.
+  for (int64_t w = 2; w <= 12; w += 2) {
+    for (int64_t r = 1; r <= kPointsMax; ++r) {
+      ReservationId id = 0;
+      REQUIRE(f.ledger->reserve("alice", kUsd, 600, &id) == Code::kOk);
+      const int worker = run_child(f.dir.path(), w, [id](Ledger& l) {
+        return l.commit(id, 2 * kUsd).ok();  // settlement: must be rolled forward
+      });
+      const int reclaimer = run_child(f.dir.path(), r, [](Ledger& l) {
+        uint32_t n = 0;
+        return l.reclaim(&n).ok();
+      });
+      f.reclaim_all();
+      INFO("worker point " << w << " (exit " << worker << "), reclaimer point " << r << " (exit " << reclaimer << ")");
+      const Status again = f.ledger->commit(id, 2 * kUsd);
+      REQUIRE((again == Code::kOk || again == Code::kAlreadySettled));
+      spent += 2 * kUsd;
+      const Chain c = read_chain(*f.ledger);
+      REQUIRE(c.alice == spent);
+      REQUIRE(c.team == spent);
+      REQUIRE(c.org == spent);
+      REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+      ++cases;
+      if (reclaimer == 0) break;
+    }
+  }
+  CHECK(cases > 12);
+}
