@@ -140,3 +140,42 @@ int ledger_flush(ledger_t* ledger) {
 }
 
 }  // extern "C"
+
+extern "C" {
+
+int ledger_set_price(ledger_t* ledger, const char* model, int64_t prompt_nanousd_per_mtok,
+                     int64_t completion_nanousd_per_mtok, int64_t request_nanousd) {
+  std::string_view name;
+  if (ledger == nullptr || !bounded(model, 128, &name)) return LEDGER_INVALID_ARGUMENT;
+  return to_int(ledger->ledger->set_price(name, prompt_nanousd_per_mtok, completion_nanousd_per_mtok,
+                                          request_nanousd));
+}
+
+int ledger_estimate(ledger_t* ledger, const char* model, uint32_t prompt_tokens,
+                    uint32_t max_completion_tokens, int64_t* estimate_nanousd) {
+  std::string_view name;
+  if (ledger == nullptr || estimate_nanousd == nullptr || !bounded(model, 128, &name))
+    return LEDGER_INVALID_ARGUMENT;
+  return to_int(ledger->ledger->estimate(name, prompt_tokens, max_completion_tokens, estimate_nanousd));
+}
+
+int ledger_authorize(ledger_t* ledger, const char* account, const char* model, int64_t estimate_nanousd,
+                     uint32_t ttl_seconds, char* model_out, size_t model_out_size,
+                     uint64_t* reservation_id) {
+  std::string_view name, model_name;
+  if (ledger == nullptr || model_out == nullptr || reservation_id == nullptr ||
+      !bounded(account, kNameBound, &name) || !bounded(model, 128, &model_name))
+    return LEDGER_INVALID_ARGUMENT;
+  // The chosen model is the requested one today, so the buffer can be checked before reserving:
+  // a too-small buffer reserves nothing.
+  if (model_out_size < model_name.size() + 1) return LEDGER_INVALID_ARGUMENT;
+  std::string_view chosen;
+  const ledger::Status status =
+      ledger->ledger->authorize(name, model_name, estimate_nanousd, ttl_seconds, &chosen, reservation_id);
+  if (!status.ok()) return to_int(status);
+  std::memcpy(model_out, chosen.data(), chosen.size());
+  model_out[chosen.size()] = '\0';
+  return LEDGER_OK;
+}
+
+}  // extern "C"

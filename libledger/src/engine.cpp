@@ -238,6 +238,7 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, int64_
     fence_release();
     store(entry.tag, admit ? tag : spec.tag, memory_order_relaxed);
     store(entry.location, word_location(spec.account, parity), memory_order_relaxed);
+    LEDGER_CRASH_POINT();  // attempt half-rewritten (seq 0)
     store(entry.new_used, desired.used, memory_order_relaxed);
     store(entry.new_meta, desired.meta, memory_order_relaxed);
     store(entry.seq, op->seq, memory_order_release);

@@ -121,6 +121,7 @@ struct Ledger::Impl {
   detail::Account* accounts = nullptr;
   uint32_t* hash = nullptr;
   detail::Reservation* reservations = nullptr;
+  detail::Price* prices = nullptr;
   uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0, hash_mask = 0;
 
   uint32_t process_slot = UINT32_MAX;
@@ -169,6 +170,8 @@ struct Ledger::Impl {
   Status settle(ReservationId id, bool commit, int64_t actual);
   Status expire_hold(uint32_t slot, uint64_t state, int64_t now_ms);
   int64_t held_in(uint32_t account, uint32_t tag) const;
+  // Reads a model's price consistently (seqlock); false when the model has no price.
+  bool read_price(std::string_view model, int64_t* prompt, int64_t* completion, int64_t* request) const;
 
   // ---- reclaim.cpp ----------------------------------------------------------------------------
   enum class Repair { kDone, kBusy };

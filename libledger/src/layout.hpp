@@ -8,6 +8,7 @@
 //
 // Segment = Header | ProcessSlot[max_processes] | Lane[max_processes * kLanesPerProcess]
 //         | Account[max_accounts] | uint32 hash[hash_mask + 1] | Reservation[max_reservations]
+//         | Price[kModelsMax]
 #pragma once
 
 #include <cstddef>
@@ -105,8 +106,10 @@ static_assert(sizeof(ProcessSlot) == 64);
 // lane id = slot * kLanesPerProcess + k + 1 (0 means "no lane"). ctl packs
 //   seq (32, at bit 32) | resolver lane (13, at bit 16) | kind (4, at bit 12) | phase (4, at bit 8)
 //   | applied bits (8).
-// A target entry is valid for op `seq` only while its own `seq` field equals it (seqlock discipline:
-// 0 while being rewritten). Entries [0, n_targets) have a complete spec.
+// Entries [0, n_targets) have a complete spec (account, tag, flags, delta, fallback, requests,
+// undo_of), written before n_targets is raised and not changed for the rest of the op. The attempt
+// (location, new_used, new_meta) is valid for op `seq` only while the entry's own `seq` equals it
+// (seqlock discipline: 0 while being rewritten before each CAS attempt).
 enum LanePhase : uint32_t { kPhaseIdle = 0, kPhaseActive = 1, kPhaseResolved = 2 };
 enum OpKind : uint32_t {
   kOpNone = 0,
@@ -151,6 +154,23 @@ struct alignas(64) Lane {
 static_assert(sizeof(Lane) == 64 * (1 + kTargetsMax));
 
 // ---------------------------------------------------------------------------------------------
+// Model price (policy). Written only under the admin lock with a per-entry seqlock (odd `seq` while
+// being rewritten), so a refresh is atomic for the lock-free readers. Entries are never removed.
+inline constexpr uint32_t kModelsMax = 1024;       // table entries (kept at most half full)
+inline constexpr uint32_t kModelNameMax = 87;
+struct alignas(64) Price {
+  uint32_t seq;
+  uint32_t name_length;
+  uint32_t name_hash;
+  uint32_t live;
+  int64_t prompt_nanousd_per_mtok;
+  int64_t completion_nanousd_per_mtok;
+  int64_t request_nanousd;
+  char name[kModelNameMax + 1];
+};
+static_assert(sizeof(Price) == 128);
+
+// ---------------------------------------------------------------------------------------------
 struct alignas(64) Header {
   uint64_t magic;                // written last at creation: a segment without it is incomplete
   uint32_t format_version;
@@ -168,7 +188,9 @@ struct alignas(64) Header {
   uint32_t account_count;        // accounts [0, account_count) have been allocated
   uint32_t tombstone_grace_s;
   int64_t created_unix;
-  uint8_t reserved0[32];
+  uint64_t offset_prices;
+  uint32_t model_count;
+  uint8_t reserved0[20];
   char dir[512];                 // realpath of the ledger directory, for diagnostics
   uint8_t reserved1[3456];
 };

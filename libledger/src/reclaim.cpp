@@ -135,8 +135,11 @@ Ledger::Impl::Repair Ledger::Impl::repair_lane(uint32_t dead, OpScope* op, int d
       if (kind == kOpExpire || kind == kOpRepair)
         tombstone_deadline = load(lane.header.tombstone_deadline_ms, memory_order_relaxed);
       if (proven) {
+        // Entries below n_targets have a complete spec (it is written before n_targets is raised and
+        // never changes within the op); only the attempt part is seqlock-guarded. An entry whose
+        // attempt was being rewritten (seq 0) has not landed: roll it forward like any other.
         for (uint32_t j = 0; j < n; ++j) {
-          if (load(lane.targets[j].seq) != seq || entry_landed(lane, seq, j)) continue;
+          if (entry_landed(lane, seq, j)) continue;
           TargetSpec fix = spec_of(lane.targets[j]);
           fix.flags &= ~kTargetAdmit;  // roll forward: forced
           fixes[n_fixes++] = fix;

@@ -79,7 +79,8 @@ Status resolve_dir(std::string_view dir, bool create, std::string* real, std::st
 }
 
 struct SegmentGeometry {
-  uint64_t offset_processes, offset_lanes, offset_accounts, offset_hash, offset_reservations, total;
+  uint64_t offset_processes, offset_lanes, offset_accounts, offset_hash, offset_reservations,
+      offset_prices, total;
   uint32_t hash_mask;
 };
 
@@ -94,7 +95,8 @@ SegmentGeometry geometry_for(const Limits& limits) {
       g.offset_lanes + uint64_t{limits.max_processes} * kLanesPerProcess * sizeof(Lane), 64);
   g.offset_hash = align_up(g.offset_accounts + uint64_t{limits.max_accounts} * sizeof(Account), 64);
   g.offset_reservations = align_up(g.offset_hash + uint64_t{hash_size} * sizeof(uint32_t), 64);
-  g.total = align_up(g.offset_reservations + uint64_t{limits.max_reservations} * sizeof(Reservation), 4096);
+  g.offset_prices = align_up(g.offset_reservations + uint64_t{limits.max_reservations} * sizeof(Reservation), 64);
+  g.total = align_up(g.offset_prices + uint64_t{kModelsMax} * sizeof(Price), 4096);
   return g;
 }
 
@@ -215,6 +217,7 @@ Status Ledger::Impl::attach(bool create) {
     h->offset_accounts = g.offset_accounts;
     h->offset_hash = g.offset_hash;
     h->offset_reservations = g.offset_reservations;
+    h->offset_prices = g.offset_prices;
     h->account_count = 0;
     h->tombstone_grace_s = options.tombstone_grace_s;
     h->created_unix = now_ms() / 1000;
@@ -233,6 +236,7 @@ Status Ledger::Impl::attach(bool create) {
   if (g.total != header->total_size || g.offset_accounts != header->offset_accounts ||
       g.offset_reservations != header->offset_reservations || g.offset_hash != header->offset_hash ||
       g.offset_lanes != header->offset_lanes || g.hash_mask != header->hash_mask ||
+      g.offset_prices != header->offset_prices ||
       load(header->account_count) > existing.max_accounts)
     return Code::kIncompatible;
   char* b = static_cast<char*>(mapping);
@@ -241,6 +245,7 @@ Status Ledger::Impl::attach(bool create) {
   accounts = reinterpret_cast<Account*>(b + header->offset_accounts);
   hash = reinterpret_cast<uint32_t*>(b + header->offset_hash);
   reservations = reinterpret_cast<Reservation*>(b + header->offset_reservations);
+  prices = reinterpret_cast<Price*>(b + header->offset_prices);
   max_accounts = existing.max_accounts;
   max_reservations = existing.max_reservations;
   max_processes = existing.max_processes;

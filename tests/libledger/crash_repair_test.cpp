@@ -62,9 +62,9 @@ struct Fixture {
     options.tombstone_grace_s = 1;
     options.limits.max_reservations = 64;
     REQUIRE(Ledger::open(dir.path(), options, &ledger) == Code::kOk);
-    REQUIRE(ledger->set_budget("org", 1000 * kUsd, Period::kNone, "") == Code::kOk);
-    REQUIRE(ledger->set_budget("team", 500 * kUsd, Period::kNone, "org") == Code::kOk);
-    REQUIRE(ledger->set_budget("alice", 100 * kUsd, Period::kNone, "team") == Code::kOk);
+    REQUIRE(ledger->set_budget("org", 100000 * kUsd, Period::kNone, "") == Code::kOk);
+    REQUIRE(ledger->set_budget("team", 50000 * kUsd, Period::kNone, "org") == Code::kOk);
+    REQUIRE(ledger->set_budget("alice", 10000 * kUsd, Period::kNone, "team") == Code::kOk);
     REQUIRE(ledger->set_budget("bob", 100 * kUsd, Period::kNone, "team") == Code::kOk);
   }
   void reclaim_all() {
@@ -246,7 +246,9 @@ TEST_CASE("a reclaimer killed while repairing is itself repaired", "[crash]") {
   for (int64_t w = 2; w <= 12; w += 2) {
     for (int64_t r = 1; r <= kPointsMax; ++r) {
       ReservationId id = 0;
-      REQUIRE(f.ledger->reserve("alice", kUsd, 600, &id) == Code::kOk);
+      const Status reserved = f.ledger->reserve("alice", kUsd, 600, &id);
+      INFO("reserve: " << reserved.message() << " at worker point " << w << " reclaimer point " << r);
+      REQUIRE(reserved == Code::kOk);
       const int worker = run_child(f.dir.path(), w, [id](Ledger& l) {
         return l.commit(id, 2 * kUsd).ok();  // settlement: must be rolled forward
       });

@@ -123,6 +123,19 @@ class Ledger {
   // dead processes, and drops tombstones past their grace. Safe from any process, concurrently.
   Status reclaim(uint32_t* reclaimed_holds);
 
+  // ---- policy -------------------------------------------------------------------------------
+  // Sets (or replaces, atomically for readers) a model's price. Up to 512 models; ids 1-87 bytes.
+  Status set_price(std::string_view model, int64_t prompt_nanousd_per_mtok,
+                   int64_t completion_nanousd_per_mtok, int64_t request_nanousd);
+  // Worst-case cost of a request, rounded up to the nano-USD. kUnknownModel without a price;
+  // kInvalidArgument when the result would exceed kAmountNanoUsdMax (never a wrapped number).
+  Status estimate(std::string_view model, uint32_t prompt_tokens, uint32_t max_completion_tokens,
+                  int64_t* estimate_nanousd) const;
+  // Policy and reserve in one call. The model to use is written to *model_out (today: the requested
+  // model; tier allowlists, fallbacks and downgrades arrive with the tier configuration).
+  Status authorize(std::string_view account, std::string_view model, int64_t estimate_nanousd,
+                   uint32_t ttl_s, std::string_view* model_out, ReservationId* id);
+
   // Durable on return: delegates to the store when one is attached (see the sidecar); without a
   // store there is nothing durable to wait for and it returns kOk.
   Status flush();
