@@ -126,7 +126,8 @@ struct Ledger::Impl {
 
   uint32_t process_slot = UINT32_MAX;
   uint32_t process_generation = 0;
-  uint64_t fork_epoch = 0;
+  // The fork epoch this handle registered in; published last (release), after process_slot.
+  std::atomic<uint64_t> fork_epoch{UINT64_MAX};
   std::atomic<uint32_t> lane_mask{0};
   std::atomic<bool> reregistering{false};
 

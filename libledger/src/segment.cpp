@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "impl.hpp"
 
@@ -255,7 +256,7 @@ Status Ledger::Impl::attach(bool create) {
 
 Status Ledger::Impl::register_process() {
   std::call_once(g_atfork_once, [] { ::pthread_atfork(nullptr, nullptr, on_fork_child); });
-  fork_epoch = g_fork_epoch.load(std::memory_order_relaxed);
+  const uint64_t epoch = g_fork_epoch.load(std::memory_order_relaxed);
   lane_mask.store(0, std::memory_order_relaxed);
   const int64_t now = now_ms();
   // Pass 1: a free slot. Pass 2: adopt a slot whose owner died and nobody reclaimed yet.
@@ -283,6 +284,7 @@ Status Ledger::Impl::register_process() {
       store(processes[slot].state, make_proc_state(generation, kProcActive));
       process_slot = slot;
       process_generation = generation;
+      fork_epoch.store(epoch, std::memory_order_release);  // last: the handle is usable now
       return Code::kOk;
     }
   }
@@ -291,7 +293,7 @@ Status Ledger::Impl::register_process() {
 
 void Ledger::Impl::unregister_process() {
   if (process_slot == UINT32_MAX) return;
-  if (fork_epoch != g_fork_epoch.load(std::memory_order_relaxed)) {
+  if (fork_epoch.load(std::memory_order_relaxed) != g_fork_epoch.load(std::memory_order_relaxed)) {
     process_slot = UINT32_MAX;  // the parent's slot: not ours to free
     return;
   }
@@ -304,16 +306,17 @@ void Ledger::Impl::unregister_process() {
 }
 
 Status Ledger::Impl::ensure_registered() {
-  if (fork_epoch == g_fork_epoch.load(std::memory_order_relaxed)) [[likely]]
+  if (fork_epoch.load(std::memory_order_acquire) == g_fork_epoch.load(std::memory_order_relaxed)) [[likely]]
     return Code::kOk;
-  // A handle carried across fork(): get our own lock file description and process slot.
+  // A handle carried across fork(): get our own lock file description and process slot. Other
+  // threads of the child wait until the new slot is published.
   bool expected = false;
   while (!reregistering.compare_exchange_weak(expected, true, std::memory_order_acquire)) {
     expected = false;
-    if (fork_epoch == g_fork_epoch.load(std::memory_order_relaxed)) return Code::kOk;
+    std::this_thread::yield();
   }
   Status status = Code::kOk;
-  if (fork_epoch != g_fork_epoch.load(std::memory_order_relaxed)) {
+  if (fork_epoch.load(std::memory_order_acquire) != g_fork_epoch.load(std::memory_order_relaxed)) {
     process_slot = UINT32_MAX;
     ::close(lock_fd);
     lock_fd = ::open((dir + "/ledger.lock").c_str(), O_RDWR | O_CLOEXEC);
