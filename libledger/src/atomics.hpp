@@ -2,8 +2,8 @@
 //
 // 32/64-bit words go through boost::atomics::ipc_atomic_ref (address-free, lock-free, valid across
 // processes). The 16-byte period word uses the compiler's __sync builtin, which GCC and Clang inline
-// as `lock cmpxchg16b` with -mcx16 and which the sanitizers understand (Boost.Atomic's 16-byte path is
-// inline assembly that ThreadSanitizer cannot see).
+// as `lock cmpxchg16b` with -mcx16 (Boost.Atomic's 16-byte path is equivalent inline assembly that
+// ThreadSanitizer cannot see, hence the explicit annotations in the TSan build below).
 #pragma once
 
 #include <boost/atomic/fences.hpp>
@@ -61,16 +61,44 @@ inline bool operator==(PeriodWord a, PeriodWord b) { return a.used == b.used && 
 inline PeriodWord period_word_guess(const PeriodWord& word) {
   return PeriodWord{load(word.used, memory_order_acquire), load(word.meta, memory_order_acquire)};
 }
+#if defined(__SANITIZE_THREAD__)
+#define LEDGER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LEDGER_TSAN 1
+#endif
+#endif
+
+#if defined(LEDGER_TSAN)
+// ThreadSanitizer's runtime emulates 16-byte atomics with a process-local lock, which is not atomic
+// across processes. Under TSan we issue the instruction ourselves and describe its ordering to
+// TSan with acquire/release annotations on the word's address.
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+inline Word128 cas128(Word128* p, Word128 expected, Word128 desired) {
+  uint64_t lo = static_cast<uint64_t>(expected), hi = static_cast<uint64_t>(expected >> 64);
+  __tsan_release(p);
+  __asm__ __volatile__("lock cmpxchg16b %0"
+                       : "+m"(*p), "+a"(lo), "+d"(hi)
+                       : "b"(static_cast<uint64_t>(desired)), "c"(static_cast<uint64_t>(desired >> 64))
+                       : "memory", "cc");
+  __tsan_acquire(p);
+  return (static_cast<Word128>(hi) << 64) | lo;
+}
+#else
+inline Word128 cas128(Word128* p, Word128 expected, Word128 desired) {
+  return __sync_val_compare_and_swap(p, expected, desired);  // lock cmpxchg16b (-mcx16)
+}
+#endif
+
 // An exact snapshot (a CAS that installs the value it finds).
 inline PeriodWord period_word_load(PeriodWord& word) {
-  auto* p = reinterpret_cast<Word128*>(&word);
-  return unpack(__sync_val_compare_and_swap(p, Word128{0}, Word128{0}));
+  return unpack(cas128(reinterpret_cast<Word128*>(&word), Word128{0}, Word128{0}));
 }
 // On failure `expected` receives the current value.
 inline bool period_word_cas(PeriodWord& word, PeriodWord& expected, PeriodWord desired) {
-  auto* p = reinterpret_cast<Word128*>(&word);
   const Word128 e = pack(expected);
-  const Word128 previous = __sync_val_compare_and_swap(p, e, pack(desired));
+  const Word128 previous = cas128(reinterpret_cast<Word128*>(&word), e, pack(desired));
   if (previous == e) return true;
   expected = unpack(previous);
   return false;
