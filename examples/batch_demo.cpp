@@ -54,7 +54,8 @@ int64_t usd(const char* text) { return *parse_usd(text); }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
   while (std::chrono::steady_clock::now() < deadline) {
     const int u = static_cast<int>(rng() % kUserCount);
-    const uint32_t prompt_tokens = 200 + rng() % 1800, max_tokens = 100 + rng() % 700;
+    const auto prompt_tokens = static_cast<uint32_t>(200 + rng() % 1800);
+    const auto max_tokens = static_cast<uint32_t>(100 + rng() % 700);
     int64_t estimate = 0;
     if (!ledger.estimate(kUsers[u].model, prompt_tokens, max_tokens, &estimate).ok()) std::_Exit(2);
     std::string_view model;

@@ -176,11 +176,11 @@ Status Ledger::commit(ReservationId id, int64_t actual_nanousd) {
 Status Ledger::release(ReservationId id) { return impl_->settle(id, false, 0); }
 
 namespace {
-Balance balance_of(Ledger::Impl& l, uint32_t index, int64_t now_s, int64_t held) {
+Balance balance_of(Ledger::Impl& l, uint32_t index, const Now& now, int64_t held) {
   Account& a = l.accounts[index];
   Balance b;
   b.period = static_cast<Period>(load(a.period_kind) & 3u);
-  const int64_t period = period_index(b.period, now_s);
+  const int64_t period = period_index(b.period, now.s);
   const uint32_t tag = make_tag(b.period, period);
   const PeriodWord word = period_word_load(a.words[tag_parity(tag)]);
   const bool current = meta_tag(word.meta) == tag;
@@ -201,20 +201,20 @@ Status Ledger::balance(std::string_view account, Balance* out) const {
   Impl& l = *impl_;
   const int32_t index = l.find_index(account);
   if (index < 0) return Code::kUnknownAccount;
-  const int64_t now_s = l.now_ms() / 1000;
-  const uint32_t tag = l.current_tag(l.accounts[index], now_s);
-  *out = balance_of(l, static_cast<uint32_t>(index), now_s, l.held_in(static_cast<uint32_t>(index), tag));
+  const Now now = l.now();
+  const uint32_t tag = l.current_tag(l.accounts[index], now);
+  *out = balance_of(l, static_cast<uint32_t>(index), now, l.held_in(static_cast<uint32_t>(index), tag));
   return Code::kOk;
 }
 
 Status Ledger::balances(std::vector<AccountBalance>* out) const {
   if (out == nullptr) return Code::kInvalidArgument;
   Impl& l = *impl_;
-  const int64_t now_s = l.now_ms() / 1000;
+  const Now now = l.now();
   const uint32_t count = load(l.header->account_count);
   std::vector<uint32_t> tags(count);
   std::vector<int64_t> held(count, 0);
-  for (uint32_t i = 0; i < count; ++i) tags[i] = l.current_tag(l.accounts[i], now_s);
+  for (uint32_t i = 0; i < count; ++i) tags[i] = l.current_tag(l.accounts[i], now);
   for (uint32_t r = 0; r < l.max_reservations; ++r) {
     const Reservation& res = l.reservations[r];
     if (res_status(load(res.state)) != kResHeld) continue;
@@ -234,7 +234,7 @@ Status Ledger::balances(std::vector<AccountBalance>* out) const {
     const int32_t parent = load(a.parent);
     if (parent >= 0 && static_cast<uint32_t>(parent) < count)
       entry.parent.assign(l.accounts[parent].name, std::min<uint32_t>(l.accounts[parent].name_length, kAccountNameMax));
-    entry.balance = balance_of(l, i, now_s, held[i]);
+    entry.balance = balance_of(l, i, now, held[i]);
     out->push_back(std::move(entry));
   }
   return Code::kOk;

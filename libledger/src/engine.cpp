@@ -84,50 +84,77 @@ int32_t Ledger::Impl::find_index(std::string_view name) const {
   return -1;
 }
 
-uint32_t Ledger::Impl::current_tag(const Account& account, int64_t now_s) const {
-  const auto kind = static_cast<Period>(load(account.period_kind, memory_order_relaxed) & 3u);
-  return make_tag(kind, period_index(kind, now_s));
+Now Ledger::Impl::now() const {
+  Now n;
+  n.ms = now_ms();
+  if (n.ms < 0) n.ms = 0;  // before 1970: not a time a ledger runs at; keeps the arithmetic simple
+  n.s = n.ms / 1000;
+  n.days = n.s / 86400;
+  n.month_cache = &month_cache;
+  return n;
 }
 
 // ---- lanes and targets --------------------------------------------------------------------------
 
+namespace {
+// Which of its process's lanes a thread tries first, so threads rarely collide on a claim.
+std::atomic<uint32_t> g_next_lane_hint{0};
+thread_local uint32_t tl_lane_hint __attribute__((tls_model("initial-exec"))) = UINT32_MAX;
+}  // namespace
+
 Status Ledger::Impl::acquire(OpScope* op) {
   Status status = ensure_registered();
   if (!status.ok()) return status;
-  uint32_t k = 0;
+  if (tl_lane_hint == UINT32_MAX) tl_lane_hint = g_next_lane_hint.fetch_add(1, std::memory_order_relaxed);
+  const uint32_t first = process_slot * kLanesPerProcess;
   for (uint32_t spins = 0;; ++spins) {
-    uint32_t mask = lane_mask.load(std::memory_order_relaxed);
-    if (mask != (1u << kLanesPerProcess) - 1) {
-      k = static_cast<uint32_t>(__builtin_ctz(~mask));
-      if (lane_mask.compare_exchange_weak(mask, mask | (1u << k), std::memory_order_acquire)) break;
-    } else if (spins > 64) {
-      std::this_thread::yield();  // more threads than lanes inside operations right now
+    for (uint32_t i = 0; i < kLanesPerProcess; ++i) {
+      const uint32_t index = first + (tl_lane_hint + i) % kLanesPerProcess;
+      LaneHeader& h = lanes[index].header;
+      uint64_t ctl = load(h.ctl, memory_order_relaxed);
+      const uint32_t phase = ctl_phase(ctl);
+      if (phase == kPhaseActive || phase == kPhaseOwned) continue;
+      if (!compare_exchange(h.ctl, ctl, make_ctl(ctl_seq(ctl), kPhaseOwned, kOpNone, 0, 0))) continue;
+      op->lane_id = index + 1;
+      op->lane = &lanes[index];
+      op->seq = ctl_seq(ctl);
+      return Code::kOk;
     }
+    if (spins > 16) std::this_thread::yield();  // more threads than lanes inside operations
   }
-  op->local_index = k;
-  op->lane_id = process_slot * kLanesPerProcess + k + 1;
-  op->lane = &lanes[op->lane_id - 1];
-  return Code::kOk;
 }
 
 void Ledger::Impl::start(OpScope* op, uint32_t kind) {
-  const uint64_t ctl = load(op->lane->header.ctl, memory_order_relaxed);
-  op->seq = ctl_seq(ctl) + 1 == 0 ? 1 : ctl_seq(ctl) + 1;
+  op->seq = op->seq + 1 == 0 ? 1 : op->seq + 1;
   op->n_targets = 0;
   LaneHeader& h = op->lane->header;
+  // Reset before ACTIVE is visible: a reclaimer must never read the previous op's header as ours.
   store(h.n_targets, 0u, memory_order_relaxed);
   store(h.reservation_slot, 0u, memory_order_relaxed);
   store(h.ctl, make_ctl(op->seq, kPhaseActive, kind, 0, 0), memory_order_release);
 }
 
 void Ledger::Impl::finish(OpScope* op) {
-  store(op->lane->header.ctl, make_ctl(op->seq, kPhaseIdle, kOpNone, 0, 0), memory_order_release);
+  store(op->lane->header.ctl, make_ctl(op->seq, kPhaseOwned, kOpNone, 0, 0), memory_order_release);
 }
 
 void Ledger::Impl::release(OpScope* op) {
-  if (op->local_index != UINT32_MAX)
-    lane_mask.fetch_and(~(1u << op->local_index), std::memory_order_release);
+  store(op->lane->header.ctl, make_ctl(op->seq, kPhaseIdle, kOpNone, 0, 0), memory_order_release);
 }
+
+void Ledger::Impl::end(OpScope* op) { release(op); }
+
+namespace {
+void store_spec(Target& t, const TargetSpec& spec) {
+  store(t.account, spec.account, memory_order_relaxed);
+  store(t.tag, spec.tag, memory_order_relaxed);
+  store(t.flags, spec.flags, memory_order_relaxed);
+  store(t.delta, spec.delta, memory_order_relaxed);
+  store(t.fallback, spec.fallback, memory_order_relaxed);
+  store(t.delta_requests, spec.delta_requests, memory_order_relaxed);
+  store(t.undo_of, spec.undo_of, memory_order_relaxed);
+}
+}  // namespace
 
 // Writes entry j's spec (and an empty attempt); publishes it by raising n_targets.
 void Ledger::Impl::write_spec(OpScope* op, uint32_t j, const TargetSpec& spec) {
@@ -177,13 +204,14 @@ void Ledger::Impl::help(uint32_t lane_id, uint64_t location, PeriodWord current)
 
 // Applies target j of `op`. Admission targets may be denied (kDeniedOverBudget); forced ones always
 // land. Writes the attempt into the lane before every CAS, and helps the previous writer.
-Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, int64_t now_s,
-                         uint32_t* effective_tag) {
+Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const Now& now,
+                         uint32_t* effective_tag, bool spec_written) {
+  assert(j < kTargetsMax);
   Account& account = accounts[spec.account];
   Target& entry = op->lane->targets[j];
   const bool admit = (spec.flags & kTargetAdmit) != 0;
   const Period kind = static_cast<Period>(load(account.period_kind, memory_order_relaxed) & 3u);
-  const uint32_t now_tag = make_tag(kind, period_index(kind, now_s));
+  const uint32_t now_tag = admit ? spec.tag : now.tag(static_cast<uint32_t>(kind));
   for (;;) {
     uint32_t parity = tag_parity(spec.tag);
     PeriodWord* word = &account.words[parity];
@@ -233,15 +261,25 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, int64_
       if (effective_tag != nullptr) *effective_tag = tag;
       return Code::kOk;  // a change of nothing: no CAS, so no stamp to account for
     }
-    // Record the attempt (seqlock: seq 0 while rewriting), then help, then CAS.
+    // Record the attempt (seqlock: seq 0 while rewriting), then help, then CAS. The first attempt
+    // of an admission target also writes its spec, and publishes it by raising n_targets before
+    // the CAS can happen.
     store(entry.seq, 0u, memory_order_relaxed);
     fence_release();
+    if (!spec_written) store_spec(entry, spec);
     store(entry.tag, admit ? tag : spec.tag, memory_order_relaxed);
     store(entry.location, word_location(spec.account, parity), memory_order_relaxed);
     LEDGER_CRASH_POINT();  // attempt half-rewritten (seq 0)
     store(entry.new_used, desired.used, memory_order_relaxed);
     store(entry.new_meta, desired.meta, memory_order_relaxed);
     store(entry.seq, op->seq, memory_order_release);
+    if (!spec_written) {
+      spec_written = true;
+      if (j >= op->n_targets) {
+        op->n_targets = j + 1;
+        store(op->lane->header.n_targets, op->n_targets, memory_order_release);
+      }
+    }
     LEDGER_CRASH_POINT();  // attempt recorded, CAS not done
     const uint32_t stamp = meta_lane(current.meta);
     if (stamp != 0 && stamp != op->lane_id) help(stamp, word_location(spec.account, parity), current);
@@ -270,8 +308,7 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
     chain[depth++] = static_cast<uint32_t>(a);
     a = load(acc.parent, memory_order_relaxed);
   }
-  const int64_t now = now_ms();
-  const int64_t now_s = now / 1000;
+  const Now now = this->now();
 
   OpScope op;
   Status status = begin(&op, kind);
@@ -309,12 +346,11 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
   for (; applied < depth; ++applied) {
     TargetSpec spec;
     spec.account = chain[applied];
-    spec.tag = current_tag(accounts[chain[applied]], now_s);
+    spec.tag = current_tag(accounts[chain[applied]], now);
     spec.delta = amount;
     spec.delta_requests = kind == kOpDebit ? 1 : 0;
     spec.flags = kTargetAdmit;
-    write_spec(&op, applied, spec);
-    const Code code = apply(&op, applied, spec, now_s, &tags[applied]);
+    const Code code = apply(&op, applied, spec, now, &tags[applied], false);
     if (code != Code::kOk) {
       denied = applied == 0 ? Code::kDeniedOverBudget : Code::kDeniedParentOverBudget;
       break;
@@ -332,8 +368,7 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
       undo.delta_requests = kind == kOpDebit ? -1 : 0;
       undo.flags = kTargetUndo;
       undo.undo_of = level;
-      write_spec(&op, kChainDepthMax + level, undo);
-      (void)apply(&op, kChainDepthMax + level, undo, now_s, nullptr);
+      (void)apply(&op, kChainDepthMax + level, undo, now, nullptr, false);
       LEDGER_CRASH_POINT();
     }
     if (slot != UINT32_MAX) store(reservations[slot].state, make_res_state(generation, kResFree, 0));
@@ -348,7 +383,7 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
       store(r.tags[i], i < depth ? tags[i] : 0u, memory_order_relaxed);
     }
     const uint32_t ttl = ttl_s == 0 ? options.default_ttl_s : ttl_s;
-    store(r.deadline_ms, now + int64_t{ttl} * 1000, memory_order_relaxed);
+    store(r.deadline_ms, now.ms + int64_t{ttl} * 1000, memory_order_relaxed);
     store(r.owner_process, process_slot, memory_order_relaxed);
     store(r.owner_generation, process_generation, memory_order_relaxed);
     LEDGER_CRASH_POINT();  // levels applied, hold not yet published
@@ -446,8 +481,8 @@ Status Ledger::Impl::settle(ReservationId id, bool commit, int64_t actual) {
     LEDGER_CRASH_POINT();  // specs written, slot not claimed
     if (!compare_exchange(r.state, state, settling)) continue;  // somebody else moved first
     LEDGER_CRASH_POINT();  // claimed, no level applied
-    const int64_t now_s = now_ms() / 1000;
-    for (uint32_t i = 0; i < hold.depth; ++i) (void)apply(&op, i, specs[i], now_s, nullptr);
+    const Now now = this->now();
+    for (uint32_t i = 0; i < hold.depth; ++i) (void)apply(&op, i, specs[i], now, nullptr, true);
     LEDGER_CRASH_POINT();  // all levels applied, slot not freed
     store(r.state, make_res_state(generation, kResFree, 0));
     LEDGER_CRASH_POINT();
@@ -484,8 +519,8 @@ Status Ledger::Impl::expire_hold(uint32_t slot, uint64_t state, int64_t now) {
     return Code::kAlreadySettled;
   }
   LEDGER_CRASH_POINT();
-  const int64_t now_s = now / 1000;
-  for (uint32_t i = 0; i < hold.depth; ++i) (void)apply(&op, i, specs[i], now_s, nullptr);
+  const Now clock = this->now();
+  for (uint32_t i = 0; i < hold.depth; ++i) (void)apply(&op, i, specs[i], clock, nullptr, true);
   store(r.deadline_ms, grace_end, memory_order_relaxed);
   LEDGER_CRASH_POINT();
   store(r.state, make_res_state(generation, kResExpired, 0));

@@ -98,10 +98,40 @@ struct TargetSpec {
 struct OpScope {
   Lane* lane = nullptr;
   uint32_t lane_id = 0;
-  uint32_t local_index = UINT32_MAX;  // bit in Impl::lane_mask; UINT32_MAX = borrowed lane
   uint32_t seq = 0;
   uint32_t n_targets = 0;
 };
+
+// The clock read once per operation. Period tags are derived on demand (tag()), since most chains
+// use one or two kinds and a monthly index needs a civil-date conversion.
+struct Now {
+  int64_t ms = 0;
+  int64_t s = 0;
+  int64_t days = 0;
+  const std::atomic<uint64_t>* month_cache = nullptr;  // (day << 32) | month index of that day
+  uint32_t tag(uint32_t kind) const;
+};
+
+inline uint32_t Now::tag(uint32_t kind) const {
+  switch (static_cast<Period>(kind)) {
+    case Period::kDaily:
+      return make_tag(Period::kDaily, days);
+    case Period::kWeekly:
+      return make_tag(Period::kWeekly, (days + 3) / 7);  // Monday weeks (days >= 0)
+    case Period::kMonthly: {
+      const uint64_t cached = month_cache->load(std::memory_order_relaxed);
+      if (cached != 0 && static_cast<int64_t>(cached >> 32) == days)
+        return make_tag(Period::kMonthly, static_cast<int64_t>(cached & 0xFFFFFFFFu));
+      const int64_t month = period_index(Period::kMonthly, s);
+      const_cast<std::atomic<uint64_t>*>(month_cache)
+          ->store((static_cast<uint64_t>(days) << 32) | static_cast<uint32_t>(month), std::memory_order_relaxed);
+      return make_tag(Period::kMonthly, month);
+    }
+    case Period::kNone:
+      break;
+  }
+  return 0;
+}
 
 }  // namespace ledger::detail
 
@@ -128,7 +158,7 @@ struct Ledger::Impl {
   uint32_t process_generation = 0;
   // The fork epoch this handle registered in; published last (release), after process_slot.
   std::atomic<uint64_t> fork_epoch{UINT64_MAX};
-  std::atomic<uint32_t> lane_mask{0};
+  mutable std::atomic<uint64_t> month_cache{0};  // (day << 32) | month index of that day
   std::atomic<bool> reregistering{false};
 
   ~Impl();
@@ -144,29 +174,31 @@ struct Ledger::Impl {
 
   // ---- engine.cpp -----------------------------------------------------------------------------
   int64_t now_ms() const;
+  detail::Now now() const;
   detail::Lane& lane_by_id(uint32_t lane_id) const {
     assert(lane_id >= 1 && lane_id <= max_processes * detail::kLanesPerProcess);
     return lanes[lane_id - 1];
   }
   int32_t find_index(std::string_view name) const;
-  Status acquire(detail::OpScope* op);       // a lane of this process for the calling thread
-  void start(detail::OpScope* op, uint32_t kind);  // a new op seq on the lane
-  void finish(detail::OpScope* op);          // the op is over (the lane is kept)
-  void release(detail::OpScope* op);         // give the lane back
+  Status acquire(detail::OpScope* op);       // claims a free lane of this process (phase OWNED)
+  void start(detail::OpScope* op, uint32_t kind);  // a new op seq on the owned lane (ACTIVE)
+  void finish(detail::OpScope* op);          // the op is over; the lane stays owned
+  void release(detail::OpScope* op);         // the lane is free again (IDLE)
   Status begin(detail::OpScope* op, uint32_t kind) {
     Status status = acquire(op);
     if (status.ok()) start(op, kind);
     return status;
   }
-  void end(detail::OpScope* op) {
-    finish(op);
-    release(op);
-  }
+  void end(detail::OpScope* op);             // finish + release in one store
   void write_spec(detail::OpScope* op, uint32_t j, const detail::TargetSpec& spec);
-  Code apply(detail::OpScope* op, uint32_t j, const detail::TargetSpec& spec, int64_t now_s,
-             uint32_t* effective_tag);
+  // Applies target j. spec_written: the entry's spec is already in the lane (settlement, repair);
+  // otherwise the first attempt writes spec and attempt in one pass (admission).
+  Code apply(detail::OpScope* op, uint32_t j, const detail::TargetSpec& spec, const detail::Now& now,
+             uint32_t* effective_tag, bool spec_written);
   void help(uint32_t lane_id, uint64_t location, detail::PeriodWord current) const;
-  uint32_t current_tag(const detail::Account& account, int64_t now_s) const;
+  uint32_t current_tag(const detail::Account& account, const detail::Now& now) const {
+    return now.tag(detail::load(account.period_kind, detail::memory_order_relaxed) & 3u);
+  }
   Status admit(uint32_t kind, uint32_t account, int64_t amount, uint32_t ttl_s, ReservationId* id);
   Status settle(ReservationId id, bool commit, int64_t actual);
   Status expire_hold(uint32_t slot, uint64_t state, int64_t now_ms);

@@ -110,7 +110,9 @@ static_assert(sizeof(ProcessSlot) == 64);
 // undo_of), written before n_targets is raised and not changed for the rest of the op. The attempt
 // (location, new_used, new_meta) is valid for op `seq` only while the entry's own `seq` equals it
 // (seqlock discipline: 0 while being rewritten before each CAS attempt).
-enum LanePhase : uint32_t { kPhaseIdle = 0, kPhaseActive = 1, kPhaseResolved = 2 };
+// IDLE and RESOLVED lanes are free: a thread claims one with a CAS of ctl to OWNED, resets the
+// header, then publishes ACTIVE for each operation. A dead process's OWNED lanes hold no operation.
+enum LanePhase : uint32_t { kPhaseIdle = 0, kPhaseActive = 1, kPhaseResolved = 2, kPhaseOwned = 3 };
 enum OpKind : uint32_t {
   kOpNone = 0,
   kOpDebit = 1,     // admission: rolled back if its process dies before the end

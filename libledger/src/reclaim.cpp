@@ -165,8 +165,8 @@ Ledger::Impl::Repair Ledger::Impl::repair_lane(uint32_t dead, OpScope* op, int d
       continue;
     }
     LEDGER_CRASH_POINT();  // claimed, nothing applied
-    const int64_t now_s = now_ms() / 1000;
-    for (uint32_t j = 0; j < n_fixes; ++j) (void)apply(op, j, fixes[j], now_s, nullptr);
+    const Now now = this->now();
+    for (uint32_t j = 0; j < n_fixes; ++j) (void)apply(op, j, fixes[j], now, nullptr, true);
     LEDGER_CRASH_POINT();
     if (res != nullptr && (res_from != 0 || res_to != 0)) {
       if (res_status(res_to) == kResExpired) store(res->deadline_ms, tombstone_deadline, memory_order_relaxed);
@@ -185,9 +185,11 @@ bool Ledger::Impl::reclaim_dead_process(uint32_t slot, OpScope* op) {
     // Registration adopting a dead slot: do the repairs on one of its own idle lanes.
     for (uint32_t k = 0; k < kLanesPerProcess && op == nullptr; ++k) {
       const uint32_t id = slot * kLanesPerProcess + k + 1;
-      if (ctl_phase(load(lane_by_id(id).header.ctl)) != kPhaseActive) {
+      const uint64_t ctl = load(lane_by_id(id).header.ctl);
+      if (ctl_phase(ctl) != kPhaseActive) {
         borrowed.lane_id = id;
         borrowed.lane = &lane_by_id(id);
+        borrowed.seq = ctl_seq(ctl);
         op = &borrowed;
       }
     }
@@ -206,6 +208,13 @@ bool Ledger::Impl::reclaim_dead_process(uint32_t slot, OpScope* op) {
         res_lane(state) != op->lane_id)
       (void)compare_exchange(reservations[r].state, state,
                              make_res_state(res_generation(state), kResFree, 0));
+  }
+  // The dead owner's lanes hold no operation now: free the ones it (or we) left owned.
+  for (uint32_t k = 0; k < kLanesPerProcess; ++k) {
+    LaneHeader& h = lane_by_id(slot * kLanesPerProcess + k + 1).header;
+    uint64_t ctl = load(h.ctl);
+    if (ctl_phase(ctl) == kPhaseOwned)
+      (void)compare_exchange(h.ctl, ctl, make_ctl(ctl_seq(ctl), kPhaseIdle, kOpNone, 0, 0));
   }
   const uint64_t state = load(processes[slot].state);
   store(processes[slot].state, make_proc_state(proc_generation(state) + 1, kProcFree));

@@ -257,7 +257,6 @@ Status Ledger::Impl::attach(bool create) {
 Status Ledger::Impl::register_process() {
   std::call_once(g_atfork_once, [] { ::pthread_atfork(nullptr, nullptr, on_fork_child); });
   const uint64_t epoch = g_fork_epoch.load(std::memory_order_relaxed);
-  lane_mask.store(0, std::memory_order_relaxed);
   const int64_t now = now_ms();
   // Pass 1: a free slot. Pass 2: adopt a slot whose owner died and nobody reclaimed yet.
   for (int pass = 0; pass < 2; ++pass) {
