@@ -100,28 +100,35 @@ Status Ledger::set_budget(std::string_view account, int64_t limit_nanousd, Perio
     return Code::kOk;
   }
   if (parent_length + 1 > kChainDepthMax) return Code::kInvalidArgument;
-  const uint32_t count = load(l.header->account_count);
-  if (count >= l.max_accounts) return Code::kFull;
+  index = l.create_account_record(account, limit_nanousd, period);
+  if (index < 0) return Code::kFull;
+  store(l.accounts[index].parent, parent_index);
+  return Code::kOk;
+}
+
+int32_t Ledger::Impl::create_account_record(std::string_view name, int64_t limit_nanousd, Period period) {
+  const uint32_t count = load(header->account_count);
+  if (count >= max_accounts) return -1;
   // Reserve the index first: a crash below leaks one unpublished record, never a half-visible one.
-  store(l.header->account_count, count + 1);
-  Account& a = l.accounts[count];
+  store(header->account_count, count + 1);
+  Account& a = accounts[count];
   std::memset(a.name, 0, sizeof a.name);
-  std::memcpy(a.name, account.data(), account.size());
-  a.name_length = static_cast<uint32_t>(account.size());
-  a.name_hash = fnv32(account);
+  std::memcpy(a.name, name.data(), name.size());
+  a.name_length = static_cast<uint32_t>(name.size());
+  a.name_hash = fnv32(name);
   store(a.limit_nanousd, limit_nanousd);
-  store(a.parent, parent_index);
+  store(a.parent, int32_t{-1});
   store(a.period_kind, static_cast<uint8_t>(period));
   store(a.blocked, uint8_t{0});
   store(a.live, uint8_t{1});
-  for (uint32_t probe = 0; probe <= l.hash_mask; ++probe) {
-    uint32_t& entry = l.hash[(a.name_hash + probe) & l.hash_mask];
+  for (uint32_t probe = 0; probe <= hash_mask; ++probe) {
+    uint32_t& entry = hash[(a.name_hash + probe) & hash_mask];
     if (load(entry, memory_order_relaxed) == 0) {
       store(entry, count + 1);  // release: the record above is complete
-      return Code::kOk;
+      return static_cast<int32_t>(count);
     }
   }
-  return Code::kFull;  // unreachable: the table has twice as many entries as accounts
+  return -1;  // unreachable: the table has twice as many entries as accounts
 }
 
 Status Ledger::block(std::string_view account, bool blocked) {
@@ -240,6 +247,9 @@ Status Ledger::balances(std::vector<AccountBalance>* out) const {
   return Code::kOk;
 }
 
-Status Ledger::flush() { return impl_->ensure_registered(); }
+Status Ledger::flush() {
+  Status status = impl_->ensure_registered();
+  return status.ok() ? impl_->flush_store() : status;
+}
 
 }  // namespace ledger

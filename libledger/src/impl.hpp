@@ -81,6 +81,8 @@ inline uint32_t proc_status(uint64_t state) { return static_cast<uint32_t>(state
 // Lock file byte ranges (OFD locks, released by the kernel when the holder dies).
 inline constexpr off_t kInitLockByte = 0;
 inline constexpr off_t kAdminLockByte = 1;
+inline constexpr off_t kFlushLockByte = 2;
+inline constexpr off_t kSidecarLockByte = 3;
 inline constexpr off_t kSlotLockBase = 64;
 
 // What one target of an operation should do (see Target in layout.hpp).
@@ -205,6 +207,13 @@ struct Ledger::Impl {
   int64_t held_in(uint32_t account, uint32_t tag) const;
   // Reads a model's price consistently (seqlock); false when the model has no price.
   bool read_price(std::string_view model, int64_t* prompt, int64_t* completion, int64_t* request) const;
+
+  // ---- store.cpp ------------------------------------------------------------------------------
+  Status flush_store();
+  Status rebuild_from_store();
+  // Appends and publishes a new account record; -1 when max_accounts is reached.
+  // REQUIRES: the admin lock (or the init lock on a segment nobody else sees yet).
+  int32_t create_account_record(std::string_view name, int64_t limit_nanousd, Period period);
 
   // ---- reclaim.cpp ----------------------------------------------------------------------------
   enum class Repair { kDone, kBusy };

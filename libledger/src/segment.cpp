@@ -226,7 +226,6 @@ Status Ledger::Impl::attach(bool create) {
     auto* reservations_init = reinterpret_cast<Reservation*>(static_cast<char*>(p) + g.offset_reservations);
     for (uint32_t i = 0; i < options.limits.max_reservations; ++i)
       reservations_init[i].state = make_res_state(0, kResFree, 0);
-    store(h->magic, kMagic);  // last: the segment is complete
   }
 
   header = static_cast<Header*>(mapping);
@@ -251,6 +250,12 @@ Status Ledger::Impl::attach(bool create) {
   max_reservations = existing.max_reservations;
   max_processes = existing.max_processes;
   hash_mask = header->hash_mask;
+  if (fresh) {
+    // A new segment: budgets and the current periods' spend come back from the store, if any.
+    Status status = rebuild_from_store();
+    if (!status.ok()) return status;
+    store(header->magic, kMagic);  // last: the segment is complete
+  }
   return Code::kOk;
 }
 

@@ -42,7 +42,8 @@ struct Options {
   Limits limits;                   // used only when the segment is created
   uint32_t default_ttl_s = 600;    // hold TTL when reserve() is given 0
   uint32_t tombstone_grace_s = 86400;  // how long an expired hold still accepts its late commit
-  uint32_t file_mode = 0600;       // segment and lock file (0660 for a group-shared ledger)
+  uint32_t file_mode = 0600;       // segment, lock file and store (0660 for a group-shared ledger)
+  uint64_t store_map_size_bytes = uint64_t{1} << 30;  // LMDB map (sparse); full -> Code::kFull
   Clock clock;
 };
 
@@ -136,8 +137,9 @@ class Ledger {
   Status authorize(std::string_view account, std::string_view model, int64_t estimate_nanousd,
                    uint32_t ttl_s, std::string_view* model_out, ReservationId* id);
 
-  // Durable on return: delegates to the store when one is attached (see the sidecar); without a
-  // store there is nothing durable to wait for and it returns kOk.
+  // Writes everything settled so far into the store (<dir>/ledger.mdb, see store.hpp) in one synced
+  // transaction: durable on return. kFull when the LMDB map is full, kPermission or kIoError when
+  // the directory cannot be written; the segment is never changed by a flush.
   Status flush();
 
   const std::string& dir() const;

@@ -1,0 +1,90 @@
+// ledger/store.hpp — the durable record of a ledger (LMDB, <dir>/ledger.mdb), read side.
+//
+// The shared segment decides; the store remembers. Ledger::flush() (and the sidecar, every
+// flush_interval_ms) writes what was settled into the store in one synced LMDB transaction:
+//   accounts   name -> budget, period, parent, blocked
+//   periods    (name, period) -> settled spend and requests of that period (the last snapshot)
+//   daily      (name, UTC day) -> spend and requests settled that day
+//   journal    seq -> one entry per account and flush (and per reconcile adjustment): the audit trail
+// A flush computes, per account and period, settled = used - live holds, and records the change
+// since the snapshot already stored; a flusher killed mid-way commits nothing, so the next flush
+// records the same change: nothing lost, nothing counted twice. When the segment is gone (reboot),
+// the next open rebuilds budgets and the current and previous periods' spend from the store; the
+// loss window is what was settled after the last completed flush.
+// Thread safety: a StoreReader is for one thread; any number may read while a flush writes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ledger/period.hpp"
+#include "ledger/status.hpp"
+
+namespace ledger {
+
+inline constexpr uint32_t kStoreFormatVersion = 1;
+
+struct StoredAccount {
+  std::string account;
+  std::string parent;
+  int64_t limit_nanousd = 0;
+  Period period = Period::kNone;
+  bool blocked = false;
+};
+
+struct StoredPeriod {
+  std::string account;
+  Period period = Period::kNone;
+  int64_t index = 0;           // period index (see period.hpp)
+  int64_t spent_nanousd = 0;   // settled
+  uint64_t requests = 0;
+};
+
+struct StoredDay {
+  std::string account;
+  int64_t day = 0;             // days since 1970-01-01 (UTC)
+  int64_t spent_nanousd = 0;
+  uint64_t requests = 0;
+};
+
+enum class JournalKind : uint32_t { kFlush = 1, kAdjustment = 2 };  // reaches disk: never renumber
+struct JournalEntry {
+  uint64_t seq = 0;
+  int64_t unix_ms = 0;
+  JournalKind kind = JournalKind::kFlush;
+  std::string account;
+  Period period = Period::kNone;
+  int64_t index = 0;
+  int64_t delta_nanousd = 0;
+  int64_t delta_requests = 0;
+};
+
+struct StoreStats {
+  int64_t last_flush_ms = 0;
+  uint64_t journal_entries = 0;
+  uint64_t map_size_bytes = 0;
+  uint64_t used_bytes = 0;
+};
+
+// Opens <dir>/ledger.mdb read-only. kNotFound when there is none yet, kIncompatible for another
+// store format.
+class StoreReader {
+ public:
+  static Status open(std::string_view dir, std::unique_ptr<StoreReader>* out);
+  ~StoreReader();
+  Status accounts(std::vector<StoredAccount>* out) const;
+  Status periods(std::vector<StoredPeriod>* out) const;
+  Status days(int64_t first_day, int64_t last_day, std::vector<StoredDay>* out) const;
+  Status journal(uint64_t from_seq, size_t max_entries, std::vector<JournalEntry>* out) const;
+  Status stats(StoreStats* out) const;
+  struct Impl;
+
+ private:
+  explicit StoreReader(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ledger

@@ -1,0 +1,482 @@
+// store.cpp — the LMDB durable record: flush (segment -> store) and rebuild (store -> segment).
+//
+// Flushes from any number of processes serialize on an OFD lock (kFlushLockByte of ledger.lock) and
+// each is one synced LMDB write transaction (no MDB_NOSYNC, no MDB_WRITEMAP). The environment is
+// opened per flush, so a handle carried across fork() never touches a parent's LMDB environment.
+#include <lmdb.h>
+#include <sys/stat.h>
+
+#include <cstring>
+#include <vector>
+
+#include "impl.hpp"
+#include "ledger/store.hpp"
+
+namespace ledger {
+
+using namespace detail;
+
+namespace {
+
+constexpr const char* kStoreFile = "/ledger.mdb";
+constexpr uint32_t kDbCount = 5;
+
+// Records as stored (fixed layout, little-endian x86-64; the meta "format" key versions them).
+struct AccountValue {
+  uint32_t version;
+  uint32_t blocked;
+  int64_t limit_nanousd;
+  int32_t period;
+  uint32_t reserved;
+  char parent[64];
+};
+static_assert(sizeof(AccountValue) == 88);
+struct TotalsValue {
+  int64_t spent_nanousd;
+  uint64_t requests;
+};
+static_assert(sizeof(TotalsValue) == 16);
+struct JournalValue {
+  int64_t unix_ms;
+  uint32_t kind;
+  int32_t period;
+  int64_t index;
+  int64_t delta_nanousd;
+  int64_t delta_requests;
+  char account[64];
+};
+static_assert(sizeof(JournalValue) == 104);
+
+Status mdb_status(int rc) {
+  switch (rc) {
+    case MDB_SUCCESS: return Code::kOk;
+    case MDB_MAP_FULL: return Code::kFull;
+    case MDB_NOTFOUND: return Code::kNotFound;
+    case MDB_VERSION_MISMATCH:
+    case MDB_INVALID:
+    case MDB_INCOMPATIBLE: return Code::kIncompatible;
+    case EACCES:
+    case EROFS:
+    case EPERM: return Code::kPermission;
+    case ENOENT: return Code::kNotFound;
+    default: return Code::kIoError;
+  }
+}
+
+void put_be64(char* out, uint64_t v) {
+  for (int i = 7; i >= 0; --i) {
+    out[i] = static_cast<char>(v & 0xFF);
+    v >>= 8;
+  }
+}
+uint64_t get_be64(const char* in) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(in[i]);
+  return v;
+}
+
+// (account, period kind, index) and (account, day) keys: name, NUL, then big-endian numbers so that
+// one account's entries sort together and in time order.
+std::string period_key(std::string_view account, Period kind, int64_t index) {
+  std::string key(account);
+  key.push_back('\0');
+  key.push_back(static_cast<char>(kind));
+  char number[8];
+  put_be64(number, static_cast<uint64_t>(index) ^ (uint64_t{1} << 63));
+  key.append(number, 8);
+  return key;
+}
+std::string day_key(std::string_view account, int64_t day) {
+  std::string key(account);
+  key.push_back('\0');
+  char number[8];
+  put_be64(number, static_cast<uint64_t>(day) ^ (uint64_t{1} << 63));
+  key.append(number, 8);
+  return key;
+}
+
+MDB_val val(const void* data, size_t size) { return MDB_val{size, const_cast<void*>(data)}; }
+MDB_val val(const std::string& s) { return MDB_val{s.size(), const_cast<char*>(s.data())}; }
+
+// An LMDB environment with the ledger's databases, open for one flush, rebuild or read.
+struct Env {
+  MDB_env* env = nullptr;
+  MDB_dbi meta = 0, accounts = 0, periods = 0, daily = 0, journal = 0;
+  ~Env() {
+    if (env != nullptr) mdb_env_close(env);
+  }
+  Status open(const std::string& dir, bool write, uint64_t map_size, uint32_t mode) {
+    const std::string path = dir + kStoreFile;
+    if (!write) {
+      struct stat st {};
+      if (::stat(path.c_str(), &st) != 0) return Code::kNotFound;
+    }
+    int rc = mdb_env_create(&env);
+    if (rc == 0) rc = mdb_env_set_maxdbs(env, kDbCount);
+    if (rc == 0 && write) rc = mdb_env_set_mapsize(env, map_size);
+    if (rc == 0) rc = mdb_env_open(env, path.c_str(), MDB_NOSUBDIR | (write ? 0 : MDB_RDONLY), mode);
+    if (rc != 0) return mdb_status(rc);
+    int dead = 0;
+    mdb_reader_check(env, &dead);  // slots of readers that died
+    MDB_txn* txn = nullptr;
+    rc = mdb_txn_begin(env, nullptr, write ? 0 : MDB_RDONLY, &txn);
+    if (rc != 0) return mdb_status(rc);
+    const unsigned flags = write ? MDB_CREATE : 0;
+    rc = mdb_dbi_open(txn, "meta", flags, &meta);
+    if (rc == 0) rc = mdb_dbi_open(txn, "accounts", flags, &accounts);
+    if (rc == 0) rc = mdb_dbi_open(txn, "periods", flags, &periods);
+    if (rc == 0) rc = mdb_dbi_open(txn, "daily", flags, &daily);
+    if (rc == 0) rc = mdb_dbi_open(txn, "journal", MDB_INTEGERKEY | flags, &journal);
+    if (rc != 0) {
+      mdb_txn_abort(txn);
+      return rc == MDB_NOTFOUND ? Status(Code::kIncompatible) : mdb_status(rc);
+    }
+    // Format version: written by the first writer, checked by everyone.
+    const char* key = "format";
+    MDB_val k = val(key, std::strlen(key)), v;
+    rc = mdb_get(txn, meta, &k, &v);
+    if (rc == MDB_NOTFOUND && write) {
+      const uint32_t version = kStoreFormatVersion;
+      MDB_val nv = val(&version, sizeof version);
+      rc = mdb_put(txn, meta, &k, &nv, 0);
+      if (rc == 0) rc = mdb_txn_commit(txn);
+      else mdb_txn_abort(txn);
+      return mdb_status(rc);
+    }
+    Status status = Code::kOk;
+    uint32_t version = 0;
+    if (rc != 0 || v.mv_size != sizeof version) status = Code::kIncompatible;
+    else std::memcpy(&version, v.mv_data, sizeof version);
+    if (status.ok() && version != kStoreFormatVersion) status = Code::kIncompatible;
+    rc = mdb_txn_commit(txn);  // keeps the dbi handles
+    return status.ok() ? mdb_status(rc) : status;
+  }
+};
+
+struct Txn {
+  MDB_txn* txn = nullptr;
+  ~Txn() {
+    if (txn != nullptr) mdb_txn_abort(txn);
+  }
+  int commit() {
+    const int rc = mdb_txn_commit(txn);
+    txn = nullptr;
+    return rc;
+  }
+};
+
+template <class T>
+bool get_struct(MDB_txn* txn, MDB_dbi dbi, const std::string& key, T* out) {
+  MDB_val k = val(key), v;
+  if (mdb_get(txn, dbi, &k, &v) != 0 || v.mv_size != sizeof(T)) return false;
+  std::memcpy(out, v.mv_data, sizeof(T));
+  return true;
+}
+
+}  // namespace
+
+// ---- flush ----------------------------------------------------------------------------------------
+
+Status Ledger::Impl::flush_store() {
+  lock_byte_wait(kFlushLockByte);
+  struct Unlock {
+    const Impl* impl;
+    ~Unlock() { impl->unlock_byte(kFlushLockByte); }
+  } unlock{this};
+  Env env;
+  Status status = env.open(dir, true, options.store_map_size_bytes, options.file_mode & 0777);
+  if (!status.ok()) return status;
+
+  // Holds per (account, word): one pass over the reservation table.
+  const uint32_t count = load(header->account_count);
+  std::vector<int64_t> held(size_t{count} * 2, 0);
+  std::vector<uint32_t> word_tag(size_t{count} * 2, 0);
+  std::vector<PeriodWord> words(size_t{count} * 2);
+  for (uint32_t i = 0; i < count; ++i)
+    for (uint32_t p = 0; p < 2; ++p) {
+      words[i * 2 + p] = period_word_load(accounts[i].words[p]);
+      word_tag[i * 2 + p] = meta_tag(words[i * 2 + p].meta);
+    }
+  for (uint32_t r = 0; r < max_reservations; ++r) {
+    const Reservation& res = reservations[r];
+    if (res_status(load(res.state)) != kResHeld) continue;
+    for (uint32_t level = 0; level < kChainDepthMax; ++level) {
+      const int32_t a = load(res.chain[level], memory_order_relaxed);
+      if (a < 0 || static_cast<uint32_t>(a) >= count) break;
+      const uint32_t tag = load(res.tags[level], memory_order_relaxed);
+      const uint32_t w = static_cast<uint32_t>(a) * 2 + tag_parity(tag);
+      if (word_tag[w] == tag) held[w] += load(res.amount_nanousd, memory_order_relaxed);
+    }
+  }
+
+  const Now clock = now();
+  Txn txn;
+  int rc = mdb_txn_begin(env.env, nullptr, 0, &txn.txn);
+  if (rc != 0) return mdb_status(rc);
+  uint64_t journal_next = 1;
+  {
+    MDB_cursor* cursor = nullptr;
+    if (mdb_cursor_open(txn.txn, env.journal, &cursor) == 0) {
+      MDB_val k, v;
+      if (mdb_cursor_get(cursor, &k, &v, MDB_LAST) == 0 && k.mv_size == sizeof(uint64_t)) {
+        uint64_t last = 0;
+        std::memcpy(&last, k.mv_data, sizeof last);
+        journal_next = last + 1;
+      }
+      mdb_cursor_close(cursor);
+    }
+  }
+  for (uint32_t i = 0; i < count && rc == 0; ++i) {
+    const Account& a = accounts[i];
+    if (load(a.live) == 0) continue;
+    const std::string name(a.name, std::min<uint32_t>(a.name_length, kAccountNameMax));
+    // Budget configuration.
+    AccountValue config{};
+    config.version = 1;
+    config.blocked = load(a.blocked);
+    config.limit_nanousd = load(a.limit_nanousd);
+    config.period = load(a.period_kind);
+    const int32_t parent = load(a.parent);
+    if (parent >= 0 && static_cast<uint32_t>(parent) < count)
+      std::memcpy(config.parent, accounts[parent].name, std::min<uint32_t>(accounts[parent].name_length, kAccountNameMax));
+    AccountValue stored{};
+    if (!get_struct(txn.txn, env.accounts, name, &stored) || std::memcmp(&stored, &config, sizeof config) != 0) {
+      MDB_val k = val(name), v = val(&config, sizeof config);
+      rc = mdb_put(txn.txn, env.accounts, &k, &v, 0);
+    }
+    // Settled totals per period word, and the change since the last flush.
+    for (uint32_t p = 0; p < 2 && rc == 0; ++p) {
+      const PeriodWord w = words[i * 2 + p];
+      if (w.used == 0 && meta_requests(w.meta) == 0) continue;  // never used
+      const uint32_t tag = meta_tag(w.meta);
+      const Period kind = tag_kind(tag);
+      const int64_t index = tag_index(tag);
+      const TotalsValue now_totals{w.used - held[i * 2 + p], meta_requests(w.meta)};
+      const std::string key = period_key(name, kind, index);
+      TotalsValue before{0, 0};
+      (void)get_struct(txn.txn, env.periods, key, &before);
+      const int64_t delta = now_totals.spent_nanousd - before.spent_nanousd;
+      // Requests wrap at 2^33 in the segment: the difference modulo 2^33 is the count settled.
+      int64_t delta_requests = static_cast<int64_t>(now_totals.requests) - static_cast<int64_t>(before.requests);
+      if (delta_requests < 0) delta_requests += static_cast<int64_t>(kRequestMask) + 1;
+      if (delta == 0 && delta_requests == 0) continue;
+      MDB_val k = val(key), v = val(&now_totals, sizeof now_totals);
+      rc = mdb_put(txn.txn, env.periods, &k, &v, 0);
+      // The day it was settled (flush granularity) gets the change.
+      const std::string dkey = day_key(name, clock.days);
+      TotalsValue day{0, 0};
+      (void)get_struct(txn.txn, env.daily, dkey, &day);
+      day.spent_nanousd += delta;
+      day.requests += static_cast<uint64_t>(delta_requests);
+      MDB_val dk = val(dkey), dv = val(&day, sizeof day);
+      if (rc == 0) rc = mdb_put(txn.txn, env.daily, &dk, &dv, 0);
+      JournalValue entry{};
+      entry.unix_ms = clock.ms;
+      entry.kind = static_cast<uint32_t>(JournalKind::kFlush);
+      entry.period = static_cast<int32_t>(kind);
+      entry.index = index;
+      entry.delta_nanousd = delta;
+      entry.delta_requests = delta_requests;
+      std::memcpy(entry.account, name.data(), name.size());
+      const uint64_t seq = journal_next++;
+      MDB_val jk = val(&seq, sizeof seq), jv = val(&entry, sizeof entry);
+      if (rc == 0) rc = mdb_put(txn.txn, env.journal, &jk, &jv, MDB_APPEND);
+    }
+  }
+  if (rc == 0) {
+    const char* key = "last_flush_ms";
+    MDB_val k = val(key, std::strlen(key)), v = val(&clock.ms, sizeof clock.ms);
+    rc = mdb_put(txn.txn, env.meta, &k, &v, 0);
+  }
+  if (rc == 0) rc = txn.commit();  // synced: durable on return
+  return mdb_status(rc);
+}
+
+// ---- rebuild --------------------------------------------------------------------------------------
+
+// Fills a fresh, not yet published segment from the store. REQUIRES: the init lock is held.
+Status Ledger::Impl::rebuild_from_store() {
+  Env env;
+  Status status = env.open(dir, false, 0, 0);
+  if (status.code() == Code::kNotFound) return Code::kOk;  // a new ledger: nothing to restore
+  if (!status.ok()) return status;
+  Txn txn;
+  int rc = mdb_txn_begin(env.env, nullptr, MDB_RDONLY, &txn.txn);
+  if (rc != 0) return mdb_status(rc);
+  std::vector<std::pair<std::string, AccountValue>> stored;
+  MDB_cursor* cursor = nullptr;
+  if (mdb_cursor_open(txn.txn, env.accounts, &cursor) != 0) return Code::kIoError;
+  MDB_val k, v;
+  for (int op = MDB_FIRST; mdb_cursor_get(cursor, &k, &v, static_cast<MDB_cursor_op>(op)) == 0; op = MDB_NEXT) {
+    const std::string name(static_cast<const char*>(k.mv_data), k.mv_size);
+    if (v.mv_size != sizeof(AccountValue) || !valid_account_name(name)) {
+      mdb_cursor_close(cursor);
+      return Code::kIncompatible;
+    }
+    AccountValue a;
+    std::memcpy(&a, v.mv_data, sizeof a);
+    stored.emplace_back(name, a);
+  }
+  mdb_cursor_close(cursor);
+  if (stored.size() > max_accounts) return Code::kFull;
+  for (const auto& [name, a] : stored) {
+    const int32_t index = create_account_record(name, a.limit_nanousd, static_cast<Period>(a.period & 3));
+    if (index < 0) return Code::kFull;
+    store(accounts[index].blocked, static_cast<uint8_t>(a.blocked != 0));
+  }
+  for (const auto& [name, a] : stored) {
+    const std::string parent(a.parent, strnlen(a.parent, sizeof a.parent));
+    if (parent.empty()) continue;
+    const int32_t p = find_index(parent);
+    if (p >= 0) store(accounts[find_index(name)].parent, p);
+  }
+  // The current and previous period of each account get their settled totals back.
+  const Now clock = now();
+  for (const auto& [name, a] : stored) {
+    const int32_t index = find_index(name);
+    const auto kind = static_cast<Period>(a.period & 3);
+    const uint32_t current = clock.tag(static_cast<uint32_t>(kind));
+    for (int64_t back = 0; back < 2; ++back) {
+      const int64_t period = static_cast<int64_t>(tag_index(current)) - back;
+      if (period < 0 || (kind == Period::kNone && back > 0)) continue;
+      TotalsValue totals{};
+      if (!get_struct(txn.txn, env.periods, period_key(name, kind, period), &totals)) continue;
+      const uint32_t tag = make_tag(kind, period);
+      accounts[index].words[tag_parity(tag)] = PeriodWord{totals.spent_nanousd, make_meta(totals.requests, tag, 0)};
+    }
+  }
+  return Code::kOk;
+}
+
+// ---- reader ---------------------------------------------------------------------------------------
+
+struct StoreReader::Impl {
+  Env env;
+};
+
+StoreReader::StoreReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+StoreReader::~StoreReader() = default;
+
+Status StoreReader::open(std::string_view dir, std::unique_ptr<StoreReader>* out) {
+  if (out == nullptr || dir.empty()) return Code::kInvalidArgument;
+  auto impl = std::make_unique<Impl>();
+  Status status = impl->env.open(std::string(dir), false, 0, 0);
+  if (!status.ok()) return status;
+  out->reset(new StoreReader(std::move(impl)));
+  return Code::kOk;
+}
+
+namespace {
+template <class Fn>
+Status scan(const Env& env, MDB_dbi dbi, const MDB_val* start, Fn&& fn) {
+  Txn txn;
+  int rc = mdb_txn_begin(env.env, nullptr, MDB_RDONLY, &txn.txn);
+  if (rc != 0) return mdb_status(rc);
+  MDB_cursor* cursor = nullptr;
+  rc = mdb_cursor_open(txn.txn, dbi, &cursor);
+  if (rc != 0) return mdb_status(rc);
+  MDB_val k{}, v{};
+  if (start != nullptr) k = *start;
+  for (rc = mdb_cursor_get(cursor, &k, &v, start != nullptr ? MDB_SET_RANGE : MDB_FIRST); rc == 0;
+       rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT))
+    if (!fn(k, v)) break;
+  mdb_cursor_close(cursor);
+  return Code::kOk;
+}
+void split_key(const MDB_val& k, size_t tail, std::string* account, const char** rest) {
+  const auto* data = static_cast<const char*>(k.mv_data);
+  *account = std::string(data, k.mv_size - tail - 1);
+  *rest = data + k.mv_size - tail;
+}
+}  // namespace
+
+Status StoreReader::accounts(std::vector<StoredAccount>* out) const {
+  out->clear();
+  return scan(impl_->env, impl_->env.accounts, nullptr, [&](const MDB_val& k, const MDB_val& v) {
+    if (v.mv_size != sizeof(AccountValue)) return true;
+    AccountValue a;
+    std::memcpy(&a, v.mv_data, sizeof a);
+    out->push_back(StoredAccount{std::string(static_cast<const char*>(k.mv_data), k.mv_size),
+                                 std::string(a.parent, strnlen(a.parent, sizeof a.parent)), a.limit_nanousd,
+                                 static_cast<Period>(a.period & 3), a.blocked != 0});
+    return true;
+  });
+}
+
+Status StoreReader::periods(std::vector<StoredPeriod>* out) const {
+  out->clear();
+  return scan(impl_->env, impl_->env.periods, nullptr, [&](const MDB_val& k, const MDB_val& v) {
+    if (v.mv_size != sizeof(TotalsValue) || k.mv_size < 11) return true;
+    TotalsValue t;
+    std::memcpy(&t, v.mv_data, sizeof t);
+    StoredPeriod p;
+    const char* rest = nullptr;
+    split_key(k, 9, &p.account, &rest);
+    p.period = static_cast<Period>(rest[0] & 3);
+    p.index = static_cast<int64_t>(get_be64(rest + 1) ^ (uint64_t{1} << 63));
+    p.spent_nanousd = t.spent_nanousd;
+    p.requests = t.requests;
+    out->push_back(std::move(p));
+    return true;
+  });
+}
+
+Status StoreReader::days(int64_t first_day, int64_t last_day, std::vector<StoredDay>* out) const {
+  out->clear();
+  return scan(impl_->env, impl_->env.daily, nullptr, [&](const MDB_val& k, const MDB_val& v) {
+    if (v.mv_size != sizeof(TotalsValue) || k.mv_size < 10) return true;
+    TotalsValue t;
+    std::memcpy(&t, v.mv_data, sizeof t);
+    StoredDay d;
+    const char* rest = nullptr;
+    split_key(k, 8, &d.account, &rest);
+    d.day = static_cast<int64_t>(get_be64(rest) ^ (uint64_t{1} << 63));
+    if (d.day < first_day || d.day > last_day) return true;
+    d.spent_nanousd = t.spent_nanousd;
+    d.requests = t.requests;
+    out->push_back(std::move(d));
+    return true;
+  });
+}
+
+Status StoreReader::journal(uint64_t from_seq, size_t max_entries, std::vector<JournalEntry>* out) const {
+  out->clear();
+  MDB_val start = val(&from_seq, sizeof from_seq);
+  return scan(impl_->env, impl_->env.journal, &start, [&](const MDB_val& k, const MDB_val& v) {
+    if (v.mv_size != sizeof(JournalValue) || k.mv_size != sizeof(uint64_t)) return true;
+    JournalValue j;
+    std::memcpy(&j, v.mv_data, sizeof j);
+    JournalEntry e;
+    std::memcpy(&e.seq, k.mv_data, sizeof e.seq);
+    e.unix_ms = j.unix_ms;
+    e.kind = static_cast<JournalKind>(j.kind);
+    e.account = std::string(j.account, strnlen(j.account, sizeof j.account));
+    e.period = static_cast<Period>(j.period & 3);
+    e.index = j.index;
+    e.delta_nanousd = j.delta_nanousd;
+    e.delta_requests = j.delta_requests;
+    out->push_back(std::move(e));
+    return out->size() < max_entries;
+  });
+}
+
+Status StoreReader::stats(StoreStats* out) const {
+  Txn txn;
+  int rc = mdb_txn_begin(impl_->env.env, nullptr, MDB_RDONLY, &txn.txn);
+  if (rc != 0) return mdb_status(rc);
+  const char* key = "last_flush_ms";
+  MDB_val k = val(key, std::strlen(key)), v;
+  if (mdb_get(txn.txn, impl_->env.meta, &k, &v) == 0 && v.mv_size == sizeof(int64_t))
+    std::memcpy(&out->last_flush_ms, v.mv_data, sizeof(int64_t));
+  MDB_stat st{};
+  if (mdb_stat(txn.txn, impl_->env.journal, &st) == 0) out->journal_entries = st.ms_entries;
+  MDB_envinfo info{};
+  mdb_env_info(impl_->env.env, &info);
+  MDB_stat env_stat{};
+  mdb_env_stat(impl_->env.env, &env_stat);
+  out->map_size_bytes = info.me_mapsize;
+  out->used_bytes = (info.me_last_pgno + 1) * uint64_t{env_stat.ms_psize};
+  return Code::kOk;
+}
+
+}  // namespace ledger

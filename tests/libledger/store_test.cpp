@@ -1,0 +1,196 @@
+// The durable record: flush contents, idempotence, rebuild after the segment is gone (and its exact
+// loss window), a full LMDB map and an unwritable directory.
+#include <pwd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <map>
+
+#include "ledger/store.hpp"
+#include "test_util.hpp"
+
+using namespace ledger;
+using ledger_test::kUsd;
+using ledger_test::ManualClock;
+using ledger_test::TempDir;
+using ledger_test::utc;
+
+namespace {
+
+std::unique_ptr<Ledger> open_at(const std::string& dir, ManualClock& clock, uint64_t map_size = uint64_t{1} << 30) {
+  Options options;
+  options.clock = clock.clock();
+  options.store_map_size_bytes = map_size;
+  options.limits.max_accounts = 4096;
+  options.limits.max_reservations = 1024;
+  std::unique_ptr<Ledger> ledger;
+  REQUIRE(Ledger::open(dir, options, &ledger) == Code::kOk);
+  return ledger;
+}
+
+Balance balance_of(Ledger& l, std::string_view account) {
+  Balance b;
+  REQUIRE(l.balance(account, &b) == Code::kOk);
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("a flush writes budgets, period totals, days and a journal, exactly once", "[store]") {
+  TempDir dir;
+  ManualClock clock;
+  clock.now_ms = utc(2026, 11, 26, 10) * 1000;
+  auto l = open_at(dir.path(), clock);
+  REQUIRE(l->set_budget("eng", 100 * kUsd, Period::kMonthly, "") == Code::kOk);
+  REQUIRE(l->set_budget("alice", 10 * kUsd, Period::kDaily, "eng") == Code::kOk);
+  REQUIRE(l->block("eng", false) == Code::kOk);
+  REQUIRE(l->debit("alice", 2 * kUsd) == Code::kOk);
+  ReservationId held = 0, done = 0;
+  REQUIRE(l->reserve("alice", 3 * kUsd, 600, &held) == Code::kOk);  // held: not settled, not flushed
+  REQUIRE(l->reserve("alice", kUsd, 600, &done) == Code::kOk);
+  REQUIRE(l->commit(done, kUsd / 2) == Code::kOk);
+  REQUIRE(l->flush() == Code::kOk);
+
+  std::unique_ptr<StoreReader> store;
+  REQUIRE(StoreReader::open(dir.path(), &store) == Code::kOk);
+  std::vector<StoredAccount> accounts;
+  REQUIRE(store->accounts(&accounts) == Code::kOk);
+  REQUIRE(accounts.size() == 2);
+  std::map<std::string, StoredAccount> by_name;
+  for (auto& a : accounts) by_name[a.account] = a;
+  CHECK(by_name["alice"].parent == "eng");
+  CHECK(by_name["alice"].limit_nanousd == 10 * kUsd);
+  CHECK(by_name["alice"].period == Period::kDaily);
+  CHECK(by_name["eng"].period == Period::kMonthly);
+
+  std::vector<StoredPeriod> periods;
+  REQUIRE(store->periods(&periods) == Code::kOk);
+  REQUIRE(periods.size() == 2);
+  for (const auto& p : periods) {
+    INFO(p.account);
+    CHECK(p.spent_nanousd == 2 * kUsd + kUsd / 2);  // the live hold is not settled spend
+    CHECK(p.requests == 2);
+    CHECK(p.index == period_index(p.period, clock.now_ms / 1000));
+  }
+  std::vector<StoredDay> days;
+  REQUIRE(store->days(0, 1 << 30, &days) == Code::kOk);
+  REQUIRE(days.size() == 2);
+  CHECK(days[0].day == utc(2026, 11, 26) / 86400);
+  CHECK(days[0].spent_nanousd == 2 * kUsd + kUsd / 2);
+
+  std::vector<JournalEntry> journal;
+  REQUIRE(store->journal(0, 100, &journal) == Code::kOk);
+  CHECK(journal.size() == 2);
+  // Nothing new: a second flush records nothing.
+  REQUIRE(l->flush() == Code::kOk);
+  REQUIRE(store->journal(0, 100, &journal) == Code::kOk);
+  CHECK(journal.size() == 2);
+
+  // Settling the hold tomorrow (still inside its monthly period for eng): today's bucket gets it.
+  clock.now_ms = utc(2026, 11, 27, 1) * 1000;
+  REQUIRE(l->commit(held, 3 * kUsd) == Code::kOk);
+  REQUIRE(l->flush() == Code::kOk);
+  REQUIRE(store->days(utc(2026, 11, 27) / 86400, utc(2026, 11, 27) / 86400, &days) == Code::kOk);
+  REQUIRE(days.size() == 2);
+  for (const auto& d : days) CHECK(d.spent_nanousd == 3 * kUsd);
+  REQUIRE(store->journal(0, 100, &journal) == Code::kOk);
+  CHECK(journal.size() == 4);
+  StoreStats stats;
+  REQUIRE(store->stats(&stats) == Code::kOk);
+  CHECK(stats.last_flush_ms == clock.now_ms);
+  CHECK(stats.journal_entries == 4);
+}
+
+TEST_CASE("a lost segment is rebuilt from the store, losing only what was not flushed", "[store]") {
+  TempDir dir;
+  ManualClock clock;
+  clock.now_ms = utc(2026, 11, 26, 10) * 1000;
+  {
+    auto l = open_at(dir.path(), clock);
+    REQUIRE(l->set_budget("org", 1000 * kUsd, Period::kMonthly, "") == Code::kOk);
+    REQUIRE(l->set_budget("team", 100 * kUsd, Period::kWeekly, "org") == Code::kOk);
+    REQUIRE(l->set_budget("alice", 10 * kUsd, Period::kDaily, "team") == Code::kOk);
+    REQUIRE(l->set_budget("gone", 10 * kUsd, Period::kNone, "") == Code::kOk);
+    REQUIRE(l->block("gone", true) == Code::kOk);
+    for (int i = 0; i < 7; ++i) REQUIRE(l->debit("alice", kUsd) == Code::kOk);
+    REQUIRE(l->flush() == Code::kOk);
+    // An unflushed burst: this is the loss window.
+    REQUIRE(l->debit("alice", kUsd) == Code::kOk);
+    REQUIRE(l->debit("team", kUsd / 4) == Code::kOk);
+  }
+  REQUIRE(Ledger::destroy_segment(dir.path()) == Code::kOk);  // a reboot
+  auto l = open_at(dir.path(), clock);
+  Balance alice = balance_of(*l, "alice");
+  CHECK(alice.spent_nanousd == 7 * kUsd);
+  CHECK(alice.requests == 7);
+  CHECK(alice.limit_nanousd == 10 * kUsd);
+  CHECK(alice.period == Period::kDaily);
+  CHECK(balance_of(*l, "team").spent_nanousd == 7 * kUsd);
+  CHECK(balance_of(*l, "org").spent_nanousd == 7 * kUsd);
+  CHECK(balance_of(*l, "gone").blocked);
+  // The chain is back: a debit on alice still reaches team and org, and denials still work.
+  REQUIRE(l->debit("alice", 3 * kUsd) == Code::kOk);
+  CHECK(l->debit("alice", 1) == Code::kDeniedOverBudget);
+  CHECK(balance_of(*l, "org").spent_nanousd == 10 * kUsd);
+  CHECK(l->debit("gone", 1) == Code::kDeniedBlocked);
+  // The next day the daily budget starts afresh; the weekly and monthly keep their spend.
+  clock.now_ms = utc(2026, 11, 27, 10) * 1000;
+  CHECK(balance_of(*l, "alice").spent_nanousd == 0);
+  CHECK(balance_of(*l, "team").spent_nanousd == 10 * kUsd);
+}
+
+TEST_CASE("a full LMDB map is a clear error that changes nothing in the segment", "[store]") {
+  TempDir dir;
+  ManualClock clock;
+  clock.now_ms = utc(2026, 11, 26, 10) * 1000;
+  auto l = open_at(dir.path(), clock, 64 * 1024);  // 16 pages
+  for (int i = 0; i < 2000; ++i) {
+    const std::string name = "user-" + std::to_string(i);
+    REQUIRE(l->set_budget(name, 10 * kUsd, Period::kDaily, "") == Code::kOk);
+    REQUIRE(l->debit(name, kUsd) == Code::kOk);
+  }
+  CHECK(l->flush() == Code::kFull);
+  CHECK(balance_of(*l, "user-1999").spent_nanousd == kUsd);
+  CHECK(l->debit("user-7", kUsd) == Code::kOk);  // workers are unaffected
+  CHECK(balance_of(*l, "user-7").spent_nanousd == 2 * kUsd);
+  // With room again, the same flush goes through and records everything.
+  auto bigger = open_at(dir.path(), clock);
+  REQUIRE(bigger->flush() == Code::kOk);
+  std::unique_ptr<StoreReader> store;
+  REQUIRE(StoreReader::open(dir.path(), &store) == Code::kOk);
+  std::vector<StoredPeriod> periods;
+  REQUIRE(store->periods(&periods) == Code::kOk);
+  CHECK(periods.size() == 2000);
+}
+
+TEST_CASE("an unwritable directory gives a permission error, never a crash", "[store]") {
+  // Root ignores file modes, so the check runs as an unprivileged user in a child process.
+  const struct passwd* nobody = ::getpwnam("nobody");
+  REQUIRE(nobody != nullptr);
+  TempDir parent_dir;
+  const std::string dir = parent_dir.path() + "/ro";
+  REQUIRE(::mkdir(dir.c_str(), 0700) == 0);
+  if (::geteuid() == 0) REQUIRE(::chown(dir.c_str(), nobody->pw_uid, nobody->pw_gid) == 0);
+  ::chmod(parent_dir.path().c_str(), 0755);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    if (::geteuid() == 0 && (::setgid(nobody->pw_gid) != 0 || ::setuid(nobody->pw_uid) != 0)) ::_exit(10);
+    std::unique_ptr<Ledger> l;
+    if (!Ledger::open(dir, Options{}, &l).ok()) ::_exit(11);
+    if (!l->set_budget("alice", 10 * kUsd, Period::kDaily, "").ok() || !l->debit("alice", kUsd).ok()) ::_exit(12);
+    ::chmod(dir.c_str(), 0500);
+    const Status flushed = l->flush();
+    Balance b;
+    const bool intact = l->balance("alice", &b).ok() && b.spent_nanousd == kUsd && l->debit("alice", kUsd).ok();
+    ::chmod(dir.c_str(), 0700);
+    (void)Ledger::destroy_segment(dir);
+    ::_exit(flushed == Code::kPermission ? (intact ? 0 : 14) : 13);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
