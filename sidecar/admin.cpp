@@ -1,0 +1,101 @@
+// admin.cpp — shared by ledgerctl and ledger-sidecar.
+#include "admin.hpp"
+
+#include <sys/stat.h>
+#include <time.h>
+
+#include <cstdio>
+#include <map>
+#include <set>
+
+namespace ledger::admin {
+
+Options options_for(const Config& config) {
+  Options options;
+  options.limits.max_accounts = config.ledger.max_accounts;
+  options.limits.max_reservations = config.ledger.max_reservations;
+  options.limits.max_processes = config.ledger.max_processes;
+  options.default_ttl_s = config.ledger.reservation_ttl_s;
+  options.store_map_size_bytes = config.ledger.store_map_size_mb * 1024 * 1024;
+  return options;
+}
+
+std::string describe(Status status) {
+  return "code " + std::to_string(status.value()) + " (" + std::string(status.message()) + ")";
+}
+
+Status open_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::string* error) {
+  const Status status = Ledger::open(config.ledger.dir, options_for(config), out);
+  if (status.ok()) return status;
+  std::string hint;
+  switch (status.code()) {
+    case Code::kPermission: hint = "check the owner and mode of the directory (files are created 0600)"; break;
+    case Code::kNotFound: hint = "does the parent directory exist?"; break;
+    case Code::kIncompatible:
+      hint = "the segment or store was written by another format version; stop every process using it, "
+             "flush with the old version, then remove " + Ledger::segment_path(config.ledger.dir);
+      break;
+    case Code::kFull: hint = "every process slot is in use (ledger.max_processes)"; break;
+    default: hint = "see the code above"; break;
+  }
+  *error = "cannot open the ledger in " + config.ledger.dir + ": " + describe(status) + "; " + hint;
+  return status;
+}
+
+ApplyReport apply_config(Ledger& ledger, const Config& config) {
+  ApplyReport report;
+  std::vector<AccountBalance> before;
+  (void)ledger.balances(&before);
+  std::map<std::string, AccountBalance> existing;
+  for (auto& b : before) existing[b.account] = b;
+  std::set<std::string> wanted;
+  for (const AccountConfig& a : config.accounts) {  // parents come first
+    wanted.insert(a.id);
+    const auto it = existing.find(a.id);
+    const bool same = it != existing.end() && it->second.balance.limit_nanousd == a.limit_nanousd &&
+                      it->second.balance.period == a.period && it->second.parent == a.parent;
+    if (same) {
+      ++report.unchanged;
+    } else {
+      const Status s = ledger.set_budget(a.id, a.limit_nanousd, a.period, a.parent);
+      if (!s.ok()) {
+        report.errors.push_back("account \"" + a.id + "\": " + describe(s));
+        continue;
+      }
+      ++(it == existing.end() ? report.created : report.updated);
+    }
+    if (it != existing.end() && it->second.balance.blocked) report.still_blocked.push_back(a.id);
+  }
+  for (const auto& [name, b] : existing) {
+    if (wanted.count(name) != 0 || b.balance.blocked) continue;
+    const Status s = ledger.block(name, true);
+    if (s.ok()) ++report.blocked_removed;
+    else report.errors.push_back("blocking removed account \"" + name + "\": " + describe(s));
+  }
+  for (const PriceConfig& p : config.prices) {
+    const Status s = ledger.set_price(p.model, p.prompt_nanousd_per_mtok, p.completion_nanousd_per_mtok, p.request_nanousd);
+    if (s.ok()) ++report.prices;
+    else report.errors.push_back("price of \"" + p.model + "\": " + describe(s));
+  }
+  return report;
+}
+
+void log_line(const char* level, const std::string& message, const std::string& fields) {
+  struct timespec ts {};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm {};
+  ::gmtime_r(&ts.tv_sec, &tm);
+  char when[64];
+  std::snprintf(when, sizeof when, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1'000'000);
+  std::string escaped;
+  for (char c : message) {
+    if (c == '"' || c == '\\') escaped.push_back('\\');
+    escaped.push_back(c == '\n' ? ' ' : c);
+  }
+  std::fprintf(stderr, "ts=%s level=%s msg=\"%s\"%s%s\n", when, level, escaped.c_str(), fields.empty() ? "" : " ",
+               fields.c_str());
+  std::fflush(stderr);
+}
+
+}  // namespace ledger::admin

@@ -1,0 +1,40 @@
+// admin.hpp — what ledgerctl and ledger-sidecar share: opening the configured ledger, applying a
+// config to it, and structured log lines.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "ledger/ledger.hpp"
+
+namespace ledger::admin {
+
+// Exit codes (DESIGN.md 8.2).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitUsage = 1;
+inline constexpr int kExitRuntime = 2;
+inline constexpr int kExitDenied = 3;
+
+Options options_for(const Config& config);
+// Opens (creating if missing) the ledger the config names; on failure *error says what to do.
+Status open_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::string* error);
+
+struct ApplyReport {
+  int created = 0, updated = 0, unchanged = 0, blocked_removed = 0, prices = 0;
+  std::vector<std::string> still_blocked;  // in the config but blocked (ledgerctl unblock NAME)
+  std::vector<std::string> errors;
+};
+// Makes the ledger match the config: creates or updates every account (spend is kept), blocks the
+// accounts the config no longer has (their spend stays on record), sets the prices. Tiers and keys
+// are applied by their own modules.
+ApplyReport apply_config(Ledger& ledger, const Config& config);
+
+// A structured log line on stderr: ts=... level=... msg="..." key=value ...
+void log_line(const char* level, const std::string& message, const std::string& fields = "");
+
+// "Code 9 (ledger full: ...)" style text for a Status.
+std::string describe(Status status);
+
+}  // namespace ledger::admin

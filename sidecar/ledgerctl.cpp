@@ -1,0 +1,304 @@
+// ledgerctl — the admin CLI (DESIGN.md 8.2). Exit codes: 0 ok, 1 usage or config error,
+// 2 runtime error, 3 denied.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "admin.hpp"
+#include "ledger/store.hpp"
+
+using namespace ledger;
+using namespace ledger::admin;
+namespace json = boost::json;
+
+namespace {
+
+constexpr const char* kUsage = R"(usage: ledgerctl --config FILE COMMAND [ARGS]
+
+Commands:
+  init                        create or update the ledger from the config (accounts, budgets,
+                              prices); accounts no longer in the config are blocked, never forgotten
+  status [--json]             one row per account: limit, spent, held, available, requests, period
+  balance ACCOUNT [--json]    one account
+  debit ACCOUNT USD           check-and-debit; exit 0 granted, 3 denied (reason on stderr)
+  block ACCOUNT               deny the account (and its descendants) from now on
+  unblock ACCOUNT
+  flush                       write everything settled to the store now (durable on return)
+  doctor                      check config, ledger, store and sidecar; say what to fix
+  report | keys | reconcile   (arrive with the reports and OpenRouter modules)
+
+Options:
+  --config FILE               the JSON config (or the LEDGER_CONFIG environment variable)
+  --help                      this text; COMMAND --help for one command
+
+Exit codes: 0 success, 1 usage or config error, 2 runtime error, 3 denied.
+)";
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "ledgerctl: %s\n(ledgerctl --help for usage)\n", message.c_str());
+  return kExitUsage;
+}
+
+int runtime_error(const std::string& message) {
+  std::fprintf(stderr, "ledgerctl: %s\n", message.c_str());
+  return kExitRuntime;
+}
+
+json::object balance_json(const std::string& account, const std::string& parent, const Balance& b) {
+  json::object o;
+  o["account"] = account;
+  o["parent"] = parent;
+  o["period"] = std::string(period_name(b.period));
+  o["period_start_unix"] = b.period_start_unix;
+  o["limit_nanousd"] = b.limit_nanousd;
+  o["spent_nanousd"] = b.spent_nanousd;
+  o["held_nanousd"] = b.held_nanousd;
+  o["available_nanousd"] = b.available_nanousd;
+  o["limit_usd"] = format_usd(b.limit_nanousd);
+  o["spent_usd"] = format_usd(b.spent_nanousd);
+  o["held_usd"] = format_usd(b.held_nanousd);
+  o["available_usd"] = format_usd(b.available_nanousd);
+  o["requests"] = b.requests;
+  o["blocked"] = b.blocked;
+  return o;
+}
+
+void print_table(const std::vector<AccountBalance>& rows) {
+  std::printf("%-24s %-16s %-8s %14s %14s %12s %14s %9s %s\n", "ACCOUNT", "PARENT", "PERIOD", "LIMIT", "SPENT", "HELD",
+              "AVAILABLE", "REQUESTS", "");
+  for (const auto& r : rows) {
+    const Balance& b = r.balance;
+    std::printf("%-24s %-16s %-8s %14s %14s %12s %14s %9llu %s\n", r.account.c_str(), r.parent.empty() ? "-" : r.parent.c_str(),
+                std::string(period_name(b.period)).c_str(), format_usd(b.limit_nanousd).c_str(),
+                format_usd(b.spent_nanousd).c_str(), format_usd(b.held_nanousd).c_str(),
+                format_usd(b.available_nanousd).c_str(), static_cast<unsigned long long>(b.requests),
+                b.blocked ? "BLOCKED" : "");
+  }
+}
+
+int cmd_init(const Config& config) {
+  std::unique_ptr<Ledger> ledger;
+  std::string error;
+  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  const ApplyReport r = apply_config(*ledger, config);
+  for (const auto& e : r.errors) std::fprintf(stderr, "ledgerctl: init: %s\n", e.c_str());
+  const Status flushed = ledger->flush();
+  std::printf("init: %s: %d accounts created, %d updated, %d unchanged, %d blocked (no longer in the config), %d prices\n",
+              config.ledger.dir.c_str(), r.created, r.updated, r.unchanged, r.blocked_removed, r.prices);
+  for (const auto& name : r.still_blocked)
+    std::printf("note: \"%s\" is in the config but blocked; ledgerctl --config %s unblock %s\n", name.c_str(),
+                config.path.c_str(), name.c_str());
+  if (!flushed.ok()) return runtime_error("init: the store could not be written: " + describe(flushed));
+  return r.errors.empty() ? kExitOk : kExitRuntime;
+}
+
+int cmd_status(const Config& config, bool as_json) {
+  std::unique_ptr<Ledger> ledger;
+  std::string error;
+  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  std::vector<AccountBalance> rows;
+  const Status s = ledger->balances(&rows);
+  if (!s.ok()) return runtime_error("status: " + describe(s));
+  if (as_json) {
+    json::array accounts;
+    for (const auto& r : rows) accounts.push_back(balance_json(r.account, r.parent, r.balance));
+    json::object root;
+    root["version"] = 1;
+    root["ledger"] = config.ledger.dir;
+    root["accounts"] = std::move(accounts);
+    std::printf("%s\n", json::serialize(root).c_str());
+  } else {
+    print_table(rows);
+  }
+  return kExitOk;
+}
+
+int cmd_balance(const Config& config, const std::string& account, bool as_json) {
+  if (!valid_account_name(account)) return usage_error("\"" + account + "\" is not an account id (1-63 characters of [A-Za-z0-9._:@-])");
+  std::unique_ptr<Ledger> ledger;
+  std::string error;
+  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  std::vector<AccountBalance> rows;
+  (void)ledger->balances(&rows);
+  for (const auto& r : rows) {
+    if (r.account != account) continue;
+    if (as_json) std::printf("%s\n", json::serialize(balance_json(r.account, r.parent, r.balance)).c_str());
+    else print_table({r});
+    return kExitOk;
+  }
+  return runtime_error("no account \"" + account + "\" in " + config.ledger.dir + " (ledgerctl status lists them)");
+}
+
+int cmd_debit(const Config& config, const std::string& account, const std::string& usd) {
+  if (!valid_account_name(account)) return usage_error("\"" + account + "\" is not an account id");
+  const auto amount = parse_usd(usd);
+  if (!amount || *amount < 0) return usage_error("\"" + usd + "\" is not a USD amount (e.g. 0.25, at most 9 decimals, not negative)");
+  std::unique_ptr<Ledger> ledger;
+  std::string error;
+  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  const Status s = ledger->debit(account, *amount);
+  if (s.ok()) {
+    std::printf("granted: %s debited %s USD\n", account.c_str(), format_usd(*amount).c_str());
+    return kExitOk;
+  }
+  std::fprintf(stderr, "ledgerctl: debit %s %s: %s\n", account.c_str(), usd.c_str(), std::string(s.message()).c_str());
+  return s.denied() ? kExitDenied : kExitRuntime;
+}
+
+int cmd_block(const Config& config, const std::string& account, bool blocked) {
+  if (!valid_account_name(account)) return usage_error("\"" + account + "\" is not an account id");
+  std::unique_ptr<Ledger> ledger;
+  std::string error;
+  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  const Status s = ledger->block(account, blocked);
+  if (!s.ok()) return runtime_error(std::string(blocked ? "block " : "unblock ") + account + ": " + describe(s));
+  const Status flushed = ledger->flush();
+  std::printf("%s %s\n", account.c_str(), blocked ? "blocked" : "unblocked");
+  return flushed.ok() ? kExitOk : runtime_error("the store could not be written: " + describe(flushed));
+}
+
+int cmd_flush(const Config& config) {
+  std::unique_ptr<Ledger> ledger;
+  std::string error;
+  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  const Status s = ledger->flush();
+  if (!s.ok()) return runtime_error("flush: " + describe(s) + (s.code() == Code::kFull ? "; raise ledger.store_map_size_mb" : ""));
+  std::printf("flushed to %s/ledger.mdb\n", config.ledger.dir.c_str());
+  return kExitOk;
+}
+
+bool sidecar_running(const std::string& dir) {
+  const int fd = ::open((dir + "/ledger.lock").c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 3;  // kSidecarLockByte
+  fl.l_len = 1;
+  const bool held = ::fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
+  ::close(fd);
+  return held;
+}
+
+int cmd_doctor(const Config& config) {
+  int problems = 0;
+  auto line = [&](bool ok, const std::string& what, const std::string& detail) {
+    std::printf("%-6s %-22s %s\n", ok ? "ok" : "FAIL", what.c_str(), detail.c_str());
+    if (!ok) ++problems;
+  };
+  line(true, "config", config.path + " (" + std::to_string(config.accounts.size()) + " accounts)");
+  std::unique_ptr<Ledger> ledger;
+  std::string error;
+  const Status opened = open_ledger(config, &ledger, &error);
+  line(opened.ok(), "ledger", opened.ok() ? Ledger::segment_path(config.ledger.dir) : error);
+  if (opened.ok()) {
+    std::vector<AccountBalance> rows;
+    (void)ledger->balances(&rows);
+    size_t missing = 0;
+    for (const auto& a : config.accounts) {
+      bool found = false;
+      for (const auto& r : rows) found = found || r.account == a.id;
+      if (!found) ++missing;
+    }
+    line(missing == 0, "accounts", missing == 0 ? std::to_string(rows.size()) + " in the ledger"
+                                                : std::to_string(missing) + " config accounts missing: run ledgerctl init");
+  }
+  std::unique_ptr<StoreReader> store;
+  const Status read = StoreReader::open(config.ledger.dir, &store);
+  if (read.ok()) {
+    StoreStats stats;
+    (void)store->stats(&stats);
+    const double used = stats.map_size_bytes ? 100.0 * static_cast<double>(stats.used_bytes) / static_cast<double>(stats.map_size_bytes) : 0;
+    const int64_t age_s = stats.last_flush_ms ? (ledger ? ledger->now_ms() : 0) / 1000 - stats.last_flush_ms / 1000 : -1;
+    line(used < 90, "store", config.ledger.dir + "/ledger.mdb: " + std::to_string(static_cast<int>(used)) + "% of the map used, last flush " +
+                                 (age_s >= 0 ? std::to_string(age_s) + " s ago" : "never"));
+  } else {
+    line(false, "store", "cannot read " + config.ledger.dir + "/ledger.mdb: " + describe(read) + " (ledgerctl init creates it)");
+  }
+  const bool sidecar = sidecar_running(config.ledger.dir);
+  line(sidecar, "sidecar", sidecar ? "running" : "not running: start ledger-sidecar --config " + config.path +
+                                                     " (nothing is flushed or reclaimed without it)");
+  if (config.openrouter.present) {
+    const char* key = std::getenv(config.openrouter.management_key_env.c_str());
+    line(key != nullptr && *key != '\0', "openrouter key",
+         key != nullptr && *key != '\0' ? "$" + config.openrouter.management_key_env + " is set"
+                                        : "$" + config.openrouter.management_key_env + " is not set");
+    std::printf("%-6s %-22s %s\n", "skip", "openrouter reach", "the OpenRouter client is not in this build yet");
+  }
+  return problems == 0 ? kExitOk : kExitRuntime;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path;
+  std::vector<std::string> args;
+  bool help = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--config") {
+      if (i + 1 >= argc) return usage_error("--config needs a FILE");
+      config_path = argv[++i];
+    } else if (arg.rfind("--config=", 0) == 0) {
+      config_path = arg.substr(9);
+    } else if (arg == "--help" || arg == "-h") {
+      help = true;
+    } else {
+      args.push_back(arg);
+    }
+  }
+  if (help || args.empty()) {
+    std::fputs(kUsage, help ? stdout : stderr);
+    return help ? kExitOk : kExitUsage;
+  }
+  if (config_path.empty()) {
+    const char* env = std::getenv("LEDGER_CONFIG");
+    if (env == nullptr) return usage_error("no config: pass --config FILE (or set LEDGER_CONFIG)");
+    config_path = env;
+  }
+  std::string error;
+  const auto config = load_config(config_path, &error);
+  if (!config) {
+    std::fprintf(stderr, "ledgerctl: %s\n", error.c_str());
+    return kExitUsage;
+  }
+  const std::string& command = args[0];
+  auto want = [&](size_t n, const char* shape) -> bool {
+    if (args.size() != n) {
+      usage_error(command + ": expected `" + shape + "`");
+      return false;
+    }
+    return true;
+  };
+  auto flag = [&](const char* name) {
+    for (size_t i = 1; i < args.size(); ++i)
+      if (args[i] == name) {
+        args.erase(args.begin() + static_cast<std::ptrdiff_t>(i));
+        return true;
+      }
+    return false;
+  };
+  if (command == "init") return want(1, "init") ? cmd_init(*config) : kExitUsage;
+  if (command == "status") {
+    const bool as_json = flag("--json");
+    return want(1, "status [--json]") ? cmd_status(*config, as_json) : kExitUsage;
+  }
+  if (command == "balance") {
+    const bool as_json = flag("--json");
+    return want(2, "balance ACCOUNT [--json]") ? cmd_balance(*config, args[1], as_json) : kExitUsage;
+  }
+  if (command == "debit") return want(3, "debit ACCOUNT USD") ? cmd_debit(*config, args[1], args[2]) : kExitUsage;
+  if (command == "block") return want(2, "block ACCOUNT") ? cmd_block(*config, args[1], true) : kExitUsage;
+  if (command == "unblock") return want(2, "unblock ACCOUNT") ? cmd_block(*config, args[1], false) : kExitUsage;
+  if (command == "flush") return want(1, "flush") ? cmd_flush(*config) : kExitUsage;
+  if (command == "doctor") return want(1, "doctor") ? cmd_doctor(*config) : kExitUsage;
+  if (command == "report" || command == "keys" || command == "reconcile")
+    return runtime_error(command + ": not in this build yet (it arrives with the " +
+                         (command == "report" ? std::string("reports") : std::string("OpenRouter")) + " module)");
+  return usage_error("unknown command \"" + command + "\"");
+}

@@ -1,0 +1,71 @@
+// ledgerctl end to end: exit codes, JSON output, usage errors, and that denials exit 3.
+#include <catch2/catch.hpp>
+#include <boost/json.hpp>
+
+#include "process.hpp"
+#include "test_util.hpp"
+
+using ledger_test::run;
+using ledger_test::TempDir;
+
+namespace {
+std::string write_config(const TempDir& dir) {
+  const std::string path = dir.path() + "/ledger.json";
+  ledger_test::write_file(path, R"({
+    "ledger": {"dir": "ledger", "max_accounts": 64, "max_reservations": 64, "max_processes": 16},
+    "accounts": [{"id": "team", "limit_usd": "10", "period": "monthly"},
+                 {"id": "alice", "parent": "team", "limit_usd": "2.50", "period": "daily"}]})");
+  return path;
+}
+}  // namespace
+
+TEST_CASE("ledgerctl init, debit, status, block and their exit codes", "[cli]") {
+  TempDir dir;
+  const std::string config = write_config(dir);
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() { (void)ledger::Ledger::destroy_segment(dir); }
+  } cleanup{dir.path() + "/ledger"};
+  CHECK(run({LEDGERCTL_PATH, "--help"}).exit_code == 0);
+  CHECK(run({LEDGERCTL_PATH}).exit_code == 1);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "frobnicate"}).exit_code == 1);
+  CHECK(run({LEDGERCTL_PATH, "--config", dir.path() + "/missing.json", "status"}).exit_code == 1);
+
+  auto init = run({LEDGERCTL_PATH, "--config", config, "init"});
+  INFO(init.err);
+  REQUIRE(init.exit_code == 0);
+  CHECK(init.out.find("2 accounts created") != std::string::npos);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "init"}).out.find("2 unchanged") != std::string::npos);
+
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "debit", "alice", "2"}).exit_code == 0);
+  const auto denied = run({LEDGERCTL_PATH, "--config", config, "debit", "alice", "0.51"});
+  CHECK(denied.exit_code == 3);
+  CHECK(denied.err.find("over budget") != std::string::npos);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "debit", "alice", "1e3"}).exit_code == 1);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "debit", "alice", "-1"}).exit_code == 1);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "debit", "bad name!", "1"}).exit_code == 1);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "debit", "nobody", "1"}).exit_code == 2);
+
+  const auto status = run({LEDGERCTL_PATH, "--config", config, "status", "--json"});
+  REQUIRE(status.exit_code == 0);
+  const auto root = boost::json::parse(status.out).as_object();
+  CHECK(root.at("version").as_int64() == 1);
+  const auto& accounts = root.at("accounts").as_array();
+  REQUIRE(accounts.size() == 2);
+  CHECK(accounts[1].at("account").as_string() == "alice");
+  CHECK(accounts[1].at("spent_nanousd").as_int64() == 2'000'000'000);
+  CHECK(accounts[1].at("spent_usd").as_string() == "2.00");
+  CHECK(accounts[0].at("requests").as_int64() == 1);
+
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "block", "alice"}).exit_code == 0);
+  const auto blocked = run({LEDGERCTL_PATH, "--config", config, "debit", "alice", "0.01"});
+  CHECK(blocked.exit_code == 3);
+  CHECK(blocked.err.find("blocked") != std::string::npos);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "unblock", "alice"}).exit_code == 0);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "debit", "alice", "0.01"}).exit_code == 0);
+  const auto one = run({LEDGERCTL_PATH, "--config", config, "balance", "alice", "--json"});
+  REQUIRE(one.exit_code == 0);
+  CHECK(boost::json::parse(one.out).at("spent_nanousd").as_int64() == 2'010'000'000);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "flush"}).exit_code == 0);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "report"}).exit_code == 2);  // not in this build yet
+}

@@ -1,0 +1,102 @@
+// Config validation: every kind of mistake gives one clear line that names the key, and a bad
+// config touches nothing (ledgerctl exits 1 before opening the ledger).
+#include <catch2/catch.hpp>
+#include <filesystem>
+
+#include "config.hpp"
+#include "process.hpp"
+#include "test_util.hpp"
+
+using ledger::admin::parse_config;
+using ledger_test::TempDir;
+
+namespace {
+
+std::string with_accounts(const std::string& accounts) {
+  return R"({"ledger": {"dir": "ledger"}, "accounts": )" + accounts + "}";
+}
+
+}  // namespace
+
+TEST_CASE("the documented example config parses", "[config]") {
+  std::string error;
+  const auto config = ledger::admin::load_config(std::string(LEDGER_SOURCE_DIR) + "/examples/config/team.json", &error);
+  INFO(error);
+  REQUIRE(config.has_value());
+  CHECK(config->accounts.size() == 5);
+  CHECK(config->accounts[0].id == "eng");  // parents first
+  CHECK(config->accounts[1].limit_nanousd == 50'000'000'000);
+  CHECK(config->tiers.size() == 4);
+  CHECK(config->prices.size() == 5);
+  CHECK(config->prices[0].model == "openai/gpt-4o-mini");  // file order
+  CHECK(config->prices[0].completion_nanousd_per_mtok == 600'000'000);
+  CHECK(config->openrouter.sync_key_limits);
+  CHECK(std::filesystem::path(config->ledger.dir).is_absolute());
+}
+
+TEST_CASE("amounts are exact whether strings or numbers", "[config]") {
+  std::string error;
+  const auto c = parse_config(with_accounts(R"([{"id": "a", "limit_usd": "0.1"}, {"id": "b", "limit_usd": 0.1},
+                                               {"id": "c", "limit_usd": 7}, {"id": "d", "limit_usd": "12.000000001"}])"),
+                              "/tmp/x.json", &error);
+  INFO(error);
+  REQUIRE(c.has_value());
+  CHECK(c->accounts[0].limit_nanousd == 100'000'000);
+  CHECK(c->accounts[1].limit_nanousd == 100'000'000);
+  CHECK(c->accounts[2].limit_nanousd == 7'000'000'000);
+  CHECK(c->accounts[3].limit_nanousd == 12'000'000'001);
+  CHECK(c->ledger.dir == "/tmp/ledger");  // relative to the config file
+}
+
+TEST_CASE("every bad config names what is wrong", "[config]") {
+  struct Case {
+    const char* name;
+    std::string text;
+    const char* expected;  // must appear in the error
+  };
+  const std::vector<Case> cases = {
+      {"not JSON", "{ledger", "not valid JSON"},
+      {"no ledger", R"({"accounts": []})", "ledger: required"},
+      {"unknown top-level key", R"({"ledger": {"dir": "x"}, "acounts": []})", "acounts: unknown key"},
+      {"unknown nested key", R"({"ledger": {"dir": "x", "flush_ms": 5}})", "ledger.flush_ms: unknown key"},
+      {"wrong type", R"({"ledger": {"dir": 5}})", "ledger.dir: expected a string"},
+      {"out of range", R"({"ledger": {"dir": "x", "flush_interval_ms": 0}})", "ledger.flush_interval_ms: must be between"},
+      {"negative limit", with_accounts(R"([{"id": "a", "limit_usd": "-5"}])"), "accounts[0] (\"a\").limit_usd: must not be negative"},
+      {"bad amount text", with_accounts(R"([{"id": "a", "limit_usd": "12,50"}])"), "limit_usd: not a USD amount"},
+      {"too many decimals", with_accounts(R"([{"id": "a", "limit_usd": "0.0000000001"}])"), "not a USD amount"},
+      {"bad period", with_accounts(R"([{"id": "a", "limit_usd": 1, "period": "yearly"}])"), "period: expected none, daily, weekly or monthly"},
+      {"missing limit", with_accounts(R"([{"id": "a"}])"), "limit_usd: required"},
+      {"bad account id", with_accounts(R"([{"id": "a b", "limit_usd": 1}])"), "accounts[0].id"},
+      {"unknown parent", with_accounts(R"([{"id": "a", "parent": "z", "limit_usd": 1}])"), "parent: unknown account \"z\""},
+      {"duplicate", with_accounts(R"([{"id": "a", "limit_usd": 1}, {"id": "a", "limit_usd": 2}])"), "duplicate account"},
+      {"cycle", with_accounts(R"([{"id": "a", "parent": "b", "limit_usd": 1}, {"id": "b", "parent": "a", "limit_usd": 1}])"), "cycle"},
+      {"depth > 4", with_accounts(R"([{"id": "a", "limit_usd": 1}, {"id": "b", "parent": "a", "limit_usd": 1},
+                                      {"id": "c", "parent": "b", "limit_usd": 1}, {"id": "d", "parent": "c", "limit_usd": 1},
+                                      {"id": "e", "parent": "d", "limit_usd": 1}])"), "deeper than 4"},
+      {"unknown tier", with_accounts(R"([{"id": "a", "tier": "gold", "limit_usd": 1}])"), "unknown tier \"gold\""},
+      {"key instead of hash", with_accounts(R"([{"id": "a", "limit_usd": 1, "key_hash": "sk-or-v1-abc"}])"), "key_hash: expected the key's 64-hex-digit hash"},
+      {"key in env name", R"({"ledger": {"dir": "x"}, "openrouter": {"management_key_env": "sk-or-v1-123"}})", "must be the NAME of an environment variable"},
+      {"bad price", R"({"ledger": {"dir": "x"}, "prices": {"m/x": {"prompt_usd_per_mtok": "a", "completion_usd_per_mtok": 1}}})", "prices.m/x.prompt_usd_per_mtok"},
+      {"bad metrics", R"({"ledger": {"dir": "x"}, "metrics": {"listen": "nowhere"}})", "metrics.listen"},
+      {"tier without models", R"({"ledger": {"dir": "x"}, "tiers": {"free": {}}})", "tiers.free.models: required"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.name);
+    std::string error;
+    const auto config = parse_config(c.text, "/etc/ledger/acme.json", &error);
+    CHECK_FALSE(config.has_value());
+    CHECK(error.find(c.expected) != std::string::npos);
+    CHECK(error.rfind("/etc/ledger/acme.json: ", 0) == 0);  // starts with the file
+    CHECK(error.find('\n') == std::string::npos);            // one line
+  }
+}
+
+TEST_CASE("ledgerctl refuses a bad config with exit 1 and touches nothing", "[config][cli]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/bad.json";
+  ledger_test::write_file(config, R"({"ledger": {"dir": "ledger"}, "accounts": [{"id": "a", "limit_usd": "-1"}]})");
+  const auto r = ledger_test::run({LEDGERCTL_PATH, "--config", config, "init"});
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("limit_usd: must not be negative") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.path() + "/ledger"));
+}
