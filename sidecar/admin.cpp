@@ -72,6 +72,22 @@ ApplyReport apply_config(Ledger& ledger, const Config& config) {
     if (s.ok()) ++report.blocked_removed;
     else report.errors.push_back("blocking removed account \"" + name + "\": " + describe(s));
   }
+  // Tiers before prices and account tiers: set_tiers registers the models the tiers name.
+  std::vector<TierSpec> tiers;
+  for (const TierConfig& t : config.tiers) {
+    TierSpec spec;
+    spec.name = t.name;
+    spec.all_models = !t.models.has_value();
+    if (t.models) spec.models = *t.models;
+    spec.fallback = t.fallback;
+    spec.downgrade_at_percent = t.downgrade_at_percent;
+    spec.downgrade_to = t.downgrade_to;
+    tiers.push_back(std::move(spec));
+  }
+  if (const Status s = ledger.set_tiers(tiers); !s.ok()) report.errors.push_back("tiers: " + describe(s));
+  for (const AccountConfig& a : config.accounts)
+    if (const Status s = ledger.set_account_tier(a.id, a.tier); !s.ok())
+      report.errors.push_back("tier of \"" + a.id + "\": " + describe(s));
   for (const PriceConfig& p : config.prices) {
     const Status s = ledger.set_price(p.model, p.prompt_nanousd_per_mtok, p.completion_nanousd_per_mtok, p.request_nanousd);
     if (s.ok()) ++report.prices;

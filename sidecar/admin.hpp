@@ -27,8 +27,8 @@ struct ApplyReport {
   std::vector<std::string> errors;
 };
 // Makes the ledger match the config: creates or updates every account (spend is kept), blocks the
-// accounts the config no longer has (their spend stays on record), sets the prices. Tiers and keys
-// are applied by their own modules.
+// accounts the config no longer has (their spend stays on record), replaces the tier table (one
+// atomic swap for the workers), sets every account's tier and the prices.
 ApplyReport apply_config(Ledger& ledger, const Config& config);
 
 // A structured log line on stderr: ts=... level=... msg="..." key=value ...

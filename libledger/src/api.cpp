@@ -30,12 +30,6 @@ std::string_view code_message(int32_t code) {
 
 namespace {
 
-struct AdminLock {
-  const Ledger::Impl& impl;
-  explicit AdminLock(const Ledger::Impl& i) : impl(i) { impl.lock_byte_wait(kAdminLockByte); }
-  ~AdminLock() { impl.unlock_byte(kAdminLockByte); }
-};
-
 uint32_t fnv32(std::string_view name) {
   uint32_t h = 2166136261u;
   for (unsigned char c : name) {
@@ -67,7 +61,7 @@ Status Ledger::set_budget(std::string_view account, int64_t limit_nanousd, Perio
     return Code::kInvalidArgument;
   Status status = l.ensure_registered();
   if (!status.ok()) return status;
-  AdminLock lock(l);
+  AdminGuard lock(l);
   int32_t parent_index = -1;
   if (!parent.empty()) {
     parent_index = l.find_index(parent);
@@ -136,7 +130,7 @@ Status Ledger::block(std::string_view account, bool blocked) {
   if (!valid_account_name(account)) return Code::kInvalidArgument;
   Status status = l.ensure_registered();
   if (!status.ok()) return status;
-  AdminLock lock(l);
+  AdminGuard lock(l);
   const int32_t index = l.find_index(account);
   if (index < 0) return Code::kUnknownAccount;
   store(l.accounts[index].blocked, static_cast<uint8_t>(blocked ? 1 : 0));

@@ -166,12 +166,11 @@ int ledger_authorize(ledger_t* ledger, const char* account, const char* model, i
   if (ledger == nullptr || model_out == nullptr || reservation_id == nullptr ||
       !bounded(account, kNameBound, &name) || !bounded(model, 128, &model_name))
     return LEDGER_INVALID_ARGUMENT;
-  // The chosen model is the requested one today, so the buffer can be checked before reserving:
-  // a too-small buffer reserves nothing.
-  if (model_out_size < model_name.size() + 1) return LEDGER_INVALID_ARGUMENT;
+  // A chosen model that does not fit the buffer is refused before anything is reserved.
+  if (model_out_size == 0) return LEDGER_INVALID_ARGUMENT;
   std::string_view chosen;
-  const ledger::Status status =
-      ledger->ledger->authorize(name, model_name, estimate_nanousd, ttl_seconds, &chosen, reservation_id);
+  const ledger::Status status = ledger->ledger->authorize(name, model_name, estimate_nanousd, ttl_seconds, &chosen,
+                                                          reservation_id, model_out_size - 1);
   if (!status.ok()) return to_int(status);
   std::memcpy(model_out, chosen.data(), chosen.size());
   model_out[chosen.size()] = '\0';

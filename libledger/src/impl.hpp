@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cassert>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 #include "atomics.hpp"
@@ -154,6 +155,7 @@ struct Ledger::Impl {
   uint32_t* hash = nullptr;
   detail::Reservation* reservations = nullptr;
   detail::Price* prices = nullptr;
+  detail::Policy* policy = nullptr;
   uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0, hash_mask = 0;
 
   uint32_t process_slot = UINT32_MAX;
@@ -162,6 +164,11 @@ struct Ledger::Impl {
   std::atomic<uint64_t> fork_epoch{UINT64_MAX};
   mutable std::atomic<uint64_t> month_cache{0};  // (day << 32) | month index of that day
   std::atomic<bool> reregistering{false};
+  // OFD locks exclude other open file descriptions only; threads sharing this handle also need a
+  // process-local mutex. Re-created in a forked child (a copy may be locked by a parent thread).
+  std::unique_ptr<std::mutex> admin_mutex = std::make_unique<std::mutex>();
+  std::unique_ptr<std::mutex> flush_mutex = std::make_unique<std::mutex>();
+  std::atomic<int> local_admin_writers{0};
 
   ~Impl();
 
@@ -173,6 +180,7 @@ struct Ledger::Impl {
   bool try_lock_byte(off_t byte) const;
   void lock_byte_wait(off_t byte) const;
   void unlock_byte(off_t byte) const;
+  bool admin_lock_held() const;  // by any other open file description (a live admin writer)
 
   // ---- engine.cpp -----------------------------------------------------------------------------
   int64_t now_ms() const;
@@ -207,6 +215,17 @@ struct Ledger::Impl {
   int64_t held_in(uint32_t account, uint32_t tag) const;
   // Reads a model's price consistently (seqlock); false when the model has no price.
   bool read_price(std::string_view model, int64_t* prompt, int64_t* completion, int64_t* request) const;
+  bool read_price_at(uint32_t model_index, int64_t* prompt, int64_t* completion, int64_t* request) const;
+  // Index of a registered model in the model table, -1 when unknown.
+  int32_t model_index(std::string_view model) const;
+  // Registers a model name (admin lock held); -1 when the table is full.
+  int32_t register_model(std::string_view model);
+  std::string_view model_name(uint32_t model_index) const;
+  // Writes and publishes a validated tier table. REQUIRES: the admin lock, or a segment nobody sees.
+  Status write_tiers(const std::vector<TierSpec>& tiers);
+  // The tier table as specs (for the store), and the name of a tier index + 1 ("" for 0).
+  std::vector<TierSpec> read_tiers() const;
+  std::string tier_name(uint32_t tier) const;
 
   // ---- store.cpp ------------------------------------------------------------------------------
   Status flush_store();
@@ -223,6 +242,25 @@ struct Ledger::Impl {
   // REQUIRES: the caller holds the slot's lock byte. op == nullptr: borrow one of its idle lanes.
   bool reclaim_dead_process(uint32_t slot, detail::OpScope* op);
   bool process_alive_for(uint32_t owner_slot, uint32_t owner_generation) const;
+};
+
+// Serializes admin writers: threads of this process (mutex) and other processes (OFD lock).
+class AdminGuard {
+ public:
+  explicit AdminGuard(Ledger::Impl& impl) : impl_(impl), lock_(*impl.admin_mutex) {
+    impl_.local_admin_writers.fetch_add(1, std::memory_order_relaxed);
+    impl_.lock_byte_wait(detail::kAdminLockByte);
+  }
+  ~AdminGuard() {
+    impl_.unlock_byte(detail::kAdminLockByte);
+    impl_.local_admin_writers.fetch_sub(1, std::memory_order_relaxed);
+  }
+  AdminGuard(const AdminGuard&) = delete;
+  AdminGuard& operator=(const AdminGuard&) = delete;
+
+ private:
+  Ledger::Impl& impl_;
+  std::lock_guard<std::mutex> lock_;
 };
 
 }  // namespace ledger

@@ -8,7 +8,7 @@
 //
 // Segment = Header | ProcessSlot[max_processes] | Lane[max_processes * kLanesPerProcess]
 //         | Account[max_accounts] | uint32 hash[hash_mask + 1] | Reservation[max_reservations]
-//         | Price[kModelsMax]
+//         | Price[kModelsMax] | Policy
 #pragma once
 
 #include <cstddef>
@@ -171,6 +171,36 @@ struct alignas(64) Price {
   char name[kModelNameMax + 1];
 };
 static_assert(sizeof(Price) == 128);
+// Price::live bits: the model's name is registered (tiers may name it), and it has a price.
+inline constexpr uint32_t kModelRegistered = 1, kModelPriced = 2;
+
+// ---------------------------------------------------------------------------------------------
+// Tiers (policy). A tier's index is fixed by its name for the life of the segment (names are never
+// removed), so Account::tier (index + 1, 0 = inherit from the parent) stays valid across reloads.
+// The tier table is double-buffered: a reload (admin lock) writes tables[(version + 1) & 1] and then
+// bumps `version`; a reader reads tables[v & 1] and retries if the version moved at all meanwhile
+// (after a publish, the next reload may start rewriting the table the reader is on). A reload killed
+// half-way never touched the table readers use, so readers never wait on a dead writer.
+inline constexpr uint32_t kTiersMax = 64;
+inline constexpr uint32_t kTierNameMax = 63;
+struct alignas(64) Tier {
+  uint32_t live;                  // defined by the current config
+  uint32_t all_models;            // "models": null
+  uint32_t fallback;              // model index + 1, 0 = none
+  uint32_t downgrade_to;          // model index + 1, 0 = none
+  uint32_t downgrade_at_percent;  // 1..100, 0 = no pressure rule
+  uint32_t reserved[11];
+  uint64_t allowed[kModelsMax / 64];  // bit per model index
+};
+static_assert(sizeof(Tier) == 192);
+struct alignas(64) Policy {
+  uint64_t version;
+  uint32_t tier_count;            // names [0, tier_count) are allocated
+  uint8_t reserved[52];
+  char tier_names[kTiersMax][64];
+  Tier tables[2][kTiersMax];
+};
+static_assert(sizeof(Policy) == 64 + kTiersMax * 64 + 2 * kTiersMax * sizeof(Tier));
 
 // ---------------------------------------------------------------------------------------------
 struct alignas(64) Header {
@@ -192,7 +222,9 @@ struct alignas(64) Header {
   int64_t created_unix;
   uint64_t offset_prices;
   uint32_t model_count;
-  uint8_t reserved0[20];
+  uint32_t reserved_pad;
+  uint64_t offset_policy;
+  uint8_t reserved0[8];
   char dir[512];                 // realpath of the ledger directory, for diagnostics
   uint8_t reserved1[3456];
 };

@@ -81,7 +81,7 @@ Status resolve_dir(std::string_view dir, bool create, std::string* real, std::st
 
 struct SegmentGeometry {
   uint64_t offset_processes, offset_lanes, offset_accounts, offset_hash, offset_reservations,
-      offset_prices, total;
+      offset_prices, offset_policy, total;
   uint32_t hash_mask;
 };
 
@@ -97,7 +97,8 @@ SegmentGeometry geometry_for(const Limits& limits) {
   g.offset_hash = align_up(g.offset_accounts + uint64_t{limits.max_accounts} * sizeof(Account), 64);
   g.offset_reservations = align_up(g.offset_hash + uint64_t{hash_size} * sizeof(uint32_t), 64);
   g.offset_prices = align_up(g.offset_reservations + uint64_t{limits.max_reservations} * sizeof(Reservation), 64);
-  g.total = align_up(g.offset_prices + uint64_t{kModelsMax} * sizeof(Price), 4096);
+  g.offset_policy = align_up(g.offset_prices + uint64_t{kModelsMax} * sizeof(Price), 64);
+  g.total = align_up(g.offset_policy + sizeof(Policy), 4096);
   return g;
 }
 
@@ -134,6 +135,16 @@ void Ledger::Impl::lock_byte_wait(off_t byte) const {
   fl.l_len = 1;
   while (::fcntl(lock_fd, F_OFD_SETLKW, &fl) != 0 && errno == EINTR) {
   }
+}
+
+bool Ledger::Impl::admin_lock_held() const {
+  if (local_admin_writers.load(std::memory_order_relaxed) > 0) return true;
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = kAdminLockByte;
+  fl.l_len = 1;
+  return ::fcntl(lock_fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
 }
 
 void Ledger::Impl::unlock_byte(off_t byte) const {
@@ -219,6 +230,7 @@ Status Ledger::Impl::attach(bool create) {
     h->offset_hash = g.offset_hash;
     h->offset_reservations = g.offset_reservations;
     h->offset_prices = g.offset_prices;
+    h->offset_policy = g.offset_policy;
     h->account_count = 0;
     h->tombstone_grace_s = options.tombstone_grace_s;
     h->created_unix = now_ms() / 1000;
@@ -236,7 +248,7 @@ Status Ledger::Impl::attach(bool create) {
   if (g.total != header->total_size || g.offset_accounts != header->offset_accounts ||
       g.offset_reservations != header->offset_reservations || g.offset_hash != header->offset_hash ||
       g.offset_lanes != header->offset_lanes || g.hash_mask != header->hash_mask ||
-      g.offset_prices != header->offset_prices ||
+      g.offset_prices != header->offset_prices || g.offset_policy != header->offset_policy ||
       load(header->account_count) > existing.max_accounts)
     return Code::kIncompatible;
   char* b = static_cast<char*>(mapping);
@@ -246,6 +258,7 @@ Status Ledger::Impl::attach(bool create) {
   hash = reinterpret_cast<uint32_t*>(b + header->offset_hash);
   reservations = reinterpret_cast<Reservation*>(b + header->offset_reservations);
   prices = reinterpret_cast<Price*>(b + header->offset_prices);
+  policy = reinterpret_cast<Policy*>(b + header->offset_policy);
   max_accounts = existing.max_accounts;
   max_reservations = existing.max_reservations;
   max_processes = existing.max_processes;
@@ -322,6 +335,12 @@ Status Ledger::Impl::ensure_registered() {
   Status status = Code::kOk;
   if (fork_epoch.load(std::memory_order_acquire) != g_fork_epoch.load(std::memory_order_relaxed)) {
     process_slot = UINT32_MAX;
+    // The child has one thread: mutexes a parent thread held at fork() are fresh here.
+    admin_mutex.release();  // NOLINT: never unlock or destroy a copy that another thread held
+    flush_mutex.release();  // NOLINT
+    admin_mutex = std::make_unique<std::mutex>();
+    flush_mutex = std::make_unique<std::mutex>();
+    local_admin_writers.store(0, std::memory_order_relaxed);
     ::close(lock_fd);
     lock_fd = ::open((dir + "/ledger.lock").c_str(), O_RDWR | O_CLOEXEC);
     status = lock_fd < 0 ? errno_status(errno) : register_process();

@@ -29,8 +29,62 @@ struct AccountValue {
   int32_t period;
   uint32_t reserved;
   char parent[64];
+  char tier[64];
 };
-static_assert(sizeof(AccountValue) == 88);
+static_assert(sizeof(AccountValue) == 152);
+
+// The tier table as one blob under meta "tiers": count, then per tier its name, flags, percent,
+// fallback, downgrade model and allowlist, strings as u32 length + bytes.
+void put_u32(std::string& out, uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); }
+void put_str(std::string& out, std::string_view s) {
+  put_u32(out, static_cast<uint32_t>(s.size()));
+  out.append(s);
+}
+std::string encode_tiers(const std::vector<TierSpec>& tiers) {
+  std::string out;
+  put_u32(out, static_cast<uint32_t>(tiers.size()));
+  for (const auto& t : tiers) {
+    put_str(out, t.name);
+    put_u32(out, t.all_models ? 1 : 0);
+    put_u32(out, t.downgrade_at_percent);
+    put_str(out, t.fallback);
+    put_str(out, t.downgrade_to);
+    put_u32(out, static_cast<uint32_t>(t.models.size()));
+    for (const auto& m : t.models) put_str(out, m);
+  }
+  return out;
+}
+bool decode_tiers(std::string_view in, std::vector<TierSpec>* out) {
+  size_t at = 0;
+  auto u32 = [&](uint32_t* v) {
+    if (in.size() - at < 4) return false;
+    std::memcpy(v, in.data() + at, 4);
+    at += 4;
+    return true;
+  };
+  auto str = [&](std::string* s) {
+    uint32_t n = 0;
+    if (!u32(&n) || n > 256 || in.size() - at < n) return false;
+    s->assign(in.data() + at, n);
+    at += n;
+    return true;
+  };
+  uint32_t count = 0;
+  if (!u32(&count) || count > kTiersMax) return false;
+  for (uint32_t i = 0; i < count; ++i) {
+    TierSpec t;
+    uint32_t all = 0, models = 0;
+    if (!str(&t.name) || !u32(&all) || !u32(&t.downgrade_at_percent) || !str(&t.fallback) || !str(&t.downgrade_to) ||
+        !u32(&models) || models > kModelsMax)
+      return false;
+    t.all_models = all != 0;
+    t.models.resize(models);
+    for (auto& m : t.models)
+      if (!str(&m)) return false;
+    out->push_back(std::move(t));
+  }
+  return at == in.size();
+}
 struct TotalsValue {
   int64_t spent_nanousd;
   uint64_t requests;
@@ -178,6 +232,7 @@ bool get_struct(MDB_txn* txn, MDB_dbi dbi, const std::string& key, T* out) {
 // ---- flush ----------------------------------------------------------------------------------------
 
 Status Ledger::Impl::flush_store() {
+  std::lock_guard<std::mutex> local(*flush_mutex);  // one LMDB environment per process at a time
   lock_byte_wait(kFlushLockByte);
   struct Unlock {
     const Impl* impl;
@@ -239,6 +294,8 @@ Status Ledger::Impl::flush_store() {
     const int32_t parent = load(a.parent);
     if (parent >= 0 && static_cast<uint32_t>(parent) < count)
       std::memcpy(config.parent, accounts[parent].name, std::min<uint32_t>(accounts[parent].name_length, kAccountNameMax));
+    const std::string tier = tier_name(load(a.tier));
+    std::memcpy(config.tier, tier.data(), std::min<size_t>(tier.size(), kTierNameMax));
     AccountValue stored{};
     if (!get_struct(txn.txn, env.accounts, name, &stored) || std::memcmp(&stored, &config, sizeof config) != 0) {
       MDB_val k = val(name), v = val(&config, sizeof config);
@@ -284,6 +341,16 @@ Status Ledger::Impl::flush_store() {
     }
   }
   if (rc == 0) {
+    // The tier table, when it changed.
+    const std::string tiers = encode_tiers(read_tiers());
+    const char* key = "tiers";
+    MDB_val k = val(key, std::strlen(key)), v;
+    if (mdb_get(txn.txn, env.meta, &k, &v) != 0 || std::string_view(static_cast<const char*>(v.mv_data), v.mv_size) != tiers) {
+      MDB_val nv = val(tiers);
+      rc = mdb_put(txn.txn, env.meta, &k, &nv, 0);
+    }
+  }
+  if (rc == 0) {
     const char* key = "last_flush_ms";
     MDB_val k = val(key, std::strlen(key)), v = val(&clock.ms, sizeof clock.ms);
     rc = mdb_put(txn.txn, env.meta, &k, &v, 0);
@@ -323,6 +390,24 @@ Status Ledger::Impl::rebuild_from_store() {
     const int32_t index = create_account_record(name, a.limit_nanousd, static_cast<Period>(a.period & 3));
     if (index < 0) return Code::kFull;
     store(accounts[index].blocked, static_cast<uint8_t>(a.blocked != 0));
+  }
+  // Tiers first, so that no worker attaching after a reboot gets a ledger without its policy.
+  {
+    const char* key = "tiers";
+    MDB_val tk = val(key, std::strlen(key)), tv;
+    std::vector<TierSpec> tiers;
+    if (mdb_get(txn.txn, env.meta, &tk, &tv) == 0) {
+      if (!decode_tiers(std::string_view(static_cast<const char*>(tv.mv_data), tv.mv_size), &tiers))
+        return Code::kIncompatible;
+      const Status written = write_tiers(tiers);
+      if (!written.ok()) return written;
+    }
+  }
+  for (const auto& [name, a] : stored) {
+    const std::string tier(a.tier, strnlen(a.tier, sizeof a.tier));
+    const uint32_t count = load(policy->tier_count);
+    for (uint32_t t = 0; t < count && !tier.empty(); ++t)
+      if (tier_name(t + 1) == tier) store(accounts[find_index(name)].tier, static_cast<uint8_t>(t + 1));
   }
   for (const auto& [name, a] : stored) {
     const std::string parent(a.parent, strnlen(a.parent, sizeof a.parent));
@@ -398,7 +483,8 @@ Status StoreReader::accounts(std::vector<StoredAccount>* out) const {
     std::memcpy(&a, v.mv_data, sizeof a);
     out->push_back(StoredAccount{std::string(static_cast<const char*>(k.mv_data), k.mv_size),
                                  std::string(a.parent, strnlen(a.parent, sizeof a.parent)), a.limit_nanousd,
-                                 static_cast<Period>(a.period & 3), a.blocked != 0});
+                                 static_cast<Period>(a.period & 3), a.blocked != 0,
+                                 std::string(a.tier, strnlen(a.tier, sizeof a.tier))});
     return true;
   });
 }

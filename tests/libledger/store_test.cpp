@@ -114,6 +114,13 @@ TEST_CASE("a lost segment is rebuilt from the store, losing only what was not fl
     REQUIRE(l->set_budget("alice", 10 * kUsd, Period::kDaily, "team") == Code::kOk);
     REQUIRE(l->set_budget("gone", 10 * kUsd, Period::kNone, "") == Code::kOk);
     REQUIRE(l->block("gone", true) == Code::kOk);
+    // Policy survives too: a tier that only allows one model, on the team (alice inherits it).
+    std::vector<TierSpec> tiers(1);
+    tiers[0].name = "basic";
+    tiers[0].models = {"openai/gpt-4o-mini"};
+    tiers[0].fallback = "openai/gpt-4o-mini";
+    REQUIRE(l->set_tiers(tiers) == Code::kOk);
+    REQUIRE(l->set_account_tier("team", "basic") == Code::kOk);
     for (int i = 0; i < 7; ++i) REQUIRE(l->debit("alice", kUsd) == Code::kOk);
     REQUIRE(l->flush() == Code::kOk);
     // An unflushed burst: this is the loss window.
@@ -130,6 +137,19 @@ TEST_CASE("a lost segment is rebuilt from the store, losing only what was not fl
   CHECK(balance_of(*l, "team").spent_nanousd == 7 * kUsd);
   CHECK(balance_of(*l, "org").spent_nanousd == 7 * kUsd);
   CHECK(balance_of(*l, "gone").blocked);
+  // The tier table and the team's tier came back before any worker could attach.
+  REQUIRE(l->set_price("openai/gpt-4o-mini", 1, 1, 0) == Code::kOk);
+  REQUIRE(l->set_price("anthropic/claude-3.5-sonnet", 1, 1, 0) == Code::kOk);
+  std::string_view chosen;
+  ReservationId id = 0;
+  REQUIRE(l->authorize("alice", "anthropic/claude-3.5-sonnet", 1, 60, &chosen, &id) == Code::kOk);
+  CHECK(chosen == "openai/gpt-4o-mini");
+  REQUIRE(l->release(id) == Code::kOk);
+  std::unique_ptr<StoreReader> reader;
+  REQUIRE(StoreReader::open(dir.path(), &reader) == Code::kOk);
+  std::vector<StoredAccount> stored;
+  REQUIRE(reader->accounts(&stored) == Code::kOk);
+  for (const auto& a : stored) CHECK(a.tier == (a.account == "team" ? "basic" : ""));
   // The chain is back: a debit on alice still reaches team and org, and denials still work.
   REQUIRE(l->debit("alice", 3 * kUsd) == Code::kOk);
   CHECK(l->debit("alice", 1) == Code::kDeniedOverBudget);

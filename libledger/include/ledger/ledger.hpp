@@ -49,6 +49,27 @@ struct Options {
 
 inline constexpr uint32_t kTtlMaxSeconds = 7 * 86400;
 
+// A tier: which models its accounts may use (DESIGN.md 6).
+struct TierSpec {
+  std::string name;                  // 1-63 bytes of [A-Za-z0-9._:@-]
+  bool all_models = false;           // "models": null
+  std::vector<std::string> models;   // the allowlist when !all_models
+  std::string fallback;              // "" = deny a model outside the list
+  uint32_t downgrade_at_percent = 0; // 1..100; 0 = no pressure rule
+  std::string downgrade_to;          // the model used at or above downgrade_at_percent
+};
+
+// What a request on a shared OpenRouter key must carry to name its user (DESIGN.md 6).
+struct Attribution {
+  std::string http_referer;  // HTTP-Referer header: the app's URL
+  std::string title;         // X-OpenRouter-Title and X-Title headers: "<app_title>:<user>"
+  std::string user;          // the body field "user"
+  // The headers as "Name: value" lines, in a fixed order (empty values are left out).
+  std::vector<std::string> headers() const;
+};
+// REQUIRES: user is an account id (valid_account_name); app_url and app_title are printable.
+Attribution attribution_for(std::string_view app_url, std::string_view app_title, std::string_view user);
+
 struct Balance {
   int64_t limit_nanousd = 0;
   int64_t spent_nanousd = 0;      // settled in the current period
@@ -132,10 +153,24 @@ class Ledger {
   // kInvalidArgument when the result would exceed kAmountNanoUsdMax (never a wrapped number).
   Status estimate(std::string_view model, uint32_t prompt_tokens, uint32_t max_completion_tokens,
                   int64_t* estimate_nanousd) const;
-  // Policy and reserve in one call. The model to use is written to *model_out (today: the requested
-  // model; tier allowlists, fallbacks and downgrades arrive with the tier configuration).
+  // Replaces the whole tier table, atomically for concurrent authorize() calls. Tiers not in
+  // `tiers` stop existing (accounts still naming them are then denied every model). Up to 64 tier
+  // names over the ledger's life; kInvalidArgument names nothing, check the spec.
+  Status set_tiers(const std::vector<TierSpec>& tiers);
+  // Sets the account's tier; "" = inherit from the parent (no tier on the whole chain = any model).
+  Status set_account_tier(std::string_view account, std::string_view tier);
+
+  // Policy and reserve in one call: the one call a worker makes before each request. Decision
+  // order: (1) blocked account or ancestor -> kDeniedBlocked; (2) the tier (the account's, else the
+  // nearest ancestor's) must allow the model, else its fallback is used, else kDeniedModel;
+  // (3) at or above downgrade_at_percent of the account's own budget the model becomes downgrade_to;
+  // (4) the chosen model must have a price, else kUnknownModel; (5) the estimate is reserved on the
+  // whole chain (kDeniedOverBudget / kDeniedParentOverBudget). *model_out views segment memory valid
+  // until the next set_price/set_tiers; copy it. model_out_max (C ABI buffer size - 1): a chosen
+  // model longer than that gives kInvalidArgument and reserves nothing.
   Status authorize(std::string_view account, std::string_view model, int64_t estimate_nanousd,
-                   uint32_t ttl_s, std::string_view* model_out, ReservationId* id);
+                   uint32_t ttl_s, std::string_view* model_out, ReservationId* id,
+                   size_t model_out_max = SIZE_MAX);
 
   // Writes everything settled so far into the store (<dir>/ledger.mdb, see store.hpp) in one synced
   // transaction: durable on return. kFull when the LMDB map is full, kPermission or kIoError when

@@ -2,7 +2,8 @@
 //
 // The shared segment decides; the store remembers. Ledger::flush() (and the sidecar, every
 // flush_interval_ms) writes what was settled into the store in one synced LMDB transaction:
-//   accounts   name -> budget, period, parent, blocked
+//   accounts   name -> budget, period, parent, blocked, tier
+//   meta       format version, last flush time, the tier table
 //   periods    (name, period) -> settled spend and requests of that period (the last snapshot)
 //   daily      (name, UTC day) -> spend and requests settled that day
 //   journal    seq -> one entry per account and flush (and per reconcile adjustment): the audit trail
@@ -33,6 +34,7 @@ struct StoredAccount {
   int64_t limit_nanousd = 0;
   Period period = Period::kNone;
   bool blocked = false;
+  std::string tier;  // "" = inherits
 };
 
 struct StoredPeriod {
