@@ -107,6 +107,15 @@ struct Fixture {
     (void)ledger->set_budget("user", kAmountNanoUsdMax, Period::kDaily, "team");
     (void)ledger->set_budget("flat", kAmountNanoUsdMax, Period::kDaily, "");
     (void)ledger->set_price("openai/gpt-4o-mini", 150'000'000, 600'000'000, 0);
+    (void)ledger->set_price("openai/gpt-4o", 2'500'000'000, 10'000'000'000, 0);
+    std::vector<TierSpec> tiers(1);
+    tiers[0].name = "pro";
+    tiers[0].models = {"openai/gpt-4o-mini", "openai/gpt-4o", "anthropic/claude-3.5-sonnet"};
+    tiers[0].downgrade_at_percent = 90;
+    tiers[0].downgrade_to = "openai/gpt-4o-mini";
+    (void)ledger->set_tiers(tiers);
+    (void)ledger->set_budget("tiered", kAmountNanoUsdMax, Period::kDaily, "");
+    (void)ledger->set_account_tier("tiered", "pro");
     for (uint32_t i = 4; i < accounts; ++i)
       (void)ledger->set_budget("acct-" + std::to_string(i), kAmountNanoUsdMax, Period::kDaily, "");
   }
@@ -191,6 +200,32 @@ void BM_AuthorizeCommitChain3(benchmark::State& state) {
   report(state, sample(pair));
 }
 BENCHMARK(BM_AuthorizeCommitChain3);
+
+// authorize = policy (tier allowlist, pressure rule, price) + reserve, against reserve alone.
+void BM_AuthorizeCommitFlatTiered(benchmark::State& state) {
+  Fixture f;
+  auto pair = [&] {
+    ReservationId id = 0;
+    std::string_view model;
+    (void)f.ledger->authorize("tiered", "openai/gpt-4o", 450'000, 60, &model, &id);
+    benchmark::DoNotOptimize(f.ledger->commit(id, 400'000));
+  };
+  for (auto _ : state) pair();
+  report(state, sample(pair));
+}
+BENCHMARK(BM_AuthorizeCommitFlatTiered);
+
+void BM_ReserveCommitFlatByName(benchmark::State& state) {
+  Fixture f;
+  auto pair = [&] {
+    ReservationId id = 0;
+    (void)f.ledger->reserve("tiered", 450'000, 60, &id);
+    benchmark::DoNotOptimize(f.ledger->commit(id, 400'000));
+  };
+  for (auto _ : state) pair();
+  report(state, sample(pair));
+}
+BENCHMARK(BM_ReserveCommitFlatByName);
 
 // Flat cost: debit by name of one hot account in a ledger of N accounts (the lookup and the segment
 // size must not matter), N = 1k .. 1M.

@@ -6,6 +6,7 @@
 #include <lmdb.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -281,7 +282,17 @@ Status Ledger::Impl::flush_store() {
       mdb_cursor_close(cursor);
     }
   }
-  for (uint32_t i = 0; i < count && rc == 0; ++i) {
+  // In key order, so LMDB's B-tree inserts are sequential rather than scattered.
+  std::vector<uint32_t> order;
+  order.reserve(count);
+  for (uint32_t i = 0; i < count; ++i)
+    if (load(accounts[i].live) != 0) order.push_back(i);
+  auto name_of = [this](uint32_t i) {
+    return std::string_view(accounts[i].name, std::min<uint32_t>(accounts[i].name_length, kAccountNameMax));
+  };
+  std::sort(order.begin(), order.end(), [&](uint32_t x, uint32_t y) { return name_of(x) < name_of(y); });
+  for (size_t position = 0; position < order.size() && rc == 0; ++position) {
+    const uint32_t i = order[position];
     const Account& a = accounts[i];
     if (load(a.live) == 0) continue;
     const std::string name(a.name, std::min<uint32_t>(a.name_length, kAccountNameMax));
