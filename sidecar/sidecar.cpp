@@ -173,6 +173,8 @@ int main(int argc, char** argv) {
   int64_t flush_failures = 0, flushes = 0, reclaimed_total = 0;
   for (;;) {
     const int64_t now = monotonic_ms();
+    // Read the stop flag once: a signal between "flush?" and "exit?" must not skip the final flush.
+    const bool stopping = g_stop != 0;
     if (g_reload) {
       g_reload = 0;
       auto fresh = load_config(config_path, &error);
@@ -194,10 +196,10 @@ int main(int argc, char** argv) {
       if (reclaimed > 0) log_line("info", "reclaimed holds", "count=" + std::to_string(reclaimed));
       reclaimed_total += reclaimed;
     }
-    if (flush.due(now) || once || g_stop) {
+    if (flush.due(now) || once || stopping) {
       if (flush_once(*ledger, &flush_failures)) ++flushes;
     }
-    if (once || g_stop) break;
+    if (once || stopping) break;
     if (summary.due(now))
       log_line("info", "alive", "flushes=" + std::to_string(flushes) + " reclaimed=" + std::to_string(reclaimed_total));
     const struct timespec tick {0, 20'000'000};
