@@ -44,6 +44,25 @@ inline uint64_t word_location(uint32_t account, uint32_t parity) {
   return uint64_t{account} * 2 + parity + 1;
 }
 
+// The admission rule for one level: the word's period (or a rollover to `tag`), then
+// used + delta <= limit. False when denied. *tag becomes the period actually charged.
+bool plan_admission(const Account& account, PeriodWord current, uint32_t wanted_tag, int64_t delta,
+                    int32_t delta_requests, uint32_t stamp, PeriodWord* desired, uint32_t* tag) {
+  const uint32_t found_tag = meta_tag(current.meta);
+  PeriodWord base = current;
+  *tag = wanted_tag;
+  if (found_tag != wanted_tag) {
+    const bool newer = tag_kind(found_tag) == tag_kind(wanted_tag) && tag_index(found_tag) > tag_index(wanted_tag);
+    if (newer) *tag = found_tag;  // another process's clock is ahead: its period is the current one
+    else base = PeriodWord{0, 0};  // rollover: this period starts empty
+  }
+  int64_t used;
+  const int64_t limit = load(account.limit_nanousd, memory_order_relaxed);
+  if (__builtin_add_overflow(base.used, delta, &used) || used > limit) return false;
+  *desired = PeriodWord{used, make_meta(meta_requests(base.meta) + static_cast<uint64_t>(delta_requests), *tag, stamp)};
+  return true;
+}
+
 int64_t add_saturating(int64_t a, int64_t b) {
   int64_t r;
   if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
@@ -220,20 +239,8 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
     uint32_t tag = spec.tag;
     const uint32_t found_tag = meta_tag(current.meta);
     if (admit) {
-      PeriodWord base = current;
-      if (found_tag != spec.tag) {
-        const bool newer = tag_kind(found_tag) == tag_kind(spec.tag) && tag_index(found_tag) > tag_index(spec.tag);
-        if (newer) {
-          tag = found_tag;  // another process's clock is ahead: its period is the current one
-        } else {
-          base = PeriodWord{0, 0};  // rollover: this period starts empty
-        }
-      }
-      int64_t used;
-      const int64_t limit = load(account.limit_nanousd, memory_order_relaxed);
-      if (__builtin_add_overflow(base.used, spec.delta, &used) || used > limit)
+      if (!plan_admission(account, current, spec.tag, spec.delta, spec.delta_requests, op->lane_id, &desired, &tag))
         return Code::kDeniedOverBudget;
-      desired = PeriodWord{used, make_meta(meta_requests(base.meta) + static_cast<uint64_t>(spec.delta_requests), tag, op->lane_id)};
     } else {
       const bool same = found_tag == spec.tag && tag_kind(spec.tag) == kind;
       if (same) {
@@ -309,6 +316,26 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
     a = load(acc.parent, memory_order_relaxed);
   }
   const Now now = this->now();
+
+  if (kind == kOpDebit && depth == 1) {
+    // A debit of a root account is one CAS on one word: it lands or it does not, so it needs no
+    // intent and no lane. It writes stamp 0, which no repair ever looks for; it still helps the
+    // lane whose value it replaces. A process killed right after the CAS leaves the debit applied
+    // (not acknowledged: within the "in flight" bound, like any completed-but-unacknowledged call).
+    Account& account_ref = accounts[chain[0]];
+    const uint32_t wanted = current_tag(account_ref, now);
+    const uint32_t parity = tag_parity(wanted);
+    PeriodWord& word = account_ref.words[parity];
+    PeriodWord current = period_word_guess(word);
+    for (;;) {
+      PeriodWord desired{};
+      uint32_t tag = wanted;
+      if (!plan_admission(account_ref, current, wanted, amount, 1, 0, &desired, &tag)) return Code::kDeniedOverBudget;
+      const uint32_t stamp = meta_lane(current.meta);
+      if (stamp != 0) help(stamp, word_location(chain[0], parity), current);
+      if (period_word_cas(word, current, desired)) return Code::kOk;
+    }
+  }
 
   OpScope op;
   Status status = begin(&op, kind);

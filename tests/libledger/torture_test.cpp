@@ -52,7 +52,8 @@ static_assert(sizeof(Record) == 32);
     if (::write(fd, &r, sizeof r) != static_cast<ssize_t>(sizeof r)) ::_exit(3);
   };
   for (uint64_t n = 0;; ++n) {
-    const uint32_t account = 2 + static_cast<uint32_t>(rng() % 3);
+    // Mostly users on the 3-level chain; sometimes the root itself (a single-CAS debit, no intent).
+    const uint32_t account = rng() % 8 == 0 ? 0 : 2 + static_cast<uint32_t>(rng() % 3);
     const int64_t amount = 1 + static_cast<int64_t>(rng() % 1000);
     const int choice = static_cast<int>(rng() % 10);
     if (choice < 4) {
@@ -60,7 +61,7 @@ static_assert(sizeof(Record) == 32);
       if (ledger.debit(kAccounts[account], amount).ok()) log(Record{1, 1, account, 0, amount, 0});
     } else if (choice < 9) {
       ReservationId id = 0;
-      if (!ledger.reserve(kAccounts[account], amount, 30, &id).ok()) continue;
+      if (account == 0 || !ledger.reserve(kAccounts[account], amount, 30, &id).ok()) continue;
       if (choice < 8) {
         const int64_t actual = static_cast<int64_t>(rng() % static_cast<uint64_t>(amount + 200));
         log(Record{2, 0, account, 0, actual, amount});
@@ -182,7 +183,9 @@ TEST_CASE("SIGKILL torture keeps every acknowledged operation and every invarian
       ++mismatches;
   }
   CHECK(b[1].spent_nanousd == b[2].spent_nanousd + b[3].spent_nanousd + b[4].spent_nanousd);
-  CHECK(b[0].spent_nanousd == b[1].spent_nanousd);
+  // org = team + its own direct debits (acknowledged, plus at most the ones in flight at a kill).
+  CHECK(b[0].spent_nanousd - b[1].spent_nanousd >= acked[0]);
+  CHECK(b[0].spent_nanousd - b[1].spent_nanousd <= acked[0] + in_flight[0]);
   std::printf("torture: invariant mismatches: %d\n", mismatches);
   CHECK(acknowledged > static_cast<uint64_t>(kills_target));
 
