@@ -5,93 +5,20 @@
 // of a VM may tick in ~10 ns steps), the median and p99 per operation in ns and the median's ratio
 // to the floor: a bare 64-bit compare-and-swap check-and-add on a word in a
 // MAP_SHARED mapping (what "a CAS on one word per account" costs without any bookkeeping).
-#include <benchmark/benchmark.h>
-#include <sys/mman.h>
-#include <x86intrin.h>
-
-#include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "ledger/ledger.hpp"
 
 using namespace ledger;
 
 namespace {
 
-constexpr int kSamples = 100000;
-constexpr int kBatch = 8;
-
-double g_ns_per_tick = 0;
-double g_timer_overhead_ticks = 0;
-double g_floor_median_ns = 0;
-
-void calibrate() {
-  unsigned aux = 0;
-  const auto t0 = std::chrono::steady_clock::now();
-  const uint64_t c0 = __rdtscp(&aux);
-  while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(200)) {
-  }
-  const uint64_t c1 = __rdtscp(&aux);
-  const auto t1 = std::chrono::steady_clock::now();
-  g_ns_per_tick = std::chrono::duration<double, std::nano>(t1 - t0).count() / static_cast<double>(c1 - c0);
-  std::vector<uint64_t> empty(kSamples);
-  for (auto& e : empty) {
-    const uint64_t a = __rdtscp(&aux);
-    const uint64_t b = __rdtscp(&aux);
-    e = b - a;
-  }
-  std::nth_element(empty.begin(), empty.begin() + kSamples / 2, empty.end());
-  g_timer_overhead_ticks = static_cast<double>(empty[kSamples / 2]);
-}
-
-struct Percentiles {
-  double median_ns, p99_ns;
-};
-
-template <class Fn>
-Percentiles sample(Fn&& fn) {
-  std::vector<uint64_t> ticks(kSamples);
-  unsigned aux = 0;
-  for (int i = 0; i < 1000; ++i) fn();  // warm
-  for (auto& t : ticks) {
-    const uint64_t a = __rdtscp(&aux);
-    for (int i = 0; i < kBatch; ++i) fn();
-    const uint64_t b = __rdtscp(&aux);
-    t = b - a;
-  }
-  std::sort(ticks.begin(), ticks.end());
-  auto ns = [](uint64_t t) {
-    return std::max(0.0, (static_cast<double>(t) - g_timer_overhead_ticks) * g_ns_per_tick / kBatch);
-  };
-  return Percentiles{ns(ticks[kSamples / 2]), ns(ticks[kSamples * 99 / 100])};
-}
-
-void report(benchmark::State& state, const Percentiles& p) {
-  state.counters["median_ns"] = p.median_ns;
-  state.counters["p99_ns"] = p.p99_ns;
-  if (g_floor_median_ns > 0) state.counters["x_floor"] = p.median_ns / g_floor_median_ns;
-}
-
-// The floor: check-and-add by CAS on one 64-bit word of a shared mapping.
-struct Floor {
-  std::atomic<int64_t>* word;
-  Floor() {
-    void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    word = new (p) std::atomic<int64_t>(0);
-  }
-  bool debit(int64_t amount, int64_t limit) {
-    int64_t used = word->load(std::memory_order_relaxed);
-    do {
-      if (used + amount > limit) return false;
-    } while (!word->compare_exchange_weak(used, used + amount, std::memory_order_acq_rel));
-    return true;
-  }
-};
+using bench::report;
+using bench::sample;
 
 struct Fixture {
   std::string dir;
@@ -126,14 +53,7 @@ struct Fixture {
   }
 };
 
-void BM_CasFloor(benchmark::State& state) {
-  Floor f;
-  for (auto _ : state) benchmark::DoNotOptimize(f.debit(1, INT64_MAX));
-  const Percentiles p = sample([&] { benchmark::DoNotOptimize(f.debit(1, INT64_MAX)); });
-  g_floor_median_ns = p.median_ns;
-  report(state, p);
-}
-BENCHMARK(BM_CasFloor);
+BENCHMARK(bench::BM_CasFloor);
 
 void BM_DebitFlatByHandle(benchmark::State& state) {
   Fixture f;
@@ -280,7 +200,7 @@ BENCHMARK(BM_FlushChangedAccounts)->Arg(1000)->Arg(100000)->Unit(benchmark::kMil
 }  // namespace
 
 int main(int argc, char** argv) {
-  calibrate();
+  bench::calibrate();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();
