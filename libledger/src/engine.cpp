@@ -315,15 +315,15 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
     chain[depth++] = static_cast<uint32_t>(a);
     a = load(acc.parent, memory_order_relaxed);
   }
-  const Now now = this->now();
-
   if (kind == kOpDebit && depth == 1) {
     // A debit of a root account is one CAS on one word: it lands or it does not, so it needs no
     // intent and no lane. It writes stamp 0, which no repair ever looks for; it still helps the
     // lane whose value it replaces. A process killed right after the CAS leaves the debit applied
     // (not acknowledged: within the "in flight" bound, like any completed-but-unacknowledged call).
     Account& account_ref = accounts[chain[0]];
-    const uint32_t wanted = current_tag(account_ref, now);
+    // An account without a period never needs the clock (its tag is always 0).
+    const bool timeless = load(account_ref.period_kind, memory_order_relaxed) == static_cast<uint8_t>(Period::kNone);
+    const uint32_t wanted = timeless ? 0u : current_tag(account_ref, this->now());
     const uint32_t parity = tag_parity(wanted);
     PeriodWord& word = account_ref.words[parity];
     PeriodWord current = period_word_guess(word);
@@ -337,6 +337,7 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
     }
   }
 
+  const Now now = this->now();
   OpScope op;
   Status status = begin(&op, kind);
   if (!status.ok()) return status;
