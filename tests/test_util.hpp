@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -40,6 +41,13 @@ struct ManualClock {
 };
 
 inline constexpr int64_t kUsd = 1'000'000'000;
+
+// The balance of an account, which must exist.
+inline ledger::Balance balance_of(ledger::Ledger& l, std::string_view account) {
+  ledger::Balance b;
+  REQUIRE(l.balance(account, &b) == ledger::Code::kOk);
+  return b;
+}
 
 // Unix seconds of a UTC civil date and time.
 inline int64_t utc(int32_t year, uint32_t month, uint32_t day, int64_t hour = 0, int64_t minute = 0,

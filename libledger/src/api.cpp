@@ -30,15 +30,6 @@ std::string_view code_message(int32_t code) {
 
 namespace {
 
-uint32_t fnv32(std::string_view name) {
-  uint32_t h = 2166136261u;
-  for (unsigned char c : name) {
-    h ^= c;
-    h *= 16777619u;
-  }
-  return h;
-}
-
 // Number of accounts from `index` up to its root, or kChainDepthMax + 1 on a cycle or a broken link.
 uint32_t chain_length(const Ledger::Impl& l, int32_t index) {
   uint32_t length = 0;
@@ -109,7 +100,7 @@ int32_t Ledger::Impl::create_account_record(std::string_view name, int64_t limit
   std::memset(a.name, 0, sizeof a.name);
   std::memcpy(a.name, name.data(), name.size());
   a.name_length = static_cast<uint32_t>(name.size());
-  a.name_hash = fnv32(name);
+  a.name_hash = fnv1a32(name);
   store(a.limit_nanousd, limit_nanousd);
   store(a.parent, int32_t{-1});
   store(a.period_kind, static_cast<uint8_t>(period));

@@ -31,15 +31,6 @@ using namespace detail;
 
 namespace {
 
-uint32_t name_hash(std::string_view name) {
-  uint32_t h = 2166136261u;
-  for (unsigned char c : name) {
-    h ^= c;
-    h *= 16777619u;
-  }
-  return h;
-}
-
 inline uint64_t word_location(uint32_t account, uint32_t parity) {
   return uint64_t{account} * 2 + parity + 1;
 }
@@ -89,7 +80,7 @@ int64_t Ledger::Impl::now_ms() const {
 }
 
 int32_t Ledger::Impl::find_index(std::string_view name) const {
-  const uint32_t h = name_hash(name);
+  const uint32_t h = fnv1a32(name);
   for (uint32_t probe = 0; probe <= hash_mask; ++probe) {
     const uint32_t entry = load(hash[(h + probe) & hash_mask]);
     if (entry == 0) return -1;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 #include "atomics.hpp"
 #include "layout.hpp"
@@ -27,6 +28,16 @@ void crash_point();
 #endif
 
 namespace ledger::detail {
+
+// FNV-1a, 32 bits: the hash of account names (hash table) and model names (price table).
+inline uint32_t fnv1a32(std::string_view text) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : text) {
+    h ^= c;
+    h *= 16777619u;
+  }
+  return h;
+}
 
 // ---- packing helpers --------------------------------------------------------------------------
 inline constexpr uint64_t kRequestMask = (uint64_t{1} << kRequestBits) - 1;

@@ -19,15 +19,6 @@ bool valid_model_name(std::string_view model) {
   return true;
 }
 
-uint32_t model_hash(std::string_view model) {
-  uint32_t h = 2166136261u;
-  for (unsigned char c : model) {
-    h ^= c;
-    h *= 16777619u;
-  }
-  return h;
-}
-
 // Probes the table: the index of `model`, or (as -2 - index) the first free entry, or INT32_MIN
 // when the table is full.
 int32_t probe(const Price* table, std::string_view model, uint32_t h) {
@@ -44,7 +35,7 @@ int32_t probe(const Price* table, std::string_view model, uint32_t h) {
 }  // namespace
 
 int32_t Ledger::Impl::model_index(std::string_view model) const {
-  const int32_t found = probe(prices, model, model_hash(model));
+  const int32_t found = probe(prices, model, fnv1a32(model));
   return found >= 0 ? found : -1;
 }
 
@@ -54,7 +45,7 @@ std::string_view Ledger::Impl::model_name(uint32_t index) const {
 }
 
 int32_t Ledger::Impl::register_model(std::string_view model) {
-  const uint32_t h = model_hash(model);
+  const uint32_t h = fnv1a32(model);
   const int32_t found = probe(prices, model, h);
   if (found >= 0) return found;
   if (found == INT32_MIN || load(header->model_count) >= kModelsMax / 2) return -1;

@@ -14,6 +14,7 @@ using namespace ledger;
 using ledger_test::kUsd;
 using ledger_test::ManualClock;
 using ledger_test::TempDir;
+using ledger_test::balance_of;
 using ledger_test::utc;
 
 namespace {
@@ -25,12 +26,6 @@ std::unique_ptr<Ledger> open_ledger(const TempDir& dir, ManualClock* clock = nul
   std::unique_ptr<Ledger> ledger;
   REQUIRE(Ledger::open(dir.path(), options, &ledger) == Code::kOk);
   return ledger;
-}
-
-Balance balance_of(Ledger& ledger, std::string_view account) {
-  Balance b;
-  REQUIRE(ledger.balance(account, &b) == Code::kOk);
-  return b;
 }
 
 }  // namespace

@@ -15,6 +15,7 @@ using namespace ledger;
 using ledger_test::kUsd;
 using ledger_test::ManualClock;
 using ledger_test::TempDir;
+using ledger_test::balance_of;
 using ledger_test::utc;
 
 namespace {
@@ -28,12 +29,6 @@ std::unique_ptr<Ledger> open_at(const std::string& dir, ManualClock& clock, uint
   std::unique_ptr<Ledger> ledger;
   REQUIRE(Ledger::open(dir, options, &ledger) == Code::kOk);
   return ledger;
-}
-
-Balance balance_of(Ledger& l, std::string_view account) {
-  Balance b;
-  REQUIRE(l.balance(account, &b) == Code::kOk);
-  return b;
 }
 
 }  // namespace
