@@ -1,0 +1,498 @@
+// emulator.cpp — request handling and state of the OpenRouter emulator (see emulator.hpp).
+#include "emulator.hpp"
+
+#include <time.h>
+
+#include <boost/json.hpp>
+#include <cstdio>
+#include <random>
+
+#include "ledger/money.hpp"
+#include "ledger/period.hpp"
+
+namespace emulator {
+namespace json = boost::json;
+
+namespace {
+
+// Money goes into the tree as a marked string and leaves serialize() as a plain JSON number with
+// up to 9 decimals ("0.000325", not "3.25E-4"), like OpenRouter's own output.
+constexpr const char* kNumberMark = "\x1fnum:";
+std::string finish(std::string text) {
+  const std::string open = std::string("\"") + "\\u001fnum:";
+  for (size_t at = text.find(open); at != std::string::npos; at = text.find(open, at)) {
+    const size_t end = text.find('"', at + open.size());
+    if (end == std::string::npos) break;
+    const std::string number = text.substr(at + open.size(), end - at - open.size());
+    text.replace(at, end - at + 1, number);
+    at += number.size();
+  }
+  return text;
+}
+
+template <class T>
+std::string finish_json(const T& v) { return finish(boost::json::serialize(v)); }
+json::string money(int64_t nanousd) { return json::string(std::string(kNumberMark) + usd_number(nanousd)); }
+
+
+int64_t system_now_ms() {
+  struct timespec ts {};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+std::string error_body(int code, const std::string& message, const std::string& error_type = "") {
+  json::object error;
+  error["code"] = code;
+  error["message"] = message;
+  if (!error_type.empty()) error["metadata"] = json::object{{"error_type", error_type}};
+  return finish_json(json::object{{"error", std::move(error)}});
+}
+
+Response error(int code, const std::string& message, const std::string& error_type = "") {
+  Response r;
+  r.status = code;
+  r.body = error_body(code, message, error_type);
+  return r;
+}
+
+std::string random_hex(std::mt19937_64& rng, size_t n) {
+  static const char* digits = "0123456789abcdef";
+  std::string s;
+  for (size_t i = 0; i < n; ++i) s.push_back(digits[rng() % 16]);
+  return s;
+}
+
+std::map<std::string, std::string> parse_query(const std::string& q) {
+  std::map<std::string, std::string> out;
+  size_t at = 0;
+  while (at < q.size()) {
+    const size_t amp = q.find('&', at);
+    const std::string part = q.substr(at, amp == std::string::npos ? std::string::npos : amp - at);
+    const size_t eq = part.find('=');
+    out[part.substr(0, eq)] = eq == std::string::npos ? "" : part.substr(eq + 1);
+    if (amp == std::string::npos) break;
+    at = amp + 1;
+  }
+  return out;
+}
+
+// USD amount from a JSON number or decimal string into nano-USD; nullopt when malformed.
+std::optional<int64_t> usd_from_json(const json::value& v) {
+  if (v.is_string()) return ledger::parse_usd(std::string(v.get_string()));
+  if (v.is_int64()) return ledger::usd_double_to_nanousd(static_cast<double>(v.get_int64()));
+  if (v.is_uint64()) return ledger::usd_double_to_nanousd(static_cast<double>(v.get_uint64()));
+  if (v.is_double()) return ledger::usd_double_to_nanousd(v.get_double());
+  return std::nullopt;
+}
+
+// USD per token as OpenRouter lists it: a decimal string ("0.00000015") from nano-USD per Mtok.
+std::string per_token(int64_t nanousd_per_mtok) {
+  // USD per token = nanousd_per_mtok / 1e15: print with 15 decimals, then trim.
+  const int64_t whole = nanousd_per_mtok / 1'000'000'000'000'000;
+  const int64_t fraction = nanousd_per_mtok % 1'000'000'000'000'000;
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%lld.%015lld", static_cast<long long>(whole), static_cast<long long>(fraction));
+  std::string s = buffer;
+  while (!s.empty() && s.back() == '0') s.pop_back();
+  if (!s.empty() && s.back() == '.') s.pop_back();
+  return s;
+}
+
+}  // namespace
+
+std::string usd_number(int64_t nanousd) {
+  std::string s = ledger::format_usd(nanousd);  // at least two decimals
+  while (s.back() == '0') s.pop_back();
+  if (s.back() == '.') s.pop_back();
+  return s;
+}
+
+Emulator::Emulator(std::string management_key, int64_t (*now_ms)()) : now_ms_(now_ms != nullptr ? now_ms : system_now_ms) {
+  Key k;
+  k.management = true;
+  k.secret = std::move(management_key);
+  k.name = "management";
+  std::mt19937_64 rng(42);
+  k.hash = random_hex(rng, 64);
+  k.label = k.secret.substr(0, 12) + "..." + k.secret.substr(k.secret.size() - 4);
+  k.created_at = now_iso();
+  k.created_seq = next_seq_++;
+  keys_.push_back(std::move(k));
+  // Prices in nano-USD per million tokens (prompt, completion) and per request.
+  models_ = {
+      {"openai/gpt-4o-mini", 150'000'000, 600'000'000, 0},
+      {"openai/gpt-4o", 2'500'000'000, 10'000'000'000, 0},
+      {"anthropic/claude-3.5-sonnet", 3'000'000'000, 15'000'000'000, 0},
+      {"meta-llama/llama-3.1-8b-instruct", 20'000'000, 50'000'000, 0},
+      {"google/gemma-2-9b-it:free", 0, 0, 0},
+  };
+}
+
+std::string Emulator::now_iso() const {
+  const int64_t ms = now_ms_();
+  const ledger::CivilDate d = ledger::civil_from_days(ms / 86'400'000);
+  const int64_t in_day = (ms % 86'400'000) / 1000;
+  char buffer[40];
+  std::snprintf(buffer, sizeof buffer, "%04d-%02u-%02uT%02lld:%02lld:%02lldZ", d.year, d.month, d.day,
+                static_cast<long long>(in_day / 3600), static_cast<long long>(in_day / 60 % 60),
+                static_cast<long long>(in_day % 60));
+  return buffer;
+}
+
+void Emulator::roll_windows(Key& key, int64_t now_ms) {
+  const int64_t s = now_ms / 1000;
+  const int64_t day = ledger::period_index(ledger::Period::kDaily, s);
+  const int64_t week = ledger::period_index(ledger::Period::kWeekly, s);
+  const int64_t month = ledger::period_index(ledger::Period::kMonthly, s);
+  if (key.day_index != day) key.usage_daily = 0, key.day_index = day;
+  if (key.week_index != week) key.usage_weekly = 0, key.week_index = week;
+  if (key.month_index != month) key.usage_monthly = 0, key.month_index = month;
+}
+
+void Emulator::charge(Key& key, int64_t nanousd) {
+  roll_windows(key, now_ms_());
+  key.usage += nanousd;
+  key.usage_daily += nanousd;
+  key.usage_weekly += nanousd;
+  key.usage_monthly += nanousd;
+}
+
+int64_t Emulator::window_usage(const Key& key) const {
+  if (key.limit_reset == "daily") return key.usage_daily;
+  if (key.limit_reset == "weekly") return key.usage_weekly;
+  if (key.limit_reset == "monthly") return key.usage_monthly;
+  return key.usage;
+}
+
+std::string Emulator::key_json(const Key& key, bool newer_fields) const {
+  json::object o;
+  o["hash"] = key.hash;
+  o["name"] = key.name;
+  o["label"] = key.label;
+  o["disabled"] = key.disabled;
+  if (key.limit) o["limit"] = money(*key.limit);
+  else o["limit"] = nullptr;
+  o["usage"] = money(key.usage);
+  o["created_at"] = key.created_at;
+  if (key.updated_at.empty()) o["updated_at"] = nullptr;
+  else o["updated_at"] = key.updated_at;
+  if (newer_fields) {
+    if (key.limit) o["limit_remaining"] = money(*key.limit - window_usage(key));
+    else o["limit_remaining"] = nullptr;
+    if (key.limit_reset.empty()) o["limit_reset"] = nullptr;
+    else o["limit_reset"] = key.limit_reset;
+    o["include_byok_in_limit"] = false;
+    o["usage_daily"] = money(key.usage_daily);
+    o["usage_weekly"] = money(key.usage_weekly);
+    o["usage_monthly"] = money(key.usage_monthly);
+    o["byok_usage"] = 0;
+    o["creator_user_id"] = nullptr;
+    o["workspace_id"] = "00000000-0000-4000-8000-000000000000";
+  }
+  if (extra_fields_) o["x_emulator_unknown_field"] = json::object{{"nested", true}};
+  return finish_json(o);
+}
+
+Emulator::Key* Emulator::authenticate(const Request& request, Response* out) {
+  if (request.authorization.rfind("Bearer ", 0) != 0 || request.authorization.size() <= 7) {
+    *out = error(401, "No auth credentials found", "authentication");
+    return nullptr;
+  }
+  const std::string secret = request.authorization.substr(7);
+  for (Key& k : keys_)
+    if (k.secret == secret) {
+      if (k.disabled) break;
+      return &k;
+    }
+  *out = error(401, "User not found.", "authentication");
+  return nullptr;
+}
+
+Response Emulator::handle(const Request& request) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++requests_served_;
+  const size_t q = request.target.find('?');
+  std::string path = request.target.substr(0, q);
+  const auto query = parse_query(q == std::string::npos ? "" : request.target.substr(q + 1));
+  if (path.size() > 1 && path.back() == '/') path.pop_back();
+  if (path.rfind("/__emulator/", 0) == 0) return admin(request, path);
+  // Injected faults, by path prefix (and method when given).
+  for (auto it = faults_.begin(); it != faults_.end(); ++it) {
+    if (path.rfind(it->path_prefix, 0) != 0 || (!it->method.empty() && it->method != request.method)) continue;
+    Fault f = *it;
+    if (--it->count <= 0) faults_.erase(it);
+    Response r = f.status != 0 ? error(f.status, f.status == 429 ? "Rate limit exceeded" : "Injected fault " + std::to_string(f.status),
+                                       f.status == 429 ? "rate_limit_exceeded" : "server")
+                               : route(request, path, query);
+    if (f.retry_after_s >= 0) r.headers.emplace_back("Retry-After", std::to_string(f.retry_after_s));
+    r.delay_ms = f.delay_ms;
+    if (f.body == "malformed") r.body = "{\"data\": [ {\"hash\": \"abc\", oops";
+    if (f.body == "truncated") r.truncate = true;
+    return r;
+  }
+  return route(request, path, query);
+}
+
+Response Emulator::route(const Request& request, const std::string& path, const std::map<std::string, std::string>& query) {
+  const std::string base = "/api/v1";
+  if (path.rfind(base, 0) != 0) return error(404, "Resource not found", "not_found");
+  const std::string p = path.substr(base.size());
+  const std::string& m = request.method;
+  Response auth_error;
+  Key* caller = authenticate(request, &auth_error);
+  if (caller == nullptr) return auth_error;
+  const bool newer = !omit_newer_fields_;
+
+  if ((p == "/key" || p == "/auth/key") && m == "GET") {
+    roll_windows(*caller, now_ms_());
+    json::value data = json::parse(key_json(*caller, newer));
+    data.as_object()["is_management_key"] = caller->management;
+    data.as_object()["is_provisioning_key"] = caller->management;
+    data.as_object()["is_free_tier"] = false;
+    return Response{200, finish_json(json::object{{"data", data}}), {}, 0, false};
+  }
+  if (p == "/chat/completions" && m == "POST") {
+    if (caller->management) return error(401, "Management keys cannot be used for completions", "authentication");
+    return completion(*caller, request.body);
+  }
+  if (p == "/models" && m == "GET") {
+    json::array data;
+    for (const auto& model : models_) {
+      json::object pricing{{"prompt", per_token(model.prompt_nanousd_per_mtok)},
+                           {"completion", per_token(model.completion_nanousd_per_mtok)},
+                           {"request", usd_number(model.request_nanousd)},
+                           {"image", "0"}};
+      data.push_back(json::object{{"id", model.id}, {"name", model.id}, {"pricing", std::move(pricing)}, {"context_length", 128000}});
+    }
+    return Response{200, finish_json(json::object{{"data", std::move(data)}}), {}, 0, false};
+  }
+  if (p == "/generation" && m == "GET") {
+    const auto it = generations_.find(query.count("id") ? query.at("id") : "");
+    if (it == generations_.end() || now_ms_() - it->second.created_ms < generation_not_ready_ms_)
+      return error(404, "Resource not found", "not_found");
+    const Generation& g = it->second;
+    json::object data{{"id", g.id}, {"model", g.model}, {"total_cost", money(g.cost)},
+                      {"tokens_prompt", g.prompt_tokens}, {"tokens_completion", g.completion_tokens},
+                      {"external_user", g.user}, {"streamed", false}, {"cancelled", false}};
+    return Response{200, finish_json(json::object{{"data", std::move(data)}}), {}, 0, false};
+  }
+  // Everything below is for management keys only.
+  const bool admin_path = p == "/keys" || p.rfind("/keys/", 0) == 0 || p == "/credits";
+  if (!admin_path) return error(404, "Resource not found", "not_found");
+  if (!caller->management) return error(403, "Only management keys can perform this operation", "permission_denied");
+
+  if (p == "/credits" && m == "GET") {
+    int64_t used = 0;
+    for (const auto& k : keys_) used += k.usage;
+    json::object data{{"total_credits", money(credits_total_)},
+                      {"total_usage", money(used)}};
+    return Response{200, finish_json(json::object{{"data", std::move(data)}}), {}, 0, false};
+  }
+  if (p == "/keys" && m == "GET") {
+    const bool include_disabled = query.count("include_disabled") && query.at("include_disabled") == "true";
+    long offset = 0;
+    if (query.count("offset")) {
+      try {
+        offset = std::stol(query.at("offset"));
+      } catch (...) {
+        offset = -1;
+      }
+      if (offset < 0) return error(400, "offset must be a non-negative integer");
+    }
+    std::vector<const Key*> visible;
+    for (auto it = keys_.rbegin(); it != keys_.rend(); ++it)  // most recent first
+      if (!it->management && (include_disabled || !it->disabled)) visible.push_back(&*it);
+    std::string body = "{\"data\":[";
+    for (size_t i = static_cast<size_t>(offset), n = 0; i < visible.size() && n < static_cast<size_t>(page_size_); ++i, ++n) {
+      if (n) body += ',';
+      roll_windows(const_cast<Key&>(*visible[i]), now_ms_());
+      body += key_json(*visible[i], newer);
+    }
+    body += "]}";
+    return Response{200, body, {}, 0, false};
+  }
+  if (p == "/keys" && m == "POST") {
+    std::error_code ec;
+    json::value v = json::parse(request.body, ec);
+    if (ec || !v.is_object()) return error(400, "Invalid JSON body");
+    const auto& o = v.get_object();
+    const json::value* name = o.if_contains("name");
+    if (name == nullptr || !name->is_string() || name->get_string().empty()) return error(400, "name is required");
+    Key k;
+    k.name = std::string(name->get_string());
+    if (const json::value* limit = o.if_contains("limit"); limit != nullptr && !limit->is_null()) {
+      const auto nanos = usd_from_json(*limit);
+      if (!nanos || *nanos < 0) return error(400, "limit must be a non-negative number");
+      k.limit = *nanos;
+    }
+    if (const json::value* reset = o.if_contains("limit_reset"); reset != nullptr && !reset->is_null()) {
+      const std::string r = reset->is_string() ? std::string(reset->get_string()) : "";
+      if (r != "daily" && r != "weekly" && r != "monthly") return error(400, "limit_reset must be daily, weekly or monthly");
+      k.limit_reset = r;
+    }
+    std::mt19937_64 rng(static_cast<uint64_t>(next_seq_) * 0x9E3779B97F4A7C15ULL ^ static_cast<uint64_t>(now_ms_()));
+    k.secret = "sk-or-v1-" + random_hex(rng, 64);
+    k.hash = random_hex(rng, 64);
+    k.label = k.secret.substr(0, 12) + "..." + k.secret.substr(k.secret.size() - 4);
+    k.created_at = now_iso();
+    k.created_seq = next_seq_++;
+    roll_windows(k, now_ms_());
+    const std::string key_body = key_json(k, newer);
+    const std::string secret = k.secret;
+    keys_.push_back(std::move(k));
+    Response r;
+    r.status = 201;
+    r.body = "{\"data\":" + key_body + ",\"key\":\"" + secret + "\"}";
+    return r;
+  }
+  if (p.rfind("/keys/", 0) == 0) {
+    const std::string hash = p.substr(6);
+    Key* key = nullptr;
+    for (Key& k : keys_)
+      if (k.hash == hash && !k.management) key = &k;
+    if (key == nullptr) return error(404, "Resource not found", "not_found");
+    roll_windows(*key, now_ms_());
+    if (m == "GET") return Response{200, "{\"data\":" + key_json(*key, newer) + "}", {}, 0, false};
+    if (m == "DELETE") {
+      keys_.erase(keys_.begin() + (key - keys_.data()));
+      return Response{200, "{\"deleted\":true}", {}, 0, false};
+    }
+    if (m == "PATCH") {
+      std::error_code ec;
+      json::value v = json::parse(request.body, ec);
+      if (ec || !v.is_object()) return error(400, "Invalid JSON body");
+      const auto& o = v.get_object();
+      for (const auto& [field, value] : o) {
+        if (field == "name" && value.is_string()) key->name = std::string(value.get_string());
+        else if (field == "disabled" && value.is_bool()) key->disabled = value.get_bool();
+        else if (field == "limit") {
+          if (value.is_null()) key->limit.reset();
+          else if (const auto nanos = usd_from_json(value); nanos && *nanos >= 0) key->limit = *nanos;
+          else return error(400, "limit must be a non-negative number or null");
+        } else if (field == "limit_reset") {
+          const std::string r = value.is_string() ? std::string(value.get_string()) : "";
+          if (!value.is_null() && r != "daily" && r != "weekly" && r != "monthly")
+            return error(400, "limit_reset must be daily, weekly, monthly or null");
+          key->limit_reset = r;
+        } else if (field == "include_byok_in_limit" && value.is_bool()) {
+        } else {
+          return error(400, "cannot update field \"" + std::string(field) + "\"");
+        }
+      }
+      key->updated_at = now_iso();
+      return Response{200, "{\"data\":" + key_json(*key, newer) + "}", {}, 0, false};
+    }
+  }
+  return error(405, "Method not allowed");
+}
+
+Response Emulator::completion(Key& key, const std::string& body) {
+  std::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (ec || !v.is_object()) return error(400, "Invalid JSON body");
+  const auto& o = v.get_object();
+  const json::value* model_value = o.if_contains("model");
+  const std::string model = model_value != nullptr && model_value->is_string() ? std::string(model_value->get_string()) : "";
+  const ModelPrice* price = nullptr;
+  for (const auto& m : models_)
+    if (m.id == model) price = &m;
+  if (price == nullptr) return error(400, model + " is not a valid model ID");
+  roll_windows(key, now_ms_());
+  if (key.limit && *key.limit - window_usage(key) <= 0) {
+    if (limit_exceeded_status_ == 403)
+      return error(403, "Key limit exceeded (total limit). Manage it using https://openrouter.ai/settings/keys", "permission_denied");
+    return error(402, "This request requires more credits, or fewer max_tokens.", "payment_required");
+  }
+  // Deterministic tokens: a quarter of the characters of the messages, and a reply that depends on
+  // the prompt size, never above max_tokens.
+  int64_t chars = 0;
+  if (const json::value* messages = o.if_contains("messages"); messages != nullptr && messages->is_array())
+    for (const auto& message : messages->get_array())
+      if (message.is_object())
+        if (const json::value* content = message.get_object().if_contains("content"); content != nullptr && content->is_string())
+          chars += static_cast<int64_t>(content->get_string().size());
+  const int64_t prompt_tokens = chars / 4 + 1;
+  int64_t completion_tokens = 20 + prompt_tokens % 40;
+  if (const json::value* max = o.if_contains("max_tokens"); max != nullptr && max->is_int64() && max->get_int64() > 0)
+    completion_tokens = std::min(completion_tokens, max->get_int64());
+  // Cost rounded up to the nano-USD, as a provider bills.
+  const int64_t cost = (prompt_tokens * price->prompt_nanousd_per_mtok + completion_tokens * price->completion_nanousd_per_mtok + 999'999) /
+                           1'000'000 + price->request_nanousd;
+  charge(key, cost);
+  Generation g;
+  g.id = "gen-" + std::to_string(next_seq_++);
+  g.model = model;
+  g.key_hash = key.hash;
+  g.cost = cost;
+  g.prompt_tokens = prompt_tokens;
+  g.completion_tokens = completion_tokens;
+  g.created_ms = now_ms_();
+  if (const json::value* user = o.if_contains("user"); user != nullptr && user->is_string()) g.user = std::string(user->get_string());
+  generations_[g.id] = g;
+  json::object usage{{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens},
+                     {"total_tokens", prompt_tokens + completion_tokens}, {"cost", money(cost)}};
+  json::object message{{"role", "assistant"}, {"content", "Emulated reply (" + std::to_string(completion_tokens) + " tokens) from " + model + "."}};
+  json::array choices{json::object{{"index", 0}, {"message", std::move(message)}, {"finish_reason", "stop"}}};
+  json::object reply{{"id", g.id}, {"object", "chat.completion"}, {"model", model}, {"choices", std::move(choices)}, {"usage", std::move(usage)}};
+  Response r{200, finish_json(reply), {{"X-Generation-Id", g.id}}, 0, false};
+  return r;
+}
+
+Response Emulator::admin(const Request& request, const std::string& path) {
+  std::error_code ec;
+  json::value v = request.body.empty() ? json::value(json::object{}) : json::parse(request.body, ec);
+  if (ec || !v.is_object()) return error(400, "Invalid JSON body");
+  const auto& o = v.get_object();
+  auto integer = [&](const char* name, int64_t fallback) {
+    const json::value* x = o.if_contains(name);
+    return x != nullptr && x->is_int64() ? x->get_int64() : fallback;
+  };
+  auto text = [&](const char* name) {
+    const json::value* x = o.if_contains(name);
+    return x != nullptr && x->is_string() ? std::string(x->get_string()) : std::string();
+  };
+  if (path == "/__emulator/faults" && request.method == "POST") {
+    Fault f;
+    f.path_prefix = text("path");
+    f.method = text("method");
+    f.status = static_cast<int>(integer("status", 0));
+    f.count = static_cast<int>(integer("count", 1));
+    f.retry_after_s = static_cast<int>(integer("retry_after_s", -1));
+    f.delay_ms = static_cast<int>(integer("delay_ms", 0));
+    f.body = text("body");
+    if (f.path_prefix.empty() || f.count < 1 || f.delay_ms < 0 || f.delay_ms > 600000 ||
+        (f.body != "" && f.body != "truncated" && f.body != "malformed"))
+      return error(400, "fault: path (prefix), count >= 1, status, retry_after_s, delay_ms, body truncated|malformed");
+    faults_.push_back(f);
+    return Response{200, "{\"ok\":true}", {}, 0, false};
+  }
+  if (path == "/__emulator/settings" && request.method == "POST") {
+    page_size_ = static_cast<int>(std::clamp<int64_t>(integer("page_size", page_size_), 1, 1000));
+    limit_exceeded_status_ = integer("limit_exceeded_status", limit_exceeded_status_) == 403 ? 403 : 402;
+    generation_not_ready_ms_ = static_cast<int>(integer("generation_not_ready_ms", generation_not_ready_ms_));
+    if (const json::value* x = o.if_contains("omit_newer_fields"); x && x->is_bool()) omit_newer_fields_ = x->get_bool();
+    if (const json::value* x = o.if_contains("extra_fields"); x && x->is_bool()) extra_fields_ = x->get_bool();
+    return Response{200, "{\"ok\":true}", {}, 0, false};
+  }
+  if (path == "/__emulator/usage" && request.method == "POST") {
+    // Spend on a key that no completion through us shows (a worker bypassing the ledger).
+    const std::string hash = text("hash");
+    const json::value* cost = o.if_contains("cost_usd");
+    const auto nanos = cost != nullptr ? usd_from_json(*cost) : std::nullopt;
+    for (Key& k : keys_)
+      if (k.hash == hash && nanos && *nanos >= 0) {
+        charge(k, *nanos);
+        return Response{200, "{\"ok\":true}", {}, 0, false};
+      }
+    return error(400, "usage: hash of an existing key and cost_usd >= 0");
+  }
+  if (path == "/__emulator/state" && request.method == "GET") {
+    json::object state{{"keys", static_cast<int64_t>(keys_.size()) - 1}, {"faults_pending", static_cast<int64_t>(faults_.size())},
+                       {"requests_served", requests_served_}, {"generations", static_cast<int64_t>(generations_.size())}};
+    return Response{200, finish_json(state), {}, 0, false};
+  }
+  return error(404, "Resource not found", "not_found");
+}
+
+}  // namespace emulator

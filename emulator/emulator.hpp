@@ -1,0 +1,101 @@
+// emulator.hpp — an OpenRouter API emulator for tests, the demo and offline rehearsal.
+//
+// Implements what ../shared/openrouter-api.md describes for keys (/keys CRUD, pages of 100 newest
+// first, disabled keys hidden unless asked), /key (and /auth/key), /credits, /models, /generation
+// and /chat/completions, with per-key usage in all-time, UTC day, Monday week and calendar month
+// buckets and limit enforcement. Money is kept in integer nano-USD and emitted as JSON numbers with
+// up to 9 decimals. Faults are injected through /__emulator/* (loopback only, no auth: a test tool).
+// Thread safety: handle() may be called from many connection threads; one mutex guards the state.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace emulator {
+
+struct Request {
+  std::string method;
+  std::string target;         // path and query
+  std::string authorization;  // the Authorization header
+  std::string body;
+};
+
+struct Response {
+  int status = 200;
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+  int delay_ms = 0;
+  bool truncate = false;      // send half the body, then close
+};
+
+struct ModelPrice {
+  std::string id;
+  int64_t prompt_nanousd_per_mtok;
+  int64_t completion_nanousd_per_mtok;
+  int64_t request_nanousd;
+};
+
+class Emulator {
+ public:
+  // management_key: the plaintext of the one management key (sk-or-v1-...).
+  explicit Emulator(std::string management_key, int64_t (*now_ms)() = nullptr);
+  Response handle(const Request& request);
+
+ private:
+  struct Key {
+    std::string hash, name, label, secret, created_at, updated_at;
+    bool management = false, disabled = false;
+    std::optional<int64_t> limit;   // nano-USD
+    std::string limit_reset;        // "", daily, weekly, monthly
+    int64_t usage = 0;              // all-time, nano-USD
+    int64_t day_index = -1, week_index = -1, month_index = -1;
+    int64_t usage_daily = 0, usage_weekly = 0, usage_monthly = 0;
+    int64_t created_seq = 0;
+  };
+  struct Fault {
+    std::string path_prefix, method;
+    int status = 0;            // 0 = no status change (delay / body faults only)
+    int count = 1;
+    int retry_after_s = -1;
+    int delay_ms = 0;
+    std::string body;          // "", "truncated", "malformed"
+  };
+  struct Generation {
+    std::string id, model, key_hash, user;
+    int64_t cost = 0, prompt_tokens = 0, completion_tokens = 0, created_ms = 0;
+  };
+
+  Response route(const Request& request, const std::string& path, const std::map<std::string, std::string>& query);
+  Response admin(const Request& request, const std::string& path);
+  Key* authenticate(const Request& request, Response* error);
+  void roll_windows(Key& key, int64_t now_ms);
+  void charge(Key& key, int64_t nanousd);
+  int64_t window_usage(const Key& key) const;
+  std::string key_json(const Key& key, bool newer_fields) const;
+  Response completion(Key& key, const std::string& body);
+  std::string now_iso() const;
+
+  std::mutex mutex_;
+  int64_t (*now_ms_)();
+  std::vector<Key> keys_;  // creation order
+  std::vector<ModelPrice> models_;
+  std::vector<Fault> faults_;
+  std::map<std::string, Generation> generations_;
+  int64_t next_seq_ = 1;
+  int64_t credits_total_ = 100 * 1'000'000'000LL;
+  int page_size_ = 100;
+  bool omit_newer_fields_ = false;
+  bool extra_fields_ = false;
+  int limit_exceeded_status_ = 402;
+  int generation_not_ready_ms_ = 0;
+  uint64_t requests_served_ = 0;
+};
+
+// Formats nano-USD as a JSON number in USD with up to 9 decimals ("0.000001536", "10", "-2.5").
+std::string usd_number(int64_t nanousd);
+
+}  // namespace emulator

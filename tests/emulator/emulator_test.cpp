@@ -1,0 +1,253 @@
+// The OpenRouter emulator: the API facts of openrouter-api.md (auth errors, key objects, pages,
+// windows, limits, money format) and every fault it can inject; plus the real binary over loopback.
+#include <catch2/catch.hpp>
+#include <boost/asio.hpp>
+#include <boost/json.hpp>
+#include <set>
+#include <thread>
+
+#include "emulator.hpp"
+#include "process.hpp"
+#include "test_util.hpp"
+
+using emulator::Emulator;
+using emulator::Request;
+using emulator::Response;
+namespace json = boost::json;
+
+namespace {
+
+int64_t g_now_ms = ledger_test::utc(2026, 11, 26, 12) * 1000;
+int64_t test_clock() { return g_now_ms; }
+
+const std::string kMgmt = "sk-or-v1-" + std::string(64, 'a');
+
+struct Client {
+  Emulator emu{kMgmt, &test_clock};
+  Response call(const std::string& method, const std::string& target, const std::string& key = kMgmt,
+                const std::string& body = "") {
+    return emu.handle(Request{method, target, key.empty() ? "" : "Bearer " + key, body});
+  }
+  json::object created(const std::string& body) {
+    const Response r = call("POST", "/api/v1/keys", kMgmt, body);
+    REQUIRE(r.status == 201);
+    return json::parse(r.body).as_object();
+  }
+};
+
+std::string message_of(const Response& r) { return std::string(json::parse(r.body).at("error").at("message").as_string()); }
+
+}  // namespace
+
+TEST_CASE("auth errors are OpenRouter's", "[emulator]") {
+  Client c;
+  Response r = c.call("GET", "/api/v1/keys", "");
+  CHECK(r.status == 401);
+  CHECK(message_of(r) == "No auth credentials found");
+  CHECK(json::parse(r.body).at("error").at("code").as_int64() == 401);
+  r = c.call("GET", "/api/v1/keys", "sk-or-v1-nope");
+  CHECK(r.status == 401);
+  CHECK(message_of(r) == "User not found.");
+  const auto k = c.created(R"({"name": "worker"})");
+  const std::string normal(k.at("key").as_string());
+  r = c.call("GET", "/api/v1/keys", normal);
+  CHECK(r.status == 403);
+  CHECK(message_of(r) == "Only management keys can perform this operation");
+  CHECK(c.call("GET", "/api/v1/credits", normal).status == 403);
+  r = c.call("POST", "/api/v1/chat/completions", kMgmt, R"({"model": "openai/gpt-4o-mini", "messages": []})");
+  CHECK(r.status == 401);
+  CHECK(c.call("GET", "/api/v1/key", normal).status == 200);
+  CHECK(c.call("GET", "/api/v1/auth/key", normal).status == 200);  // the old alias
+}
+
+TEST_CASE("create returns the key once, top level, and a redacted label", "[emulator]") {
+  Client c;
+  const auto k = c.created(R"({"name": "alice", "limit": 10, "limit_reset": "daily"})");
+  const std::string secret(k.at("key").as_string());
+  CHECK(secret.rfind("sk-or-v1-", 0) == 0);
+  CHECK(secret.size() == 9 + 64);
+  const auto& data = k.at("data").as_object();
+  CHECK(data.at("hash").as_string().size() == 64);
+  CHECK(data.at("name").as_string() == "alice");
+  CHECK(data.at("label").as_string().find(secret.substr(12)) == std::string::npos);  // redacted
+  CHECK(data.at("limit").to_number<double>() == 10);
+  CHECK(data.at("limit_reset").as_string() == "daily");
+  CHECK(data.at("updated_at").is_null());
+  CHECK(c.call("POST", "/api/v1/keys/", kMgmt, R"({"name": "trailing-slash"})").status == 201);
+  CHECK(c.call("POST", "/api/v1/keys", kMgmt, R"({"limit": 5})").status == 400);  // name required
+  CHECK(c.call("POST", "/api/v1/keys", kMgmt, "{oops").status == 400);
+  // The secret appears nowhere but in that one create response.
+  const Response list = c.call("GET", "/api/v1/keys");
+  CHECK(list.body.find(secret) == std::string::npos);
+}
+
+TEST_CASE("keys come in pages of 100, newest first; disabled ones only when asked", "[emulator]") {
+  Client c;
+  std::vector<std::string> hashes;
+  for (int i = 0; i < 250; ++i)
+    hashes.emplace_back(c.created(R"({"name": "k)" + std::to_string(i) + R"("})").at("data").at("hash").as_string());
+  std::set<std::string> seen;
+  std::vector<size_t> sizes;
+  for (int offset = 0;; offset += 100) {
+    const Response r = c.call("GET", "/api/v1/keys?offset=" + std::to_string(offset));
+    REQUIRE(r.status == 200);
+    const json::value page = json::parse(r.body);
+    const auto& data = page.at("data").as_array();
+    if (offset == 0) CHECK(data[0].at("name").as_string() == "k249");  // most recent first
+    for (const auto& k : data) seen.insert(std::string(k.at("hash").as_string()));
+    sizes.push_back(data.size());
+    if (data.size() < 100) break;
+  }
+  CHECK(sizes == std::vector<size_t>{100, 100, 50});
+  CHECK(seen.size() == 250);
+  REQUIRE(c.call("PATCH", "/api/v1/keys/" + hashes[0], kMgmt, R"({"disabled": true})").status == 200);
+  CHECK(json::parse(c.call("GET", "/api/v1/keys?offset=200").body).at("data").as_array().size() == 49);
+  CHECK(json::parse(c.call("GET", "/api/v1/keys?offset=200&include_disabled=true").body).at("data").as_array().size() == 50);
+  CHECK(c.call("GET", "/api/v1/keys?offset=-1").status == 400);
+}
+
+TEST_CASE("completions cost money into the key's windows; limits refuse like OpenRouter", "[emulator]") {
+  Client c;
+  g_now_ms = ledger_test::utc(2026, 11, 26, 12) * 1000;
+  const auto k = c.created(R"({"name": "alice", "limit": "0.001", "limit_reset": "daily"})");
+  const std::string secret(k.at("key").as_string()), hash(k.at("data").at("hash").as_string());
+  const std::string body = R"({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hello there, how are you doing today?"}], "max_tokens": 50, "user": "alice"})";
+  Response r = c.call("POST", "/api/v1/chat/completions", secret, body);
+  REQUIRE(r.status == 200);
+  const auto reply = json::parse(r.body).as_object();
+  const auto& usage = reply.at("usage").as_object();
+  CHECK(usage.at("prompt_tokens").as_int64() == 10);
+  CHECK(usage.at("completion_tokens").as_int64() == 30);
+  // 10 x $2.50/M + 30 x $10/M = $0.000325, written as a plain decimal
+  CHECK(r.body.find("\"cost\":0.000325") != std::string::npos);
+  CHECK(r.headers[0] == std::make_pair(std::string("X-Generation-Id"), std::string(reply.at("id").as_string())));
+  r = c.call("GET", "/api/v1/keys/" + hash);
+  const auto key = json::parse(r.body).at("data").as_object();
+  CHECK(r.body.find("\"usage_daily\":0.000325") != std::string::npos);
+  CHECK(r.body.find("\"limit_remaining\":0.000675") != std::string::npos);
+  CHECK(key.at("usage").to_number<double>() == Approx(0.000325));
+  CHECK(c.call("POST", "/api/v1/chat/completions", secret, R"({"model": "no/such", "messages": []})").status == 400);
+
+  // Bypassed spend (drift) pushes it over the limit: 402, or the 403 variant when switched.
+  REQUIRE(c.call("POST", "/__emulator/usage", "", R"({"hash": ")" + hash + R"(", "cost_usd": "0.001"})").status == 200);
+  r = c.call("POST", "/api/v1/chat/completions", secret, body);
+  CHECK(r.status == 402);
+  REQUIRE(c.call("POST", "/__emulator/settings", "", R"({"limit_exceeded_status": 403})").status == 200);
+  r = c.call("POST", "/api/v1/chat/completions", secret, body);
+  CHECK(r.status == 403);
+  CHECK(message_of(r).rfind("Key limit exceeded", 0) == 0);
+  // A new UTC day resets the daily window (and the limit with it); the month keeps counting.
+  g_now_ms = ledger_test::utc(2026, 11, 27, 0, 0, 1) * 1000;
+  CHECK(c.call("POST", "/api/v1/chat/completions", secret, body).status == 200);
+  r = c.call("GET", "/api/v1/keys/" + hash);
+  CHECK(r.body.find("\"usage_daily\":0.000325") != std::string::npos);
+  CHECK(r.body.find("\"usage_monthly\":0.00165") != std::string::npos);
+  // Disabled keys and deleted keys.
+  REQUIRE(c.call("PATCH", "/api/v1/keys/" + hash, kMgmt, R"({"disabled": true, "limit": null})").status == 200);
+  CHECK(c.call("POST", "/api/v1/chat/completions", secret, body).status == 401);
+  CHECK(c.call("PATCH", "/api/v1/keys/" + hash, kMgmt, R"({"workspace_id": "x"})").status == 400);
+  REQUIRE(c.call("DELETE", "/api/v1/keys/" + hash).status == 200);
+  CHECK(c.call("GET", "/api/v1/keys/" + hash).status == 404);
+}
+
+TEST_CASE("models, generations, credits and older field sets", "[emulator]") {
+  Client c;
+  Response r = c.call("GET", "/api/v1/models");
+  REQUIRE(r.status == 200);
+  CHECK(r.body.find(R"("id":"openai/gpt-4o-mini","name":"openai/gpt-4o-mini","pricing":{"prompt":"0.00000015","completion":"0.0000006")") != std::string::npos);
+  const auto k = c.created(R"({"name": "g"})");
+  const std::string secret(k.at("key").as_string());
+  REQUIRE(c.call("POST", "/__emulator/settings", "", R"({"generation_not_ready_ms": 1000})").status == 200);
+  r = c.call("POST", "/api/v1/chat/completions", secret, R"({"model": "openai/gpt-4o-mini", "messages": [{"content": "hi"}], "user": "bob"})");
+  const std::string id(json::parse(r.body).at("id").as_string());
+  CHECK(c.call("GET", "/api/v1/generation?id=" + id, secret).status == 404);  // not ready yet
+  g_now_ms += 1500;
+  r = c.call("GET", "/api/v1/generation?id=" + id, secret);
+  REQUIRE(r.status == 200);
+  CHECK(json::parse(r.body).at("data").at("external_user").as_string() == "bob");
+  CHECK(c.call("GET", "/api/v1/credits").body.find("\"total_credits\":100") != std::string::npos);
+  REQUIRE(c.call("POST", "/__emulator/settings", "", R"({"omit_newer_fields": true, "extra_fields": true})").status == 200);
+  r = c.call("GET", "/api/v1/keys");
+  CHECK(r.body.find("limit_remaining") == std::string::npos);
+  CHECK(r.body.find("usage_daily") == std::string::npos);
+  CHECK(r.body.find("x_emulator_unknown_field") != std::string::npos);
+  CHECK(emulator::usd_number(1536) == "0.000001536");
+  CHECK(emulator::usd_number(10'000'000'000) == "10");
+  CHECK(emulator::usd_number(-2'500'000'000) == "-2.5");
+}
+
+TEST_CASE("faults: statuses N times, Retry-After, malformed, truncated, delays", "[emulator]") {
+  Client c;
+  REQUIRE(c.call("POST", "/__emulator/faults", "", R"({"path": "/api/v1/keys", "status": 429, "retry_after_s": 2, "count": 2})").status == 200);
+  for (int i = 0; i < 2; ++i) {
+    const Response r = c.call("GET", "/api/v1/keys");
+    CHECK(r.status == 429);
+    CHECK(r.headers == std::vector<std::pair<std::string, std::string>>{{"Retry-After", "2"}});
+  }
+  CHECK(c.call("GET", "/api/v1/keys").status == 200);  // used up
+  for (int status : {400, 401, 402, 403, 404, 408, 413, 422, 500, 502, 503, 524, 529}) {
+    REQUIRE(c.call("POST", "/__emulator/faults", "", R"({"path": "/api/v1/credits", "status": )" + std::to_string(status) + "}").status == 200);
+    const Response r = c.call("GET", "/api/v1/credits");
+    CHECK(r.status == status);
+    CHECK(json::parse(r.body).at("error").at("code").as_int64() == status);
+  }
+  REQUIRE(c.call("POST", "/__emulator/faults", "", R"({"path": "/api/v1/keys", "body": "malformed"})").status == 200);
+  Response r = c.call("GET", "/api/v1/keys");
+  CHECK(r.status == 200);
+  std::error_code ec;
+  (void)json::parse(r.body, ec);
+  CHECK(ec);
+  REQUIRE(c.call("POST", "/__emulator/faults", "", R"({"path": "/api/v1/keys", "method": "GET", "body": "truncated", "delay_ms": 250})").status == 200);
+  r = c.call("GET", "/api/v1/keys");
+  CHECK(r.truncate);
+  CHECK(r.delay_ms == 250);
+  CHECK(c.call("POST", "/__emulator/faults", "", R"({"status": 500})").status == 400);  // no path
+  CHECK(c.call("POST", "/__emulator/faults", "", R"({"path": "/x", "body": "weird"})").status == 400);
+}
+
+TEST_CASE("the emulator binary serves real HTTP on loopback, and truncates for real", "[emulator][process]") {
+  ledger_test::TempDir dir;
+  const std::string key_file = dir.path() + "/mgmt.key", port_file = dir.path() + "/port";
+  const pid_t pid = ledger_test::spawn({EMULATOR_PATH, "--management-key-file", key_file, "--port-file", port_file}, -1, -1);
+  REQUIRE(pid > 0);
+  std::string port;
+  for (int i = 0; i < 200 && port.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    port = ledger_test::read_file(port_file);
+  }
+  REQUIRE_FALSE(port.empty());
+  struct stat st {};
+  REQUIRE(::stat(key_file.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  const std::string key = ledger_test::read_file(key_file).substr(0, 73);
+  namespace net = boost::asio;
+  auto raw = [&](const std::string& request) {
+    net::io_context io;
+    net::ip::tcp::socket socket(io);
+    socket.connect({net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(std::stoi(port))});
+    net::write(socket, net::buffer(request));
+    std::string response;
+    boost::system::error_code ec;
+    char buffer[4096];
+    for (size_t n; (n = socket.read_some(net::buffer(buffer), ec)) > 0 || !ec;) response.append(buffer, n);
+    return response;
+  };
+  std::string r = raw("GET /api/v1/keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  CHECK(r.rfind("HTTP/1.1 401", 0) == 0);
+  r = raw("GET /api/v1/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key + "\r\nConnection: close\r\n\r\n");
+  CHECK(r.rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(r.find("{\"data\":[]}") != std::string::npos);
+  const std::string fault = R"({"path": "/api/v1/credits", "body": "truncated"})";
+  r = raw("POST /__emulator/faults HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(fault.size()) +
+          "\r\nConnection: close\r\n\r\n" + fault);
+  CHECK(r.rfind("HTTP/1.1 200", 0) == 0);
+  r = raw("GET /api/v1/credits HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key + "\r\nConnection: close\r\n\r\n");
+  const size_t header_end = r.find("\r\n\r\n");
+  REQUIRE(header_end != std::string::npos);
+  const size_t promised = std::stoul(r.substr(r.find("Content-Length: ") + 16));
+  CHECK(r.size() - header_end - 4 < promised);  // fewer bytes than promised, then EOF
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+}
