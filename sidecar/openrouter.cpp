@@ -1,0 +1,398 @@
+// openrouter.cpp — the libcurl client (see openrouter.hpp).
+#include "openrouter.hpp"
+
+#include <curl/curl.h>
+
+#include <boost/json.hpp>
+#include <chrono>
+#include <mutex>
+#include <thread>
+
+#include "ledger/money.hpp"
+
+namespace ledger::openrouter {
+namespace json = boost::json;
+
+namespace {
+
+std::once_flag g_curl_init;
+
+struct Sink {
+  std::string* body;
+  size_t max;
+  bool too_large = false;
+};
+
+size_t on_body(char* data, size_t size, size_t count, void* user) {
+  auto* sink = static_cast<Sink*>(user);
+  const size_t n = size * count;
+  if (sink->body->size() + n > sink->max) {
+    sink->too_large = true;
+    return 0;  // abort the transfer
+  }
+  sink->body->append(data, n);
+  return n;
+}
+
+size_t on_header(char* data, size_t size, size_t count, void* user) {
+  const size_t n = size * count;
+  std::string line(data, n);
+  auto* retry_after = static_cast<std::optional<uint32_t>*>(user);
+  const std::string name = "retry-after:";
+  if (line.size() > name.size()) {
+    std::string lower = line.substr(0, name.size());
+    for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (lower == name) {
+      try {
+        const long v = std::stol(line.substr(name.size()));
+        if (v >= 0 && v < 86400) *retry_after = static_cast<uint32_t>(v);
+      } catch (...) {
+      }
+    }
+  }
+  return n;
+}
+
+// A USD JSON number (or numeric string) as nano-USD; nullopt when absent, null or malformed.
+std::optional<int64_t> money(const json::object& o, const char* field) {
+  const json::value* v = o.if_contains(field);
+  if (v == nullptr || v->is_null()) return std::nullopt;
+  if (v->is_double()) return usd_double_to_nanousd(v->get_double());
+  if (v->is_int64()) return usd_double_to_nanousd(static_cast<double>(v->get_int64()));
+  if (v->is_uint64()) return usd_double_to_nanousd(static_cast<double>(v->get_uint64()));
+  if (v->is_string()) {
+    if (auto exact = parse_usd(std::string(v->get_string()))) return exact;
+    try {
+      return usd_double_to_nanousd(std::stod(std::string(v->get_string())));
+    } catch (...) {
+    }
+  }
+  return std::nullopt;
+}
+
+std::string text(const json::object& o, const char* field) {
+  const json::value* v = o.if_contains(field);
+  return v != nullptr && v->is_string() ? std::string(v->get_string()) : std::string();
+}
+
+bool parse_key(const json::value& v, KeyInfo* out) {
+  if (!v.is_object()) return false;
+  const auto& o = v.get_object();
+  KeyInfo k;
+  // The id is "hash"; older internal playbooks say "key_hash": accept both.
+  k.hash = text(o, "hash");
+  if (k.hash.empty()) k.hash = text(o, "key_hash");
+  k.name = text(o, "name");
+  k.label = text(o, "label");
+  k.limit_reset = text(o, "limit_reset");
+  k.created_at = text(o, "created_at");
+  if (const json::value* d = o.if_contains("disabled"); d != nullptr && d->is_bool()) k.disabled = d->get_bool();
+  k.limit_nanousd = money(o, "limit");
+  k.limit_remaining_nanousd = money(o, "limit_remaining");
+  k.usage_nanousd = money(o, "usage");
+  k.usage_daily_nanousd = money(o, "usage_daily");
+  k.usage_weekly_nanousd = money(o, "usage_weekly");
+  k.usage_monthly_nanousd = money(o, "usage_monthly");
+  *out = std::move(k);
+  return true;
+}
+
+// USD per token as a decimal string -> nano-USD per million tokens, exactly.
+std::optional<int64_t> per_mtok(const json::object& pricing, const char* field) {
+  const std::string s = text(pricing, field);
+  if (s.empty()) return std::nullopt;
+  // x USD/token = x * 1e15 nano-USD per Mtok. parse_usd gives 9 decimals; scale by 1e6 more.
+  const size_t dot = s.find('.');
+  const std::string whole = dot == std::string::npos ? s : s.substr(0, dot);
+  std::string fraction = dot == std::string::npos ? "" : s.substr(dot + 1);
+  if (fraction.size() > 15 || whole.empty() || whole.size() > 3) return std::nullopt;
+  for (char c : whole + fraction)
+    if (c < '0' || c > '9') return std::nullopt;
+  fraction.resize(15, '0');
+  return std::stoll(whole) * 1'000'000'000'000'000LL + std::stoll(fraction);
+}
+
+}  // namespace
+
+std::optional<int64_t> window_spend(const KeyInfo& key, const std::string& period) {
+  if (period == "daily" && key.usage_daily_nanousd) return key.usage_daily_nanousd;
+  if (period == "weekly" && key.usage_weekly_nanousd) return key.usage_weekly_nanousd;
+  if (period == "monthly" && key.usage_monthly_nanousd) return key.usage_monthly_nanousd;
+  if (period.empty() && key.usage_nanousd) return key.usage_nanousd;  // no period: lifetime
+  if (key.limit_reset == period && key.limit_nanousd && key.limit_remaining_nanousd)
+    return *key.limit_nanousd - *key.limit_remaining_nanousd;
+  return std::nullopt;
+}
+
+Client::Client(ClientOptions options) : options_(std::move(options)) {
+  std::call_once(g_curl_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  curl_ = curl_easy_init();
+  jitter_state_ = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) | 1;
+  while (!options_.base_url.empty() && options_.base_url.back() == '/') options_.base_url.pop_back();
+}
+
+Client::~Client() {
+  if (curl_ != nullptr) curl_easy_cleanup(static_cast<CURL*>(curl_));
+}
+
+Error Client::perform_once(const std::string& method, const std::string& path, const std::string& body, Raw* out) {
+  CURL* curl = static_cast<CURL*>(curl_);
+  curl_easy_reset(curl);
+  const std::string url = options_.base_url + path;
+  Sink sink{&out->body, options_.response_bytes_max};
+  out->body.clear();
+  out->retry_after_s.reset();
+  curl_slist* headers = nullptr;
+  const std::string auth = "Authorization: Bearer " + options_.api_key;
+  headers = curl_slist_append(headers, auth.c_str());
+  headers = curl_slist_append(headers, "Content-Type: application/json");
+  headers = curl_slist_append(headers, "Accept: application/json");
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
+  if (!body.empty() || method == "POST" || method == "PATCH") {
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
+  }
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(options_.timeout_ms));
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(std::min<uint32_t>(options_.timeout_ms, 5000)));
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
+  curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &sink);
+  curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(curl, CURLOPT_HEADERDATA, &out->retry_after_s);
+  const CURLcode rc = curl_easy_perform(curl);
+  curl_slist_free_all(headers);
+  long status = 0;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+  out->status = static_cast<int>(status);
+  ++status_counts_[out->status];
+  Error e;
+  if (sink.too_large) {
+    e.kind = ErrorKind::kTooLarge;
+    e.message = "OpenRouter's response to " + method + " " + path + " is larger than " +
+                std::to_string(options_.response_bytes_max) + " bytes";
+  } else if (rc == CURLE_OPERATION_TIMEDOUT) {
+    e.kind = ErrorKind::kTimeout;
+    e.message = method + " " + path + " timed out after " + std::to_string(options_.timeout_ms) + " ms";
+  } else if (rc == CURLE_PARTIAL_FILE || rc == CURLE_RECV_ERROR || rc == CURLE_GOT_NOTHING) {
+    e.kind = ErrorKind::kMalformed;
+    e.message = method + " " + path + ": the response was cut short (" + curl_easy_strerror(rc) + ")";
+  } else if (rc != CURLE_OK) {
+    e.kind = ErrorKind::kNetwork;
+    e.message = method + " " + path + ": " + curl_easy_strerror(rc) + " (" + options_.base_url + ")";
+  }
+  return e;
+}
+
+Error Client::classify(const Raw& raw) const {
+  Error e;
+  e.http_status = raw.status;
+  if (raw.status >= 200 && raw.status < 300) return e;
+  std::string message;
+  std::error_code ec;
+  const json::value v = json::parse(raw.body, ec);
+  if (!ec && v.is_object())
+    if (const json::value* err = v.get_object().if_contains("error"); err != nullptr && err->is_object())
+      message = text(err->get_object(), "message");
+  if (message.size() > 300) message.resize(300);
+  const std::string said = message.empty() ? "" : " (\"" + message + "\")";
+  switch (raw.status) {
+    case 401:
+      e.kind = ErrorKind::kAuth;
+      e.message = "OpenRouter refused " + options_.key_source + said + ": it is missing, wrong, disabled or deleted; "
+                  "put a valid management key there";
+      break;
+    case 402:
+      e.kind = ErrorKind::kKeyLimit;
+      e.message = "OpenRouter says the key's limit or the account's credits are exhausted" + said;
+      break;
+    case 403:
+      if (message.rfind("Key limit exceeded", 0) == 0) {
+        e.kind = ErrorKind::kKeyLimit;
+        e.message = "OpenRouter says the key's limit is exhausted" + said;
+      } else if (message.find("management key") != std::string::npos) {
+        e.kind = ErrorKind::kWrongKeyType;
+        e.message = options_.key_source + " is a normal API key, but this needs a management key" + said +
+                    "; create one under Settings > Management keys (older name: provisioning keys)";
+      } else {
+        e.kind = ErrorKind::kForbidden;
+        e.message = "OpenRouter refused the request (403)" + said;
+      }
+      break;
+    case 404:
+      e.kind = ErrorKind::kNotFound;
+      e.message = "not found at OpenRouter" + said;
+      break;
+    case 408:
+    case 429:
+      e.kind = raw.status == 429 ? ErrorKind::kRateLimited : ErrorKind::kTimeout;
+      e.message = raw.status == 429 ? "OpenRouter is rate limiting us" + said + "; backing off" : "OpenRouter timed out (408)";
+      break;
+    default:
+      e.kind = raw.status >= 500 ? ErrorKind::kServer : ErrorKind::kBadRequest;
+      e.message = "OpenRouter answered " + std::to_string(raw.status) + said;
+  }
+  return e;
+}
+
+Error Client::request(const std::string& method, const std::string& path, const std::string& body, Raw* out) {
+  Error last;
+  for (uint32_t attempt = 0; attempt < options_.attempts_max; ++attempt) {
+    if (attempt > 0) {
+      ++retries_;
+      // Full jitter over a capped exponential, or what Retry-After asks (capped).
+      uint64_t cap = std::min<uint64_t>(options_.backoff_max_ms, uint64_t{options_.backoff_initial_ms} << (attempt - 1));
+      jitter_state_ ^= jitter_state_ << 13;
+      jitter_state_ ^= jitter_state_ >> 7;
+      jitter_state_ ^= jitter_state_ << 17;
+      uint64_t wait_ms = cap == 0 ? 0 : jitter_state_ % (cap + 1);
+      if (out->retry_after_s) wait_ms = std::min<uint64_t>(uint64_t{*out->retry_after_s} * 1000, options_.retry_after_max_ms);
+      std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
+    }
+    last = perform_once(method, path, body, out);
+    if (!last) {
+      last = classify(*out);
+      if (!last) {
+        // A 2xx must carry JSON; a truncated or malformed one is retried like a network fault.
+        std::error_code ec;
+        (void)json::parse(out->body, ec);
+        if (!ec) return last;
+        last.kind = ErrorKind::kMalformed;
+        last.http_status = out->status;
+        last.message = method + " " + path + ": OpenRouter's response is not valid JSON (" + ec.message() + ")";
+      }
+    }
+    const bool transient = last.kind == ErrorKind::kNetwork || last.kind == ErrorKind::kTimeout ||
+                           last.kind == ErrorKind::kRateLimited || last.kind == ErrorKind::kServer ||
+                           last.kind == ErrorKind::kMalformed;
+    if (!transient) return last;
+  }
+  last.message += " (gave up after " + std::to_string(options_.attempts_max) + " attempts)";
+  return last;
+}
+
+Error Client::list_keys(std::vector<KeyInfo>* out) {
+  out->clear();
+  for (uint32_t page = 0; page < options_.key_pages_max; ++page) {
+    Raw raw;
+    Error e = request("GET", "/keys?include_disabled=true&offset=" + std::to_string(page * 100), "", &raw);
+    if (e) return e;
+    const json::value v = json::parse(raw.body);
+    const json::value* data = v.is_object() ? v.get_object().if_contains("data") : nullptr;
+    if (data == nullptr || !data->is_array()) return Error{ErrorKind::kMalformed, raw.status, "GET /keys: no \"data\" array"};
+    for (const auto& item : data->get_array()) {
+      KeyInfo k;
+      if (parse_key(item, &k) && !k.hash.empty()) out->push_back(std::move(k));
+    }
+    if (data->get_array().size() < 100) return Error{};
+  }
+  return Error{ErrorKind::kTooLarge, 0, "more than " + std::to_string(options_.key_pages_max * 100) + " keys"};
+}
+
+namespace {
+Error parse_data_key(const std::string& body, int status, const char* what, KeyInfo* out) {
+  const json::value v = json::parse(body);
+  const json::value* data = v.is_object() ? v.get_object().if_contains("data") : nullptr;
+  if (data == nullptr || !parse_key(*data, out) || out->hash.empty())
+    return Error{ErrorKind::kMalformed, status, std::string(what) + ": no key object in the response"};
+  return Error{};
+}
+std::string limit_json(std::optional<int64_t> limit_nanousd) {
+  return limit_nanousd ? format_usd(*limit_nanousd) : std::string("null");
+}
+}  // namespace
+
+Error Client::get_key(const std::string& hash, KeyInfo* out) {
+  Raw raw;
+  if (Error e = request("GET", "/keys/" + hash, "", &raw)) return e;
+  return parse_data_key(raw.body, raw.status, "GET /keys/{hash}", out);
+}
+
+Error Client::create_key(const std::string& name, std::optional<int64_t> limit_nanousd, const std::string& reset,
+                         KeyInfo* out, std::string* secret) {
+  json::object body{{"name", name}};
+  std::string text_body = json::serialize(body);
+  text_body.pop_back();
+  text_body += ",\"limit\":" + limit_json(limit_nanousd);
+  text_body += reset.empty() ? "}" : ",\"limit_reset\":\"" + reset + "\"}";
+  Raw raw;
+  if (Error e = request("POST", "/keys", text_body, &raw)) return e;
+  if (Error e = parse_data_key(raw.body, raw.status, "POST /keys", out)) return e;
+  const json::value v = json::parse(raw.body);
+  *secret = text(v.get_object(), "key");
+  if (secret->empty()) return Error{ErrorKind::kMalformed, raw.status, "POST /keys: the new key is missing from the response"};
+  return Error{};
+}
+
+Error Client::set_limit(const std::string& hash, std::optional<int64_t> limit_nanousd, const std::string& reset, KeyInfo* out) {
+  const std::string body = "{\"limit\":" + limit_json(limit_nanousd) + ",\"limit_reset\":" +
+                           (reset.empty() ? std::string("null") : "\"" + reset + "\"") + "}";
+  Raw raw;
+  if (Error e = request("PATCH", "/keys/" + hash, body, &raw)) return e;
+  return parse_data_key(raw.body, raw.status, "PATCH /keys/{hash}", out);
+}
+
+Error Client::set_disabled(const std::string& hash, bool disabled, KeyInfo* out) {
+  Raw raw;
+  if (Error e = request("PATCH", "/keys/" + hash, disabled ? "{\"disabled\":true}" : "{\"disabled\":false}", &raw)) return e;
+  return parse_data_key(raw.body, raw.status, "PATCH /keys/{hash}", out);
+}
+
+Error Client::delete_key(const std::string& hash) {
+  Raw raw;
+  return request("DELETE", "/keys/" + hash, "", &raw);
+}
+
+Error Client::current_key(KeyInfo* out, bool* is_management) {
+  Raw raw;
+  if (Error e = request("GET", "/key", "", &raw)) return e;
+  const json::value v = json::parse(raw.body);
+  const json::value* data = v.is_object() ? v.get_object().if_contains("data") : nullptr;
+  if (data == nullptr || !parse_key(*data, out)) return Error{ErrorKind::kMalformed, raw.status, "GET /key: no key object"};
+  const auto& o = data->get_object();
+  const json::value* m = o.if_contains("is_management_key");
+  if (m == nullptr || !m->is_bool()) m = o.if_contains("is_provisioning_key");  // the older name
+  *is_management = m != nullptr && m->is_bool() && m->get_bool();
+  return Error{};
+}
+
+Error Client::credits(int64_t* total, int64_t* usage) {
+  Raw raw;
+  if (Error e = request("GET", "/credits", "", &raw)) return e;
+  const json::value v = json::parse(raw.body);
+  const json::value* data = v.is_object() ? v.get_object().if_contains("data") : nullptr;
+  if (data == nullptr || !data->is_object()) return Error{ErrorKind::kMalformed, raw.status, "GET /credits: no data"};
+  const auto t = money(data->get_object(), "total_credits");
+  const auto u = money(data->get_object(), "total_usage");
+  if (!t || !u) return Error{ErrorKind::kMalformed, raw.status, "GET /credits: total_credits or total_usage missing"};
+  *total = *t;
+  *usage = *u;
+  return Error{};
+}
+
+Error Client::models(std::vector<ModelInfo>* out) {
+  out->clear();
+  Raw raw;
+  if (Error e = request("GET", "/models", "", &raw)) return e;
+  const json::value v = json::parse(raw.body);
+  const json::value* data = v.is_object() ? v.get_object().if_contains("data") : nullptr;
+  if (data == nullptr || !data->is_array()) return Error{ErrorKind::kMalformed, raw.status, "GET /models: no data array"};
+  for (const auto& item : data->get_array()) {
+    if (!item.is_object()) continue;
+    ModelInfo m;
+    m.id = text(item.get_object(), "id");
+    if (const json::value* p = item.get_object().if_contains("pricing"); p != nullptr && p->is_object()) {
+      m.prompt_nanousd_per_mtok = per_mtok(p->get_object(), "prompt");
+      m.completion_nanousd_per_mtok = per_mtok(p->get_object(), "completion");
+      m.request_nanousd = money(p->get_object(), "request");
+    }
+    if (!m.id.empty()) out->push_back(std::move(m));
+  }
+  return Error{};
+}
+
+}  // namespace ledger::openrouter

@@ -1,0 +1,117 @@
+// openrouter.hpp — a client for OpenRouter's Management API (keys, key info, credits, models).
+//
+// One libcurl easy handle, reused; TLS verification on; a total timeout per request; responses
+// larger than response_bytes_max are refused. Transient failures (network, timeout, 408, 429, 5xx,
+// malformed or truncated bodies) are retried with capped exponential backoff and full jitter,
+// honouring Retry-After (capped too). Other 4xx are not retried and become errors that say what to
+// do. The key is never logged, printed or put in an error. Parsing tolerates missing and unknown
+// fields; a missing number is unknown (nullopt), never zero. Money is converted to nano-USD once.
+// Thread safety: a Client is for one thread.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ledger::openrouter {
+
+struct ClientOptions {
+  std::string base_url = "https://openrouter.ai/api/v1";
+  std::string api_key;                 // management key for the admin endpoints
+  std::string key_source = "the key";  // how errors name where the key came from ("$OPENROUTER_MGMT_KEY")
+  uint32_t timeout_ms = 10000;
+  uint32_t attempts_max = 4;           // first try included
+  uint32_t backoff_initial_ms = 200;
+  uint32_t backoff_max_ms = 5000;
+  uint32_t retry_after_max_ms = 30000;
+  size_t response_bytes_max = 16 * 1024 * 1024;
+  uint32_t key_pages_max = 1000;       // 100,000 keys
+};
+
+struct KeyInfo {
+  std::string hash, name, label, limit_reset, created_at;
+  bool disabled = false;
+  std::optional<int64_t> limit_nanousd, limit_remaining_nanousd;
+  std::optional<int64_t> usage_nanousd, usage_daily_nanousd, usage_weekly_nanousd, usage_monthly_nanousd;
+};
+
+struct ModelInfo {
+  std::string id;
+  // nano-USD per million tokens (OpenRouter lists USD per token) and per request; nullopt = unknown
+  std::optional<int64_t> prompt_nanousd_per_mtok, completion_nanousd_per_mtok, request_nanousd;
+};
+
+enum class ErrorKind {
+  kNone,
+  kNetwork,        // could not connect, reset, TLS
+  kTimeout,
+  kAuth,           // 401
+  kWrongKeyType,   // 403 "Only management keys ..."
+  kKeyLimit,       // 402, or 403 "Key limit exceeded"
+  kForbidden,      // other 403
+  kNotFound,       // 404
+  kRateLimited,    // 429 (after retries)
+  kServer,         // 5xx (after retries)
+  kBadRequest,     // other 4xx
+  kMalformed,      // not the JSON we expect, or truncated
+  kTooLarge,       // response over response_bytes_max
+};
+
+struct Error {
+  ErrorKind kind = ErrorKind::kNone;
+  int http_status = 0;
+  std::string message;  // what happened and what to do; never contains a key
+  explicit operator bool() const { return kind != ErrorKind::kNone; }
+};
+
+class Client {
+ public:
+  explicit Client(ClientOptions options);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  Error list_keys(std::vector<KeyInfo>* out);  // every page, disabled keys included
+  Error get_key(const std::string& hash, KeyInfo* out);
+  // limit_nanousd nullopt = unlimited; reset "" = none. *secret receives the new key (shown once).
+  Error create_key(const std::string& name, std::optional<int64_t> limit_nanousd, const std::string& reset,
+                   KeyInfo* out, std::string* secret);
+  // Sets limit (nullopt = remove) and limit_reset ("" = none).
+  Error set_limit(const std::string& hash, std::optional<int64_t> limit_nanousd, const std::string& reset, KeyInfo* out);
+  Error set_disabled(const std::string& hash, bool disabled, KeyInfo* out);
+  Error delete_key(const std::string& hash);
+  // /key: the calling key itself; is_management tells a management key from a normal one.
+  Error current_key(KeyInfo* out, bool* is_management);
+  Error credits(int64_t* total_nanousd, int64_t* usage_nanousd);
+  Error models(std::vector<ModelInfo>* out);
+
+  // Responses seen, by HTTP status (0 = no response), for metrics.
+  const std::map<int, uint64_t>& status_counts() const { return status_counts_; }
+  uint64_t retries() const { return retries_; }
+
+ private:
+  struct Raw {
+    int status = 0;
+    std::string body;
+    std::optional<uint32_t> retry_after_s;
+  };
+  Error request(const std::string& method, const std::string& path, const std::string& body, Raw* out);
+  Error perform_once(const std::string& method, const std::string& path, const std::string& body, Raw* out);
+  Error classify(const Raw& raw) const;
+
+  ClientOptions options_;
+  void* curl_ = nullptr;
+  std::map<int, uint64_t> status_counts_;
+  uint64_t retries_ = 0;
+  uint64_t jitter_state_;
+};
+
+// Window spend of a key for a ledger period ("daily", "weekly", "monthly", "" = all-time): the
+// matching usage_* field, else limit - limit_remaining when the key's own reset matches; nullopt
+// when OpenRouter did not say (never zero by default).
+std::optional<int64_t> window_spend(const KeyInfo& key, const std::string& period);
+
+}  // namespace ledger::openrouter
