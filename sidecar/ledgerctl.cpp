@@ -11,6 +11,7 @@
 
 #include "admin.hpp"
 #include "ledger/store.hpp"
+#include "reconcile.hpp"
 
 using namespace ledger;
 using namespace ledger::admin;
@@ -30,7 +31,9 @@ Commands:
   unblock ACCOUNT
   flush                       write everything settled to the store now (durable on return)
   doctor                      check config, ledger, store and sidecar; say what to fix
-  report | keys | reconcile   (arrive with the reports and OpenRouter modules)
+  reconcile [--dry-run]       compare each key's window spend at OpenRouter with the ledger; adjust
+                              the ledger up when OpenRouter saw more (never twice); report the rest
+  report | keys               (arrive with the reports and key-lifecycle modules)
 
 Options:
   --config FILE               the JSON config (or the LEDGER_CONFIG environment variable)
@@ -172,6 +175,36 @@ int cmd_flush(const Config& config) {
   return kExitOk;
 }
 
+int cmd_reconcile(const Config& config, bool dry_run) {
+  if (!config.openrouter.present) return usage_error("reconcile: the config has no \"openrouter\" section");
+  std::string error;
+  const std::string key = management_key(config, &error);
+  if (key.empty()) return runtime_error("reconcile: " + error);
+  std::unique_ptr<Ledger> ledger;
+  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  openrouter::ClientOptions options;
+  options.base_url = config.openrouter.base_url;
+  options.api_key = key;
+  options.key_source = config.openrouter.management_key_file.empty() ? "$" + config.openrouter.management_key_env
+                                                                      : config.openrouter.management_key_file;
+  options.timeout_ms = config.openrouter.timeout_ms;
+  openrouter::Client client(options);
+  const ReconcileReport r = reconcile(*ledger, client, config, dry_run);
+  if (!r.error.empty()) return runtime_error("reconcile: " + r.error);
+  std::printf("%-24s %-14s %14s %14s %12s  %s\n", "ACCOUNT", "KEY", "LEDGER", "OPENROUTER", "ADJUSTED", "NOTE");
+  for (const auto& row : r.rows)
+    std::printf("%-24s %-14s %14s %14s %12s  %s%s\n", row.account.c_str(), (row.key_hash.substr(0, 10) + "...").c_str(),
+                format_usd(row.ledger_nanousd).c_str(),
+                row.openrouter_nanousd ? format_usd(*row.openrouter_nanousd).c_str() : "unknown",
+                format_usd(row.adjusted_nanousd).c_str(), row.note.c_str(), row.limit_synced ? "; key limit synced" : "");
+  for (const auto& k : r.unowned_keys) std::printf("unowned key (no account in the config): %s\n", k.c_str());
+  if (!dry_run && r.adjusted_total_nanousd > 0) {
+    const Status flushed = ledger->flush();
+    if (!flushed.ok()) return runtime_error("reconcile: adjustments made, but the store could not be written: " + describe(flushed));
+  }
+  return kExitOk;
+}
+
 bool sidecar_running(const std::string& dir) {
   const int fd = ::open((dir + "/ledger.lock").c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) return false;
@@ -297,8 +330,12 @@ int main(int argc, char** argv) {
   if (command == "unblock") return want(2, "unblock ACCOUNT") ? cmd_block(*config, args[1], false) : kExitUsage;
   if (command == "flush") return want(1, "flush") ? cmd_flush(*config) : kExitUsage;
   if (command == "doctor") return want(1, "doctor") ? cmd_doctor(*config) : kExitUsage;
-  if (command == "report" || command == "keys" || command == "reconcile")
+  if (command == "reconcile") {
+    const bool dry_run = flag("--dry-run");
+    return want(1, "reconcile [--dry-run]") ? cmd_reconcile(*config, dry_run) : kExitUsage;
+  }
+  if (command == "report" || command == "keys")
     return runtime_error(command + ": not in this build yet (it arrives with the " +
-                         (command == "report" ? std::string("reports") : std::string("OpenRouter")) + " module)");
+                         (command == "report" ? std::string("reports") : std::string("key-lifecycle")) + " module)");
   return usage_error("unknown command \"" + command + "\"");
 }

@@ -18,6 +18,7 @@
 #include <string>
 
 #include "admin.hpp"
+#include "reconcile.hpp"
 
 using namespace ledger;
 using namespace ledger::admin;
@@ -108,6 +109,41 @@ bool flush_once(Ledger& ledger, int64_t* failures) {
   return false;
 }
 
+// A client for the reconcile schedule, or nullptr (logged once) when there is no OpenRouter setup.
+std::unique_ptr<openrouter::Client> make_client(const Config& config) {
+  if (!config.openrouter.present) return nullptr;
+  std::string error;
+  const std::string key = management_key(config, &error);
+  if (key.empty()) {
+    log_line("warn", "reconcile disabled: " + error);
+    return nullptr;
+  }
+  openrouter::ClientOptions options;
+  options.base_url = config.openrouter.base_url;
+  options.api_key = key;
+  options.key_source = config.openrouter.management_key_file.empty() ? "$" + config.openrouter.management_key_env
+                                                                      : config.openrouter.management_key_file;
+  options.timeout_ms = config.openrouter.timeout_ms;
+  return std::make_unique<openrouter::Client>(options);
+}
+
+void reconcile_once(Ledger& ledger, openrouter::Client& client, const Config& config) {
+  const ReconcileReport r = reconcile(ledger, client, config, false);
+  if (!r.error.empty()) {
+    log_line("error", "reconcile failed: " + r.error + " (the ledger's admission is unaffected; will retry)");
+    return;
+  }
+  for (const auto& row : r.rows) {
+    if (row.note == "within tolerance") continue;
+    log_line(row.adjusted_nanousd > 0 ? "info" : "warn", "reconcile: " + row.note,
+             "account=" + row.account + " ledger_usd=" + format_usd(row.ledger_nanousd) + " openrouter_usd=" +
+                 (row.openrouter_nanousd ? format_usd(*row.openrouter_nanousd) : "unknown") +
+                 " adjusted_usd=" + format_usd(row.adjusted_nanousd));
+  }
+  if (!r.unowned_keys.empty()) log_line("warn", "keys no account owns (key sprawl)", "count=" + std::to_string(r.unowned_keys.size()));
+  if (r.adjusted_total_nanousd > 0) (void)ledger.flush();
+}
+
 void log_apply(const ApplyReport& r, const char* what) {
   log_line(r.errors.empty() ? "info" : "warn", what,
            "created=" + std::to_string(r.created) + " updated=" + std::to_string(r.updated) +
@@ -169,6 +205,8 @@ int main(int argc, char** argv) {
                                   " flush_interval_ms=" + std::to_string(config->ledger.flush_interval_ms) +
                                   (once ? " once=true" : ""));
   Schedule flush{config->ledger.flush_interval_ms}, reclaim{1000}, summary{60'000};
+  Schedule reconcile_schedule{int64_t{config->openrouter.reconcile_interval_s} * 1000};
+  auto client = make_client(*config);
   summary.next_ms = monotonic_ms() + summary.period_ms;
   int64_t flush_failures = 0, flushes = 0, reclaimed_total = 0;
   for (;;) {
@@ -185,6 +223,8 @@ int main(int argc, char** argv) {
       } else {
         config = std::move(fresh);
         flush.period_ms = config->ledger.flush_interval_ms;
+        reconcile_schedule.period_ms = int64_t{config->openrouter.reconcile_interval_s} * 1000;
+        client = make_client(*config);
         log_apply(apply_config(*ledger, *config), "config reloaded");
         (void)flush_once(*ledger, &flush_failures);
       }
@@ -196,6 +236,7 @@ int main(int argc, char** argv) {
       if (reclaimed > 0) log_line("info", "reclaimed holds", "count=" + std::to_string(reclaimed));
       reclaimed_total += reclaimed;
     }
+    if (client && !stopping && (reconcile_schedule.due(now) || once)) reconcile_once(*ledger, *client, *config);
     if (flush.due(now) || once || stopping) {
       if (flush_once(*ledger, &flush_failures)) ++flushes;
     }

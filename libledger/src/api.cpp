@@ -167,6 +167,13 @@ Status Ledger::commit(ReservationId id, int64_t actual_nanousd) {
 
 Status Ledger::release(ReservationId id) { return impl_->settle(id, false, 0); }
 
+Status Ledger::adjust(std::string_view account, int64_t amount_nanousd) {
+  AccountRef ref;
+  Status status = find(account, &ref);
+  if (!status.ok()) return status;
+  return impl_->charge(ref.index, amount_nanousd);
+}
+
 namespace {
 Balance balance_of(Ledger::Impl& l, uint32_t index, const Now& now, int64_t held) {
   Account& a = l.accounts[index];

@@ -141,6 +141,7 @@ void Ledger::Impl::start(OpScope* op, uint32_t kind) {
   // Reset before ACTIVE is visible: a reclaimer must never read the previous op's header as ours.
   store(h.n_targets, 0u, memory_order_relaxed);
   store(h.reservation_slot, 0u, memory_order_relaxed);
+  store(h.targets_expected, 0u, memory_order_relaxed);
   store(h.ctl, make_ctl(op->seq, kPhaseActive, kind, 0, 0), memory_order_release);
 }
 
@@ -508,6 +509,36 @@ Status Ledger::Impl::settle(ReservationId id, bool commit, int64_t actual) {
     end(&op);
     return Code::kOk;
   }
+}
+
+Status Ledger::Impl::charge(uint32_t account, int64_t amount) {
+  if (amount < 0 || amount > kAmountNanoUsdMax || account >= max_accounts) return Code::kInvalidArgument;
+  uint32_t chain[kChainDepthMax];
+  uint32_t depth = 0;
+  for (int32_t a = static_cast<int32_t>(account); a >= 0; a = load(accounts[a].parent, memory_order_relaxed)) {
+    if (depth == kChainDepthMax || static_cast<uint32_t>(a) >= max_accounts) return Code::kInvalidArgument;
+    if (load(accounts[a].live) == 0) return Code::kUnknownAccount;
+    chain[depth++] = static_cast<uint32_t>(a);
+  }
+  const Now now = this->now();
+  OpScope op;
+  Status status = begin(&op, kOpCharge);
+  if (!status.ok()) return status;
+  // Every spec first, then the count that makes the op "decided": a reclaimer rolls it forward only
+  // when all specs are there (before that, nothing was applied).
+  TargetSpec specs[kChainDepthMax];
+  for (uint32_t i = 0; i < depth; ++i) {
+    specs[i].account = chain[i];
+    specs[i].tag = current_tag(accounts[chain[i]], now);
+    specs[i].delta = amount;
+    specs[i].fallback = amount;
+    write_spec(&op, i, specs[i]);
+  }
+  store(op.lane->header.targets_expected, depth);
+  LEDGER_CRASH_POINT();
+  for (uint32_t i = 0; i < depth; ++i) (void)apply(&op, i, specs[i], now, nullptr, true);
+  end(&op);
+  return Code::kOk;
 }
 
 // Turns a held reservation into a tombstone: its hold leaves `used`, and a late commit will still

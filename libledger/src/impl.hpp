@@ -222,6 +222,7 @@ struct Ledger::Impl {
   }
   Status admit(uint32_t kind, uint32_t account, int64_t amount, uint32_t ttl_s, ReservationId* id);
   Status settle(ReservationId id, bool commit, int64_t actual);
+  Status charge(uint32_t account, int64_t amount);
   Status expire_hold(uint32_t slot, uint64_t state, int64_t now_ms);
   int64_t held_in(uint32_t account, uint32_t tag) const;
   // Reads a model's price consistently (seqlock); false when the model has no price.

@@ -121,6 +121,7 @@ enum OpKind : uint32_t {
   kOpRelease = 4,   // settlement
   kOpExpire = 5,    // settlement (reclaimer)
   kOpRepair = 6,    // corrective targets for a dead lane; rolled forward once its claim is proven
+  kOpCharge = 7,    // a forced charge on a chain (reconciliation adjustment): rolled forward
 };
 enum TargetFlags : uint32_t { kTargetAdmit = 1, kTargetUndo = 2 };
 struct alignas(64) Target {
@@ -146,7 +147,8 @@ struct alignas(64) LaneHeader {
   int64_t tombstone_deadline_ms;    // expire: grace end written into the slot
   uint32_t repair_lane;             // repair: the dead lane and the op it resolves
   uint32_t repair_seq;
-  uint8_t reserved[16];
+  uint32_t targets_expected;  // charge: the number of specs; rolled forward only once all are written
+  uint8_t reserved[12];
 };
 static_assert(sizeof(LaneHeader) == 64);
 struct alignas(64) Lane {

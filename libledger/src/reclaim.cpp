@@ -107,9 +107,12 @@ Ledger::Impl::Repair Ledger::Impl::repair_lane(uint32_t dead, OpScope* op, int d
           res_to = make_res_state(res_generation(claimed), kResFree, 0);
         }
       }
-    } else if (kind == kOpCommit || kind == kOpRelease || kind == kOpExpire || kind == kOpRepair) {
+    } else if (kind == kOpCommit || kind == kOpRelease || kind == kOpExpire || kind == kOpRepair || kind == kOpCharge) {
       bool proven;
-      if (kind == kOpRepair) {
+      if (kind == kOpCharge) {
+        const uint32_t expected = load(lane.header.targets_expected, memory_order_relaxed);
+        proven = expected != 0 && expected == n;  // all specs written: the charge was decided
+      } else if (kind == kOpRepair) {
         const uint32_t target_lane = load(lane.header.repair_lane, memory_order_relaxed);
         const uint32_t target_seq = load(lane.header.repair_seq, memory_order_relaxed);
         proven = target_lane >= 1 && target_lane <= max_processes * kLanesPerProcess;

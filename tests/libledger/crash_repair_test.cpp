@@ -272,3 +272,27 @@ TEST_CASE("a reclaimer killed while repairing is itself repaired", "[crash]") {
   }
   CHECK(cases > 12);
 }
+
+TEST_CASE("an adjustment killed at any point lands on every level or on none", "[crash]") {
+  Fixture f;
+  int64_t spent = 0;
+  int crashes = 0;
+  for (int64_t point = 1; point <= kPointsMax; ++point) {
+    const int code = run_child(f.dir.path(), point, [](Ledger& l) { return l.adjust("alice", 3 * kUsd).ok(); });
+    f.reclaim_all();
+    INFO("crash point " << point << " exit " << code);
+    REQUIRE((code == 0 || code == kCrashed));
+    const Chain c = read_chain(*f.ledger);
+    // Rolled forward once decided, nothing before: whole units of 3 USD, the same on every level.
+    REQUIRE(c.alice >= spent);
+    REQUIRE(c.alice - spent <= 3 * kUsd);
+    REQUIRE((c.alice - spent) % (3 * kUsd) == 0);
+    REQUIRE(c.team == c.alice);
+    REQUIRE(c.org == c.alice);
+    spent = c.alice;
+    if (code == 0) break;
+    ++crashes;
+  }
+  CHECK(crashes >= 4);
+  CHECK(spent >= 3 * kUsd);
+}

@@ -1,71 +1,20 @@
 // The OpenRouter client against the emulator over loopback: every endpoint, every status code in
 // openrouter-api.md, 429 with Retry-After, timeouts, truncated and malformed bodies, 5,000 keys
 // over many pages, and no key ever in an error message.
-#include <curl/curl.h>
-
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <set>
 #include <thread>
 
+#include "emulator_process.hpp"
 #include "openrouter.hpp"
 #include "process.hpp"
 #include "test_util.hpp"
 
 using namespace ledger::openrouter;
+using ledger_test::EmulatorProcess;
 
 namespace {
-
-class EmulatorProcess {
- public:
-  EmulatorProcess() {
-    key_file_ = dir_.path() + "/mgmt.key";
-    const std::string port_file = dir_.path() + "/port";
-    pid_ = ledger_test::spawn({EMULATOR_PATH, "--management-key-file", key_file_, "--port-file", port_file}, -1, -1);
-    REQUIRE(pid_ > 0);
-    for (int i = 0; i < 300 && port_.empty(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      const std::string p = ledger_test::read_file(port_file);
-      if (!p.empty() && p.back() == '\n') port_ = p.substr(0, p.size() - 1);
-    }
-    REQUIRE_FALSE(port_.empty());
-    key_ = ledger_test::read_file(key_file_).substr(0, 73);
-  }
-  ~EmulatorProcess() {
-    ::kill(pid_, SIGTERM);
-    ::waitpid(pid_, nullptr, 0);
-  }
-  std::string base() const { return "http://127.0.0.1:" + port_ + "/api/v1"; }
-  const std::string& key() const { return key_; }
-  ClientOptions options(const std::string& key = "") const {
-    ClientOptions o;
-    o.base_url = base();
-    o.api_key = key.empty() ? key_ : key;
-    o.key_source = "$OPENROUTER_MGMT_KEY";
-    o.timeout_ms = 2000;
-    o.backoff_initial_ms = 5;
-    o.backoff_max_ms = 20;
-    return o;
-  }
-  // Admin calls to the emulator itself, through a client pointed at its root.
-  void admin(const std::string& path, const std::string& body) {
-    CURL* curl = curl_easy_init();
-    const std::string url = "http://127.0.0.1:" + port_ + path;
-    curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
-    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, +[](char*, size_t s, size_t n, void*) { return s * n; });
-    REQUIRE(curl_easy_perform(curl) == CURLE_OK);
-    long status = 0;
-    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(curl);
-    REQUIRE(status == 200);
-  }
-
- private:
-  ledger_test::TempDir dir_;
-  std::string key_file_, port_, key_;
-  pid_t pid_ = -1;
-};
 
 void no_key_in(const Error& e, const std::string& key) {
   CHECK(e.message.find(key) == std::string::npos);

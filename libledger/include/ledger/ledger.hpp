@@ -136,6 +136,9 @@ class Ledger {
   // kUnknownReservation once the slot was reused.
   Status commit(ReservationId id, int64_t actual_nanousd);
   Status release(ReservationId id);
+  // Charges the account and its ancestors without an admission check: spend that happened outside
+  // the ledger (a reconciliation adjustment). All levels or none, also across a crash.
+  Status adjust(std::string_view account, int64_t amount_nanousd);
 
   Status balance(std::string_view account, Balance* out) const;
   // Every account, in creation order (one pass over the reservation table).

@@ -1,0 +1,98 @@
+// reconcile.cpp — see reconcile.hpp.
+#include "reconcile.hpp"
+
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "admin.hpp"
+
+namespace ledger::admin {
+
+std::string management_key(const Config& config, std::string* error) {
+  std::string key;
+  if (!config.openrouter.management_key_file.empty()) {
+    std::ifstream in(config.openrouter.management_key_file);
+    if (!(in >> key)) *error = "cannot read the management key file " + config.openrouter.management_key_file;
+    return key;
+  }
+  const char* env = std::getenv(config.openrouter.management_key_env.c_str());
+  if (env == nullptr || *env == '\0') {
+    *error = "$" + config.openrouter.management_key_env + " is not set: export the OpenRouter management key there";
+    return {};
+  }
+  return env;
+}
+
+ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Config& config, bool dry_run,
+                          int64_t tolerance) {
+  ReconcileReport report;
+  std::vector<openrouter::KeyInfo> keys;
+  if (const openrouter::Error e = client.list_keys(&keys)) {
+    report.error = "cannot list keys: " + e.message;
+    return report;
+  }
+  std::map<std::string, const openrouter::KeyInfo*> by_hash;
+  for (const auto& k : keys) by_hash[k.hash] = &k;
+  std::set<std::string> owned;
+  for (const AccountConfig& a : config.accounts) {
+    if (a.key_hash.empty()) continue;
+    owned.insert(a.key_hash);
+    DriftRow row;
+    row.account = a.id;
+    row.key_hash = a.key_hash;
+    Balance b;
+    if (const Status s = ledger.balance(a.id, &b); !s.ok()) {
+      row.note = "not in the ledger (" + std::string(s.message()) + "): run ledgerctl init";
+      report.rows.push_back(std::move(row));
+      continue;
+    }
+    row.ledger_nanousd = b.spent_nanousd;
+    const auto it = by_hash.find(a.key_hash);
+    if (it == by_hash.end()) {
+      row.note = "key not found at OpenRouter (deleted? provision a new one)";
+      report.rows.push_back(std::move(row));
+      continue;
+    }
+    const openrouter::KeyInfo& key = *it->second;
+    const std::string period = a.period == Period::kNone ? "" : std::string(period_name(a.period));
+    row.openrouter_nanousd = openrouter::window_spend(key, period);
+    if (!row.openrouter_nanousd) {
+      row.note = "unknown window: OpenRouter did not report " + (period.empty() ? std::string("usage") : "usage_" + period);
+    } else {
+      const int64_t delta = *row.openrouter_nanousd - row.ledger_nanousd;
+      if (delta > tolerance) {
+        if (dry_run) {
+          row.note = "would adjust";
+        } else if (const Status s = ledger.adjust(a.id, delta); s.ok()) {
+          row.adjusted_nanousd = delta;
+          report.adjusted_total_nanousd += delta;
+          row.note = "adjusted";
+        } else {
+          row.note = "adjustment failed: " + describe(s);
+        }
+      } else if (delta < -tolerance) {
+        row.note = "ledger higher (estimates above what OpenRouter billed, or spend not yet visible there)";
+      } else {
+        row.note = "within tolerance";
+      }
+    }
+    // The key as backstop: its own limit and reset mirror the account's budget.
+    const std::string reset = period;
+    if (config.openrouter.sync_key_limits && !dry_run &&
+        (key.limit_nanousd != std::optional<int64_t>(a.limit_nanousd) || key.limit_reset != reset)) {
+      openrouter::KeyInfo updated;
+      if (const openrouter::Error e = client.set_limit(a.key_hash, a.limit_nanousd, reset, &updated)) {
+        row.note += "; limit sync failed: " + e.message;
+      } else {
+        row.limit_synced = true;
+      }
+    }
+    report.rows.push_back(std::move(row));
+  }
+  for (const auto& k : keys)
+    if (owned.count(k.hash) == 0 && !k.disabled) report.unowned_keys.push_back(k.name + " (" + k.hash.substr(0, 12) + "...)");
+  return report;
+}
+
+}  // namespace ledger::admin
