@@ -6,11 +6,14 @@
 #include <boost/json.hpp>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "admin.hpp"
 #include "ledger/store.hpp"
+#include "keys.hpp"
 #include "reconcile.hpp"
 
 using namespace ledger;
@@ -32,8 +35,14 @@ Commands:
   flush                       write everything settled to the store now (durable on return)
   doctor                      check config, ledger, store and sidecar; say what to fix
   reconcile [--dry-run]       compare each key's window spend at OpenRouter with the ledger; adjust
-                              the ledger up when OpenRouter saw more (never twice); report the rest
-  report | keys               (arrive with the reports and key-lifecycle modules)
+                              the ledger up when OpenRouter saw more (never twice); report the rest;
+                              disable (or delete) the keys of blocked and removed accounts
+  keys list                   every key: name, hash, usage, limit, reset, disabled, owner account
+  keys create NAME --limit USD [--reset daily|weekly|monthly]   prints the new key once
+  keys delete HASH
+  keys provision              a key for each configured account without one (printed once)
+  keys rotate ACCOUNT         new key, rebind, delete the old one
+  report                      (arrives with the reports module)
 
 Options:
   --config FILE               the JSON config (or the LEDGER_CONFIG environment variable)
@@ -176,20 +185,12 @@ int cmd_flush(const Config& config) {
 }
 
 int cmd_reconcile(const Config& config, bool dry_run) {
-  if (!config.openrouter.present) return usage_error("reconcile: the config has no \"openrouter\" section");
   std::string error;
-  const std::string key = management_key(config, &error);
-  if (key.empty()) return runtime_error("reconcile: " + error);
+  auto client = client_for(config, &error);
+  if (!client) return runtime_error("reconcile: " + error);
   std::unique_ptr<Ledger> ledger;
   if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
-  openrouter::ClientOptions options;
-  options.base_url = config.openrouter.base_url;
-  options.api_key = key;
-  options.key_source = config.openrouter.management_key_file.empty() ? "$" + config.openrouter.management_key_env
-                                                                      : config.openrouter.management_key_file;
-  options.timeout_ms = config.openrouter.timeout_ms;
-  openrouter::Client client(options);
-  const ReconcileReport r = reconcile(*ledger, client, config, dry_run);
+  const ReconcileReport r = reconcile(*ledger, *client, config, dry_run);
   if (!r.error.empty()) return runtime_error("reconcile: " + r.error);
   std::printf("%-24s %-14s %14s %14s %12s  %s\n", "ACCOUNT", "KEY", "LEDGER", "OPENROUTER", "ADJUSTED", "NOTE");
   for (const auto& row : r.rows)
@@ -198,11 +199,85 @@ int cmd_reconcile(const Config& config, bool dry_run) {
                 row.openrouter_nanousd ? format_usd(*row.openrouter_nanousd).c_str() : "unknown",
                 format_usd(row.adjusted_nanousd).c_str(), row.note.c_str(), row.limit_synced ? "; key limit synced" : "");
   for (const auto& k : r.unowned_keys) std::printf("unowned key (no account in the config): %s\n", k.c_str());
+  for (const auto& line : r.revoked) std::printf("%s\n", line.c_str());
+  for (const auto& line : r.revoke_errors) std::fprintf(stderr, "ledgerctl: %s\n", line.c_str());
   if (!dry_run && r.adjusted_total_nanousd > 0) {
     const Status flushed = ledger->flush();
     if (!flushed.ok()) return runtime_error("reconcile: adjustments made, but the store could not be written: " + describe(flushed));
   }
   return kExitOk;
+}
+
+int cmd_keys(const Config& config, std::vector<std::string> args) {
+  std::string error;
+  auto client = client_for(config, &error);
+  if (!client) return runtime_error("keys: " + error);
+  const std::string sub = args.size() > 1 ? args[1] : "";
+  auto show_once = [](const NewKey& k) {
+    std::printf("%s: %s\n", k.account.c_str(), k.secret.c_str());
+  };
+  if (sub == "list" && args.size() == 2) {
+    std::vector<openrouter::KeyInfo> keys;
+    if (const auto e = client->list_keys(&keys)) return runtime_error("keys list: " + e.message);
+    std::map<std::string, std::string> owner;
+    for (const auto& [account, hash] : key_bindings(config)) owner[hash] = account;
+    std::printf("%-28s %-16s %12s %12s %-8s %-9s %s\n", "NAME", "HASH", "USAGE", "LIMIT", "RESET", "DISABLED", "OWNER");
+    for (const auto& k : keys)
+      std::printf("%-28s %-16s %12s %12s %-8s %-9s %s\n", k.name.c_str(), (k.hash.substr(0, 12) + "...").c_str(),
+                  k.usage_nanousd ? format_usd(*k.usage_nanousd).c_str() : "?",
+                  k.limit_nanousd ? format_usd(*k.limit_nanousd).c_str() : "none", k.limit_reset.empty() ? "-" : k.limit_reset.c_str(),
+                  k.disabled ? "yes" : "no", owner.count(k.hash) ? owner[k.hash].c_str() : "(none: key sprawl)");
+    return kExitOk;
+  }
+  if (sub == "create" && args.size() >= 3) {
+    std::optional<int64_t> limit;
+    std::string reset;
+    for (size_t i = 3; i < args.size(); ++i) {
+      if (args[i] == "--limit" && i + 1 < args.size()) {
+        limit = parse_usd(args[++i]);
+        if (!limit || *limit < 0) return usage_error("keys create: --limit wants a USD amount such as 25.00");
+      } else if (args[i] == "--reset" && i + 1 < args.size()) {
+        reset = args[++i];
+        if (reset != "daily" && reset != "weekly" && reset != "monthly") return usage_error("keys create: --reset daily|weekly|monthly");
+      } else {
+        return usage_error("keys create: expected `keys create NAME --limit USD [--reset daily|weekly|monthly]`");
+      }
+    }
+    if (!limit) return usage_error("keys create: --limit USD is required");
+    openrouter::KeyInfo info;
+    NewKey k;
+    k.account = args[2];
+    if (const auto e = client->create_key(args[2], limit, reset, &info, &k.secret)) return runtime_error("keys create: " + e.message);
+    std::fprintf(stderr, "created key %s (hash %s); the key is shown once, below:\n", args[2].c_str(), info.hash.c_str());
+    show_once(k);
+    return kExitOk;
+  }
+  if (sub == "delete" && args.size() == 3) {
+    if (const auto e = client->delete_key(args[2])) return runtime_error("keys delete: " + e.message);
+    for (const auto& [account, hash] : key_bindings(config))
+      if (hash == args[2]) (void)store_bind_key(config.ledger.dir, account, "");
+    std::printf("deleted key %s\n", args[2].c_str());
+    return kExitOk;
+  }
+  if (sub == "provision" && args.size() == 2) {
+    const auto made = provision(config, *client, &error);
+    if (!made.empty()) std::fprintf(stderr, "%zu new key(s); each is shown once, below:\n", made.size());
+    for (const auto& k : made) show_once(k);
+    if (made.empty() && error.empty()) std::fprintf(stderr, "every account already has a key\n");
+    return error.empty() ? kExitOk : runtime_error("keys provision: " + error);
+  }
+  if (sub == "rotate" && args.size() == 3) {
+    NewKey k;
+    const bool rotated = rotate(config, *client, args[2], &k, &error);
+    if (rotated) {
+      std::fprintf(stderr, "rotated the key of %s (new hash %s); the new key is shown once, below:\n", args[2].c_str(), k.hash.c_str());
+      show_once(k);
+    }
+    if (!error.empty()) return runtime_error("keys rotate: " + error);
+    return kExitOk;
+  }
+  return usage_error("keys: expected `keys list`, `keys create NAME --limit USD [--reset P]`, `keys delete HASH`, "
+                     "`keys provision` or `keys rotate ACCOUNT`");
 }
 
 bool sidecar_running(const std::string& dir) {
@@ -334,8 +409,7 @@ int main(int argc, char** argv) {
     const bool dry_run = flag("--dry-run");
     return want(1, "reconcile [--dry-run]") ? cmd_reconcile(*config, dry_run) : kExitUsage;
   }
-  if (command == "report" || command == "keys")
-    return runtime_error(command + ": not in this build yet (it arrives with the " +
-                         (command == "report" ? std::string("reports") : std::string("key-lifecycle")) + " module)");
+  if (command == "keys") return cmd_keys(*config, args);
+  if (command == "report") return runtime_error("report: not in this build yet (it arrives with the reports module)");
   return usage_error("unknown command \"" + command + "\"");
 }

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "admin.hpp"
+#include "keys.hpp"
 
 namespace ledger::admin {
 
@@ -24,6 +25,22 @@ std::string management_key(const Config& config, std::string* error) {
   return env;
 }
 
+std::unique_ptr<openrouter::Client> client_for(const Config& config, std::string* error) {
+  if (!config.openrouter.present) {
+    *error = "the config has no \"openrouter\" section";
+    return nullptr;
+  }
+  const std::string key = management_key(config, error);
+  if (key.empty()) return nullptr;
+  openrouter::ClientOptions options;
+  options.base_url = config.openrouter.base_url;
+  options.api_key = key;
+  options.key_source = config.openrouter.management_key_file.empty() ? "$" + config.openrouter.management_key_env
+                                                                      : config.openrouter.management_key_file;
+  options.timeout_ms = config.openrouter.timeout_ms;
+  return std::make_unique<openrouter::Client>(options);
+}
+
 ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Config& config, bool dry_run,
                           int64_t tolerance) {
   ReconcileReport report;
@@ -35,12 +52,14 @@ ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Conf
   std::map<std::string, const openrouter::KeyInfo*> by_hash;
   for (const auto& k : keys) by_hash[k.hash] = &k;
   std::set<std::string> owned;
+  const auto bindings = key_bindings(config);
+  for (const auto& [account, hash] : bindings) owned.insert(hash);
   for (const AccountConfig& a : config.accounts) {
-    if (a.key_hash.empty()) continue;
-    owned.insert(a.key_hash);
+    const auto bound = bindings.find(a.id);
+    if (bound == bindings.end()) continue;
     DriftRow row;
     row.account = a.id;
-    row.key_hash = a.key_hash;
+    row.key_hash = bound->second;
     Balance b;
     if (const Status s = ledger.balance(a.id, &b); !s.ok()) {
       row.note = "not in the ledger (" + std::string(s.message()) + "): run ledgerctl init";
@@ -48,7 +67,7 @@ ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Conf
       continue;
     }
     row.ledger_nanousd = b.spent_nanousd;
-    const auto it = by_hash.find(a.key_hash);
+    const auto it = by_hash.find(row.key_hash);
     if (it == by_hash.end()) {
       row.note = "key not found at OpenRouter (deleted? provision a new one)";
       report.rows.push_back(std::move(row));
@@ -82,7 +101,7 @@ ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Conf
     if (config.openrouter.sync_key_limits && !dry_run &&
         (key.limit_nanousd != std::optional<int64_t>(a.limit_nanousd) || key.limit_reset != reset)) {
       openrouter::KeyInfo updated;
-      if (const openrouter::Error e = client.set_limit(a.key_hash, a.limit_nanousd, reset, &updated)) {
+      if (const openrouter::Error e = client.set_limit(row.key_hash, a.limit_nanousd, reset, &updated)) {
         row.note += "; limit sync failed: " + e.message;
       } else {
         row.limit_synced = true;
@@ -92,6 +111,7 @@ ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Conf
   }
   for (const auto& k : keys)
     if (owned.count(k.hash) == 0 && !k.disabled) report.unowned_keys.push_back(k.name + " (" + k.hash.substr(0, 12) + "...)");
+  if (!dry_run) report.revoked = revoke(ledger, config, client, &report.revoke_errors);
   return report;
 }
 

@@ -9,6 +9,7 @@
 // way is reported, not "fixed". A missing window field is unknown, never zero.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -31,6 +32,7 @@ struct DriftRow {
 struct ReconcileReport {
   std::vector<DriftRow> rows;
   std::vector<std::string> unowned_keys;  // key sprawl: keys no account owns ("name (hash prefix)")
+  std::vector<std::string> revoked, revoke_errors;  // keys of blocked or removed accounts
   std::string error;                      // whole-run failure (e.g. cannot list keys)
   int64_t adjusted_total_nanousd = 0;
 };
@@ -39,6 +41,9 @@ inline constexpr int64_t kReconcileToleranceNanousd = 1'000'000;  // $0.001
 
 // The management key from the config's env variable or file; "" and *error when there is none.
 std::string management_key(const Config& config, std::string* error);
+
+// A client for the configured OpenRouter with its management key; nullptr and *error without one.
+std::unique_ptr<openrouter::Client> client_for(const Config& config, std::string* error);
 
 ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Config& config, bool dry_run,
                           int64_t tolerance_nanousd = kReconcileToleranceNanousd);

@@ -113,18 +113,9 @@ bool flush_once(Ledger& ledger, int64_t* failures) {
 std::unique_ptr<openrouter::Client> make_client(const Config& config) {
   if (!config.openrouter.present) return nullptr;
   std::string error;
-  const std::string key = management_key(config, &error);
-  if (key.empty()) {
-    log_line("warn", "reconcile disabled: " + error);
-    return nullptr;
-  }
-  openrouter::ClientOptions options;
-  options.base_url = config.openrouter.base_url;
-  options.api_key = key;
-  options.key_source = config.openrouter.management_key_file.empty() ? "$" + config.openrouter.management_key_env
-                                                                      : config.openrouter.management_key_file;
-  options.timeout_ms = config.openrouter.timeout_ms;
-  return std::make_unique<openrouter::Client>(options);
+  auto client = client_for(config, &error);
+  if (!client) log_line("warn", "reconcile disabled: " + error);
+  return client;
 }
 
 void reconcile_once(Ledger& ledger, openrouter::Client& client, const Config& config) {
@@ -141,6 +132,8 @@ void reconcile_once(Ledger& ledger, openrouter::Client& client, const Config& co
                  " adjusted_usd=" + format_usd(row.adjusted_nanousd));
   }
   if (!r.unowned_keys.empty()) log_line("warn", "keys no account owns (key sprawl)", "count=" + std::to_string(r.unowned_keys.size()));
+  for (const auto& line : r.revoked) log_line("info", line);
+  for (const auto& line : r.revoke_errors) log_line("error", line);
   if (r.adjusted_total_nanousd > 0) (void)ledger.flush();
 }
 

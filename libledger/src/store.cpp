@@ -20,7 +20,7 @@ using namespace detail;
 namespace {
 
 constexpr const char* kStoreFile = "/ledger.mdb";
-constexpr uint32_t kDbCount = 5;
+constexpr uint32_t kDbCount = 6;
 
 // Records as stored (fixed layout, little-endian x86-64; the meta "format" key versions them).
 struct AccountValue {
@@ -156,7 +156,7 @@ MDB_val val(const std::string& s) { return MDB_val{s.size(), const_cast<char*>(s
 // An LMDB environment with the ledger's databases, open for one flush, rebuild or read.
 struct Env {
   MDB_env* env = nullptr;
-  MDB_dbi meta = 0, accounts = 0, periods = 0, daily = 0, journal = 0;
+  MDB_dbi meta = 0, accounts = 0, periods = 0, daily = 0, journal = 0, keys = 0;
   ~Env() {
     if (env != nullptr) mdb_env_close(env);
   }
@@ -182,6 +182,11 @@ struct Env {
     if (rc == 0) rc = mdb_dbi_open(txn, "periods", flags, &periods);
     if (rc == 0) rc = mdb_dbi_open(txn, "daily", flags, &daily);
     if (rc == 0) rc = mdb_dbi_open(txn, "journal", MDB_INTEGERKEY | flags, &journal);
+    if (rc == 0) rc = mdb_dbi_open(txn, "keys", flags, &keys);
+    if (rc == MDB_NOTFOUND && !write) {  // a store from before key bindings: none yet
+      keys = 0;
+      rc = 0;
+    }
     if (rc != 0) {
       mdb_txn_abort(txn);
       return rc == MDB_NOTFOUND ? Status(Code::kIncompatible) : mdb_status(rc);
@@ -444,6 +449,24 @@ Status Ledger::Impl::rebuild_from_store() {
   return Code::kOk;
 }
 
+// ---- key bindings --------------------------------------------------------------------------------
+
+Status store_bind_key(std::string_view dir, std::string_view account, std::string_view hash, uint32_t file_mode) {
+  if (!valid_account_name(account) || hash.size() > 128) return Code::kInvalidArgument;
+  Env env;
+  Status status = env.open(std::string(dir), true, uint64_t{1} << 30, file_mode & 0777);
+  if (!status.ok()) return status;
+  Txn txn;
+  int rc = mdb_txn_begin(env.env, nullptr, 0, &txn.txn);
+  if (rc != 0) return mdb_status(rc);
+  const std::string key(account), value(hash);
+  MDB_val k = val(key), v = val(value);
+  rc = hash.empty() ? mdb_del(txn.txn, env.keys, &k, nullptr) : mdb_put(txn.txn, env.keys, &k, &v, 0);
+  if (rc == MDB_NOTFOUND) rc = 0;
+  if (rc == 0) rc = txn.commit();
+  return mdb_status(rc);
+}
+
 // ---- reader ---------------------------------------------------------------------------------------
 
 struct StoreReader::Impl {
@@ -554,6 +577,20 @@ Status StoreReader::journal(uint64_t from_seq, size_t max_entries, std::vector<J
     e.delta_requests = j.delta_requests;
     out->push_back(std::move(e));
     return out->size() < max_entries;
+  });
+}
+
+Status store_key_bindings(std::string_view dir, std::vector<std::pair<std::string, std::string>>* out) {
+  out->clear();
+  Env env;
+  Status status = env.open(std::string(dir), false, 0, 0);
+  if (status.code() == Code::kNotFound) return Code::kOk;
+  if (!status.ok()) return status;
+  if (env.keys == 0) return Code::kOk;
+  return scan(env, env.keys, nullptr, [&](const MDB_val& k, const MDB_val& v) {
+    out->emplace_back(std::string(static_cast<const char*>(k.mv_data), k.mv_size),
+                      std::string(static_cast<const char*>(v.mv_data), v.mv_size));
+    return true;
   });
 }
 

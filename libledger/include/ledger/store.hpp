@@ -71,6 +71,11 @@ struct StoreStats {
   uint64_t used_bytes = 0;
 };
 
+// Key bindings: which OpenRouter key (its hash) belongs to which account, as provisioned or rotated
+// by ledgerctl (a binding in the store wins over the config's key_hash). hash "" removes it.
+Status store_bind_key(std::string_view dir, std::string_view account, std::string_view hash, uint32_t file_mode = 0600);
+Status store_key_bindings(std::string_view dir, std::vector<std::pair<std::string, std::string>>* out);
+
 // Opens <dir>/ledger.mdb read-only. kNotFound when there is none yet, kIncompatible for another
 // store format.
 class StoreReader {

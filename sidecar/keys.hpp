@@ -1,0 +1,37 @@
+// keys.hpp — the key lifecycle: which key belongs to which account, provisioning, rotation and
+// revocation (DESIGN.md 7, "keys"). A new key's plaintext is returned to the caller to be shown
+// once; it is never logged or stored.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "ledger/ledger.hpp"
+#include "openrouter.hpp"
+
+namespace ledger::admin {
+
+// account -> key hash: bindings in the store (provisioned, rotated) win over the config's key_hash.
+std::map<std::string, std::string> key_bindings(const Config& config);
+
+struct NewKey {
+  std::string account, hash, secret;  // secret: show once
+};
+
+// Creates a key for every configured account without one (name "<app_title>:<account>" or the
+// account id; limit and reset from the account's budget), binds it in the store. Stops at the first
+// OpenRouter error; keys made before it stay made and bound (*error says so).
+std::vector<NewKey> provision(const Config& config, openrouter::Client& client, std::string* error);
+
+// Creates a new key for the account, binds it, then deletes the old one. On failure the account
+// keeps a working key and *error says exactly what state things are in.
+bool rotate(const Config& config, openrouter::Client& client, const std::string& account, NewKey* out, std::string* error);
+
+// Disables (or, with openrouter.revoke "delete", deletes) the keys of accounts that are blocked or
+// no longer in the config. Returns one line per key acted on; errors go to *errors.
+std::vector<std::string> revoke(Ledger& ledger, const Config& config, openrouter::Client& client,
+                                std::vector<std::string>* errors);
+
+}  // namespace ledger::admin

@@ -1,0 +1,174 @@
+// Key lifecycle end to end against the emulator: provision, rotate (also failing half-way),
+// revoke blocked and removed accounts, list with owners; a new key is printed once, to stdout only.
+#include <catch2/catch.hpp>
+
+#include "emulator_process.hpp"
+#include "ledger/store.hpp"
+#include "process.hpp"
+
+using namespace ledger;
+using ledger_test::EmulatorProcess;
+using ledger_test::run;
+
+namespace {
+
+struct Setup {
+  EmulatorProcess emu;
+  openrouter::Client client{emu.options()};
+  ledger_test::TempDir dir;
+  std::string config = dir.path() + "/ledger.json";
+  std::string ledger_dir = dir.path() + "/ledger";
+  explicit Setup(const std::string& revoke = "disable") { write(true, revoke); }
+  ~Setup() { (void)Ledger::destroy_segment(ledger_dir); }
+  void write(bool with_bob, const std::string& revoke = "disable") {
+    ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 64, "max_reservations": 64, "max_processes": 32},
+      "openrouter": {"base_url": ")" + emu.base() + R"(", "management_key_file": ")" + emu.key_file() +
+                                        R"(", "timeout_ms": 2000, "app_title": "acme", "revoke": ")" + revoke + R"("},
+      "accounts": [{"id": "team", "limit_usd": "100", "period": "monthly"},
+                   {"id": "alice", "parent": "team", "limit_usd": "10", "period": "daily"})" +
+                                        (with_bob ? R"(, {"id": "bob", "parent": "team", "limit_usd": "20", "period": "weekly"})" : "") + "]}");
+    REQUIRE(run({LEDGERCTL_PATH, "--config", config, "init"}).exit_code == 0);
+  }
+  std::map<std::string, std::string> bindings() {
+    std::vector<std::pair<std::string, std::string>> b;
+    REQUIRE(store_key_bindings(ledger_dir, &b) == Code::kOk);
+    return {b.begin(), b.end()};
+  }
+  ledger_test::Result keys(std::vector<std::string> args) {
+    std::vector<std::string> argv{LEDGERCTL_PATH, "--config", config, "keys"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = run(argv);
+    CHECK(r.err.find("sk-or-v1-") == std::string::npos);  // keys go to stdout only
+    return r;
+  }
+  int completion_status(const std::string& secret) {
+    openrouter::ClientOptions o = emu.options(secret);
+    openrouter::Client c(o);
+    openrouter::KeyInfo k;
+    bool management = false;
+    const auto e = c.current_key(&k, &management);
+    return e ? e.http_status : 200;
+  }
+};
+
+std::map<std::string, std::string> printed_keys(const std::string& out) {
+  std::map<std::string, std::string> keys;
+  size_t at = 0;
+  while (at < out.size()) {
+    const size_t end = out.find('\n', at);
+    const std::string line = out.substr(at, end - at);
+    const size_t colon = line.find(": sk-or-v1-");
+    if (colon != std::string::npos) keys[line.substr(0, colon)] = line.substr(colon + 2);
+    if (end == std::string::npos) break;
+    at = end + 1;
+  }
+  return keys;
+}
+
+}  // namespace
+
+TEST_CASE("provision makes one key per account, shown once, bound in the store", "[keys]") {
+  Setup s;
+  auto r = s.keys({"provision"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const auto keys = printed_keys(r.out);
+  REQUIRE(keys.size() == 3);
+  const auto bound = s.bindings();
+  REQUIRE(bound.size() == 3);
+  openrouter::KeyInfo alice;
+  REQUIRE_FALSE(s.client.get_key(bound.at("alice"), &alice));
+  CHECK(alice.name == "acme:alice");
+  CHECK(alice.limit_nanousd == 10'000'000'000);
+  CHECK(alice.limit_reset == "daily");
+  CHECK(s.completion_status(keys.at("alice")) == 200);
+  r = s.keys({"provision"});
+  CHECK(r.exit_code == 0);
+  CHECK(printed_keys(r.out).empty());
+  CHECK(r.err.find("every account already has a key") != std::string::npos);
+  r = s.keys({"list"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("acme:alice") != std::string::npos);
+  CHECK(r.out.find(" alice\n") != std::string::npos);  // the owner column
+  CHECK(r.out.find("sk-or-v1-") == std::string::npos);
+}
+
+TEST_CASE("rotate: new key, rebind, old key gone; a failure says what state things are in", "[keys]") {
+  Setup s;
+  REQUIRE(s.keys({"provision"}).exit_code == 0);
+  const std::string old_hash = s.bindings().at("alice");
+  auto r = s.keys({"rotate", "alice"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const auto fresh = printed_keys(r.out);
+  REQUIRE(fresh.count("alice") == 1);
+  const std::string new_hash = s.bindings().at("alice");
+  CHECK(new_hash != old_hash);
+  openrouter::KeyInfo k;
+  CHECK(s.client.get_key(old_hash, &k).kind == openrouter::ErrorKind::kNotFound);
+  CHECK(s.completion_status(fresh.at("alice")) == 200);
+
+  // Creating fails: nothing changed.
+  s.emu.admin("/__emulator/faults", R"({"path": "/api/v1/keys", "method": "POST", "status": 500, "count": 4})");  // = attempts
+  r = s.keys({"rotate", "alice"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("failed before anything changed") != std::string::npos);
+  CHECK(s.bindings().at("alice") == new_hash);
+  // Deleting the old key fails: the account already uses the new one, and we are told to retry.
+  s.emu.admin("/__emulator/faults", R"({"path": "/api/v1/keys/)" + new_hash + R"(", "method": "DELETE", "status": 500, "count": 8})");
+  r = s.keys({"rotate", "alice"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("now uses the new key") != std::string::npos);
+  CHECK(r.err.find("ledgerctl keys delete " + new_hash) != std::string::npos);
+  CHECK(printed_keys(r.out).size() == 1);  // the new key is still shown, once
+  CHECK(s.bindings().at("alice") != new_hash);
+  REQUIRE_FALSE(s.client.get_key(new_hash, &k));  // the old one still exists
+  CHECK(s.keys({"rotate", "nobody"}).exit_code == 2);
+}
+
+TEST_CASE("blocked and removed accounts lose their keys at OpenRouter", "[keys]") {
+  Setup s;
+  const auto keys = printed_keys(s.keys({"provision"}).out);
+  REQUIRE(keys.size() == 3);
+  REQUIRE(run({LEDGERCTL_PATH, "--config", s.config, "block", "alice"}).exit_code == 0);
+  auto r = run({LEDGERCTL_PATH, "--config", s.config, "reconcile"});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("disabled the key") != std::string::npos);
+  CHECK(s.completion_status(keys.at("alice")) == 401);
+  CHECK(s.completion_status(keys.at("bob")) == 200);
+  // Removed from the config: blocked locally (init) and its key disabled (reconcile).
+  s.write(false);
+  r = run({LEDGERCTL_PATH, "--config", s.config, "reconcile"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(s.completion_status(keys.at("bob")) == 401);
+  // Again: nothing more to do.
+  r = run({LEDGERCTL_PATH, "--config", s.config, "reconcile"});
+  CHECK(r.out.find("disabled the key") == std::string::npos);
+}
+
+TEST_CASE("with revoke \"delete\" the key is deleted and unbound", "[keys]") {
+  Setup s("delete");
+  const auto keys = printed_keys(s.keys({"provision"}).out);
+  const std::string hash = s.bindings().at("bob");
+  s.write(false, "delete");
+  const auto r = run({LEDGERCTL_PATH, "--config", s.config, "reconcile"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("deleted the key") != std::string::npos);
+  openrouter::KeyInfo k;
+  CHECK(s.client.get_key(hash, &k).kind == openrouter::ErrorKind::kNotFound);
+  CHECK(s.bindings().count("bob") == 0);
+}
+
+TEST_CASE("keys create prints the key once, on stdout", "[keys]") {
+  Setup s;
+  auto r = s.keys({"create", "ci-bot", "--limit", "5", "--reset", "weekly"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(printed_keys(r.out).count("ci-bot") == 1);
+  CHECK(r.err.find("shown once") != std::string::npos);
+  CHECK(s.keys({"create", "x"}).exit_code == 1);                         // --limit required
+  CHECK(s.keys({"create", "x", "--limit", "-1"}).exit_code == 1);
+  CHECK(s.keys({"create", "x", "--limit", "1", "--reset", "yearly"}).exit_code == 1);
+  r = s.keys({"list"});
+  CHECK(r.out.find("(none: key sprawl)") != std::string::npos);
+}
