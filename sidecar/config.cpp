@@ -134,7 +134,7 @@ void parse_ledger(const json::value& v, Config& c) {
 void parse_openrouter(const json::value& v, Config& c) {
   const auto& o = object_with(v, "openrouter", {"base_url", "management_key_env", "management_key_file",
                                                 "reconcile_interval_s", "timeout_ms", "sync_key_limits", "app_url",
-                                                "app_title", "revoke"});
+                                                "app_title", "revoke", "disable_unowned_keys"});
   auto& r = c.openrouter;
   r.present = true;
   r.base_url = get_string(o, "openrouter", "base_url", r.base_url);
@@ -151,6 +151,7 @@ void parse_openrouter(const json::value& v, Config& c) {
   r.app_url = get_string(o, "openrouter", "app_url", "");
   r.app_title = get_string(o, "openrouter", "app_title", "", false, 256);
   r.revoke = get_string(o, "openrouter", "revoke", "disable");
+  r.disable_unowned_keys = get_bool(o, "openrouter", "disable_unowned_keys", false);
   if (r.revoke != "disable" && r.revoke != "delete") fail("openrouter.revoke", "expected \"disable\" or \"delete\"");
 }
 

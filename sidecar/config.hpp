@@ -60,7 +60,8 @@ struct Config {
     uint32_t reconcile_interval_s = 60;
     uint32_t timeout_ms = 10000;
     bool sync_key_limits = false;
-    std::string revoke = "disable";  // what happens to the key of a blocked or removed account: disable | delete
+    std::string revoke = "disable";
+    bool disable_unowned_keys = false;  // key sprawl: disable keys no account owns  // what happens to the key of a blocked or removed account: disable | delete
     std::string app_url;
     std::string app_title;
   } openrouter;

@@ -332,11 +332,21 @@ int cmd_doctor(const Config& config) {
   line(sidecar, "sidecar", sidecar ? "running" : "not running: start ledger-sidecar --config " + config.path +
                                                      " (nothing is flushed or reclaimed without it)");
   if (config.openrouter.present) {
-    const char* key = std::getenv(config.openrouter.management_key_env.c_str());
-    line(key != nullptr && *key != '\0', "openrouter key",
-         key != nullptr && *key != '\0' ? "$" + config.openrouter.management_key_env + " is set"
-                                        : "$" + config.openrouter.management_key_env + " is not set");
-    std::printf("%-6s %-22s %s\n", "skip", "openrouter reach", "the OpenRouter client is not in this build yet");
+    std::string key_error;
+    auto client = client_for(config, &key_error);
+    line(client != nullptr, "openrouter key", client ? "found (not shown)" : key_error);
+    if (client) {
+      openrouter::KeyInfo me;
+      bool management = false;
+      const openrouter::Error e = client->current_key(&me, &management);
+      line(!e, "openrouter reach", e ? e.message : config.openrouter.base_url + " answers");
+      if (!e)
+        line(management, "openrouter key type",
+             management ? "a management key" : "a normal API key: the sidecar needs a management key (Settings > Management keys)");
+      int64_t total = 0, used = 0;
+      if (!e && management && !client->credits(&total, &used))
+        line(total - used > 0, "openrouter credits", format_usd(total - used) + " USD left of " + format_usd(total));
+    }
   }
   return problems == 0 ? kExitOk : kExitRuntime;
 }

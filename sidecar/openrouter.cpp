@@ -206,10 +206,14 @@ Error Client::classify(const Raw& raw) const {
       e.message = "OpenRouter refused " + options_.key_source + said + ": it is missing, wrong, disabled or deleted; "
                   "put a valid management key there";
       break;
-    case 402:
-      e.kind = ErrorKind::kKeyLimit;
-      e.message = "OpenRouter says the key's limit or the account's credits are exhausted" + said;
+    case 402: {
+      // 402 is credits unless OpenRouter names the key limit (metadata.limit_source).
+      const bool key_limit = raw.body.find("openrouter_key_limit") != std::string::npos;
+      e.kind = key_limit ? ErrorKind::kKeyLimit : ErrorKind::kCredits;
+      e.message = key_limit ? "OpenRouter says the key's limit is exhausted" + said
+                            : "OpenRouter says the account's credits are exhausted" + said + "; add credits";
       break;
+    }
     case 403:
       if (message.rfind("Key limit exceeded", 0) == 0) {
         e.kind = ErrorKind::kKeyLimit;
@@ -339,6 +343,12 @@ Error Client::set_limit(const std::string& hash, std::optional<int64_t> limit_na
 Error Client::set_disabled(const std::string& hash, bool disabled, KeyInfo* out) {
   Raw raw;
   if (Error e = request("PATCH", "/keys/" + hash, disabled ? "{\"disabled\":true}" : "{\"disabled\":false}", &raw)) return e;
+  return parse_data_key(raw.body, raw.status, "PATCH /keys/{hash}", out);
+}
+
+Error Client::rename(const std::string& hash, const std::string& name, KeyInfo* out) {
+  Raw raw;
+  if (Error e = request("PATCH", "/keys/" + hash, json::serialize(json::object{{"name", name}}), &raw)) return e;
   return parse_data_key(raw.body, raw.status, "PATCH /keys/{hash}", out);
 }
 

@@ -50,7 +50,8 @@ enum class ErrorKind {
   kTimeout,
   kAuth,           // 401
   kWrongKeyType,   // 403 "Only management keys ..."
-  kKeyLimit,       // 402, or 403 "Key limit exceeded"
+  kKeyLimit,       // the key's own limit: 403 "Key limit exceeded", or a 402 naming the key limit
+  kCredits,        // the account's credits: 402 "Insufficient credits" / "requires more credits"
   kForbidden,      // other 403
   kNotFound,       // 404
   kRateLimited,    // 429 (after retries)
@@ -82,6 +83,7 @@ class Client {
   // Sets limit (nullopt = remove) and limit_reset ("" = none).
   Error set_limit(const std::string& hash, std::optional<int64_t> limit_nanousd, const std::string& reset, KeyInfo* out);
   Error set_disabled(const std::string& hash, bool disabled, KeyInfo* out);
+  Error rename(const std::string& hash, const std::string& name, KeyInfo* out);
   Error delete_key(const std::string& hash);
   // /key: the calling key itself; is_management tells a management key from a normal one.
   Error current_key(KeyInfo* out, bool* is_management);

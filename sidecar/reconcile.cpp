@@ -7,6 +7,7 @@
 
 #include "admin.hpp"
 #include "keys.hpp"
+#include "ledger/store.hpp"
 
 namespace ledger::admin {
 
@@ -23,6 +24,22 @@ std::string management_key(const Config& config, std::string* error) {
     return {};
   }
   return env;
+}
+
+size_t refresh_prices(Ledger& ledger, openrouter::Client& client, const Config& config, std::string* error) {
+  std::vector<openrouter::ModelInfo> models;
+  if (const openrouter::Error e = client.models(&models)) {
+    *error = "cannot read the model list: " + e.message;
+    return 0;
+  }
+  std::set<std::string> configured;
+  for (const auto& p : config.prices) configured.insert(p.model);
+  size_t set = 0;
+  for (const auto& m : models) {
+    if (configured.count(m.id) != 0 || !m.prompt_nanousd_per_mtok || !m.completion_nanousd_per_mtok) continue;
+    if (ledger.set_price(m.id, *m.prompt_nanousd_per_mtok, *m.completion_nanousd_per_mtok, m.request_nanousd.value_or(0)).ok()) ++set;
+  }
+  return set;
 }
 
 std::unique_ptr<openrouter::Client> client_for(const Config& config, std::string* error) {
@@ -84,6 +101,8 @@ ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Conf
         if (dry_run) {
           row.note = "would adjust";
         } else if (const Status s = ledger.adjust(a.id, delta); s.ok()) {
+          (void)store_journal_adjustment(config.ledger.dir, a.id, a.period, period_index(a.period, ledger.now_ms() / 1000),
+                                         delta, ledger.now_ms());
           row.adjusted_nanousd = delta;
           report.adjusted_total_nanousd += delta;
           row.note = "adjusted";
@@ -109,8 +128,15 @@ ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Conf
     }
     report.rows.push_back(std::move(row));
   }
-  for (const auto& k : keys)
-    if (owned.count(k.hash) == 0 && !k.disabled) report.unowned_keys.push_back(k.name + " (" + k.hash.substr(0, 12) + "...)");
+  for (const auto& k : keys) {
+    if (owned.count(k.hash) != 0 || k.disabled) continue;
+    report.unowned_keys.push_back(k.name + " (" + k.hash.substr(0, 12) + "...)");
+    if (config.openrouter.disable_unowned_keys && !dry_run) {
+      openrouter::KeyInfo info;
+      if (const openrouter::Error e = client.set_disabled(k.hash, true, &info)) report.revoke_errors.push_back("disabling unowned key: " + e.message);
+      else report.revoked.push_back("disabled the unowned key " + k.name + " (" + k.hash.substr(0, 12) + "...)");
+    }
+  }
   if (!dry_run) report.revoked = revoke(ledger, config, client, &report.revoke_errors);
   return report;
 }

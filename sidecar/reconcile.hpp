@@ -42,6 +42,10 @@ inline constexpr int64_t kReconcileToleranceNanousd = 1'000'000;  // $0.001
 // The management key from the config's env variable or file; "" and *error when there is none.
 std::string management_key(const Config& config, std::string* error);
 
+// Loads model prices from OpenRouter's model list into the ledger; prices in the config win.
+// Returns how many models were set; models without a complete price are skipped (never free).
+size_t refresh_prices(Ledger& ledger, openrouter::Client& client, const Config& config, std::string* error);
+
 // A client for the configured OpenRouter with its management key; nullptr and *error without one.
 std::unique_ptr<openrouter::Client> client_for(const Config& config, std::string* error);
 

@@ -119,6 +119,10 @@ std::unique_ptr<openrouter::Client> make_client(const Config& config) {
 }
 
 void reconcile_once(Ledger& ledger, openrouter::Client& client, const Config& config) {
+  std::string price_error;
+  const size_t prices = refresh_prices(ledger, client, config, &price_error);
+  if (!price_error.empty()) log_line("warn", "price refresh: " + price_error + " (keeping the prices we have)");
+  else if (prices > 0) log_line("debug", "prices refreshed", "models=" + std::to_string(prices));
   const ReconcileReport r = reconcile(ledger, client, config, false);
   if (!r.error.empty()) {
     log_line("error", "reconcile failed: " + r.error + " (the ledger's admission is unaffected; will retry)");

@@ -467,6 +467,38 @@ Status store_bind_key(std::string_view dir, std::string_view account, std::strin
   return mdb_status(rc);
 }
 
+Status store_journal_adjustment(std::string_view dir, std::string_view account, Period period, int64_t index,
+                                int64_t delta, int64_t unix_ms, uint32_t file_mode) {
+  if (!valid_account_name(account)) return Code::kInvalidArgument;
+  Env env;
+  Status status = env.open(std::string(dir), true, uint64_t{1} << 30, file_mode & 0777);
+  if (!status.ok()) return status;
+  Txn txn;
+  int rc = mdb_txn_begin(env.env, nullptr, 0, &txn.txn);
+  if (rc != 0) return mdb_status(rc);
+  uint64_t seq = 1;
+  MDB_cursor* cursor = nullptr;
+  if (mdb_cursor_open(txn.txn, env.journal, &cursor) == 0) {
+    MDB_val k, v;
+    if (mdb_cursor_get(cursor, &k, &v, MDB_LAST) == 0 && k.mv_size == sizeof seq) {
+      std::memcpy(&seq, k.mv_data, sizeof seq);
+      ++seq;
+    }
+    mdb_cursor_close(cursor);
+  }
+  JournalValue entry{};
+  entry.unix_ms = unix_ms;
+  entry.kind = static_cast<uint32_t>(JournalKind::kAdjustment);
+  entry.period = static_cast<int32_t>(period);
+  entry.index = index;
+  entry.delta_nanousd = delta;
+  std::memcpy(entry.account, account.data(), account.size());
+  MDB_val k = val(&seq, sizeof seq), v = val(&entry, sizeof entry);
+  rc = mdb_put(txn.txn, env.journal, &k, &v, MDB_APPEND);
+  if (rc == 0) rc = txn.commit();
+  return mdb_status(rc);
+}
+
 // ---- reader ---------------------------------------------------------------------------------------
 
 struct StoreReader::Impl {

@@ -46,6 +46,8 @@ TEST_CASE("every endpoint, against the emulator", "[openrouter]") {
   CHECK(got.limit_reset == "weekly");
   REQUIRE_FALSE(c.set_limit(k.hash, std::nullopt, "", &got));
   CHECK_FALSE(got.limit_nanousd.has_value());
+  REQUIRE_FALSE(c.rename(k.hash, "alice-renamed", &got));
+  CHECK(got.name == "alice-renamed");
   REQUIRE_FALSE(c.set_disabled(k.hash, true, &got));
   CHECK(got.disabled);
   std::vector<KeyInfo> all;
@@ -126,7 +128,7 @@ TEST_CASE("every status code is classified, and only transient ones are retried"
     bool retried;
   };
   const Case cases[] = {{400, ErrorKind::kBadRequest, false}, {401, ErrorKind::kAuth, false},
-                        {402, ErrorKind::kKeyLimit, false},   {403, ErrorKind::kForbidden, false},
+                        {402, ErrorKind::kCredits, false},    {403, ErrorKind::kForbidden, false},
                         {404, ErrorKind::kNotFound, false},   {408, ErrorKind::kTimeout, true},
                         {413, ErrorKind::kBadRequest, false}, {422, ErrorKind::kBadRequest, false},
                         {429, ErrorKind::kRateLimited, true}, {500, ErrorKind::kServer, true},

@@ -8,6 +8,7 @@
 #include "emulator_process.hpp"
 #include "ledger/store.hpp"
 #include "process.hpp"
+#include "reconcile.hpp"
 
 using namespace ledger;
 using ledger_test::EmulatorProcess;
@@ -86,6 +87,20 @@ TEST_CASE("drift gives exactly one adjustment per key and window, across reruns 
   r = s.reconcile();
   CHECK(r.out.find("adjusted") == std::string::npos);
   CHECK(s.spent("alice") == kUsd + kUsd / 2);
+  {
+    std::unique_ptr<StoreReader> store;
+    REQUIRE(StoreReader::open(s.ledger_dir, &store) == Code::kOk);
+    std::vector<JournalEntry> journal;
+    REQUIRE(store->journal(0, 1000, &journal) == Code::kOk);
+    int adjustments = 0;
+    for (const auto& j : journal)
+      if (j.kind == JournalKind::kAdjustment) {
+        ++adjustments;
+        CHECK(j.account == "alice");
+        CHECK(j.delta_nanousd == kUsd / 2);
+      }
+    CHECK(adjustments == 1);  // journaled once, whatever the reruns
+  }
   // A reboot: the segment is rebuilt from the store, and the adjustment is not applied again.
   REQUIRE(Ledger::destroy_segment(s.ledger_dir) == Code::kOk);
   s.reconcile();
@@ -142,4 +157,109 @@ TEST_CASE("the sidecar reconciles on its schedule", "[reconcile][sidecar]") {
   ::waitpid(sidecar, nullptr, 0);
   CHECK(s.spent("bob") == 2 * kUsd + kUsd / 2);
   CHECK(ledger_test::read_file(log).find("sk-or-v1-") == std::string::npos);  // no key in the logs
+}
+
+TEST_CASE("prices come from OpenRouter's model list, config prices win; doctor checks the key", "[reconcile]") {
+  Setup s;
+  auto once = run({SIDECAR_PATH, "--config", s.config, "--once"});
+  INFO(once.err);
+  REQUIRE(once.exit_code == 0);
+  {
+    std::unique_ptr<Ledger> l;
+    REQUIRE(Ledger::open(s.ledger_dir, Options{}, &l) == Code::kOk);
+    int64_t estimate = 0;
+    REQUIRE(l->estimate("openai/gpt-4o", 1'000'000, 0, &estimate) == Code::kOk);
+    CHECK(estimate == 2'500'000'000);  // $2.50 per million prompt tokens, from /models
+    REQUIRE(l->estimate("anthropic/claude-3.5-sonnet", 0, 1'000'000, &estimate) == Code::kOk);
+    CHECK(estimate == 15'000'000'000);
+  }
+  // A config price for gpt-4o stays in force after the next refresh.
+  std::string text = ledger_test::read_file(s.config);
+  text.insert(text.rfind('}'), R"(, "prices": {"openai/gpt-4o": {"prompt_usd_per_mtok": "1", "completion_usd_per_mtok": "2"}})");
+  ledger_test::write_file(s.config, text);
+  REQUIRE(run({LEDGERCTL_PATH, "--config", s.config, "init"}).exit_code == 0);
+  REQUIRE(run({SIDECAR_PATH, "--config", s.config, "--once"}).exit_code == 0);
+  {
+    std::unique_ptr<Ledger> l;
+    REQUIRE(Ledger::open(s.ledger_dir, Options{}, &l) == Code::kOk);
+    int64_t estimate = 0;
+    REQUIRE(l->estimate("openai/gpt-4o", 1'000'000, 0, &estimate) == Code::kOk);
+    CHECK(estimate == 1'000'000'000);
+  }
+  const auto doctor = run({LEDGERCTL_PATH, "--config", s.config, "doctor"});
+  CHECK(doctor.out.find("a management key") != std::string::npos);
+  CHECK(doctor.out.find("answers") != std::string::npos);
+  CHECK(doctor.out.find("USD left of 100.00") != std::string::npos);
+  CHECK(doctor.out.find("sk-or-v1-") == std::string::npos);
+  // With a normal key in its place, doctor says what is wrong.
+  ledger_test::write_file(s.emu.key_file(), s.alice_key + "\n");
+  const auto wrong = run({LEDGERCTL_PATH, "--config", s.config, "doctor"});
+  CHECK(wrong.exit_code == 2);
+  CHECK(wrong.out.find("a normal API key: the sidecar needs a management key") != std::string::npos);
+  CHECK(wrong.out.find("sk-or-v1-") == std::string::npos);
+}
+
+TEST_CASE("the sidecar survives every OpenRouter fault, and the ledger's admission is untouched", "[reconcile][sidecar]") {
+  Setup s;
+  s.write_config(1, false);
+  for (const char* fault : {R"({"path": "/api/v1/keys", "status": 500, "count": 6})",
+                            R"({"path": "/api/v1/keys", "status": 429, "retry_after_s": 1, "count": 2})",
+                            R"({"path": "/api/v1/keys", "body": "malformed", "count": 4})",
+                            R"({"path": "/api/v1/keys", "body": "truncated", "count": 4})",
+                            R"({"path": "/api/v1/models", "status": 503, "count": 8})",
+                            R"({"path": "/api/v1/keys", "status": 401, "count": 2})",
+                            R"({"path": "/api/v1/keys", "delay_ms": 2500, "count": 2})"})
+    s.emu.admin("/__emulator/faults", fault);
+  const std::string log = s.dir.path() + "/faults.log";
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  const pid_t sidecar = ledger_test::spawn({SIDECAR_PATH, "--config", s.config}, fd, fd);
+  ::close(fd);
+  // Workers keep working the whole time.
+  int64_t granted = 0;
+  for (int i = 0; i < 40; ++i) {
+    if (run({LEDGERCTL_PATH, "--config", s.config, "debit", "alice", "0.01"}).exit_code == 0) granted += 10'000'000;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK(::kill(sidecar, 0) == 0);  // still running
+  ::kill(sidecar, SIGTERM);
+  int status = 0;
+  REQUIRE(::waitpid(sidecar, &status, 0) == sidecar);
+  CHECK(WIFEXITED(status));
+  CHECK(granted == 40 * 10'000'000);
+  CHECK(s.spent("alice") == granted);  // no fault turned into an adjustment
+  const std::string text = ledger_test::read_file(log);
+  CHECK(text.find("reconcile failed") != std::string::npos);  // the faults were seen and logged
+  CHECK(text.find("sk-or-v1-") == std::string::npos);
+}
+
+// Timing for the closing note, not an assertion: `reconcile_test "[.bench]"`.
+TEST_CASE("reconcile 10,000 keys", "[.bench]") {
+  EmulatorProcess emu;
+  openrouter::Client client(emu.options());
+  ledger_test::TempDir dir;
+  std::string accounts = R"([{"id": "org", "limit_usd": "1000000", "period": "monthly"})";
+  for (int i = 0; i < 10000; ++i) {
+    openrouter::KeyInfo k;
+    std::string secret;
+    REQUIRE_FALSE(client.create_key("u" + std::to_string(i), std::nullopt, "", &k, &secret));
+    accounts += R"(, {"id": "u)" + std::to_string(i) + R"(", "parent": "org", "limit_usd": "10", "period": "daily", "key_hash": ")" + k.hash + R"("})";
+  }
+  const std::string config = dir.path() + "/ledger.json";
+  ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 16384, "max_reservations": 1024},
+    "openrouter": {"base_url": ")" + emu.base() + R"(", "management_key_file": ")" + emu.key_file() + R"("},
+    "accounts": )" + accounts + "]}");
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "init"}).exit_code == 0);
+  std::string error;
+  const auto cfg = ledger::admin::load_config(config, &error);
+  REQUIRE(cfg);
+  std::unique_ptr<Ledger> l;
+  REQUIRE(Ledger::open(dir.path() + "/ledger", Options{}, &l) == Code::kOk);
+  const auto started = std::chrono::steady_clock::now();
+  const auto report = ledger::admin::reconcile(*l, client, *cfg, false);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  REQUIRE(report.error.empty());
+  CHECK(report.rows.size() == 10000);
+  std::printf("reconcile: %zu keys (listed in pages of 100) in %.3f s\n", report.rows.size(), seconds);
+  l.reset();
+  (void)Ledger::destroy_segment(dir.path() + "/ledger");
 }

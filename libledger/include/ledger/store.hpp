@@ -74,6 +74,10 @@ struct StoreStats {
 // Key bindings: which OpenRouter key (its hash) belongs to which account, as provisioned or rotated
 // by ledgerctl (a binding in the store wins over the config's key_hash). hash "" removes it.
 Status store_bind_key(std::string_view dir, std::string_view account, std::string_view hash, uint32_t file_mode = 0600);
+// Appends a reconciliation adjustment to the journal (kind kAdjustment): the audit trail of why the
+// ledger was charged. The amount itself reaches the period totals through the next flush.
+Status store_journal_adjustment(std::string_view dir, std::string_view account, Period period, int64_t index,
+                                int64_t delta_nanousd, int64_t unix_ms, uint32_t file_mode = 0600);
 Status store_key_bindings(std::string_view dir, std::vector<std::pair<std::string, std::string>>* out);
 
 // Opens <dir>/ledger.mdb read-only. kNotFound when there is none yet, kIncompatible for another
