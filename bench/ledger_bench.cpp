@@ -80,72 +80,28 @@ void BM_DebitChain3ByHandle(benchmark::State& state) {
 }
 BENCHMARK(BM_DebitChain3ByHandle);
 
-void BM_ReserveCommitFlat(benchmark::State& state) {
+// A hold and its settlement: reserve (or authorize, when a model is given) then commit.
+void BM_HoldAndCommit(benchmark::State& state, const char* account, const char* model, bool by_handle) {
   Fixture f;
   AccountRef ref;
-  (void)f.ledger->find("flat", &ref);
+  (void)f.ledger->find(account, &ref);
   auto pair = [&] {
     ReservationId id = 0;
-    (void)f.ledger->reserve(ref, 10, 60, &id);
-    benchmark::DoNotOptimize(f.ledger->commit(id, 7));
-  };
-  for (auto _ : state) pair();
-  report(state, sample(pair));
-}
-BENCHMARK(BM_ReserveCommitFlat);
-
-void BM_ReserveCommitChain3(benchmark::State& state) {
-  Fixture f;
-  AccountRef ref;
-  (void)f.ledger->find("user", &ref);
-  auto pair = [&] {
-    ReservationId id = 0;
-    (void)f.ledger->reserve(ref, 10, 60, &id);
-    benchmark::DoNotOptimize(f.ledger->commit(id, 7));
-  };
-  for (auto _ : state) pair();
-  report(state, sample(pair));
-}
-BENCHMARK(BM_ReserveCommitChain3);
-
-void BM_AuthorizeCommitChain3(benchmark::State& state) {
-  Fixture f;
-  auto pair = [&] {
-    ReservationId id = 0;
-    std::string_view model;
-    (void)f.ledger->authorize("user", "openai/gpt-4o-mini", 450'000, 60, &model, &id);
+    std::string_view chosen;
+    if (model != nullptr) (void)f.ledger->authorize(account, model, 450'000, 60, &chosen, &id);
+    else if (by_handle) (void)f.ledger->reserve(ref, 450'000, 60, &id);
+    else (void)f.ledger->reserve(account, 450'000, 60, &id);
     benchmark::DoNotOptimize(f.ledger->commit(id, 400'000));
   };
   for (auto _ : state) pair();
   report(state, sample(pair));
 }
-BENCHMARK(BM_AuthorizeCommitChain3);
-
+BENCHMARK_CAPTURE(BM_HoldAndCommit, ReserveCommitFlat, "flat", nullptr, true);
+BENCHMARK_CAPTURE(BM_HoldAndCommit, ReserveCommitChain3, "user", nullptr, true);
+BENCHMARK_CAPTURE(BM_HoldAndCommit, AuthorizeCommitChain3, "user", "openai/gpt-4o-mini", false);
 // authorize = policy (tier allowlist, pressure rule, price) + reserve, against reserve alone.
-void BM_AuthorizeCommitFlatTiered(benchmark::State& state) {
-  Fixture f;
-  auto pair = [&] {
-    ReservationId id = 0;
-    std::string_view model;
-    (void)f.ledger->authorize("tiered", "openai/gpt-4o", 450'000, 60, &model, &id);
-    benchmark::DoNotOptimize(f.ledger->commit(id, 400'000));
-  };
-  for (auto _ : state) pair();
-  report(state, sample(pair));
-}
-BENCHMARK(BM_AuthorizeCommitFlatTiered);
-
-void BM_ReserveCommitFlatByName(benchmark::State& state) {
-  Fixture f;
-  auto pair = [&] {
-    ReservationId id = 0;
-    (void)f.ledger->reserve("tiered", 450'000, 60, &id);
-    benchmark::DoNotOptimize(f.ledger->commit(id, 400'000));
-  };
-  for (auto _ : state) pair();
-  report(state, sample(pair));
-}
-BENCHMARK(BM_ReserveCommitFlatByName);
+BENCHMARK_CAPTURE(BM_HoldAndCommit, AuthorizeCommitFlatTiered, "tiered", "openai/gpt-4o", false);
+BENCHMARK_CAPTURE(BM_HoldAndCommit, ReserveCommitFlatByName, "tiered", nullptr, false);
 
 // Flat cost: debit by name of one hot account in a ledger of N accounts (the lookup and the segment
 // size must not matter), N = 1k .. 1M.

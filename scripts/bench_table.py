@@ -23,7 +23,7 @@ ledger = peers["BM_LedgerDebit"]["median_ns"]
 print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, {machine['os']}")
 print(f"\n{'path':34} {'median ns':>10} {'p99 ns':>10} {'x CAS floor':>12} {'slower than ledger':>19}")
 for name, row in list(peers.items()) + [(k, v) for k, v in ours.items() if k not in peers]:
-    label = name.replace("BM_", "").replace("bench::", "")
+    label = name.replace("BM_HoldAndCommit/", "").replace("BM_", "").replace("bench::", "")
     print(f"{label:34} {row['median_ns']:10.1f} {row['p99_ns']:10.1f} {row['median_ns'] / floor:12.1f} "
           f"{row['median_ns'] / ledger:18.0f}x")
 print(f"\n{'correctness ($1.00 budget, $0.10 requests)':44} {'procs':>5} {'granted':>9} {'overspend':>10}")
