@@ -15,6 +15,7 @@
 #include "ledger/store.hpp"
 #include "keys.hpp"
 #include "reconcile.hpp"
+#include "reports.hpp"
 
 using namespace ledger;
 using namespace ledger::admin;
@@ -42,7 +43,8 @@ Commands:
   keys delete HASH
   keys provision              a key for each configured account without one (printed once)
   keys rotate ACCOUNT         new key, rebind, delete the old one
-  report                      (arrives with the reports module)
+  report [--from DATE] [--to DATE] [--format table|json|csv|html] [--out FILE]
+                              the team report (default: the last 7 days, a table on stdout)
 
 Options:
   --config FILE               the JSON config (or the LEDGER_CONFIG environment variable)
@@ -280,6 +282,43 @@ int cmd_keys(const Config& config, std::vector<std::string> args) {
                      "`keys provision` or `keys rotate ACCOUNT`");
 }
 
+int cmd_report(const Config& config, const std::vector<std::string>& args) {
+  std::string from, to, format = "table", out;
+  for (size_t i = 1; i < args.size(); ++i) {
+    const bool has_value = i + 1 < args.size();
+    if (args[i] == "--from" && has_value) from = args[++i];
+    else if (args[i] == "--to" && has_value) to = args[++i];
+    else if (args[i] == "--format" && has_value) format = args[++i];
+    else if (args[i] == "--out" && has_value) out = args[++i];
+    else return usage_error("report: expected `report [--from DATE] [--to DATE] [--format table|json|csv|html] [--out FILE]`");
+  }
+  if (format != "table" && format != "json" && format != "csv" && format != "html")
+    return usage_error("report: --format is table, json, csv or html, not \"" + format + "\"");
+  std::unique_ptr<Ledger> ledger;
+  std::string error;
+  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  (void)ledger->flush();  // what was settled until now
+  const int64_t now = ledger->now_ms() / 1000;
+  const auto to_day = to.empty() ? std::optional<int64_t>(floor_days(now)) : parse_date(to);
+  if (!to_day) return usage_error("report: --to must be a date such as 2026-11-26");
+  const auto from_day = from.empty() ? std::optional<int64_t>(*to_day - 6) : parse_date(from);
+  if (!from_day) return usage_error("report: --from must be a date such as 2026-11-20");
+  if (*from_day > *to_day) return usage_error("report: --from is after --to");
+  Report report;
+  const Status s = build_report(config, *from_day, *to_day, now, &report);
+  if (s.code() == Code::kInvalidArgument) return usage_error("report: the range is longer than five years");
+  if (!s.ok()) return runtime_error("report: cannot read the store: " + describe(s));
+  const std::string text = format == "json" ? render_json(report) : format == "csv" ? render_csv(report)
+                           : format == "html" ? render_html(report) : render_table(report);
+  if (out.empty()) {
+    std::fputs(text.c_str(), stdout);
+    return kExitOk;
+  }
+  if (!write_atomically(out, text, &error)) return runtime_error("report: " + error);
+  std::fprintf(stderr, "wrote %s\n", out.c_str());
+  return kExitOk;
+}
+
 bool sidecar_running(const std::string& dir) {
   const int fd = ::open((dir + "/ledger.lock").c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) return false;
@@ -420,6 +459,6 @@ int main(int argc, char** argv) {
     return want(1, "reconcile [--dry-run]") ? cmd_reconcile(*config, dry_run) : kExitUsage;
   }
   if (command == "keys") return cmd_keys(*config, args);
-  if (command == "report") return runtime_error("report: not in this build yet (it arrives with the reports module)");
+  if (command == "report") return cmd_report(*config, args);
   return usage_error("unknown command \"" + command + "\"");
 }

@@ -14,11 +14,13 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "admin.hpp"
 #include "reconcile.hpp"
+#include "reports.hpp"
 
 using namespace ledger;
 using namespace ledger::admin;
@@ -141,6 +143,25 @@ void reconcile_once(Ledger& ledger, openrouter::Client& client, const Config& co
   if (r.adjusted_total_nanousd > 0) (void)ledger.flush();
 }
 
+void write_reports(Ledger& ledger, const Config& config) {
+  std::error_code ec;
+  std::filesystem::create_directories(config.reports.dir, ec);
+  const int64_t now = ledger.now_ms() / 1000;
+  Report report;
+  const Status s = build_report(config, floor_days(now) - 6, floor_days(now), now, &report);
+  if (!s.ok()) {
+    log_line("warn", "reports: cannot read the store", "code=" + std::to_string(s.value()));
+    return;
+  }
+  for (const auto& format : config.reports.formats) {
+    const std::string path = config.reports.dir + "/team-report." + format;
+    const std::string text = format == "json" ? render_json(report) : format == "csv" ? render_csv(report) : render_html(report);
+    std::string error;
+    if (!write_atomically(path, text, &error)) log_line("warn", "reports: " + error);
+  }
+  log_line("info", "reports written", "dir=" + config.reports.dir + " accounts=" + std::to_string(report.rows.size()));
+}
+
 void log_apply(const ApplyReport& r, const char* what) {
   log_line(r.errors.empty() ? "info" : "warn", what,
            "created=" + std::to_string(r.created) + " updated=" + std::to_string(r.updated) +
@@ -204,6 +225,7 @@ int main(int argc, char** argv) {
   Schedule flush{config->ledger.flush_interval_ms}, reclaim{1000}, summary{60'000};
   Schedule reconcile_schedule{int64_t{config->openrouter.reconcile_interval_s} * 1000};
   auto client = make_client(*config);
+  Schedule reports{int64_t{config->reports.interval_s} * 1000};
   summary.next_ms = monotonic_ms() + summary.period_ms;
   int64_t flush_failures = 0, flushes = 0, reclaimed_total = 0;
   for (;;) {
@@ -221,6 +243,7 @@ int main(int argc, char** argv) {
         config = std::move(fresh);
         flush.period_ms = config->ledger.flush_interval_ms;
         reconcile_schedule.period_ms = int64_t{config->openrouter.reconcile_interval_s} * 1000;
+        reports.period_ms = int64_t{config->reports.interval_s} * 1000;
         client = make_client(*config);
         log_apply(apply_config(*ledger, *config), "config reloaded");
         (void)flush_once(*ledger, &flush_failures);
@@ -237,6 +260,7 @@ int main(int argc, char** argv) {
     if (flush.due(now) || once || stopping) {
       if (flush_once(*ledger, &flush_failures)) ++flushes;
     }
+    if (!stopping && (reports.due(now) || once)) write_reports(*ledger, *config);
     if (once || stopping) break;
     if (summary.due(now))
       log_line("info", "alive", "flushes=" + std::to_string(flushes) + " reclaimed=" + std::to_string(reclaimed_total));

@@ -1,0 +1,287 @@
+// reports.cpp — see reports.hpp.
+#include "reports.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/json.hpp>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+
+#include "ledger/money.hpp"
+#include "ledger/period.hpp"
+#include "ledger/store.hpp"
+
+namespace ledger::admin {
+namespace json = boost::json;
+__extension__ typedef __int128 Wide;  // products of two nano-USD amounts
+
+std::optional<int64_t> parse_date(const std::string& text) {
+  int y = 0;
+  unsigned m = 0, d = 0;
+  char tail = 0;
+  if (text.size() != 10 || std::sscanf(text.c_str(), "%4d-%2u-%2u%c", &y, &m, &d, &tail) != 3) return std::nullopt;
+  if (y < 1970 || y > 2140 || m < 1 || m > 12 || d < 1 || d > 31) return std::nullopt;
+  const int64_t days = days_from_civil(CivilDate{y, m, d});
+  if (civil_from_days(days) != CivilDate{y, m, d}) return std::nullopt;  // 2026-02-30
+  return days;
+}
+
+std::string format_date(int64_t day) {
+  const CivilDate c = civil_from_days(day);
+  char buffer[16];
+  std::snprintf(buffer, sizeof buffer, "%04d-%02u-%02u", c.year, c.month, c.day);
+  return buffer;
+}
+
+Status build_report(const Config& config, int64_t from_day, int64_t to_day, int64_t now_unix, Report* out) {
+  if (from_day > to_day || to_day - from_day > 366 * 5) return Code::kInvalidArgument;
+  std::unique_ptr<StoreReader> store;
+  Status s = StoreReader::open(config.ledger.dir, &store);
+  if (!s.ok()) return s;
+  std::vector<StoredAccount> accounts;
+  std::vector<StoredPeriod> periods;
+  std::vector<StoredDay> days;
+  if (!(s = store->accounts(&accounts)).ok() || !(s = store->periods(&periods)).ok()) return s;
+  // Seven days before the range feed the trailing median of the first days.
+  if (!(s = store->days(from_day - 7, to_day, &days)).ok()) return s;
+  Report r;
+  r.from_day = from_day;
+  r.to_day = to_day;
+  r.generated_unix = now_unix;
+  std::map<std::string, size_t> index;
+  std::map<std::string, std::string> tiers;
+  for (const auto& a : config.accounts) tiers[a.id] = a.tier;
+  for (const auto& a : accounts) {
+    ReportRow row;
+    row.account = a.account;
+    row.parent = a.parent;
+    row.tier = !a.tier.empty() ? a.tier : tiers[a.account];
+    row.period = std::string(period_name(a.period));
+    row.limit_nanousd = a.limit_nanousd;
+    row.blocked = a.blocked;
+    const int64_t current = period_index(a.period, now_unix);
+    for (const auto& p : periods)
+      if (p.account == a.account && p.period == a.period && p.index == current) row.period_spent_nanousd = p.spent_nanousd;
+    row.percent_used_bp = a.limit_nanousd > 0 ? static_cast<int64_t>(static_cast<Wide>(row.period_spent_nanousd) * 10000 / a.limit_nanousd) : -1;
+    index[a.account] = r.rows.size();
+    r.rows.push_back(std::move(row));
+  }
+  std::map<std::string, std::map<int64_t, int64_t>> per_day;  // account -> day -> cost (incl. history)
+  std::map<int64_t, int64_t> root_days;
+  for (const auto& d : days) {
+    per_day[d.account][d.day] += d.spent_nanousd;
+    if (d.day < from_day) continue;
+    const auto it = index.find(d.account);
+    if (it == index.end()) continue;
+    ReportRow& row = r.rows[it->second];
+    row.cost_nanousd += d.spent_nanousd;
+    row.requests += d.requests;
+    if (row.parent.empty()) {
+      root_days[d.day] += d.spent_nanousd;
+      r.total_cost_nanousd += d.spent_nanousd;
+      r.total_requests += d.requests;
+    }
+  }
+  for (int64_t day = from_day; day <= to_day; ++day) r.days.emplace_back(day, root_days[day]);
+  std::stable_sort(r.rows.begin(), r.rows.end(), [](const ReportRow& a, const ReportRow& b) { return a.cost_nanousd > b.cost_nanousd; });
+  // Anomalies: a day above 3x the (non-zero) median of the 7 days before it, and at least $0.01; a daily
+  // account that reached its limit on 3 or more days of the range.
+  for (const auto& [account, series] : per_day) {
+    for (int64_t day = from_day; day <= to_day; ++day) {
+      const auto today = series.find(day);
+      if (today == series.end() || today->second < 10'000'000) continue;
+      std::vector<int64_t> trailing;
+      for (int64_t back = day - 7; back < day; ++back) {
+        const auto it = series.find(back);
+        trailing.push_back(it == series.end() ? 0 : it->second);
+      }
+      std::sort(trailing.begin(), trailing.end());
+      const int64_t median = trailing[trailing.size() / 2];
+      // Without a history (a median of zero) there is nothing to be far above.
+      if (median > 0 && today->second > 3 * median)
+        r.anomalies.push_back({"spike", account, day, format_usd(today->second) + " USD against a trailing median of " + format_usd(median)});
+    }
+  }
+  for (const auto& a : accounts) {
+    if (a.period != Period::kDaily || a.limit_nanousd <= 0) continue;
+    int at_limit = 0;
+    for (const auto& p : periods)
+      if (p.account == a.account && p.period == Period::kDaily && p.index >= from_day && p.index <= to_day && p.spent_nanousd >= a.limit_nanousd)
+        ++at_limit;
+    if (at_limit >= 3)
+      r.anomalies.push_back({"at_limit", a.account, to_day, "at its daily limit on " + std::to_string(at_limit) + " days"});
+  }
+  *out = std::move(r);
+  return Code::kOk;
+}
+
+namespace {
+std::string percent(int64_t bp) {
+  if (bp < 0) return "-";
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%lld.%02lld", static_cast<long long>(bp / 100), static_cast<long long>(bp % 100));
+  return buffer;
+}
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+std::string html(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+}  // namespace
+
+std::string render_table(const Report& r) {
+  std::string out = "team report " + format_date(r.from_day) + " .. " + format_date(r.to_day) + " (UTC)\n\n";
+  char line[512];
+  std::snprintf(line, sizeof line, "%-24s %-16s %-10s %14s %9s %14s %-8s %9s\n", "ACCOUNT", "TEAM", "TIER", "COST USD", "REQUESTS",
+                "LIMIT USD", "PERIOD", "% USED");
+  out += line;
+  for (const auto& row : r.rows) {
+    std::snprintf(line, sizeof line, "%-24s %-16s %-10s %14s %9llu %14s %-8s %9s%s\n", row.account.c_str(),
+                  row.parent.empty() ? "-" : row.parent.c_str(), row.tier.empty() ? "-" : row.tier.c_str(),
+                  format_usd(row.cost_nanousd).c_str(), static_cast<unsigned long long>(row.requests),
+                  format_usd(row.limit_nanousd).c_str(), row.period.c_str(), percent(row.percent_used_bp).c_str(),
+                  row.blocked ? "  BLOCKED" : "");
+    out += line;
+  }
+  out += "\ntotal (root accounts): " + format_usd(r.total_cost_nanousd) + " USD, " + std::to_string(r.total_requests) + " requests\n";
+  if (!r.anomalies.empty()) out += "\nanomalies:\n";
+  for (const auto& a : r.anomalies) out += "  " + a.kind + " " + a.account + " " + format_date(a.day) + ": " + a.detail + "\n";
+  return out;
+}
+
+std::string render_json(const Report& r) {
+  json::array rows;
+  for (const auto& row : r.rows)
+    rows.push_back(json::object{{"account", row.account}, {"team", row.parent}, {"tier", row.tier}, {"period", row.period},
+                                {"limit_nanousd", row.limit_nanousd}, {"limit_usd", format_usd(row.limit_nanousd)},
+                                {"cost_nanousd", row.cost_nanousd}, {"cost_usd", format_usd(row.cost_nanousd)},
+                                {"requests", row.requests}, {"period_spent_nanousd", row.period_spent_nanousd},
+                                {"percent_used", row.percent_used_bp < 0 ? json::value(nullptr) : json::value(percent(row.percent_used_bp))},
+                                {"blocked", row.blocked}});
+  json::array days;
+  for (const auto& [day, cost] : r.days) days.push_back(json::object{{"date", format_date(day)}, {"cost_nanousd", cost}, {"cost_usd", format_usd(cost)}});
+  json::array anomalies;
+  for (const auto& a : r.anomalies)
+    anomalies.push_back(json::object{{"kind", a.kind}, {"account", a.account}, {"date", format_date(a.day)}, {"detail", a.detail}});
+  json::object root{{"version", kReportSchemaVersion}, {"from", format_date(r.from_day)}, {"to", format_date(r.to_day)},
+                    {"generated_unix", r.generated_unix}, {"accounts", std::move(rows)},
+                    {"totals", json::object{{"cost_nanousd", r.total_cost_nanousd}, {"cost_usd", format_usd(r.total_cost_nanousd)},
+                                            {"requests", r.total_requests}}},
+                    {"days", std::move(days)}, {"anomalies", std::move(anomalies)}};
+  return json::serialize(root) + "\n";
+}
+
+std::string render_csv(const Report& r) {
+  std::string out = "account,team,tier,period,limit_usd,cost_usd,requests,percent_used,blocked\r\n";
+  for (const auto& row : r.rows)
+    out += csv_field(row.account) + "," + csv_field(row.parent) + "," + csv_field(row.tier) + "," + row.period + "," +
+           format_usd(row.limit_nanousd) + "," + format_usd(row.cost_nanousd) + "," + std::to_string(row.requests) + "," +
+           (row.percent_used_bp < 0 ? "" : percent(row.percent_used_bp)) + "," + (row.blocked ? "true" : "false") + "\r\n";
+  return out;
+}
+
+std::string render_html(const Report& r) {
+  int64_t account_max = 1, day_max = 1;
+  for (const auto& row : r.rows) account_max = std::max(account_max, row.cost_nanousd);
+  for (const auto& [day, cost] : r.days) day_max = std::max(day_max, cost);
+  std::string out;
+  out += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Team report " + format_date(r.from_day) + " to " +
+         format_date(r.to_day) + "</title>\n<style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
+         "td:first-child,th:first-child{text-align:left}.blocked{color:#b00}.bar{fill:#3b7dd8}.day{fill:#2a9d8f}"
+         "text{font-size:12px;fill:#333}.anomaly{color:#b35c00}</style></head><body>\n";
+  out += "<h1>Team report</h1><p>" + format_date(r.from_day) + " to " + format_date(r.to_day) + " (UTC). Total spend " +
+         format_usd(r.total_cost_nanousd) + " USD over " + std::to_string(r.total_requests) + " requests.</p>\n";
+  // Spend per account: horizontal bars.
+  const int bar_height = 22, label = 180, width = 520;
+  out += "<h2>Spend per account</h2><svg role=\"img\" aria-label=\"spend per account\" width=\"" + std::to_string(label + width + 120) +
+         "\" height=\"" + std::to_string(bar_height * static_cast<int>(r.rows.size()) + 10) + "\">";
+  for (size_t i = 0; i < r.rows.size(); ++i) {
+    const auto& row = r.rows[i];
+    const int w = static_cast<int>(static_cast<Wide>(row.cost_nanousd) * width / account_max);
+    const int y = static_cast<int>(i) * bar_height;
+    out += "<text x=\"0\" y=\"" + std::to_string(y + 15) + "\">" + html(row.account) + "</text><rect class=\"bar\" x=\"" +
+           std::to_string(label) + "\" y=\"" + std::to_string(y + 3) + "\" width=\"" + std::to_string(std::max(w, 1)) +
+           "\" height=\"16\"><title>" + html(row.account) + ": " + format_usd(row.cost_nanousd) + " USD</title></rect><text x=\"" +
+           std::to_string(label + w + 6) + "\" y=\"" + std::to_string(y + 15) + "\">" + format_usd(row.cost_nanousd) + "</text>";
+  }
+  out += "</svg>\n";
+  // Spend per day: vertical bars.
+  const int chart_h = 160, col = std::max(8, 560 / std::max<int>(1, static_cast<int>(r.days.size())));
+  out += "<h2>Spend per day</h2><svg role=\"img\" aria-label=\"spend per day\" width=\"" + std::to_string(col * static_cast<int>(r.days.size()) + 20) +
+         "\" height=\"" + std::to_string(chart_h + 40) + "\">";
+  for (size_t i = 0; i < r.days.size(); ++i) {
+    const auto& [day, cost] = r.days[i];
+    const int h = static_cast<int>(static_cast<Wide>(cost) * chart_h / day_max);
+    const int x = static_cast<int>(i) * col + 10;
+    out += "<rect class=\"day\" x=\"" + std::to_string(x) + "\" y=\"" + std::to_string(chart_h - h + 5) + "\" width=\"" +
+           std::to_string(col - 4) + "\" height=\"" + std::to_string(std::max(h, 1)) + "\"><title>" + format_date(day) + ": " +
+           format_usd(cost) + " USD</title></rect>";
+    if (r.days.size() <= 31) out += "<text x=\"" + std::to_string(x) + "\" y=\"" + std::to_string(chart_h + 20) + "\">" + format_date(day).substr(8) + "</text>";
+  }
+  out += "</svg>\n<h2>Accounts</h2><table><tr><th>Account</th><th>Team</th><th>Tier</th><th>Cost USD</th><th>Requests</th>"
+         "<th>Limit USD</th><th>Period</th><th>% used</th></tr>\n";
+  for (const auto& row : r.rows)
+    out += std::string("<tr") + (row.blocked ? " class=\"blocked\"" : "") + "><td>" + html(row.account) + (row.blocked ? " (blocked)" : "") +
+           "</td><td>" + html(row.parent) + "</td><td>" + html(row.tier) + "</td><td>" + format_usd(row.cost_nanousd) + "</td><td>" +
+           std::to_string(row.requests) + "</td><td>" + format_usd(row.limit_nanousd) + "</td><td>" + html(row.period) + "</td><td>" +
+           percent(row.percent_used_bp) + "</td></tr>\n";
+  out += "</table>\n<h2>Anomalies</h2>";
+  if (r.anomalies.empty()) out += "<p>None.</p>";
+  else {
+    out += "<ul>";
+    for (const auto& a : r.anomalies)
+      out += "<li class=\"anomaly\">" + html(a.kind) + ": " + html(a.account) + " on " + format_date(a.day) + ": " + html(a.detail) + "</li>";
+    out += "</ul>";
+  }
+  out += "\n</body></html>\n";
+  return out;
+}
+
+bool write_atomically(const std::string& path, const std::string& content, std::string* error) {
+  const std::string temp = path + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    *error = "cannot write " + temp + ": " + std::strerror(errno);
+    return false;
+  }
+  size_t written = 0;
+  while (written < content.size()) {
+    const ssize_t n = ::write(fd, content.data() + written, content.size() - written);
+    if (n <= 0) break;
+    written += static_cast<size_t>(n);
+  }
+  const bool ok = written == content.size() && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(temp.c_str(), path.c_str()) != 0) {
+    *error = "cannot write " + path + ": " + std::strerror(errno);
+    ::unlink(temp.c_str());
+    return false;
+  }
+  return true;
+}
+
+}  // namespace ledger::admin

@@ -1,0 +1,63 @@
+// reports.hpp — what the team sees (DESIGN.md 7, "reports"), built from the durable record.
+//
+// The team report for a UTC date range [from_day, to_day]: per account its team (parent), tier,
+// cost and requests settled in the range, limit and period and the % of the limit used in the
+// current period, sorted by cost; totals over root accounts (a parent's spend includes its
+// children's); cost per day; anomalies. Rendered as a terminal table, JSON (schema version 1),
+// CSV (RFC 4180, one header row) or one self-contained HTML page with SVG bar charts.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "ledger/status.hpp"
+
+namespace ledger::admin {
+
+inline constexpr int kReportSchemaVersion = 1;
+
+struct ReportRow {
+  std::string account, parent, tier, period;
+  int64_t limit_nanousd = 0;
+  int64_t cost_nanousd = 0;         // settled in the range
+  uint64_t requests = 0;
+  int64_t period_spent_nanousd = 0; // settled in the current period
+  int64_t percent_used_bp = 0;      // of the limit, in basis points (10000 = 100 %); -1 = no limit
+  bool blocked = false;
+};
+
+struct Anomaly {
+  std::string kind;     // "spike" (a day far above the trailing median), "at_limit" (several days)
+  std::string account;
+  int64_t day = 0;      // days since 1970-01-01
+  std::string detail;
+};
+
+struct Report {
+  int64_t from_day = 0, to_day = 0, generated_unix = 0;
+  std::vector<ReportRow> rows;
+  std::vector<std::pair<int64_t, int64_t>> days;  // (day, cost over root accounts)
+  int64_t total_cost_nanousd = 0;
+  uint64_t total_requests = 0;
+  std::vector<Anomaly> anomalies;
+};
+
+// Reads the store of config.ledger.dir. now_unix decides the "current period".
+Status build_report(const Config& config, int64_t from_day, int64_t to_day, int64_t now_unix, Report* out);
+
+std::string render_table(const Report& r);
+std::string render_json(const Report& r);
+std::string render_csv(const Report& r);
+std::string render_html(const Report& r);
+
+// "2026-11-26" <-> days since 1970-01-01 (UTC); nullopt when malformed.
+std::optional<int64_t> parse_date(const std::string& text);
+std::string format_date(int64_t day);
+
+// Writes via a temporary file in the same directory and rename(2): readers see old or new, whole.
+bool write_atomically(const std::string& path, const std::string& content, std::string* error);
+
+}  // namespace ledger::admin

@@ -1,0 +1,147 @@
+// Reports from a fixture store built day by day with a manual clock: exact numbers in JSON and
+// CSV, anomalies found and not found, a self-contained HTML page, atomic writes, the CLI.
+#include <catch2/catch.hpp>
+#include <boost/json.hpp>
+
+#include "process.hpp"
+#include "reports.hpp"
+#include "test_util.hpp"
+
+using namespace ledger;
+using namespace ledger::admin;
+namespace json = boost::json;
+using ledger_test::kUsd;
+using ledger_test::ManualClock;
+using ledger_test::utc;
+
+namespace {
+
+struct Fixture {
+  ledger_test::TempDir dir;
+  ManualClock clock;
+  std::string config_path = dir.path() + "/ledger.json";
+  Config config;
+  Fixture() {
+    ledger_test::write_file(config_path, R"({"ledger": {"dir": "ledger"},
+      "tiers": {"pro": {"models": null}},
+      "accounts": [{"id": "eng", "limit_usd": "500", "period": "monthly"},
+                   {"id": "alice", "parent": "eng", "tier": "pro", "limit_usd": "3", "period": "daily"},
+                   {"id": "bob", "parent": "eng", "limit_usd": "50", "period": "monthly"}]})");
+    std::string error;
+    const auto loaded = load_config(config_path, &error);
+    INFO(error);
+    REQUIRE(loaded.has_value());
+    config = *loaded;
+    // Seven quiet days, then a spike for alice; alice at her $3 daily limit on three days.
+    Options options;
+    options.clock = clock.clock();
+    std::unique_ptr<Ledger> l;
+    REQUIRE(Ledger::open(config.ledger.dir, options, &l) == Code::kOk);
+    REQUIRE(l->set_budget("eng", 500 * kUsd, Period::kMonthly, "") == Code::kOk);
+    REQUIRE(l->set_budget("alice", 3 * kUsd, Period::kDaily, "eng") == Code::kOk);
+    REQUIRE(l->set_budget("bob, jr.", 50 * kUsd, Period::kMonthly, "eng") == Code::kInvalidArgument);  // not an id
+    REQUIRE(l->set_budget("bob", 50 * kUsd, Period::kMonthly, "eng") == Code::kOk);
+    for (int d = 10; d <= 19; ++d) {
+      clock.now_ms = utc(2026, 11, d, 12) * 1000;
+      const int64_t alice = d == 17 ? 3 * kUsd : d >= 18 ? 3 * kUsd : kUsd / 4;  // spike on the 17th, then at limit
+      REQUIRE(l->debit("alice", alice) == Code::kOk);
+      REQUIRE(l->debit("bob", kUsd / 10) == Code::kOk);
+      REQUIRE(l->flush() == Code::kOk);
+    }
+  }
+  ~Fixture() { (void)Ledger::destroy_segment(config.ledger.dir); }
+};
+
+}  // namespace
+
+TEST_CASE("the team report has the exact numbers, sorted by cost, with totals over roots", "[reports]") {
+  Fixture f;
+  Report r;
+  const int64_t from = utc(2026, 11, 13) / 86400, to = utc(2026, 11, 19) / 86400;
+  REQUIRE(build_report(f.config, from, to, utc(2026, 11, 19, 13), &r) == Code::kOk);
+  REQUIRE(r.rows.size() == 3);
+  CHECK(r.rows[0].account == "eng");
+  CHECK(r.rows[1].account == "alice");
+  CHECK(r.rows[2].account == "bob");
+  // alice: 13..16 at 0.25, 17..19 at 3.00 = 1.00 + 9.00; bob: 7 x 0.10; eng: both
+  CHECK(r.rows[1].cost_nanousd == 10 * kUsd);
+  CHECK(r.rows[1].requests == 7);
+  CHECK(r.rows[1].tier == "pro");
+  CHECK(r.rows[1].percent_used_bp == 10000);  // today at her limit
+  CHECK(r.rows[2].cost_nanousd == 7 * kUsd / 10);
+  CHECK(r.rows[0].cost_nanousd == 10 * kUsd + 7 * kUsd / 10);
+  CHECK(r.total_cost_nanousd == 10 * kUsd + 7 * kUsd / 10);  // roots only: no double counting
+  CHECK(r.total_requests == 14);
+  REQUIRE(r.days.size() == 7);
+  CHECK(r.days[0].second == kUsd / 4 + kUsd / 10);
+  CHECK(r.days[6].second == 3 * kUsd + kUsd / 10);
+
+  const json::value j = json::parse(render_json(r));
+  CHECK(j.at("version").as_int64() == 1);
+  CHECK(j.at("from").as_string() == "2026-11-13");
+  CHECK(j.at("accounts").as_array()[1].at("cost_usd").as_string() == "10.00");
+  CHECK(j.at("accounts").as_array()[1].at("percent_used").as_string() == "100.00");
+  CHECK(j.at("totals").at("cost_nanousd").as_int64() == 10'700'000'000);
+  const std::string csv = render_csv(r);
+  CHECK(csv.rfind("account,team,tier,period,limit_usd,cost_usd,requests,percent_used,blocked\r\n", 0) == 0);
+  CHECK(csv.find("alice,eng,pro,daily,3.00,10.00,7,100.00,false\r\n") != std::string::npos);
+  CHECK(csv.find("bob,eng,,monthly,50.00,0.70,7,") != std::string::npos);
+}
+
+TEST_CASE("anomalies: a spike above the trailing median, days at the limit; quiet accounts are not flagged", "[reports]") {
+  Fixture f;
+  Report r;
+  REQUIRE(build_report(f.config, utc(2026, 11, 13) / 86400, utc(2026, 11, 19) / 86400, utc(2026, 11, 19, 13), &r) == Code::kOk);
+  bool spike = false, at_limit = false;
+  for (const auto& a : r.anomalies) {
+    CHECK(a.account != "bob");  // steady spend is never an anomaly
+    if (a.kind == "spike" && a.account == "alice" && a.day == utc(2026, 11, 17) / 86400) spike = true;
+    if (a.kind == "at_limit" && a.account == "alice") at_limit = true;
+  }
+  CHECK(spike);
+  CHECK(at_limit);
+  // Before the spike there is nothing to report.
+  REQUIRE(build_report(f.config, utc(2026, 11, 13) / 86400, utc(2026, 11, 16) / 86400, utc(2026, 11, 16, 13), &r) == Code::kOk);
+  CHECK(r.anomalies.empty());
+}
+
+TEST_CASE("the HTML page is self-contained, with two SVG charts and escaped names", "[reports]") {
+  Fixture f;
+  Report r;
+  REQUIRE(build_report(f.config, utc(2026, 11, 13) / 86400, utc(2026, 11, 19) / 86400, utc(2026, 11, 19, 13), &r) == Code::kOk);
+  r.rows[2].account = "<script>alert(1)</script>";
+  const std::string page = render_html(r);
+  CHECK(page.rfind("<!DOCTYPE html>", 0) == 0);
+  size_t svgs = 0;
+  for (size_t at = page.find("<svg"); at != std::string::npos; at = page.find("<svg", at + 1)) ++svgs;
+  CHECK(svgs == 2);
+  CHECK(page.find("<script") == std::string::npos);  // escaped, and no scripts of our own
+  CHECK(page.find("&lt;script&gt;") != std::string::npos);
+  CHECK(page.find("src=") == std::string::npos);     // no external assets
+  CHECK(page.find("href=") == std::string::npos);
+  CHECK(page.find("10.00") != std::string::npos);
+}
+
+TEST_CASE("reports are written atomically, and the CLI checks its arguments", "[reports][cli]") {
+  Fixture f;
+  std::string error;
+  const std::string out = f.dir.path() + "/report.html";
+  REQUIRE(write_atomically(out, "first", &error));
+  REQUIRE(write_atomically(out, "second", &error));
+  CHECK(ledger_test::read_file(out) == "second");
+  CHECK_FALSE(write_atomically(f.dir.path() + "/missing/dir/x.json", "x", &error));
+  CHECK(error.find("cannot write") != std::string::npos);
+  const std::string c = f.config_path;
+  auto r = ledger_test::run({LEDGERCTL_PATH, "--config", c, "report", "--from", "2026-11-13", "--to", "2026-11-19", "--format", "csv"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("alice,eng,pro,daily,3.00,10.00,7,") != std::string::npos);
+  r = ledger_test::run({LEDGERCTL_PATH, "--config", c, "report", "--from", "2026-11-13", "--to", "2026-11-19", "--format", "html", "--out", out});
+  REQUIRE(r.exit_code == 0);
+  CHECK(ledger_test::read_file(out).find("<svg") != std::string::npos);
+  CHECK(ledger_test::run({LEDGERCTL_PATH, "--config", c, "report", "--format", "pdf"}).exit_code == 1);
+  CHECK(ledger_test::run({LEDGERCTL_PATH, "--config", c, "report", "--from", "2026-02-30"}).exit_code == 1);
+  CHECK(ledger_test::run({LEDGERCTL_PATH, "--config", c, "report", "--from", "2026-11-20", "--to", "2026-11-19"}).exit_code == 1);
+  CHECK(parse_date("2024-02-29") == utc(2024, 2, 29) / 86400);
+  CHECK_FALSE(parse_date("2023-02-29").has_value());
+  CHECK(format_date(utc(2026, 11, 26) / 86400) == "2026-11-26");
+}
