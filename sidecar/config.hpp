@@ -71,7 +71,7 @@ struct Config {
   std::vector<AccountConfig> accounts;  // parents before children
 
   struct {
-    std::string dir;  // absolute after loading
+    std::string dir = "reports";  // relative to the config file; absolute after loading
     uint32_t interval_s = 300;
     std::vector<std::string> formats{"json", "csv", "html"};
   } reports;

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "admin.hpp"
+#include "metrics.hpp"
 #include "reconcile.hpp"
 #include "reports.hpp"
 
@@ -120,15 +121,23 @@ std::unique_ptr<openrouter::Client> make_client(const Config& config) {
   return client;
 }
 
-void reconcile_once(Ledger& ledger, openrouter::Client& client, const Config& config) {
+void reconcile_once(Ledger& ledger, openrouter::Client& client, const Config& config, SidecarCounters& counters) {
   std::string price_error;
   const size_t prices = refresh_prices(ledger, client, config, &price_error);
   if (!price_error.empty()) log_line("warn", "price refresh: " + price_error + " (keeping the prices we have)");
   else if (prices > 0) log_line("debug", "prices refreshed", "models=" + std::to_string(prices));
   const ReconcileReport r = reconcile(ledger, client, config, false);
+  ++counters.reconcile_runs;
+  counters.openrouter_responses = client.status_counts();
   if (!r.error.empty()) {
+    ++counters.reconcile_errors;
     log_line("error", "reconcile failed: " + r.error + " (the ledger's admission is unaffected; will retry)");
     return;
+  }
+  counters.last_reconcile_success_unix = ledger.now_ms() / 1000;
+  for (const auto& row : r.rows) {
+    if (row.openrouter_nanousd) counters.drift_nanousd[row.account] = *row.openrouter_nanousd - row.ledger_nanousd;
+    if (row.adjusted_nanousd > 0) ++counters.adjustments;
   }
   for (const auto& row : r.rows) {
     if (row.note == "within tolerance") continue;
@@ -228,6 +237,14 @@ int main(int argc, char** argv) {
   Schedule reports{int64_t{config->reports.interval_s} * 1000};
   summary.next_ms = monotonic_ms() + summary.period_ms;
   int64_t flush_failures = 0, flushes = 0, reclaimed_total = 0;
+  SidecarCounters counters;
+  MetricsServer metrics;
+  Schedule publish{1000};
+  if (!config->metrics.listen.empty()) {
+    std::string metrics_error;
+    if (metrics.start(config->metrics.listen, &metrics_error)) log_line("info", "serving metrics", "listen=" + config->metrics.listen);
+    else log_line("error", metrics_error + " (running without metrics)");
+  }
   for (;;) {
     const int64_t now = monotonic_ms();
     // Read the stop flag once: a signal between "flush?" and "exit?" must not skip the final flush.
@@ -256,12 +273,22 @@ int main(int argc, char** argv) {
       if (reclaimed > 0) log_line("info", "reclaimed holds", "count=" + std::to_string(reclaimed));
       reclaimed_total += reclaimed;
     }
-    if (client && !stopping && (reconcile_schedule.due(now) || once)) reconcile_once(*ledger, *client, *config);
+    if (client && !stopping && (reconcile_schedule.due(now) || once)) reconcile_once(*ledger, *client, *config, counters);
     if (flush.due(now) || once || stopping) {
-      if (flush_once(*ledger, &flush_failures)) ++flushes;
+      if (flush_once(*ledger, &flush_failures)) {
+        ++flushes;
+        counters.last_flush_unix = ledger->now_ms() / 1000;
+      } else {
+        ++counters.flush_failures;
+      }
     }
     if (!stopping && (reports.due(now) || once)) write_reports(*ledger, *config);
     if (once || stopping) break;
+    if (publish.due(now)) {
+      counters.flushes = static_cast<uint64_t>(flushes);
+      counters.reclaimed_holds = static_cast<uint64_t>(reclaimed_total);
+      metrics.publish(render_metrics(*ledger, counters, ledger->now_ms() / 1000));
+    }
     if (summary.due(now))
       log_line("info", "alive", "flushes=" + std::to_string(flushes) + " reclaimed=" + std::to_string(reclaimed_total));
     const struct timespec tick {0, 20'000'000};

@@ -239,6 +239,29 @@ Status Ledger::balances(std::vector<AccountBalance>* out) const {
   return Code::kOk;
 }
 
+Status Ledger::stats(LedgerStats* out) const {
+  if (out == nullptr) return Code::kInvalidArgument;
+  const Impl& l = *impl_;
+  LedgerStats s;
+  s.accounts = load(l.header->account_count);
+  s.max_accounts = l.max_accounts;
+  s.max_reservations = l.max_reservations;
+  s.max_processes = l.max_processes;
+  for (uint32_t p = 0; p < l.max_processes; ++p)
+    if (proc_status(load(l.processes[p].state)) == kProcActive) ++s.processes_attached;
+  for (uint32_t r = 0; r < l.max_reservations; ++r) {
+    const uint32_t status = res_status(load(l.reservations[r].state, memory_order_relaxed));
+    s.reservations_held += status == kResHeld ? 1 : 0;
+    s.reservations_expired += status == kResExpired ? 1 : 0;
+  }
+  s.denied_over_budget = load(l.header->denials[0], memory_order_relaxed);
+  s.denied_parent_over_budget = load(l.header->denials[1], memory_order_relaxed);
+  s.denied_model = load(l.header->denials[2], memory_order_relaxed);
+  s.denied_blocked = load(l.header->denials[3], memory_order_relaxed);
+  *out = s;
+  return Code::kOk;
+}
+
 Status Ledger::flush() {
   Status status = impl_->ensure_registered();
   return status.ok() ? impl_->flush_store() : status;

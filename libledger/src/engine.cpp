@@ -303,7 +303,7 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
     if (depth == kChainDepthMax || static_cast<uint32_t>(a) >= max_accounts) return Code::kInvalidArgument;
     const Account& acc = accounts[a];
     if (load(acc.live) == 0) return Code::kUnknownAccount;
-    if (load(acc.blocked, memory_order_relaxed) != 0) return Code::kDeniedBlocked;
+    if (load(acc.blocked, memory_order_relaxed) != 0) return count_denial(Code::kDeniedBlocked);
     chain[depth++] = static_cast<uint32_t>(a);
     a = load(acc.parent, memory_order_relaxed);
   }
@@ -322,7 +322,7 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
     for (;;) {
       PeriodWord desired{};
       uint32_t tag = wanted;
-      if (!plan_admission(account_ref, current, wanted, amount, 1, 0, &desired, &tag)) return Code::kDeniedOverBudget;
+      if (!plan_admission(account_ref, current, wanted, amount, 1, 0, &desired, &tag)) return count_denial(Code::kDeniedOverBudget);
       const uint32_t stamp = meta_lane(current.meta);
       if (stamp != 0) help(stamp, word_location(chain[0], parity), current);
       if (period_word_cas(word, current, desired)) return Code::kOk;
@@ -393,7 +393,7 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
     }
     if (slot != UINT32_MAX) store(reservations[slot].state, make_res_state(generation, kResFree, 0));
     end(&op);
-    return denied;
+    return count_denial(denied);
   }
   if (slot != UINT32_MAX) {
     Reservation& r = reservations[slot];

@@ -225,6 +225,12 @@ struct Ledger::Impl {
   Status charge(uint32_t account, int64_t amount);
   Status expire_hold(uint32_t slot, uint64_t state, int64_t now_ms);
   int64_t held_in(uint32_t account, uint32_t tag) const;
+  // Counts a denial by its code (1..4). Denials only: the grant path never touches the counters.
+  Code count_denial(Code code) const {
+    const auto index = static_cast<uint32_t>(code) - 1;
+    if (index < 4) boost::atomics::ipc_atomic_ref<uint64_t>(header->denials[index]).fetch_add(1, detail::memory_order_relaxed);
+    return code;
+  }
   // Reads a model's price consistently (seqlock); false when the model has no price.
   bool read_price(std::string_view model, int64_t* prompt, int64_t* completion, int64_t* request) const;
   bool read_price_at(uint32_t model_index, int64_t* prompt, int64_t* completion, int64_t* request) const;

@@ -228,7 +228,8 @@ struct alignas(64) Header {
   uint64_t offset_policy;
   uint8_t reserved0[8];
   char dir[512];                 // realpath of the ledger directory, for diagnostics
-  uint8_t reserved1[3456];
+  uint64_t denials[8];           // by Code 1..4 (index code - 1); counted on denial only
+  uint8_t reserved1[3392];
 };
 static_assert(sizeof(Header) == 4096);
 static_assert(offsetof(Header, dir) == 128);

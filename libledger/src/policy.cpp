@@ -227,7 +227,7 @@ Status Ledger::authorize(std::string_view account, std::string_view model, int64
   uint32_t tier = 0, depth = 0;
   for (int32_t a = index; a >= 0; a = load(l.accounts[a].parent, memory_order_relaxed)) {
     if (++depth > kChainDepthMax || static_cast<uint32_t>(a) >= l.max_accounts) return Code::kInvalidArgument;
-    if (load(l.accounts[a].blocked, memory_order_relaxed) != 0) return Code::kDeniedBlocked;
+    if (load(l.accounts[a].blocked, memory_order_relaxed) != 0) return l.count_denial(Code::kDeniedBlocked);
     if (tier == 0) tier = load(l.accounts[a].tier, memory_order_relaxed);
   }
   int32_t chosen = l.model_index(model);
@@ -248,9 +248,9 @@ Status Ledger::authorize(std::string_view account, std::string_view model, int64
       // Any publish during the read may have been followed by a writer starting on our table.
       if (load(l.policy->version, memory_order_relaxed) == v1) break;
     }
-    if (live == 0) return Code::kDeniedModel;  // the account's tier is no longer defined
+    if (live == 0) return l.count_denial(Code::kDeniedModel);  // the account's tier is no longer defined
     if (all == 0 && !allowed) {
-      if (fallback == 0) return Code::kDeniedModel;
+      if (fallback == 0) return l.count_denial(Code::kDeniedModel);
       chosen = static_cast<int32_t>(fallback - 1);
     }
     if (percent != 0 && downgrade_to != 0) {

@@ -87,6 +87,16 @@ struct AccountBalance {
   Balance balance;
 };
 
+// Counts for monitoring (one pass over the tables; not for the hot path).
+struct LedgerStats {
+  uint32_t accounts = 0;
+  uint32_t processes_attached = 0;    // process slots in use (dead ones until reclaimed)
+  uint32_t reservations_held = 0;
+  uint32_t reservations_expired = 0;  // tombstones waiting for a late commit
+  uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0;
+  uint64_t denied_over_budget = 0, denied_parent_over_budget = 0, denied_model = 0, denied_blocked = 0;
+};
+
 // A resolved account, for callers that want to skip the name lookup on every call.
 struct AccountRef {
   uint32_t index = UINT32_MAX;
@@ -143,6 +153,8 @@ class Ledger {
   Status balance(std::string_view account, Balance* out) const;
   // Every account, in creation order (one pass over the reservation table).
   Status balances(std::vector<AccountBalance>* out) const;
+
+  Status stats(LedgerStats* out) const;
 
   // Expires holds past their TTL or whose process died, finishes or undoes the half-applied work of
   // dead processes, and drops tombstones past their grace. Safe from any process, concurrently.

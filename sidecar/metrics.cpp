@@ -1,0 +1,168 @@
+// metrics.cpp — see metrics.hpp.
+#include "metrics.hpp"
+
+#include <sys/socket.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+
+namespace ledger::admin {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+
+namespace {
+void family(std::string& out, const char* name, const char* type, const char* help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+void sample(std::string& out, const std::string& name, const std::string& labels, int64_t value) {
+  out += name;
+  if (!labels.empty()) out += "{" + labels + "}";
+  out += ' ';
+  out += std::to_string(value);
+  out += '\n';
+}
+}  // namespace
+
+std::string render_metrics(const Ledger& ledger, const SidecarCounters& c, int64_t now_unix) {
+  std::string out;
+  std::vector<AccountBalance> accounts;
+  (void)ledger.balances(&accounts);
+  struct Gauge {
+    const char* name;
+    const char* help;
+    int64_t Balance::*field;
+  };
+  const Gauge gauges[] = {
+      {"ledger_account_spent_nanousd", "Settled spend in the account's current period, in nano-USD.", &Balance::spent_nanousd},
+      {"ledger_account_held_nanousd", "Reserved, not yet settled, in nano-USD.", &Balance::held_nanousd},
+      {"ledger_account_limit_nanousd", "The account's budget for its period, in nano-USD.", &Balance::limit_nanousd},
+      {"ledger_account_available_nanousd", "limit - spent - held, in nano-USD (negative after an overrun).", &Balance::available_nanousd},
+  };
+  for (const Gauge& g : gauges) {
+    family(out, g.name, "gauge", g.help);
+    for (const auto& a : accounts) sample(out, g.name, "account=\"" + a.account + "\"", a.balance.*(g.field));
+  }
+  family(out, "ledger_account_requests", "gauge", "Settled requests in the account's current period.");
+  for (const auto& a : accounts) sample(out, "ledger_account_requests", "account=\"" + a.account + "\"", static_cast<int64_t>(a.balance.requests));
+  family(out, "ledger_account_blocked", "gauge", "1 when the account is blocked.");
+  for (const auto& a : accounts) sample(out, "ledger_account_blocked", "account=\"" + a.account + "\"", a.balance.blocked ? 1 : 0);
+  LedgerStats s;
+  (void)ledger.stats(&s);
+  family(out, "ledger_denials_total", "counter", "Requests denied, by reason, since the segment was created.");
+  sample(out, "ledger_denials_total", "reason=\"over_budget\"", static_cast<int64_t>(s.denied_over_budget));
+  sample(out, "ledger_denials_total", "reason=\"parent_over_budget\"", static_cast<int64_t>(s.denied_parent_over_budget));
+  sample(out, "ledger_denials_total", "reason=\"model\"", static_cast<int64_t>(s.denied_model));
+  sample(out, "ledger_denials_total", "reason=\"blocked\"", static_cast<int64_t>(s.denied_blocked));
+  family(out, "ledger_reservations_open", "gauge", "Live holds.");
+  sample(out, "ledger_reservations_open", "", s.reservations_held);
+  family(out, "ledger_reservations_expired", "gauge", "Expired holds still accepting a late commit.");
+  sample(out, "ledger_reservations_expired", "", s.reservations_expired);
+  family(out, "ledger_reservations_capacity", "gauge", "max_reservations of the segment.");
+  sample(out, "ledger_reservations_capacity", "", s.max_reservations);
+  family(out, "ledger_processes_attached", "gauge", "Process slots in use.");
+  sample(out, "ledger_processes_attached", "", s.processes_attached);
+  family(out, "ledger_reclaimed_holds_total", "counter", "Holds expired or reclaimed from dead processes by this sidecar.");
+  sample(out, "ledger_reclaimed_holds_total", "", static_cast<int64_t>(c.reclaimed_holds));
+  family(out, "ledger_flushes_total", "counter", "Successful flushes to the store.");
+  sample(out, "ledger_flushes_total", "", static_cast<int64_t>(c.flushes));
+  family(out, "ledger_flush_failures_total", "counter", "Failed flushes (see the log for why).");
+  sample(out, "ledger_flush_failures_total", "", static_cast<int64_t>(c.flush_failures));
+  family(out, "ledger_flush_lag_seconds", "gauge", "Seconds since the last successful flush.");
+  sample(out, "ledger_flush_lag_seconds", "", c.last_flush_unix > 0 ? now_unix - c.last_flush_unix : -1);
+  family(out, "ledger_reconcile_runs_total", "counter", "Reconciliation runs.");
+  sample(out, "ledger_reconcile_runs_total", "", static_cast<int64_t>(c.reconcile_runs));
+  family(out, "ledger_reconcile_errors_total", "counter", "Reconciliation runs that failed.");
+  sample(out, "ledger_reconcile_errors_total", "", static_cast<int64_t>(c.reconcile_errors));
+  family(out, "ledger_reconcile_adjustments_total", "counter", "Adjustments charged after OpenRouter saw more spend.");
+  sample(out, "ledger_reconcile_adjustments_total", "", static_cast<int64_t>(c.adjustments));
+  family(out, "ledger_reconcile_last_success_timestamp_seconds", "gauge", "Unix time of the last successful reconciliation.");
+  sample(out, "ledger_reconcile_last_success_timestamp_seconds", "", c.last_reconcile_success_unix);
+  family(out, "ledger_reconcile_drift_nanousd", "gauge", "OpenRouter's window spend minus the ledger's, at the last run.");
+  for (const auto& [account, drift] : c.drift_nanousd) sample(out, "ledger_reconcile_drift_nanousd", "account=\"" + account + "\"", drift);
+  family(out, "ledger_openrouter_responses_total", "counter", "OpenRouter HTTP responses by status (0 = no response).");
+  for (const auto& [status, count] : c.openrouter_responses)
+    sample(out, "ledger_openrouter_responses_total", "status=\"" + std::to_string(status) + "\"", static_cast<int64_t>(count));
+  return out;
+}
+
+struct MetricsServer::State {
+  net::io_context io;
+  tcp::acceptor acceptor{io};
+  std::mutex mutex;
+  std::string text = "# no data yet\n";
+};
+
+MetricsServer::MetricsServer() : state_(std::make_unique<State>()) {}
+MetricsServer::~MetricsServer() { stop(); }
+
+bool MetricsServer::start(const std::string& listen, std::string* error) {
+  const auto colon = listen.rfind(':');
+  beast::error_code ec;
+  const auto address = net::ip::make_address(listen.substr(0, colon), ec);
+  if (ec || colon == std::string::npos || !address.is_loopback()) {
+    *error = "metrics.listen must be a loopback HOST:PORT, got \"" + listen + "\"";
+    return false;
+  }
+  const auto port = static_cast<unsigned short>(std::stoi(listen.substr(colon + 1)));
+  tcp::acceptor& a = state_->acceptor;
+  a.open(address.is_v6() ? tcp::v6() : tcp::v4(), ec);
+  if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) a.bind({address, port}, ec);
+  if (!ec) a.listen(16, ec);
+  if (ec) {
+    *error = "cannot serve metrics on " + listen + ": " + ec.message();
+    return false;
+  }
+  thread_ = std::thread([s = state_.get()] {
+    for (;;) {
+      beast::error_code aec;
+      tcp::socket socket(s->io);
+      s->acceptor.accept(socket, aec);
+      if (aec) return;  // stopped
+      beast::flat_buffer buffer;
+      http::request<http::string_body> req;
+      http::read(socket, buffer, req, aec);
+      if (aec) continue;
+      http::response<http::string_body> res{http::status::ok, req.version()};
+      res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+      if (req.target() == "/metrics") {
+        std::lock_guard<std::mutex> lock(s->mutex);
+        res.body() = s->text;
+      } else {
+        res.result(http::status::not_found);
+        res.body() = "metrics are at /metrics\n";
+      }
+      res.keep_alive(false);
+      res.prepare_payload();
+      http::write(socket, res, aec);
+      socket.shutdown(tcp::socket::shutdown_both, aec);
+    }
+  });
+  return true;
+}
+
+void MetricsServer::publish(std::string text) {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  state_->text = std::move(text);
+}
+
+void MetricsServer::stop() {
+  if (!thread_.joinable()) return;
+  ::shutdown(state_->acceptor.native_handle(), SHUT_RDWR);  // wakes the blocked accept
+  thread_.join();
+  beast::error_code ec;
+  state_->acceptor.close(ec);
+}
+
+}  // namespace ledger::admin
