@@ -1,14 +1,19 @@
 // ledger-demo — a pool of batch-worker processes sharing per-user and team budgets.
 //
 // The reference for a worker's loop: estimate the worst case, authorize (policy + reserve on the
-// whole chain), do the work, commit the actual cost. Here "the work" is simulated (the actual cost
-// is 40-100% of the estimate); see README for the real OpenRouter loop.
+// whole chain), call the model, commit the actual cost the provider reports (usage.cost).
+// With --base-url the call is a real HTTP request to OpenRouter's chat-completions endpoint (or the
+// openrouter-emulator), on a shared key named by LEDGER_DEMO_API_KEY (never on the command line),
+// with the attribution headers that name the user. Without it the call is simulated.
 //
-//   ledger-demo [--dir DIR] [--workers N] [--seconds S]
+//   ledger-demo [--dir DIR] [--workers N] [--seconds S] [--base-url URL] [--keep]
 #include <signal.h>
 #include <sys/mman.h>
+#include <curl/curl.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <boost/json.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -49,8 +54,51 @@ struct Shared {  // counters the workers publish for the progress line (MAP_SHAR
 
 int64_t usd(const char* text) { return *parse_usd(text); }
 
-[[noreturn]] void worker(Ledger& ledger, Shared& shared, unsigned seed, int seconds) {
+size_t collect(char* data, size_t size, size_t count, void* out) {
+  static_cast<std::string*>(out)->append(data, size * count);
+  return size * count;
+}
+
+// One chat completion through the API; returns the cost OpenRouter reports (usage.cost), or -1.
+int64_t call_model(CURL* curl, const std::string& base_url, const std::string& api_key, const char* user,
+                   std::string_view model, uint32_t max_tokens, uint32_t prompt_words) {
+  const Attribution who = attribution_for("https://ledger-demo.example", "ledger-demo", user);
+  std::string prompt;
+  for (uint32_t i = 0; i < prompt_words; ++i) prompt += "word ";
+  const std::string body = boost::json::serialize(boost::json::object{
+      {"model", std::string(model)}, {"max_tokens", max_tokens}, {"user", who.user},
+      {"messages", boost::json::array{boost::json::object{{"role", "user"}, {"content", prompt}}}}});
+  curl_slist* headers = curl_slist_append(nullptr, ("Authorization: Bearer " + api_key).c_str());
+  headers = curl_slist_append(headers, "Content-Type: application/json");
+  for (const auto& h : who.headers()) headers = curl_slist_append(headers, h.c_str());
+  std::string response;
+  const std::string url = base_url + "/chat/completions";
+  curl_easy_reset(curl);
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 30000L);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response);
+  const CURLcode rc = curl_easy_perform(curl);
+  long status = 0;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+  curl_slist_free_all(headers);
+  if (rc != CURLE_OK || status != 200) return -1;
+  std::error_code ec;
+  const boost::json::value v = boost::json::parse(response, ec);
+  if (ec || !v.is_object()) return -1;
+  const auto* usage = v.get_object().if_contains("usage");
+  const auto* cost = usage != nullptr && usage->is_object() ? usage->get_object().if_contains("cost") : nullptr;
+  if (cost == nullptr || !(cost->is_double() || cost->is_int64())) return -1;
+  const auto nanos = usd_double_to_nanousd(cost->is_double() ? cost->get_double() : static_cast<double>(cost->get_int64()));
+  return nanos ? *nanos : -1;
+}
+
+[[noreturn]] void worker(Ledger& ledger, Shared& shared, unsigned seed, int seconds, const std::string& base_url,
+                         const std::string& api_key) {
   std::mt19937 rng(seed);
+  CURL* curl = base_url.empty() ? nullptr : curl_easy_init();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
   while (std::chrono::steady_clock::now() < deadline) {
     const int u = static_cast<int>(rng() % kUserCount);
@@ -66,8 +114,17 @@ int64_t usd(const char* text) { return *parse_usd(text); }
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
       continue;
     }
-    std::this_thread::sleep_for(std::chrono::microseconds(500 + rng() % 1500));  // "the LLM call"
-    const int64_t actual = estimate * (40 + static_cast<int64_t>(rng() % 61)) / 100;
+    int64_t actual;
+    if (curl != nullptr) {
+      actual = call_model(curl, base_url, api_key, kUsers[u].name, model, max_tokens, prompt_tokens);
+      if (actual < 0) {  // the call failed: nothing was billed, give the hold back
+        (void)ledger.release(id);
+        continue;
+      }
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(500 + rng() % 1500));  // "the LLM call"
+      actual = estimate * (40 + static_cast<int64_t>(rng() % 61)) / 100;
+    }
     if (!ledger.commit(id, actual).ok()) std::_Exit(3);
     shared.granted[u] += 1;
     shared.committed_nanousd[u] += actual;
@@ -80,13 +137,19 @@ int64_t usd(const char* text) { return *parse_usd(text); }
 int main(int argc, char** argv) {
   std::string dir = (std::filesystem::temp_directory_path() / "ledger-demo").string();
   int workers = 6, seconds = 4;
+  std::string base_url;
+  bool keep = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--dir" && i + 1 < argc) dir = argv[++i];
+    else if (arg == "--base-url" && i + 1 < argc) base_url = argv[++i];
+    else if (arg == "--keep") keep = true;
     else if (arg == "--workers" && i + 1 < argc) workers = std::atoi(argv[++i]);
     else if (arg == "--seconds" && i + 1 < argc) seconds = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: ledger-demo [--dir DIR] [--workers 1-64] [--seconds 1-600]\n");
+      std::fprintf(stderr, "usage: ledger-demo [--dir DIR] [--workers 1-64] [--seconds 1-600] [--base-url URL] [--keep]\n"
+                           "  --base-url: call this OpenRouter API (or openrouter-emulator) with the key in $LEDGER_DEMO_API_KEY\n"
+                           "  --keep: keep the ledger (and its segment) for the sidecar, reports and ledgerctl\n");
       return arg == "--help" ? 0 : 1;
     }
   }
@@ -94,8 +157,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ledger-demo: --workers must be 1-64 and --seconds 1-600\n");
     return 1;
   }
+  const char* key_env = std::getenv("LEDGER_DEMO_API_KEY");
+  const std::string api_key = key_env != nullptr ? key_env : "";
+  if (!base_url.empty() && api_key.empty()) {
+    std::fprintf(stderr, "ledger-demo: --base-url needs an API key in $LEDGER_DEMO_API_KEY\n");
+    return 1;
+  }
+  curl_global_init(CURL_GLOBAL_DEFAULT);
   std::filesystem::create_directories(dir);
-  (void)Ledger::destroy_segment(dir);  // a fresh ledger each run
+  if (!keep) (void)Ledger::destroy_segment(dir);  // a fresh ledger each run
   std::unique_ptr<Ledger> ledger;
   if (Status s = Ledger::open(dir, Options{}, &ledger); !s.ok()) {
     std::fprintf(stderr, "ledger-demo: cannot open a ledger in %s: %s\n", dir.c_str(), std::string(s.message()).c_str());
@@ -112,12 +182,13 @@ int main(int argc, char** argv) {
 
   std::printf("ledger-demo: %d worker processes, %d s, team 'eng' $%s/day over 4 users (ledger in %s)\n",
               workers, seconds, kTeamLimitUsd, dir.c_str());
+  std::printf("ledger-demo: model calls %s\n", base_url.empty() ? "simulated" : ("to " + base_url).c_str());
   auto* shared = static_cast<Shared*>(::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   new (shared) Shared{};
   std::vector<pid_t> pids;
   for (int w = 0; w < workers; ++w) {
     const pid_t pid = ::fork();
-    if (pid == 0) worker(*ledger, *shared, static_cast<unsigned>(w + 1), seconds);
+    if (pid == 0) worker(*ledger, *shared, static_cast<unsigned>(w + 1), seconds, base_url, api_key);
     pids.push_back(pid);
   }
   const auto start = std::chrono::steady_clock::now();
@@ -166,6 +237,6 @@ int main(int argc, char** argv) {
               format_usd(team.spent_nanousd).c_str(), format_usd(team.available_nanousd).c_str());
   std::printf("\nchecks: every user within its limit, team within its limit, team spent == sum of users, "
               "ledger == what workers committed: %s\n", ok ? "OK" : "FAILED");
-  (void)Ledger::destroy_segment(dir);
+  if (!keep) (void)Ledger::destroy_segment(dir);
   return ok ? 0 : 2;
 }

@@ -1,10 +1,74 @@
 #!/usr/bin/env bash
-# The main job in one command: installs what is missing, builds (release), runs the demo.
+# The main job in one command: installs what is missing, builds, and runs the whole system on a
+# local OpenRouter emulator (no network needed):
+#   emulator -> ledgerctl init -> a shared worker key -> ledger-sidecar (flush, reclaim, reconcile,
+#   reports, metrics) -> a pool of worker processes that authorize, call the chat endpoint with the
+#   attribution headers and commit usage.cost, until the budgets bite -> the team report.
+#   scripts/demo.sh [--short] [--workers N] [--seconds S]
+# LEDGER_DEMO_BUILD=DIR uses binaries already built there (CI's short run uses the debug build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-echo "== build (release)"
-cmake --preset release -DLEDGER_BUILD_TESTS=OFF >/dev/null
-cmake --build --preset release -j "$(nproc)" --target ledger-demo >/dev/null
-echo "== demo"
-exec build/release/examples/ledger-demo "$@"
+root="$(pwd)"
+workers=6; seconds=8
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --short) workers=4; seconds=3 ;;
+    --workers) workers="$2"; shift ;;
+    --seconds) seconds="$2"; shift ;;
+    *) echo "usage: $0 [--short] [--workers N] [--seconds S]" >&2; exit 1 ;;
+  esac
+  shift
+done
+
+build="${LEDGER_DEMO_BUILD:-}"
+if [ -z "$build" ]; then
+  scripts/setup.sh
+  echo "== build (release; the first time takes a few minutes)"
+  cmake --preset release -DLEDGER_BUILD_TESTS=OFF >/dev/null
+  cmake --build --preset release -j "$(nproc)" --target ledger-demo ledgerctl ledger-sidecar openrouter-emulator >/dev/null
+  build="build/release"
+fi
+build="$(cd "$build" && pwd)"
+ctl="$build/sidecar/ledgerctl"
+
+work="$(mktemp -d /tmp/ledger-demo.XXXXXX)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ -f "$work/demo.json" ] && "$ctl" --config "$work/demo.json" destroy-segment >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+echo "== openrouter-emulator (loopback)"
+"$build/emulator/openrouter-emulator" --management-key-file "$work/mgmt.key" --port-file "$work/emulator.port" \
+  > "$work/emulator.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/emulator.port" ] && break; sleep 0.05; done
+port="$(cat "$work/emulator.port")"
+metrics_port=$((20000 + RANDOM % 20000))
+
+sed -e "s|@DIR@|$work|g" -e "s|@PORT@|$port|g" -e "s|@METRICS@|$metrics_port|g" \
+  "$root/examples/config/demo.json.in" > "$work/demo.json"
+echo "== ledgerctl init"
+"$ctl" --config "$work/demo.json" init
+# The workers share one normal key; it goes to them in the environment, never on a command line.
+LEDGER_DEMO_API_KEY="$("$ctl" --config "$work/demo.json" keys create demo-workers --limit 50 2>/dev/null | sed -n 's/^demo-workers: //p')"
+export LEDGER_DEMO_API_KEY
+echo "== ledger-sidecar"
+"$build/sidecar/ledger-sidecar" --config "$work/demo.json" > "$work/sidecar.log" 2>&1 &
+pids+=($!)
+sleep 0.5
+
+echo "== $workers batch workers for $seconds s"
+"$build/examples/ledger-demo" --dir "$work/ledger" --keep --workers "$workers" --seconds "$seconds" \
+  --base-url "http://127.0.0.1:$port/api/v1"
+sleep 2.5   # one more flush, reconcile and report round of the sidecar
+
+echo
+"$ctl" --config "$work/demo.json" report --to "$(date -u +%F)"
+"$ctl" --config "$work/demo.json" report --format html --out "$work/reports/team-report.html" 2>/dev/null
+echo
+echo "HTML report: $work/reports/team-report.html (also json and csv beside it)"
+echo "metrics were served at http://127.0.0.1:$metrics_port/metrics; logs: $work/sidecar.log"
+grep -c 'msg="reports written"' "$work/sidecar.log" >/dev/null && echo "sidecar: flushed, reconciled and wrote reports while the workers ran"

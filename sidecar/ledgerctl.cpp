@@ -35,6 +35,8 @@ Commands:
   unblock ACCOUNT
   flush                       write everything settled to the store now (durable on return)
   doctor                      check config, ledger, store and sidecar; say what to fix
+  destroy-segment             remove the shared segment (the store keeps everything flushed;
+                              refused while other processes are attached)
   reconcile [--dry-run]       compare each key's window spend at OpenRouter with the ledger; adjust
                               the ledger up when OpenRouter saw more (never twice); report the rest;
                               disable (or delete) the keys of blocked and removed accounts
@@ -459,6 +461,24 @@ int main(int argc, char** argv) {
     return want(1, "reconcile [--dry-run]") ? cmd_reconcile(*config, dry_run) : kExitUsage;
   }
   if (command == "keys") return cmd_keys(*config, args);
+  if (command == "destroy-segment") {
+    if (!want(1, "destroy-segment")) return kExitUsage;
+    {
+      std::unique_ptr<Ledger> ledger;
+      if (Ledger::open(config->ledger.dir, options_for(*config), &ledger).ok()) {
+        LedgerStats stats;
+        (void)ledger->stats(&stats);
+        if (stats.processes_attached > 1)
+          return runtime_error("destroy-segment: " + std::to_string(stats.processes_attached - 1) +
+                               " other process(es) are attached; stop them (and the sidecar) first");
+        if (const Status s = ledger->flush(); !s.ok()) return runtime_error("destroy-segment: flush failed first: " + describe(s));
+      }
+    }
+    const Status s = Ledger::destroy_segment(config->ledger.dir);
+    if (!s.ok() && s.code() != Code::kNotFound) return runtime_error("destroy-segment: " + describe(s));
+    std::printf("segment removed; the next open rebuilds it from %s/ledger.mdb\n", config->ledger.dir.c_str());
+    return kExitOk;
+  }
   if (command == "report") return cmd_report(*config, args);
   return usage_error("unknown command \"" + command + "\"");
 }
