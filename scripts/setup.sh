@@ -9,6 +9,7 @@ packages=(
   liblmdb-dev lmdb-utils
   libcurl4-openssl-dev
   libbenchmark-dev catch2
+  chromium fonts-dejavu-core   # the HTML report is rendered in headless Chromium by a test
 )
 
 missing=()

@@ -310,6 +310,14 @@ int cmd_report(const Config& config, const std::vector<std::string>& args) {
   const Status s = build_report(config, *from_day, *to_day, now, &report);
   if (s.code() == Code::kInvalidArgument) return usage_error("report: the range is longer than five years");
   if (!s.ok()) return runtime_error("report: cannot read the store: " + describe(s));
+  if (config.openrouter.present) {
+    std::string key_error;
+    if (auto client = client_for(config, &key_error)) {
+      std::vector<openrouter::KeyInfo> keys;
+      if (const auto e = client->list_keys(&keys)) std::fprintf(stderr, "ledgerctl: report: no key dashboard: %s\n", e.message.c_str());
+      else add_key_dashboard(keys, key_bindings(config), &report);
+    }
+  }
   const std::string text = format == "json" ? render_json(report) : format == "csv" ? render_csv(report)
                            : format == "html" ? render_html(report) : render_table(report);
   if (out.empty()) {

@@ -120,6 +120,32 @@ Status build_report(const Config& config, int64_t from_day, int64_t to_day, int6
   return Code::kOk;
 }
 
+void add_key_dashboard(const std::vector<openrouter::KeyInfo>& keys, const std::map<std::string, std::string>& bindings,
+                       Report* r) {
+  std::map<std::string, std::string> owner;
+  for (const auto& [account, hash] : bindings) owner[hash] = account;
+  r->keys.clear();
+  r->keys_usage_nanousd = 0;
+  for (const auto& k : keys) {
+    KeyRow row;
+    row.name = k.name;
+    row.hash_prefix = k.hash.substr(0, 12);
+    row.owner = owner.count(k.hash) ? owner[k.hash] : "";
+    row.reset = k.limit_reset;
+    row.usage_nanousd = k.usage_nanousd;
+    row.limit_nanousd = k.limit_nanousd;
+    row.disabled = k.disabled;
+    if (k.usage_nanousd) r->keys_usage_nanousd += *k.usage_nanousd;
+    if (row.owner.empty() && k.usage_nanousd && *k.usage_nanousd > 0)
+      r->anomalies.push_back({"unowned_key_spend", k.name, r->to_day, "key " + row.hash_prefix + "... has spend (" +
+                                                                         format_usd(*k.usage_nanousd) + " USD) but no owner account"});
+    r->keys.push_back(std::move(row));
+  }
+  std::stable_sort(r->keys.begin(), r->keys.end(), [](const KeyRow& a, const KeyRow& b) {
+    return a.usage_nanousd.value_or(0) > b.usage_nanousd.value_or(0);
+  });
+}
+
 namespace {
 std::string percent(int64_t bp) {
   if (bp < 0) return "-";
@@ -167,6 +193,15 @@ std::string render_table(const Report& r) {
     out += line;
   }
   out += "\ntotal (root accounts): " + format_usd(r.total_cost_nanousd) + " USD, " + std::to_string(r.total_requests) + " requests\n";
+  if (!r.keys.empty()) {
+    out += "\nkeys (total usage " + format_usd(r.keys_usage_nanousd) + " USD):\n";
+    for (const auto& k : r.keys) {
+      std::snprintf(line, sizeof line, "  %-28s %-15s %14s / %-12s %-8s %-9s %s\n", k.name.c_str(), (k.hash_prefix + "...").c_str(),
+                    k.usage_nanousd ? format_usd(*k.usage_nanousd).c_str() : "?", k.limit_nanousd ? format_usd(*k.limit_nanousd).c_str() : "none",
+                    k.reset.empty() ? "-" : k.reset.c_str(), k.disabled ? "disabled" : "", k.owner.empty() ? "(no owner)" : k.owner.c_str());
+      out += line;
+    }
+  }
   if (!r.anomalies.empty()) out += "\nanomalies:\n";
   for (const auto& a : r.anomalies) out += "  " + a.kind + " " + a.account + " " + format_date(a.day) + ": " + a.detail + "\n";
   return out;
@@ -186,7 +221,13 @@ std::string render_json(const Report& r) {
   json::array anomalies;
   for (const auto& a : r.anomalies)
     anomalies.push_back(json::object{{"kind", a.kind}, {"account", a.account}, {"date", format_date(a.day)}, {"detail", a.detail}});
-  json::object root{{"version", kReportSchemaVersion}, {"from", format_date(r.from_day)}, {"to", format_date(r.to_day)},
+  json::array keys;
+  for (const auto& k : r.keys)
+    keys.push_back(json::object{{"name", k.name}, {"hash_prefix", k.hash_prefix}, {"owner", k.owner}, {"reset", k.reset},
+                                {"usage_nanousd", k.usage_nanousd ? json::value(*k.usage_nanousd) : json::value(nullptr)},
+                                {"limit_nanousd", k.limit_nanousd ? json::value(*k.limit_nanousd) : json::value(nullptr)},
+                                {"disabled", k.disabled}});
+  json::object root{{"version", kReportSchemaVersion}, {"keys", std::move(keys)}, {"keys_usage_nanousd", r.keys_usage_nanousd}, {"from", format_date(r.from_day)}, {"to", format_date(r.to_day)},
                     {"generated_unix", r.generated_unix}, {"accounts", std::move(rows)},
                     {"totals", json::object{{"cost_nanousd", r.total_cost_nanousd}, {"cost_usd", format_usd(r.total_cost_nanousd)},
                                             {"requests", r.total_requests}}},
@@ -249,7 +290,18 @@ std::string render_html(const Report& r) {
            "</td><td>" + html(row.parent) + "</td><td>" + html(row.tier) + "</td><td>" + format_usd(row.cost_nanousd) + "</td><td>" +
            std::to_string(row.requests) + "</td><td>" + format_usd(row.limit_nanousd) + "</td><td>" + html(row.period) + "</td><td>" +
            percent(row.percent_used_bp) + "</td></tr>\n";
-  out += "</table>\n<h2>Anomalies</h2>";
+  out += "</table>\n";
+  if (!r.keys.empty()) {
+    out += "<h2>Keys</h2><p>Total usage " + format_usd(r.keys_usage_nanousd) + " USD.</p><table><tr><th>Key</th><th>Hash</th>"
+           "<th>Usage USD</th><th>Limit USD</th><th>Reset</th><th>Disabled</th><th>Owner</th></tr>\n";
+    for (const auto& k : r.keys)
+      out += "<tr><td>" + html(k.name) + "</td><td>" + html(k.hash_prefix) + "...</td><td>" +
+             (k.usage_nanousd ? format_usd(*k.usage_nanousd) : "?") + "</td><td>" + (k.limit_nanousd ? format_usd(*k.limit_nanousd) : "none") +
+             "</td><td>" + html(k.reset) + "</td><td>" + (k.disabled ? "yes" : "") + "</td><td>" +
+             (k.owner.empty() ? "<em>no owner</em>" : html(k.owner)) + "</td></tr>\n";
+    out += "</table>\n";
+  }
+  out += "<h2>Anomalies</h2>";
   if (r.anomalies.empty()) out += "<p>None.</p>";
   else {
     out += "<ul>";

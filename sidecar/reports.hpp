@@ -12,7 +12,10 @@
 #include <string>
 #include <vector>
 
+#include <map>
+
 #include "config.hpp"
+#include "openrouter.hpp"
 #include "ledger/status.hpp"
 
 namespace ledger::admin {
@@ -36,8 +39,16 @@ struct Anomaly {
   std::string detail;
 };
 
+struct KeyRow {  // the key dashboard: one OpenRouter key
+  std::string name, hash_prefix, owner, reset;  // owner "" = no account owns it
+  std::optional<int64_t> usage_nanousd, limit_nanousd;
+  bool disabled = false;
+};
+
 struct Report {
   int64_t from_day = 0, to_day = 0, generated_unix = 0;
+  std::vector<KeyRow> keys;  // empty without an OpenRouter setup
+  int64_t keys_usage_nanousd = 0;
   std::vector<ReportRow> rows;
   std::vector<std::pair<int64_t, int64_t>> days;  // (day, cost over root accounts)
   int64_t total_cost_nanousd = 0;
@@ -47,6 +58,10 @@ struct Report {
 
 // Reads the store of config.ledger.dir. now_unix decides the "current period".
 Status build_report(const Config& config, int64_t from_day, int64_t to_day, int64_t now_unix, Report* out);
+
+// Adds the key dashboard (and "a key with spend but no owner" anomalies) from OpenRouter's list.
+void add_key_dashboard(const std::vector<openrouter::KeyInfo>& keys, const std::map<std::string, std::string>& bindings,
+                       Report* report);
 
 std::string render_table(const Report& r);
 std::string render_json(const Report& r);

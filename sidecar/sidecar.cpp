@@ -19,6 +19,7 @@
 #include <string>
 
 #include "admin.hpp"
+#include "keys.hpp"
 #include "metrics.hpp"
 #include "reconcile.hpp"
 #include "reports.hpp"
@@ -152,7 +153,7 @@ void reconcile_once(Ledger& ledger, openrouter::Client& client, const Config& co
   if (r.adjusted_total_nanousd > 0) (void)ledger.flush();
 }
 
-void write_reports(Ledger& ledger, const Config& config) {
+void write_reports(Ledger& ledger, const Config& config, openrouter::Client* client) {
   std::error_code ec;
   std::filesystem::create_directories(config.reports.dir, ec);
   const int64_t now = ledger.now_ms() / 1000;
@@ -161,6 +162,10 @@ void write_reports(Ledger& ledger, const Config& config) {
   if (!s.ok()) {
     log_line("warn", "reports: cannot read the store", "code=" + std::to_string(s.value()));
     return;
+  }
+  if (client != nullptr) {
+    std::vector<openrouter::KeyInfo> keys;
+    if (!client->list_keys(&keys)) add_key_dashboard(keys, key_bindings(config), &report);
   }
   for (const auto& format : config.reports.formats) {
     const std::string path = config.reports.dir + "/team-report." + format;
@@ -282,7 +287,7 @@ int main(int argc, char** argv) {
         ++counters.flush_failures;
       }
     }
-    if (!stopping && (reports.due(now) || once)) write_reports(*ledger, *config);
+    if (!stopping && (reports.due(now) || once)) write_reports(*ledger, *config, client.get());
     if (once || stopping) break;
     if (publish.due(now)) {
       counters.flushes = static_cast<uint64_t>(flushes);

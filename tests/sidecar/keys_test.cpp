@@ -1,5 +1,6 @@
 // Key lifecycle end to end against the emulator: provision, rotate (also failing half-way),
 // revoke blocked and removed accounts, list with owners; a new key is printed once, to stdout only.
+#include <boost/json.hpp>
 #include <catch2/catch.hpp>
 
 #include "emulator_process.hpp"
@@ -171,4 +172,30 @@ TEST_CASE("keys create prints the key once, on stdout", "[keys]") {
   CHECK(s.keys({"create", "x", "--limit", "1", "--reset", "yearly"}).exit_code == 1);
   r = s.keys({"list"});
   CHECK(r.out.find("(none: key sprawl)") != std::string::npos);
+}
+
+TEST_CASE("the report's key dashboard shows owners, usage and unowned spend", "[keys][reports]") {
+  Setup s;
+  REQUIRE(s.keys({"provision"}).exit_code == 0);
+  openrouter::KeyInfo stray;
+  std::string secret;
+  REQUIRE_FALSE(s.client.create_key("stray-script", std::nullopt, "", &stray, &secret));
+  s.emu.admin("/__emulator/usage", R"({"hash": ")" + stray.hash + R"(", "cost_usd": "1.25"})");
+  s.emu.admin("/__emulator/usage", R"({"hash": ")" + s.bindings().at("alice") + R"(", "cost_usd": "0.5"})");
+  const auto r = run({LEDGERCTL_PATH, "--config", s.config, "report", "--format", "json"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const boost::json::value j = boost::json::parse(r.out);
+  const auto& keys = j.at("keys").as_array();
+  REQUIRE(keys.size() == 4);
+  CHECK(keys[0].at("name").as_string() == "stray-script");  // sorted by usage
+  CHECK(keys[0].at("owner").as_string() == "");
+  CHECK(keys[0].at("usage_nanousd").as_int64() == 1'250'000'000);
+  CHECK(keys[1].at("owner").as_string() == "alice");
+  CHECK(j.at("keys_usage_nanousd").as_int64() == 1'750'000'000);
+  bool unowned = false;
+  for (const auto& a : j.at("anomalies").as_array())
+    unowned = unowned || (a.at("kind").as_string() == "unowned_key_spend" && a.at("account").as_string() == "stray-script");
+  CHECK(unowned);
+  CHECK(r.out.find("sk-or-v1-") == std::string::npos);
 }

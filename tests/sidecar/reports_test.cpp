@@ -122,6 +122,41 @@ TEST_CASE("the HTML page is self-contained, with two SVG charts and escaped name
   CHECK(page.find("10.00") != std::string::npos);
 }
 
+TEST_CASE("the HTML report renders in headless Chromium: both charts in the DOM, a screenshot", "[reports][html]") {
+  Fixture f;
+  Report r;
+  REQUIRE(build_report(f.config, utc(2026, 11, 13) / 86400, utc(2026, 11, 19) / 86400, utc(2026, 11, 19, 13), &r) == Code::kOk);
+  const std::string page = f.dir.path() + "/team-report.html", shot = f.dir.path() + "/team-report.png";
+  std::string error;
+  REQUIRE(write_atomically(page, render_html(r), &error));
+  INFO("needs Debian's chromium (scripts/setup.sh installs it)");
+  REQUIRE(::access("/usr/bin/chromium", X_OK) == 0);
+  const std::vector<std::string> flags = {"/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                                          "--disable-sync", "--user-data-dir=" + f.dir.path() + "/chromium"};
+  std::vector<std::string> dump = flags;
+  dump.push_back("--dump-dom");
+  dump.push_back("file://" + page);
+  const auto dom = ledger_test::run(dump);
+  REQUIRE(dom.exit_code == 0);
+  size_t svgs = 0, bars = 0;
+  for (size_t at = dom.out.find("<svg"); at != std::string::npos; at = dom.out.find("<svg", at + 1)) ++svgs;
+  for (size_t at = dom.out.find("<rect"); at != std::string::npos; at = dom.out.find("<rect", at + 1)) ++bars;
+  CHECK(svgs == 2);
+  CHECK(bars == r.rows.size() + r.days.size());  // one bar per account and per day
+  std::vector<std::string> screenshot = flags;
+  screenshot.push_back("--window-size=1000,900");
+  screenshot.push_back("--screenshot=" + shot);
+  screenshot.push_back("file://" + page);
+  REQUIRE(ledger_test::run(screenshot).exit_code == 0);
+  const std::string png = ledger_test::read_file(shot);
+  REQUIRE(png.size() > 10000);
+  CHECK(png.substr(1, 3) == "PNG");
+  // Keep a copy for people to look at (the build folder survives the test).
+  std::string copy_error;
+  (void)write_atomically(std::string(REPORT_SCREENSHOT_DIR) + "/team-report.png", png, &copy_error);
+}
+
 TEST_CASE("reports are written atomically, and the CLI checks its arguments", "[reports][cli]") {
   Fixture f;
   std::string error;
