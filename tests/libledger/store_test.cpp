@@ -48,6 +48,12 @@ TEST_CASE("a flush writes budgets, period totals, days and a journal, exactly on
   REQUIRE(l->commit(done, kUsd / 2) == Code::kOk);
   REQUIRE(l->flush() == Code::kOk);
 
+  // Promise 6: the store's files are created 0600, whatever the umask.
+  for (const char* file : {"/ledger.mdb", "/ledger.mdb-lock"}) {
+    struct stat st {};
+    REQUIRE(::stat((dir.path() + file).c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);
+  }
   std::unique_ptr<StoreReader> store;
   REQUIRE(StoreReader::open(dir.path(), &store) == Code::kOk);
   std::vector<StoredAccount> accounts;
