@@ -24,8 +24,14 @@ build="${LEDGER_DEMO_BUILD:-}"
 if [ -z "$build" ]; then
   scripts/setup.sh
   echo "== build (release; the first time takes a few minutes)"
-  cmake --preset release -DLEDGER_BUILD_TESTS=OFF >/dev/null
-  cmake --build --preset release -j "$(nproc)" --target ledger-demo ledgerctl ledger-sidecar openrouter-emulator >/dev/null
+  mkdir -p build
+  if ! { cmake --preset release -DLEDGER_BUILD_TESTS=OFF &&
+         cmake --build --preset release -j "$(nproc)" --target ledger-demo ledgerctl ledger-sidecar openrouter-emulator; } \
+       > build/demo-build.log 2>&1; then
+    tail -30 build/demo-build.log
+    echo "demo: the build failed (full log: build/demo-build.log)" >&2
+    exit 2
+  fi
   build="build/release"
 fi
 build="$(cd "$build" && pwd)"
@@ -52,9 +58,12 @@ sed -e "s|@DIR@|$work|g" -e "s|@PORT@|$port|g" -e "s|@METRICS@|$metrics_port|g" 
   "$root/examples/config/demo.json.in" > "$work/demo.json"
 echo "== ledgerctl init"
 "$ctl" --config "$work/demo.json" init
-# The workers share one normal key; it goes to them in the environment, never on a command line.
-LEDGER_DEMO_API_KEY="$("$ctl" --config "$work/demo.json" keys create demo-workers --limit 50 2>/dev/null | sed -n 's/^demo-workers: //p')"
+# The workers share one normal key, the team's: it goes to them in the environment, never on a
+# command line, and is bound to the team account so reconcile compares the two.
+LEDGER_DEMO_API_KEY="$("$ctl" --config "$work/demo.json" keys create demo-workers --limit 50 2>"$work/key.err" | sed -n 's/^demo-workers: //p')"
 export LEDGER_DEMO_API_KEY
+hash="$(sed -n 's/.*(hash \([0-9a-f]*\)).*/\1/p' "$work/key.err")"
+sed -i "s|\"id\": \"eng\", |\"id\": \"eng\", \"key_hash\": \"$hash\", |" "$work/demo.json"
 echo "== ledger-sidecar"
 "$build/sidecar/ledger-sidecar" --config "$work/demo.json" > "$work/sidecar.log" 2>&1 &
 pids+=($!)
