@@ -10,6 +10,7 @@ Usage:
 Money is integer nano-USD; usd() converts exact decimal text or ints, never floats.
 """
 import ctypes
+import os
 from decimal import Decimal
 
 OK, DENIED_OVER_BUDGET, DENIED_PARENT_OVER_BUDGET, DENIED_MODEL, DENIED_BLOCKED = 0, 1, 2, 3, 4
@@ -65,6 +66,21 @@ def load(path):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
     return lib
+
+
+def segment_path(directory):
+    """Where libledger keeps the shared segment of `directory` (mirrors resolve_dir in segment.cpp).
+
+    Remove it only when no process is attached (the store, DIR/ledger.mdb, keeps what was flushed).
+    """
+    real = os.path.realpath(directory)
+    st = os.stat(real)
+    h = 1469598103934665603
+    for byte in real.encode():
+        h = ((h ^ byte) * 1099511628211) % 2**64
+    h ^= (st.st_ino * 0x9E3779B97F4A7C15) % 2**64
+    h ^= st.st_dev
+    return f"/dev/shm/ledger-{h:016x}"
 
 
 def _b(text):

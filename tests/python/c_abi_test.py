@@ -58,24 +58,12 @@ def worker(directory, seed, operations, inherited, queue):
     queue.put(("ok", granted, requests))
 
 
-def segment_path(directory):
-    """Where libledger keeps the segment of `directory` (mirrors resolve_dir in segment.cpp)."""
-    real = os.path.realpath(directory)
-    st = os.stat(real)
-    h = 1469598103934665603
-    for byte in real.encode():
-        h = ((h ^ byte) * 1099511628211) % 2**64
-    h ^= (st.st_ino * 0x9E3779B97F4A7C15) % 2**64
-    h ^= st.st_dev
-    return f"/dev/shm/ledger-{h:016x}"
-
-
 def main():
     directory = tempfile.mkdtemp(prefix="ledger-py-")
     lib = L.load(LIB_PATH)
     try:
         ledger = L.Ledger(lib, directory, limits=ctypes.pointer(L.Limits(1024, 1024, 64)))
-        check(os.path.exists(segment_path(directory)), "segment where expected")
+        check(os.path.exists(L.segment_path(directory)), "segment where expected")
         check(ledger.set_budget("team", L.usd("20"), L.DAILY) == L.OK, "team budget")
         check(ledger.set_budget("alice", L.usd("8"), L.DAILY, "team") == L.OK, "alice budget")
         check(ledger.set_budget("bob", L.usd("8"), L.DAILY, "team") == L.OK, "bob budget")
@@ -132,7 +120,7 @@ def main():
         check(ledger.estimate("openai/gpt-4o-mini", 1000, 500) == (L.OK, 450_000), "estimate")
         ledger.close()
     finally:
-        segment = segment_path(directory)
+        segment = L.segment_path(directory)
         if os.path.exists(segment):
             os.unlink(segment)
         shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,35 @@
+"""libledger from Python through its C ABI (ctypes): the README's quick start, run by CI.
+
+Usage: python3 quickstart.py /path/to/libledger.so
+"""
+import os
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ledger_ctypes as L  # noqa: E402
+
+lib = L.load(sys.argv[1] if len(sys.argv) > 1 else "libledger.so")
+directory = tempfile.mkdtemp(prefix="ledger-quickstart-")
+ledger = L.Ledger(lib, directory, limits=L.ctypes.pointer(L.Limits(64, 64, 8)))
+
+ledger.set_budget("team", L.usd("10"), L.MONTHLY)
+ledger.set_budget("alice", L.usd("5"), L.DAILY, "team")
+ledger.set_price("openai/gpt-4o-mini", L.usd("0.15"), L.usd("0.60"))
+
+code, estimate = ledger.estimate("openai/gpt-4o-mini", 1200, 400)   # worst case of the call
+code, model, rid = ledger.authorize("alice", "openai/gpt-4o-mini", estimate)
+if code == L.OK:
+    # ... call `model` on OpenRouter here, then settle with what it really cost:
+    ledger.commit(rid, L.usd("0.000291"))
+else:
+    print("denied:", lib.ledger_strerror(code).decode())
+
+code, b = ledger.balance("alice")
+print(f"alice spent {b.spent_nanousd / 1e9:.9f} USD of {b.limit_nanousd / 1e9:.2f}, {b.requests} request(s)")
+assert (code, b.spent_nanousd, b.requests) == (L.OK, 291_000, 1)
+
+ledger.close()
+os.unlink(L.segment_path(directory))  # nobody is attached any more
+shutil.rmtree(directory)
