@@ -64,30 +64,34 @@ std::string render_metrics(const Ledger& ledger, const SidecarCounters& c, int64
   sample(out, "ledger_denials_total", "reason=\"parent_over_budget\"", static_cast<int64_t>(s.denied_parent_over_budget));
   sample(out, "ledger_denials_total", "reason=\"model\"", static_cast<int64_t>(s.denied_model));
   sample(out, "ledger_denials_total", "reason=\"blocked\"", static_cast<int64_t>(s.denied_blocked));
-  family(out, "ledger_reservations_open", "gauge", "Live holds.");
-  sample(out, "ledger_reservations_open", "", s.reservations_held);
-  family(out, "ledger_reservations_expired", "gauge", "Expired holds still accepting a late commit.");
-  sample(out, "ledger_reservations_expired", "", s.reservations_expired);
-  family(out, "ledger_reservations_capacity", "gauge", "max_reservations of the segment.");
-  sample(out, "ledger_reservations_capacity", "", s.max_reservations);
-  family(out, "ledger_processes_attached", "gauge", "Process slots in use.");
-  sample(out, "ledger_processes_attached", "", s.processes_attached);
-  family(out, "ledger_reclaimed_holds_total", "counter", "Holds expired or reclaimed from dead processes by this sidecar.");
-  sample(out, "ledger_reclaimed_holds_total", "", static_cast<int64_t>(c.reclaimed_holds));
-  family(out, "ledger_flushes_total", "counter", "Successful flushes to the store.");
-  sample(out, "ledger_flushes_total", "", static_cast<int64_t>(c.flushes));
-  family(out, "ledger_flush_failures_total", "counter", "Failed flushes (see the log for why).");
-  sample(out, "ledger_flush_failures_total", "", static_cast<int64_t>(c.flush_failures));
-  family(out, "ledger_flush_lag_seconds", "gauge", "Seconds since the last successful flush.");
-  sample(out, "ledger_flush_lag_seconds", "", c.last_flush_unix > 0 ? now_unix - c.last_flush_unix : -1);
-  family(out, "ledger_reconcile_runs_total", "counter", "Reconciliation runs.");
-  sample(out, "ledger_reconcile_runs_total", "", static_cast<int64_t>(c.reconcile_runs));
-  family(out, "ledger_reconcile_errors_total", "counter", "Reconciliation runs that failed.");
-  sample(out, "ledger_reconcile_errors_total", "", static_cast<int64_t>(c.reconcile_errors));
-  family(out, "ledger_reconcile_adjustments_total", "counter", "Adjustments charged after OpenRouter saw more spend.");
-  sample(out, "ledger_reconcile_adjustments_total", "", static_cast<int64_t>(c.adjustments));
-  family(out, "ledger_reconcile_last_success_timestamp_seconds", "gauge", "Unix time of the last successful reconciliation.");
-  sample(out, "ledger_reconcile_last_success_timestamp_seconds", "", c.last_reconcile_success_unix);
+  struct Scalar {
+    const char* name;
+    const char* type;
+    const char* help;
+    int64_t value;
+  };
+  const Scalar scalars[] = {
+      {"ledger_reservations_open", "gauge", "Live holds.", s.reservations_held},
+      {"ledger_reservations_expired", "gauge", "Expired holds still accepting a late commit.", s.reservations_expired},
+      {"ledger_reservations_capacity", "gauge", "max_reservations of the segment.", s.max_reservations},
+      {"ledger_processes_attached", "gauge", "Process slots in use.", s.processes_attached},
+      {"ledger_reclaimed_holds_total", "counter", "Holds expired or reclaimed from dead processes by this sidecar.",
+       static_cast<int64_t>(c.reclaimed_holds)},
+      {"ledger_flushes_total", "counter", "Successful flushes to the store.", static_cast<int64_t>(c.flushes)},
+      {"ledger_flush_failures_total", "counter", "Failed flushes (see the log for why).", static_cast<int64_t>(c.flush_failures)},
+      {"ledger_flush_lag_seconds", "gauge", "Seconds since the last successful flush.",
+       c.last_flush_unix > 0 ? now_unix - c.last_flush_unix : -1},
+      {"ledger_reconcile_runs_total", "counter", "Reconciliation runs.", static_cast<int64_t>(c.reconcile_runs)},
+      {"ledger_reconcile_errors_total", "counter", "Reconciliation runs that failed.", static_cast<int64_t>(c.reconcile_errors)},
+      {"ledger_reconcile_adjustments_total", "counter", "Adjustments charged after OpenRouter saw more spend.",
+       static_cast<int64_t>(c.adjustments)},
+      {"ledger_reconcile_last_success_timestamp_seconds", "gauge", "Unix time of the last successful reconciliation.",
+       c.last_reconcile_success_unix},
+  };
+  for (const Scalar& x : scalars) {
+    family(out, x.name, x.type, x.help);
+    sample(out, x.name, "", x.value);
+  }
   family(out, "ledger_reconcile_drift_nanousd", "gauge", "OpenRouter's window spend minus the ledger's, at the last run.");
   for (const auto& [account, drift] : c.drift_nanousd) sample(out, "ledger_reconcile_drift_nanousd", "account=\"" + account + "\"", drift);
   family(out, "ledger_openrouter_responses_total", "counter", "OpenRouter HTTP responses by status (0 = no response).");
