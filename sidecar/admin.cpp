@@ -33,7 +33,8 @@ Status open_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::stri
     case Code::kNotFound: hint = "does the parent directory exist?"; break;
     case Code::kIncompatible:
       hint = "the segment or store was written by another format version; stop every process using it, "
-             "flush with the old version, then remove " + Ledger::segment_path(config.ledger.dir);
+             "flush with the old version (ledgerctl flush), then remove the segment " +
+             Ledger::segment_path(config.ledger.dir) + " (ledgerctl destroy-segment): the next open rebuilds it from the store";
       break;
     case Code::kFull: hint = "every process slot is in use (ledger.max_processes)"; break;
     default: hint = "see the code above"; break;

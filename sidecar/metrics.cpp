@@ -25,6 +25,16 @@ void family(std::string& out, const char* name, const char* type, const char* he
   out += type;
   out += '\n';
 }
+// A label value in the exposition format: backslash, double quote and newline escaped.
+std::string label(const std::string& value) {
+  std::string out;
+  for (char c : value) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') out += "\\n";
+    else out += c;
+  }
+  return out;
+}
 void sample(std::string& out, const std::string& name, const std::string& labels, int64_t value) {
   out += name;
   if (!labels.empty()) out += "{" + labels + "}";
@@ -75,6 +85,8 @@ std::string render_metrics(const Ledger& ledger, const SidecarCounters& c, int64
       {"ledger_reservations_expired", "gauge", "Expired holds still accepting a late commit.", s.reservations_expired},
       {"ledger_reservations_capacity", "gauge", "max_reservations of the segment.", s.max_reservations},
       {"ledger_processes_attached", "gauge", "Process slots in use.", s.processes_attached},
+      {"ledger_model_tallies_dropped_total", "counter", "Commits not tallied per model (tally table crowded); still charged.",
+       static_cast<int64_t>(s.model_stats_dropped)},
       {"ledger_reclaimed_holds_total", "counter", "Holds expired or reclaimed from dead processes by this sidecar.",
        static_cast<int64_t>(c.reclaimed_holds)},
       {"ledger_flushes_total", "counter", "Successful flushes to the store.", static_cast<int64_t>(c.flushes)},
@@ -92,6 +104,16 @@ std::string render_metrics(const Ledger& ledger, const SidecarCounters& c, int64
     family(out, x.name, x.type, x.help);
     sample(out, x.name, "", x.value);
   }
+  // Per (account, model): what commits of authorized holds settled since the segment was created.
+  std::vector<ModelSpend> tallies;
+  (void)ledger.model_spend(&tallies);
+  family(out, "ledger_model_spent_nanousd_total", "counter", "Committed by authorized requests, per account and model, in nano-USD.");
+  for (const auto& t : tallies)
+    sample(out, "ledger_model_spent_nanousd_total", "account=\"" + label(t.account) + "\",model=\"" + label(t.model) + "\"", t.spent_nanousd);
+  family(out, "ledger_model_requests_total", "counter", "Committed authorized requests, per account and model.");
+  for (const auto& t : tallies)
+    sample(out, "ledger_model_requests_total", "account=\"" + label(t.account) + "\",model=\"" + label(t.model) + "\"",
+           static_cast<int64_t>(t.requests));
   family(out, "ledger_reconcile_drift_nanousd", "gauge", "OpenRouter's window spend minus the ledger's, at the last run.");
   for (const auto& [account, drift] : c.drift_nanousd) sample(out, "ledger_reconcile_drift_nanousd", "account=\"" + account + "\"", drift);
   family(out, "ledger_openrouter_responses_total", "counter", "OpenRouter HTTP responses by status (0 = no response).");

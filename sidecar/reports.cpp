@@ -46,7 +46,10 @@ Status build_report(const Config& config, int64_t from_day, int64_t to_day, int6
   std::vector<StoredAccount> accounts;
   std::vector<StoredPeriod> periods;
   std::vector<StoredDay> days;
-  if (!(s = store->accounts(&accounts)).ok() || !(s = store->periods(&periods)).ok()) return s;
+  std::vector<StoredModelDay> model_days;
+  if (!(s = store->accounts(&accounts)).ok() || !(s = store->periods(&periods)).ok() ||
+      !(s = store->model_days(from_day, to_day, &model_days)).ok())
+    return s;
   // Seven days before the range feed the trailing median of the first days.
   if (!(s = store->days(from_day - 7, to_day, &days)).ok()) return s;
   Report r;
@@ -88,6 +91,30 @@ Status build_report(const Config& config, int64_t from_day, int64_t to_day, int6
     }
   }
   for (int64_t day = from_day; day <= to_day; ++day) r.days.emplace_back(day, root_days[day]);
+  // Cost per model: each account's own tallies, added to every ancestor too (as its cost is).
+  std::map<std::string, std::map<std::string, std::pair<int64_t, int64_t>>> per_model;
+  for (const auto& d : model_days) {
+    std::string account = d.account;
+    for (int depth = 0; depth < 8 && !account.empty(); ++depth) {  // bounded: a damaged store may loop
+      auto& cell = per_model[account][d.model];
+      cell.first += d.spent_nanousd;
+      cell.second += static_cast<int64_t>(d.requests);
+      const auto it = index.find(account);
+      account = it == index.end() ? "" : r.rows[it->second].parent;
+    }
+  }
+  for (auto& row : r.rows) {
+    int64_t attributed = 0, attributed_requests = 0;
+    for (const auto& [model, cell] : per_model[row.account]) {
+      if (cell.first == 0 && cell.second == 0) continue;
+      row.models.push_back(ModelCost{model, cell.first, cell.second});
+      attributed += cell.first;
+      attributed_requests += cell.second;
+    }
+    std::stable_sort(row.models.begin(), row.models.end(), [](const ModelCost& a, const ModelCost& b) { return a.cost_nanousd > b.cost_nanousd; });
+    const ModelCost rest{"", row.cost_nanousd - attributed, static_cast<int64_t>(row.requests) - attributed_requests};
+    if (rest.cost_nanousd != 0 || rest.requests != 0) row.models.push_back(rest);
+  }
   std::stable_sort(r.rows.begin(), r.rows.end(), [](const ReportRow& a, const ReportRow& b) { return a.cost_nanousd > b.cost_nanousd; });
   // Anomalies: a day above 3x the (non-zero) median of the 7 days before it, and at least $0.01; a daily
   // account that reached its limit on 3 or more days of the range.
@@ -153,6 +180,10 @@ std::string percent(int64_t bp) {
   std::snprintf(buffer, sizeof buffer, "%lld.%02lld", static_cast<long long>(bp / 100), static_cast<long long>(bp % 100));
   return buffer;
 }
+// part of whole in basis points (0 when whole is 0).
+int64_t share_bp(int64_t part, int64_t whole) {
+  return whole == 0 ? 0 : static_cast<int64_t>(static_cast<Wide>(part) * 10000 / whole);
+}
 std::string csv_field(const std::string& s) {
   if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
   std::string out = "\"";
@@ -193,6 +224,21 @@ std::string render_table(const Report& r) {
     out += line;
   }
   out += "\ntotal (root accounts): " + format_usd(r.total_cost_nanousd) + " USD, " + std::to_string(r.total_requests) + " requests\n";
+  bool any_model = false;
+  for (const auto& row : r.rows)
+    for (const auto& m : row.models) any_model = any_model || !m.model.empty();
+  if (any_model) {
+    out += "\ncost per model:\n";
+    for (const auto& row : r.rows) {
+      if (row.models.empty() || (row.models.size() == 1 && row.models[0].model.empty())) continue;
+      for (const auto& m : row.models) {
+        std::snprintf(line, sizeof line, "  %-24s %-40s %14s %9lld %7s%%\n", row.account.c_str(),
+                      m.model.empty() ? kUnattributed : m.model.c_str(), format_usd(m.cost_nanousd).c_str(),
+                      static_cast<long long>(m.requests), percent(share_bp(m.cost_nanousd, row.cost_nanousd)).c_str());
+        out += line;
+      }
+    }
+  }
   if (!r.keys.empty()) {
     out += "\nkeys (total usage " + format_usd(r.keys_usage_nanousd) + " USD):\n";
     for (const auto& k : r.keys) {
@@ -207,6 +253,17 @@ std::string render_table(const Report& r) {
   return out;
 }
 
+namespace {
+json::array models_json(const std::vector<ModelCost>& models) {
+  json::array out;
+  for (const auto& m : models)
+    out.push_back(json::object{{"model", m.model.empty() ? json::value(nullptr) : json::value(m.model)},
+                               {"cost_nanousd", m.cost_nanousd}, {"cost_usd", format_usd(m.cost_nanousd)},
+                               {"requests", m.requests}});
+  return out;
+}
+}  // namespace
+
 std::string render_json(const Report& r) {
   json::array rows;
   for (const auto& row : r.rows)
@@ -215,7 +272,7 @@ std::string render_json(const Report& r) {
                                 {"cost_nanousd", row.cost_nanousd}, {"cost_usd", format_usd(row.cost_nanousd)},
                                 {"requests", row.requests}, {"period_spent_nanousd", row.period_spent_nanousd},
                                 {"percent_used", row.percent_used_bp < 0 ? json::value(nullptr) : json::value(percent(row.percent_used_bp))},
-                                {"blocked", row.blocked}});
+                                {"blocked", row.blocked}, {"models", models_json(row.models)}});
   json::array days;
   for (const auto& [day, cost] : r.days) days.push_back(json::object{{"date", format_date(day)}, {"cost_nanousd", cost}, {"cost_usd", format_usd(cost)}});
   json::array anomalies;
@@ -236,13 +293,85 @@ std::string render_json(const Report& r) {
 }
 
 std::string render_csv(const Report& r) {
-  std::string out = "account,team,tier,period,limit_usd,cost_usd,requests,percent_used,blocked\r\n";
-  for (const auto& row : r.rows)
-    out += csv_field(row.account) + "," + csv_field(row.parent) + "," + csv_field(row.tier) + "," + row.period + "," +
-           format_usd(row.limit_nanousd) + "," + format_usd(row.cost_nanousd) + "," + std::to_string(row.requests) + "," +
-           (row.percent_used_bp < 0 ? "" : percent(row.percent_used_bp)) + "," + (row.blocked ? "true" : "false") + "\r\n";
+  // One row per account (model empty), each followed by its cost per model (period, limit, percent
+  // and blocked empty there).
+  std::string out = "account,team,tier,model,period,limit_usd,cost_usd,requests,percent_used,blocked\r\n";
+  for (const auto& row : r.rows) {
+    const std::string who = csv_field(row.account) + "," + csv_field(row.parent) + "," + csv_field(row.tier) + ",";
+    out += who + "," + row.period + "," + format_usd(row.limit_nanousd) + "," + format_usd(row.cost_nanousd) + "," +
+           std::to_string(row.requests) + "," + (row.percent_used_bp < 0 ? "" : percent(row.percent_used_bp)) + "," +
+           (row.blocked ? "true" : "false") + "\r\n";
+    for (const auto& m : row.models)
+      out += who + csv_field(m.model.empty() ? kUnattributed : m.model) + ",,," + format_usd(m.cost_nanousd) + "," +
+             std::to_string(m.requests) + ",,\r\n";
+  }
   return out;
 }
+
+namespace {
+// Spend per model: one stacked bar per account that used a named model (same scale as the account
+// chart), a colour per model with a legend, then the numbers as a table.
+std::string render_model_chart(const Report& r, int64_t account_max) {
+  static const char* const kPalette[] = {"#3b7dd8", "#e76f51", "#2a9d8f", "#e9c46a", "#8e6cc7", "#f4a261",
+                                         "#264653", "#d62828", "#6a994e", "#bc4749"};
+  std::map<std::string, int64_t> totals;
+  std::vector<const ReportRow*> rows;
+  for (const auto& row : r.rows) {
+    bool named = false;
+    for (const auto& m : row.models) {
+      if (m.model.empty()) continue;
+      named = true;
+      if (row.parent.empty()) totals[m.model] += m.cost_nanousd;  // roots: no double counting
+      else totals.emplace(m.model, 0);
+    }
+    if (named) rows.push_back(&row);
+  }
+  if (rows.empty()) return "<h2>Spend per model</h2><p>No spend with a model in this range (only authorized requests carry one).</p>\n";
+  std::vector<std::pair<std::string, int64_t>> order(totals.begin(), totals.end());
+  std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::map<std::string, std::string> colour;
+  for (size_t i = 0; i < order.size(); ++i) colour[order[i].first] = kPalette[i % (sizeof kPalette / sizeof kPalette[0])];
+  const int bar_height = 22, label = 180, width = 520, legend_row = 18;
+  const int chart_h = bar_height * static_cast<int>(rows.size()) + 10;
+  std::string out = "<h2>Spend per model</h2><svg role=\"img\" aria-label=\"spend per model\" width=\"" +
+                    std::to_string(label + width + 120) + "\" height=\"" +
+                    std::to_string(chart_h + legend_row * static_cast<int>(order.size() + 1) + 10) + "\">";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const ReportRow& row = *rows[i];
+    const int y = static_cast<int>(i) * bar_height;
+    out += "<text x=\"0\" y=\"" + std::to_string(y + 15) + "\">" + html(row.account) + "</text>";
+    int64_t before = 0;
+    for (const auto& m : row.models) {
+      const int x0 = static_cast<int>(static_cast<Wide>(std::max<int64_t>(before, 0)) * width / account_max);
+      before += m.cost_nanousd;
+      const int x1 = static_cast<int>(static_cast<Wide>(std::max<int64_t>(before, 0)) * width / account_max);
+      const std::string name = m.model.empty() ? kUnattributed : m.model;
+      out += "<rect class=\"model\" x=\"" + std::to_string(label + x0) + "\" y=\"" + std::to_string(y + 3) + "\" width=\"" +
+             std::to_string(std::max(x1 - x0, 1)) + "\" height=\"16\" fill=\"" + (m.model.empty() ? "#bbbbbb" : colour[m.model]) +
+             "\"><title>" + html(row.account) + ", " + html(name) + ": " + format_usd(m.cost_nanousd) + " USD, " +
+             std::to_string(m.requests) + " requests</title></rect>";
+    }
+    out += "<text x=\"" + std::to_string(label + static_cast<int>(static_cast<Wide>(std::max<int64_t>(row.cost_nanousd, 0)) * width / account_max) + 6) +
+           "\" y=\"" + std::to_string(y + 15) + "\">" + format_usd(row.cost_nanousd) + "</text>";
+  }
+  for (size_t i = 0; i <= order.size(); ++i) {
+    const bool rest = i == order.size();
+    const int y = chart_h + static_cast<int>(i) * legend_row;
+    out += "<rect class=\"legend\" x=\"" + std::to_string(label) + "\" y=\"" + std::to_string(y) + "\" width=\"12\" height=\"12\" fill=\"" +
+           (rest ? std::string("#bbbbbb") : colour[order[i].first]) + "\"></rect><text x=\"" + std::to_string(label + 18) + "\" y=\"" +
+           std::to_string(y + 11) + "\">" + (rest ? std::string(kUnattributed) + ": debits, plain reserves, adjustments" : html(order[i].first)) +
+           "</text>";
+  }
+  out += "</svg>\n<table class=\"models\"><tr><th>Account</th><th>Model</th><th>Cost USD</th><th>Requests</th><th>% of account</th></tr>\n";
+  for (const ReportRow* row : rows)
+    for (const auto& m : row->models)
+      out += "<tr><td>" + html(row->account) + "</td><td>" + (m.model.empty() ? std::string("<em>") + kUnattributed + "</em>" : html(m.model)) +
+             "</td><td>" + format_usd(m.cost_nanousd) + "</td><td>" + std::to_string(m.requests) + "</td><td>" +
+             percent(share_bp(m.cost_nanousd, row->cost_nanousd)) + "</td></tr>\n";
+  out += "</table>\n";
+  return out;
+}
+}  // namespace
 
 std::string render_html(const Report& r) {
   int64_t account_max = 1, day_max = 1;
@@ -253,7 +382,7 @@ std::string render_html(const Report& r) {
          format_date(r.to_day) + "</title>\n<style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
          "table{border-collapse:collapse;margin:1em 0}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
          "td:first-child,th:first-child{text-align:left}.blocked{color:#b00}.bar{fill:#3b7dd8}.day{fill:#2a9d8f}"
-         "text{font-size:12px;fill:#333}.anomaly{color:#b35c00}</style></head><body>\n";
+         ".models td:nth-child(2),.models th:nth-child(2){text-align:left}text{font-size:12px;fill:#333}.anomaly{color:#b35c00}</style></head><body>\n";
   out += "<h1>Team report</h1><p>" + format_date(r.from_day) + " to " + format_date(r.to_day) + " (UTC). Total spend " +
          format_usd(r.total_cost_nanousd) + " USD over " + std::to_string(r.total_requests) + " requests.</p>\n";
   // Spend per account: horizontal bars.
@@ -283,7 +412,9 @@ std::string render_html(const Report& r) {
            format_usd(cost) + " USD</title></rect>";
     if (r.days.size() <= 31) out += "<text x=\"" + std::to_string(x) + "\" y=\"" + std::to_string(chart_h + 20) + "\">" + format_date(day).substr(8) + "</text>";
   }
-  out += "</svg>\n<h2>Accounts</h2><table><tr><th>Account</th><th>Team</th><th>Tier</th><th>Cost USD</th><th>Requests</th>"
+  out += "</svg>\n";
+  out += render_model_chart(r, account_max);
+  out += "<h2>Accounts</h2><table><tr><th>Account</th><th>Team</th><th>Tier</th><th>Cost USD</th><th>Requests</th>"
          "<th>Limit USD</th><th>Period</th><th>% used</th></tr>\n";
   for (const auto& row : r.rows)
     out += std::string("<tr") + (row.blocked ? " class=\"blocked\"" : "") + "><td>" + html(row.account) + (row.blocked ? " (blocked)" : "") +

@@ -2,8 +2,8 @@
 //
 // The team report for a UTC date range [from_day, to_day]: per account its team (parent), tier,
 // cost and requests settled in the range, limit and period and the % of the limit used in the
-// current period, sorted by cost; totals over root accounts (a parent's spend includes its
-// children's); cost per day; anomalies. Rendered as a terminal table, JSON (schema version 1),
+// current period, sorted by cost; the cost per model of each account; totals over root accounts (a
+// parent's spend includes its children's); cost per day; anomalies. Rendered as a terminal table, JSON (schema version 1),
 // CSV (RFC 4180, one header row) or one self-contained HTML page with SVG bar charts.
 #pragma once
 
@@ -22,7 +22,18 @@ namespace ledger::admin {
 
 inline constexpr int kReportSchemaVersion = 1;
 
+// Per-model cost of one account in the range: what commits of authorized holds settled on that
+// model (for a team, its members' sum). The remainder of the account's cost, spend that carried no
+// model (debits, plain reserves, reconciliation adjustments), is the entry with an empty model.
+struct ModelCost {
+  std::string model;  // "" = unattributed
+  int64_t cost_nanousd = 0;
+  int64_t requests = 0;
+};
+inline constexpr const char* kUnattributed = "(unattributed)";
+
 struct ReportRow {
+  std::vector<ModelCost> models;    // by cost, largest first; the unattributed remainder last
   std::string account, parent, tier, period;
   int64_t limit_nanousd = 0;
   int64_t cost_nanousd = 0;         // settled in the range

@@ -258,7 +258,28 @@ Status Ledger::stats(LedgerStats* out) const {
   s.denied_parent_over_budget = load(l.header->denials[1], memory_order_relaxed);
   s.denied_model = load(l.header->denials[2], memory_order_relaxed);
   s.denied_blocked = load(l.header->denials[3], memory_order_relaxed);
+  s.max_model_stats = l.model_stat_mask + 1;
+  for (uint32_t i = 0; i <= l.model_stat_mask; ++i) s.model_stats += load(l.model_stats[i].key, memory_order_relaxed) != 0 ? 1 : 0;
+  s.model_stats_dropped = load(l.header->model_stats_dropped, memory_order_relaxed);
   *out = s;
+  return Code::kOk;
+}
+
+Status Ledger::model_spend(std::vector<ModelSpend>* out) const {
+  if (out == nullptr) return Code::kInvalidArgument;
+  const Impl& l = *impl_;
+  out->clear();
+  const uint32_t count = load(l.header->account_count);
+  for (uint32_t i = 0; i <= l.model_stat_mask; ++i) {
+    const uint64_t key = load(l.model_stats[i].key);
+    if (key == 0) continue;
+    const uint32_t account = static_cast<uint32_t>(key >> 32) - 1, model = static_cast<uint32_t>(key) - 1;
+    if (account >= count || model >= kModelsMax) continue;  // never written by us: skip, do not index
+    const PeriodWord word = period_word_load(l.model_stats[i].word);
+    const Account& a = l.accounts[account];
+    out->push_back(ModelSpend{std::string(a.name, std::min<uint32_t>(a.name_length, kAccountNameMax)),
+                              std::string(l.model_name(model)), word.used, meta_requests(word.meta)});
+  }
   return Code::kOk;
 }
 

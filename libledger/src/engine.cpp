@@ -189,8 +189,27 @@ void Ledger::Impl::write_spec(OpScope* op, uint32_t j, const TargetSpec& spec) {
   }
 }
 
+PeriodWord* Ledger::Impl::word_at(uint64_t location) const {
+  if (location == 0) return nullptr;
+  if ((location & kStatLocation) != 0) {
+    const uint64_t stat = (location & ~kStatLocation) - 1;
+    return stat <= model_stat_mask ? &model_stats[stat].word : nullptr;
+  }
+  const uint64_t account = (location - 1) / 2;
+  return account < max_accounts ? &accounts[account].words[(location - 1) % 2] : nullptr;
+}
+
+// `current` (a value stamped by lane_id, as the caller read it) matched against the lane's entries.
+// A match alone proves nothing: the caller may have read a value the lane wrote in an earlier
+// operation, and the lane's new entry may name that same value again (reserve h then release h
+// returns a word to where it was). So the word is read again, after the entry was seen: a value
+// stamped by the lane that is in the word after the lane recorded the entry can only be that
+// entry's CAS (an entry is recorded after its operation read the word, and only the lane writes
+// its stamp). Only then is the bit set, with a CAS that also proves the operation is still the same.
 void Ledger::Impl::help(uint32_t lane_id, uint64_t location, PeriodWord current) const {
   if (lane_id == 0 || lane_id > max_processes * kLanesPerProcess) return;
+  PeriodWord* word = word_at(location);
+  if (word == nullptr) return;
   Lane& other = lane_by_id(lane_id);
   uint64_t ctl = load(other.header.ctl);
   for (int guard = 0; guard < 64; ++guard) {
@@ -209,6 +228,7 @@ void Ledger::Impl::help(uint32_t lane_id, uint64_t location, PeriodWord current)
       if (loc == location && used == current.used && meta == current.meta) found = static_cast<int>(j);
     }
     if (found < 0 || (ctl_bits(ctl) & (1u << found)) != 0) return;
+    if (!(period_word_load(*word) == current)) return;  // gone: whoever replaced it helped first
     if (compare_exchange(other.header.ctl, ctl, ctl | (uint64_t{1} << found))) return;
   }
 }
@@ -218,9 +238,34 @@ void Ledger::Impl::help(uint32_t lane_id, uint64_t location, PeriodWord current)
 Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const Now& now,
                          uint32_t* effective_tag, bool spec_written) {
   assert(j < kTargetsMax);
-  Account& account = accounts[spec.account];
   Target& entry = op->lane->targets[j];
   const bool admit = (spec.flags & kTargetAdmit) != 0;
+  if ((spec.flags & kTargetModelStat) != 0) {
+    // A per-model tally: one word, tag 0, never reset, never denied; its spec is always written first.
+    assert(!admit && spec_written && spec.account <= model_stat_mask);
+    PeriodWord& word = model_stats[spec.account].word;
+    const uint64_t location = kStatLocation | (uint64_t{spec.account} + 1);
+    PeriodWord current = period_word_guess(word);
+    for (;;) {
+      const PeriodWord desired{add_saturating(current.used, spec.delta),
+                               make_meta(meta_requests(current.meta) + static_cast<uint64_t>(static_cast<int64_t>(spec.delta_requests)), 0, op->lane_id)};
+      store(entry.seq, 0u, memory_order_relaxed);
+      fence_release();
+      store(entry.location, location, memory_order_relaxed);
+      store(entry.new_used, desired.used, memory_order_relaxed);
+      store(entry.new_meta, desired.meta, memory_order_relaxed);
+      store(entry.seq, op->seq, memory_order_release);
+      LEDGER_CRASH_POINT();  // tally attempt recorded, CAS not done
+      const uint32_t stamp = meta_lane(current.meta);
+      if (stamp != 0 && stamp != op->lane_id) help(stamp, location, current);
+      if (period_word_cas(word, current, desired)) {
+        LEDGER_CRASH_POINT();
+        if (effective_tag != nullptr) *effective_tag = 0;
+        return Code::kOk;
+      }
+    }
+  }
+  Account& account = accounts[spec.account];
   const Period kind = static_cast<Period>(load(account.period_kind, memory_order_relaxed) & 3u);
   const uint32_t now_tag = admit ? spec.tag : now.tag(static_cast<uint32_t>(kind));
   for (;;) {
@@ -280,6 +325,7 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
       }
     }
     LEDGER_CRASH_POINT();  // attempt recorded, CAS not done
+    LEDGER_PAUSE_POINT();
     const uint32_t stamp = meta_lane(current.meta);
     if (stamp != 0 && stamp != op->lane_id) help(stamp, word_location(spec.account, parity), current);
     if (period_word_cas(*word, current, desired)) {
@@ -293,7 +339,7 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
 // ---- admission: debit and reserve -----------------------------------------------------------------
 
 Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint32_t ttl_s,
-                           ReservationId* id) {
+                           ReservationId* id, uint32_t model) {
   if (amount < 0 || amount > kAmountNanoUsdMax || account >= max_accounts) return Code::kInvalidArgument;
   if (kind == kOpReserve && ttl_s > kTtlMaxSeconds) return Code::kInvalidArgument;
   // Resolve the chain (account first) and refuse blocked accounts before touching anything.
@@ -404,7 +450,8 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
     }
     const uint32_t ttl = ttl_s == 0 ? options.default_ttl_s : ttl_s;
     store(r.deadline_ms, now.ms + int64_t{ttl} * 1000, memory_order_relaxed);
-    store(r.owner_process, process_slot, memory_order_relaxed);
+    store(r.owner_process, static_cast<uint16_t>(process_slot), memory_order_relaxed);
+    store(r.model, static_cast<uint16_t>(model), memory_order_relaxed);
     store(r.owner_generation, process_generation, memory_order_relaxed);
     LEDGER_CRASH_POINT();  // levels applied, hold not yet published
     store(r.state, make_res_state(generation, kResHeld, 0));
@@ -478,6 +525,10 @@ Status Ledger::Impl::settle(ReservationId id, bool commit, int64_t actual) {
     }
     // The fields are stable while the slot is held (only its settler writes them).
     const HoldView hold = read_hold(r, max_accounts);
+    // A commit of an authorize()d hold also adds to its (account, model) tally: one more forced
+    // target of the same op, so it lands exactly when the commit does (also across a crash).
+    const uint32_t model = commit && hold.depth > 0 ? load(r.model, memory_order_relaxed) : 0u;
+    const int32_t stat = model != 0 && model <= kModelsMax ? model_stat_for(hold.chain[0], model - 1) : -1;
     const bool expired = status == kResExpired;
     const uint64_t settling = make_res_state(generation, kResSettling, op.lane_id);
     LaneHeader& h = op.lane->header;
@@ -498,11 +549,21 @@ Status Ledger::Impl::settle(ReservationId id, bool commit, int64_t actual) {
       }
       write_spec(&op, i, specs[i]);
     }
+    TargetSpec tally;
+    if (stat >= 0) {
+      tally.account = static_cast<uint32_t>(stat);
+      tally.delta = actual;
+      tally.delta_requests = 1;
+      tally.flags = kTargetModelStat;
+      write_spec(&op, hold.depth, tally);
+    }
     LEDGER_CRASH_POINT();  // specs written, slot not claimed
     if (!compare_exchange(r.state, state, settling)) continue;  // somebody else moved first
     LEDGER_CRASH_POINT();  // claimed, no level applied
     const Now now = this->now();
     for (uint32_t i = 0; i < hold.depth; ++i) (void)apply(&op, i, specs[i], now, nullptr, true);
+    if (stat >= 0) (void)apply(&op, hold.depth, tally, now, nullptr, true);
+    else if (model != 0) boost::atomics::ipc_atomic_ref<uint64_t>(header->model_stats_dropped).fetch_add(1, memory_order_relaxed);
     LEDGER_CRASH_POINT();  // all levels applied, slot not freed
     store(r.state, make_res_state(generation, kResFree, 0));
     LEDGER_CRASH_POINT();
@@ -578,6 +639,21 @@ Status Ledger::Impl::expire_hold(uint32_t slot, uint64_t state, int64_t now) {
   return Code::kOk;
 }
 
+int32_t Ledger::Impl::model_stat_for(uint32_t account, uint32_t model) {
+  const uint64_t key = (uint64_t{account + 1} << 32) | (model + 1);
+  const uint32_t h = static_cast<uint32_t>((key * 0x9E3779B97F4A7C15ULL) >> 32);
+  for (uint32_t probe = 0; probe < kModelStatProbes; ++probe) {
+    const uint32_t i = (h + probe) & model_stat_mask;
+    uint64_t found = load(model_stats[i].key);
+    if (found == key) return static_cast<int32_t>(i);
+    if (found == 0) {
+      if (compare_exchange(model_stats[i].key, found, key)) return static_cast<int32_t>(i);
+      if (found == key) return static_cast<int32_t>(i);  // another thread claimed it for us
+    }
+  }
+  return -1;
+}
+
 int64_t Ledger::Impl::held_in(uint32_t account, uint32_t tag) const {
   int64_t held = 0;
   for (uint32_t i = 0; i < max_reservations; ++i) {
@@ -602,6 +678,10 @@ void crash_point() {
       g_crash_countdown.fetch_sub(1, std::memory_order_relaxed) == 1)
     ::_exit(77);
 }
+std::atomic<void (*)()> g_pause_hook{nullptr};
+void pause_point() {
+  if (auto hook = g_pause_hook.exchange(nullptr, std::memory_order_relaxed)) hook();  // once
+}
 }  // namespace detail
 #endif
 
@@ -611,5 +691,9 @@ void crash_point() {
 // Test-only entry point (the crash-point build is a static library linked by one test).
 extern "C" void ledger_test_crash_after(int64_t points) {
   ledger::detail::g_crash_countdown.store(points, std::memory_order_relaxed);
+}
+// The next pause point reached calls hook (once).
+extern "C" void ledger_test_pause_once(void (*hook)()) {
+  ledger::detail::g_pause_hook.store(hook, std::memory_order_relaxed);
 }
 #endif

@@ -18,13 +18,18 @@
 // Crash points: compiled in only for the crash-repair test build (LEDGER_CRASH_POINTS), where a
 // countdown makes the process _exit(77) at the Nth point reached, i.e. "killed between two
 // instructions" at every interesting place, deterministically.
+// Pause points (same build): a test hook may stop a process there, e.g. a helper between reading a
+// word and helping, while other processes move on.
 #ifdef LEDGER_CRASH_POINTS
 namespace ledger::detail {
 void crash_point();
+void pause_point();
 }
 #define LEDGER_CRASH_POINT() ::ledger::detail::crash_point()
+#define LEDGER_PAUSE_POINT() ::ledger::detail::pause_point()
 #else
 #define LEDGER_CRASH_POINT() ((void)0)
+#define LEDGER_PAUSE_POINT() ((void)0)
 #endif
 
 namespace ledger::detail {
@@ -167,7 +172,8 @@ struct Ledger::Impl {
   detail::Reservation* reservations = nullptr;
   detail::Price* prices = nullptr;
   detail::Policy* policy = nullptr;
-  uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0, hash_mask = 0;
+  detail::ModelStat* model_stats = nullptr;
+  uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0, hash_mask = 0, model_stat_mask = 0;
 
   uint32_t process_slot = UINT32_MAX;
   uint32_t process_generation = 0;
@@ -217,10 +223,17 @@ struct Ledger::Impl {
   Code apply(detail::OpScope* op, uint32_t j, const detail::TargetSpec& spec, const detail::Now& now,
              uint32_t* effective_tag, bool spec_written);
   void help(uint32_t lane_id, uint64_t location, detail::PeriodWord current) const;
+  // The word a Target::location names; nullptr when out of range.
+  detail::PeriodWord* word_at(uint64_t location) const;
   uint32_t current_tag(const detail::Account& account, const detail::Now& now) const {
     return now.tag(detail::load(account.period_kind, detail::memory_order_relaxed) & 3u);
   }
-  Status admit(uint32_t kind, uint32_t account, int64_t amount, uint32_t ttl_s, ReservationId* id);
+  // model: the model index + 1 a reservation is for (authorize), 0 = none.
+  Status admit(uint32_t kind, uint32_t account, int64_t amount, uint32_t ttl_s, ReservationId* id,
+               uint32_t model = 0);
+  // The ModelStat entry of (account, model): found, or claimed when absent; -1 when none is free
+  // within kModelStatProbes (the caller counts it as dropped).
+  int32_t model_stat_for(uint32_t account, uint32_t model);
   Status settle(ReservationId id, bool commit, int64_t actual);
   Status charge(uint32_t account, int64_t amount);
   Status expire_hold(uint32_t slot, uint64_t state, int64_t now_ms);

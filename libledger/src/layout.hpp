@@ -8,7 +8,7 @@
 //
 // Segment = Header | ProcessSlot[max_processes] | Lane[max_processes * kLanesPerProcess]
 //         | Account[max_accounts] | uint32 hash[hash_mask + 1] | Reservation[max_reservations]
-//         | Price[kModelsMax] | Policy
+//         | Price[kModelsMax] | Policy | ModelStat[model_stat_mask + 1]
 #pragma once
 
 #include <cstddef>
@@ -18,7 +18,7 @@
 namespace ledger::detail {
 
 inline constexpr uint64_t kMagic = 0x3147455352444C4CULL;  // "LLDRSEG1" little-endian
-inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr uint32_t kFormatVersion = 2;  // 2: per-model spend (ModelStat, Reservation::model)
 inline constexpr uint32_t kLanesPerProcess = 8;
 inline constexpr uint32_t kChainDepthMax = 4;
 inline constexpr uint32_t kTargetsMax = 8;  // forward levels 0..3, undo levels 4..7
@@ -83,7 +83,8 @@ struct alignas(64) Reservation {
   int32_t chain[kChainDepthMax]; // account indices, -1 past the depth
   uint32_t tags[kChainDepthMax]; // period tag each level's hold was admitted into
   int64_t deadline_ms;           // hold expiry; for a tombstone, the end of its grace period
-  uint32_t owner_process;        // process slot that reserved it
+  uint16_t owner_process;        // process slot that reserved it (< kProcessesMax)
+  uint16_t model;                // model index + 1 chosen by authorize(), 0 = none (plain reserve)
   uint32_t owner_generation;     // that slot's generation; a mismatch means the owner is gone
 };
 static_assert(sizeof(Reservation) == 64 && alignof(Reservation) == 64);
@@ -123,7 +124,8 @@ enum OpKind : uint32_t {
   kOpRepair = 6,    // corrective targets for a dead lane; rolled forward once its claim is proven
   kOpCharge = 7,    // a forced charge on a chain (reconciliation adjustment): rolled forward
 };
-enum TargetFlags : uint32_t { kTargetAdmit = 1, kTargetUndo = 2 };
+// kTargetModelStat: `account` is a ModelStat index, not an account (a commit's per-model tally).
+enum TargetFlags : uint32_t { kTargetAdmit = 1, kTargetUndo = 2, kTargetModelStat = 4 };
 struct alignas(64) Target {
   uint32_t seq;          // op seq this entry belongs to; 0 while being rewritten
   uint32_t account;
@@ -133,7 +135,7 @@ struct alignas(64) Target {
   int64_t fallback;      // spec: change of the current period's `used` when `tag`'s word was recycled
   int32_t delta_requests;
   uint32_t undo_of;      // for kTargetUndo: index of the forward entry it undoes
-  uint64_t location;     // attempt: word id (account * 2 + parity + 1), 0 = nothing to write
+  uint64_t location;     // attempt: word id (account * 2 + parity + 1, or kStatLocation | stat + 1)
   int64_t new_used;      // attempt: the value the CAS installs
   uint64_t new_meta;
 };
@@ -205,6 +207,23 @@ struct alignas(64) Policy {
 static_assert(sizeof(Policy) == 64 + kTiersMax * 64 + 2 * kTiersMax * sizeof(Tier));
 
 // ---------------------------------------------------------------------------------------------
+// Per-model spend: what commits of authorize()d holds settled, per (account, model), cumulative
+// since the segment was created. A fixed open-addressing table (no allocation, no removal): `key` =
+// (account + 1) << 32 | (model + 1), claimed once by a CAS from 0. `word` is a period word with tag
+// 0 (never reset), changed by a commit as one more forced target of its lane op, so a commit killed
+// half-way is rolled forward here too: the tally equals what commits settled, exactly. A commit that
+// finds no entry within kModelStatProbes counts in Header::model_stats_dropped instead.
+inline constexpr uint64_t kStatLocation = uint64_t{1} << 62;  // Target::location namespace bit
+inline constexpr uint32_t kModelStatProbes = 64;
+inline constexpr uint32_t kModelStatsMax = 1u << 22;
+struct alignas(32) ModelStat {
+  uint64_t key;
+  uint64_t reserved;
+  PeriodWord word;
+};
+static_assert(sizeof(ModelStat) == 32);
+
+// ---------------------------------------------------------------------------------------------
 struct alignas(64) Header {
   uint64_t magic;                // written last at creation: a segment without it is incomplete
   uint32_t format_version;
@@ -229,7 +248,12 @@ struct alignas(64) Header {
   uint8_t reserved0[8];
   char dir[512];                 // realpath of the ledger directory, for diagnostics
   uint64_t denials[8];           // by Code 1..4 (index code - 1); counted on denial only
-  uint8_t reserved1[3392];
+  uint64_t offset_model_stats;
+  uint32_t model_stat_mask;      // table size - 1 (a power of two)
+  uint32_t reserved2;
+  uint64_t model_stats_dropped;  // commits whose (account, model) found no free entry
+  uint64_t segment_id;           // random at creation: the store tells this segment's tallies apart
+  uint8_t reserved1[3360];
 };
 static_assert(sizeof(Header) == 4096);
 static_assert(offsetof(Header, dir) == 128);

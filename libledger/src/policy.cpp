@@ -270,7 +270,9 @@ Status Ledger::authorize(std::string_view account, std::string_view model, int64
     return Code::kUnknownModel;
   const std::string_view name = l.model_name(static_cast<uint32_t>(chosen));
   if (name.size() > model_out_max) return Code::kInvalidArgument;  // nothing reserved
-  const Status status = reserve(AccountRef{static_cast<uint32_t>(index)}, estimate_nanousd, ttl_s, id);
+  if (id == nullptr) return Code::kInvalidArgument;
+  const Status status = l.admit(kOpReserve, static_cast<uint32_t>(index), estimate_nanousd, ttl_s, id,
+                                static_cast<uint32_t>(chosen) + 1);
   if (status.ok()) *model_out = name;
   return status;
 }

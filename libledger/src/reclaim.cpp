@@ -18,9 +18,9 @@ bool Ledger::Impl::entry_landed(const Lane& lane, uint32_t seq, uint32_t j) cons
   if (load(t.seq) != seq) return false;
   const uint64_t location = load(t.location, memory_order_relaxed);
   if (location == 0) return false;
-  const uint64_t account = (location - 1) / 2;
-  if (account >= max_accounts) return false;
-  const PeriodWord current = period_word_load(accounts[account].words[(location - 1) % 2]);
+  PeriodWord* word = word_at(location);
+  if (word == nullptr) return false;
+  const PeriodWord current = period_word_load(*word);
   if (current.used == load(t.new_used, memory_order_relaxed) &&
       current.meta == load(t.new_meta, memory_order_relaxed))
     return true;

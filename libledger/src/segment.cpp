@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -81,8 +83,8 @@ Status resolve_dir(std::string_view dir, bool create, std::string* real, std::st
 
 struct SegmentGeometry {
   uint64_t offset_processes, offset_lanes, offset_accounts, offset_hash, offset_reservations,
-      offset_prices, offset_policy, total;
-  uint32_t hash_mask;
+      offset_prices, offset_policy, offset_model_stats, total;
+  uint32_t hash_mask, model_stat_mask;
 };
 
 SegmentGeometry geometry_for(const Limits& limits) {
@@ -98,8 +100,26 @@ SegmentGeometry geometry_for(const Limits& limits) {
   g.offset_reservations = align_up(g.offset_hash + uint64_t{hash_size} * sizeof(uint32_t), 64);
   g.offset_prices = align_up(g.offset_reservations + uint64_t{limits.max_reservations} * sizeof(Reservation), 64);
   g.offset_policy = align_up(g.offset_prices + uint64_t{kModelsMax} * sizeof(Price), 64);
-  g.total = align_up(g.offset_policy + sizeof(Policy), 4096);
+  // Per-model tallies: twice the accounts (most use a few models; tmpfs pages cost only when used).
+  uint32_t stats = 1024;
+  while (stats < kModelStatsMax && stats < limits.max_accounts * 2u) stats <<= 1;
+  g.model_stat_mask = stats - 1;
+  g.offset_model_stats = align_up(g.offset_policy + sizeof(Policy), 64);
+  g.total = align_up(g.offset_model_stats + uint64_t{stats} * sizeof(ModelStat), 4096);
   return g;
+}
+
+// Tells this segment's per-model tallies apart from an earlier segment's in the store.
+uint64_t random_segment_id() {
+  uint64_t id = 0;
+  while (id == 0) {
+    if (::getrandom(&id, sizeof id, 0) != static_cast<ssize_t>(sizeof id)) {
+      struct timespec ts {};
+      ::clock_gettime(CLOCK_MONOTONIC, &ts);
+      id = fnv1a64(std::to_string(ts.tv_nsec) + ":" + std::to_string(::getpid()) + ":" + std::to_string(ts.tv_sec));
+    }
+  }
+  return id;
 }
 
 bool limits_valid(const Limits& l) {
@@ -231,6 +251,9 @@ Status Ledger::Impl::attach(bool create) {
     h->offset_reservations = g.offset_reservations;
     h->offset_prices = g.offset_prices;
     h->offset_policy = g.offset_policy;
+    h->offset_model_stats = g.offset_model_stats;
+    h->model_stat_mask = g.model_stat_mask;
+    h->segment_id = random_segment_id();
     h->account_count = 0;
     h->tombstone_grace_s = options.tombstone_grace_s;
     h->created_unix = now_ms() / 1000;
@@ -249,6 +272,7 @@ Status Ledger::Impl::attach(bool create) {
       g.offset_reservations != header->offset_reservations || g.offset_hash != header->offset_hash ||
       g.offset_lanes != header->offset_lanes || g.hash_mask != header->hash_mask ||
       g.offset_prices != header->offset_prices || g.offset_policy != header->offset_policy ||
+      g.offset_model_stats != header->offset_model_stats || g.model_stat_mask != header->model_stat_mask ||
       load(header->account_count) > existing.max_accounts)
     return Code::kIncompatible;
   char* b = static_cast<char*>(mapping);
@@ -259,6 +283,8 @@ Status Ledger::Impl::attach(bool create) {
   reservations = reinterpret_cast<Reservation*>(b + header->offset_reservations);
   prices = reinterpret_cast<Price*>(b + header->offset_prices);
   policy = reinterpret_cast<Policy*>(b + header->offset_policy);
+  model_stats = reinterpret_cast<ModelStat*>(b + header->offset_model_stats);
+  model_stat_mask = header->model_stat_mask;
   max_accounts = existing.max_accounts;
   max_reservations = existing.max_reservations;
   max_processes = existing.max_processes;

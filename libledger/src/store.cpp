@@ -20,7 +20,7 @@ using namespace detail;
 namespace {
 
 constexpr const char* kStoreFile = "/ledger.mdb";
-constexpr uint32_t kDbCount = 6;
+constexpr uint32_t kDbCount = 8;
 
 // Records as stored (fixed layout, little-endian x86-64; the meta "format" key versions them).
 struct AccountValue {
@@ -91,6 +91,14 @@ struct TotalsValue {
   uint64_t requests;
 };
 static_assert(sizeof(TotalsValue) == 16);
+// The last per-model tally a flush saw, and which segment it was from: a rebuilt segment's tallies
+// start again at zero, so a snapshot of another segment counts as zero.
+struct ModelSnapshotValue {
+  uint64_t segment_id;
+  int64_t spent_nanousd;
+  uint64_t requests;
+};
+static_assert(sizeof(ModelSnapshotValue) == 24);
 struct JournalValue {
   int64_t unix_ms;
   uint32_t kind;
@@ -141,6 +149,14 @@ std::string period_key(std::string_view account, Period kind, int64_t index) {
   key.append(number, 8);
   return key;
 }
+// (account, model) and (account, model, day) keys: the model name sits between the account and the
+// day, NUL-terminated (neither name may contain a NUL).
+std::string model_key(std::string_view account, std::string_view model) {
+  std::string key(account);
+  key.push_back('\0');
+  key.append(model);
+  return key;
+}
 std::string day_key(std::string_view account, int64_t day) {
   std::string key(account);
   key.push_back('\0');
@@ -156,7 +172,7 @@ MDB_val val(const std::string& s) { return MDB_val{s.size(), const_cast<char*>(s
 // An LMDB environment with the ledger's databases, open for one flush, rebuild or read.
 struct Env {
   MDB_env* env = nullptr;
-  MDB_dbi meta = 0, accounts = 0, periods = 0, daily = 0, journal = 0, keys = 0;
+  MDB_dbi meta = 0, accounts = 0, periods = 0, daily = 0, journal = 0, keys = 0, models = 0, model_daily = 0;
   ~Env() {
     if (env != nullptr) mdb_env_close(env);
   }
@@ -182,11 +198,18 @@ struct Env {
     if (rc == 0) rc = mdb_dbi_open(txn, "periods", flags, &periods);
     if (rc == 0) rc = mdb_dbi_open(txn, "daily", flags, &daily);
     if (rc == 0) rc = mdb_dbi_open(txn, "journal", MDB_INTEGERKEY | flags, &journal);
-    if (rc == 0) rc = mdb_dbi_open(txn, "keys", flags, &keys);
-    if (rc == MDB_NOTFOUND && !write) {  // a store from before key bindings: none yet
-      keys = 0;
-      rc = 0;
-    }
+    // Databases added after the first release: a store written before them simply has none yet.
+    const auto optional = [&](const char* name, MDB_dbi* dbi) {
+      if (rc != 0) return;
+      rc = mdb_dbi_open(txn, name, flags, dbi);
+      if (rc == MDB_NOTFOUND && !write) {
+        *dbi = 0;
+        rc = 0;
+      }
+    };
+    optional("keys", &keys);
+    optional("models", &models);
+    optional("model_daily", &model_daily);
     if (rc != 0) {
       mdb_txn_abort(txn);
       return rc == MDB_NOTFOUND ? Status(Code::kIncompatible) : mdb_status(rc);
@@ -248,6 +271,20 @@ Status Ledger::Impl::flush_store() {
   Status status = env.open(dir, true, options.store_map_size_bytes, options.file_mode & 0777);
   if (!status.ok()) return status;
 
+  // Per-model tallies first, then the accounts' words: a commit tallies after it charged its chain,
+  // so what this flush records per model never runs ahead of what it records per account.
+  struct Tally {
+    uint32_t account, model;
+    PeriodWord word;
+  };
+  std::vector<Tally> tallies;
+  for (uint32_t i = 0; i <= model_stat_mask; ++i) {
+    const uint64_t key = load(model_stats[i].key, memory_order_relaxed);
+    if (key == 0) continue;
+    const PeriodWord word = period_word_load(model_stats[i].word);
+    if (word.used != 0 || meta_requests(word.meta) != 0)
+      tallies.push_back(Tally{static_cast<uint32_t>(key >> 32) - 1, static_cast<uint32_t>(key) - 1, word});
+  }
   // Holds per (account, word): one pass over the reservation table.
   const uint32_t count = load(header->account_count);
   std::vector<int64_t> held(size_t{count} * 2, 0);
@@ -355,6 +392,29 @@ Status Ledger::Impl::flush_store() {
       MDB_val jk = val(&seq, sizeof seq), jv = val(&entry, sizeof entry);
       if (rc == 0) rc = mdb_put(txn.txn, env.journal, &jk, &jv, MDB_APPEND);
     }
+  }
+  // Per-model spend: the change of each tally since the stored snapshot goes to the day's bucket.
+  const uint64_t segment = load(header->segment_id, memory_order_relaxed);
+  for (size_t t = 0; t < tallies.size() && rc == 0; ++t) {
+    const Tally& tally = tallies[t];
+    if (tally.account >= count || tally.model >= kModelsMax || load(accounts[tally.account].live) == 0) continue;
+    const std::string key = model_key(name_of(tally.account), model_name(tally.model));
+    const ModelSnapshotValue now_snapshot{segment, tally.word.used, meta_requests(tally.word.meta)};
+    ModelSnapshotValue before{0, 0, 0};
+    if (!get_struct(txn.txn, env.models, key, &before) || before.segment_id != segment) before = ModelSnapshotValue{segment, 0, 0};
+    else if (before.spent_nanousd == now_snapshot.spent_nanousd && before.requests == now_snapshot.requests) continue;
+    const int64_t delta = now_snapshot.spent_nanousd - before.spent_nanousd;
+    int64_t delta_requests = static_cast<int64_t>(now_snapshot.requests) - static_cast<int64_t>(before.requests);
+    if (delta_requests < 0) delta_requests += static_cast<int64_t>(kRequestMask) + 1;
+    MDB_val k = val(key), v = val(&now_snapshot, sizeof now_snapshot);
+    rc = mdb_put(txn.txn, env.models, &k, &v, 0);
+    const std::string dkey = day_key(key, clock.days);
+    TotalsValue day{0, 0};
+    (void)get_struct(txn.txn, env.model_daily, dkey, &day);
+    day.spent_nanousd += delta;
+    day.requests += static_cast<uint64_t>(delta_requests);
+    MDB_val dk = val(dkey), dv = val(&day, sizeof day);
+    if (rc == 0 && (delta != 0 || delta_requests != 0)) rc = mdb_put(txn.txn, env.model_daily, &dk, &dv, 0);
   }
   if (rc == 0) {
     // The tier table, when it changed.
@@ -582,6 +642,30 @@ Status StoreReader::days(int64_t first_day, int64_t last_day, std::vector<Stored
     StoredDay d;
     const char* rest = nullptr;
     split_key(k, 8, &d.account, &rest);
+    d.day = static_cast<int64_t>(get_be64(rest) ^ (uint64_t{1} << 63));
+    if (d.day < first_day || d.day > last_day) return true;
+    d.spent_nanousd = t.spent_nanousd;
+    d.requests = t.requests;
+    out->push_back(std::move(d));
+    return true;
+  });
+}
+
+Status StoreReader::model_days(int64_t first_day, int64_t last_day, std::vector<StoredModelDay>* out) const {
+  out->clear();
+  if (impl_->env.model_daily == 0) return Code::kOk;  // a store from before per-model spend
+  return scan(impl_->env, impl_->env.model_daily, nullptr, [&](const MDB_val& k, const MDB_val& v) {
+    if (v.mv_size != sizeof(TotalsValue) || k.mv_size < 12) return true;
+    TotalsValue t;
+    std::memcpy(&t, v.mv_data, sizeof t);
+    StoredModelDay d;
+    std::string names;
+    const char* rest = nullptr;
+    split_key(k, 8, &names, &rest);
+    const size_t nul = names.find('\0');
+    if (nul == std::string::npos) return true;
+    d.account = names.substr(0, nul);
+    d.model = names.substr(nul + 1);
     d.day = static_cast<int64_t>(get_be64(rest) ^ (uint64_t{1} << 63));
     if (d.day < first_day || d.day > last_day) return true;
     d.spent_nanousd = t.spent_nanousd;

@@ -11,6 +11,7 @@
 #include "test_util.hpp"
 
 extern "C" void ledger_test_crash_after(int64_t points);
+extern "C" void ledger_test_pause_once(void (*hook)());
 
 using namespace ledger;
 using ledger_test::kUsd;
@@ -66,7 +67,27 @@ struct Fixture {
     REQUIRE(ledger->set_budget("team", 50000 * kUsd, Period::kNone, "org") == Code::kOk);
     REQUIRE(ledger->set_budget("alice", 10000 * kUsd, Period::kNone, "team") == Code::kOk);
     REQUIRE(ledger->set_budget("bob", 100 * kUsd, Period::kNone, "team") == Code::kOk);
+    REQUIRE(ledger->set_price(kModel, kUsd, kUsd, 0) == Code::kOk);
   }
+  // A hold made the way workers make them (authorize), so its commit is also tallied per model.
+  ReservationId authorized(int64_t amount, uint32_t ttl_s) {
+    std::string_view chosen;
+    ReservationId id = 0;
+    REQUIRE(ledger->authorize("alice", kModel, amount, ttl_s, &chosen, &id) == Code::kOk);
+    REQUIRE(chosen == kModel);
+    return id;
+  }
+  // alice's per-model tally: every commit exactly once, ancestors untallied.
+  void require_tally(int64_t spent, uint64_t requests) {
+    std::vector<ModelSpend> tallies;
+    REQUIRE(ledger->model_spend(&tallies) == Code::kOk);
+    REQUIRE(tallies.size() == 1);
+    CHECK(tallies[0].account == "alice");
+    CHECK(tallies[0].model == kModel);
+    REQUIRE(tallies[0].spent_nanousd == spent);
+    REQUIRE(tallies[0].requests == requests);
+  }
+  static constexpr const char* kModel = "vendor/model-x";
   void reclaim_all() {
     uint32_t n = 0;
     REQUIRE(ledger->reclaim(&n) == Code::kOk);
@@ -158,9 +179,9 @@ TEST_CASE("a commit killed at any point is charged exactly once", "[crash]") {
   Fixture f;
   int64_t spent = 0;
   int crashes = 0;
+  uint64_t commits = 0;
   for (int64_t point = 1; point <= kPointsMax; ++point) {
-    ReservationId id = 0;
-    REQUIRE(f.ledger->reserve("alice", 2 * kUsd, 600, &id) == Code::kOk);
+    const ReservationId id = f.authorized(2 * kUsd, 600);
     const int code = run_child(f.dir.path(), point, [id](Ledger& l) { return l.commit(id, 3 * kUsd).ok(); });
     f.reclaim_all();
     INFO("crash point " << point << " exit " << code);
@@ -175,10 +196,76 @@ TEST_CASE("a commit killed at any point is charged exactly once", "[crash]") {
     REQUIRE(c.team == spent);
     REQUIRE(c.org == spent);
     REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+    f.require_tally(spent, ++commits);
     if (code == 0) break;
     ++crashes;
   }
-  CHECK(crashes >= 6);
+  CHECK(crashes >= 8);
+}
+
+namespace {
+int g_paused_fd = -1, g_resume_fd = -1;
+void pause_hook() {  // runs in the helper at its first pause point: report, then wait to be resumed
+  char c = 'p';
+  if (::write(g_paused_fd, &c, 1) != 1 || ::read(g_resume_fd, &c, 1) != 1) ::_exit(5);
+}
+}  // namespace
+
+// The helping rule under ABA: a worker H reads alice's word holding value V (stamped by lane M, from
+// M's release of an earlier hold) and stalls. M reserves the same amount again and releases it: its
+// release's entry names V once more, and M dies before its CAS. H wakes up: the value it read matches
+// M's entry, but M's CAS never landed, so H must not mark it landed, or the reclaimer would skip
+// alice while rolling team and org forward.
+TEST_CASE("a helper that stalled across an ABA of the word never marks a dead entry as landed", "[crash]") {
+  Fixture f;
+  int cases = 0;
+  for (int64_t point = 1; point <= kPointsMax; ++point) {
+    int to_m[2], from_m[2], to_h[2], from_h[2];
+    REQUIRE((::pipe(to_m) == 0 && ::pipe(from_m) == 0 && ::pipe(to_h) == 0 && ::pipe(from_h) == 0));
+    const pid_t m = ::fork();
+    if (m == 0) {
+      std::unique_ptr<Ledger> l;
+      if (!Ledger::open(f.dir.path(), Options{}, &l).ok()) ::_exit(2);
+      ReservationId id = 0;
+      if (!l->reserve("alice", 3 * kUsd, 600, &id).ok() || !l->release(id).ok()) ::_exit(3);
+      char c = 'r';
+      if (::write(from_m[1], &c, 1) != 1 || ::read(to_m[0], &c, 1) != 1) ::_exit(4);
+      if (!l->reserve("alice", 3 * kUsd, 600, &id).ok()) ::_exit(3);
+      ledger_test_crash_after(point);
+      ::_exit(l->release(id).ok() ? 0 : 1);
+    }
+    char c = 0;
+    REQUIRE(::read(from_m[0], &c, 1) == 1);
+    const pid_t h = ::fork();
+    if (h == 0) {
+      std::unique_ptr<Ledger> l;
+      if (!Ledger::open(f.dir.path(), Options{}, &l).ok()) ::_exit(2);
+      g_paused_fd = from_h[1];
+      g_resume_fd = to_h[0];
+      ledger_test_pause_once(pause_hook);
+      ::_exit(l->debit("alice", kUsd / 100).ok() ? 0 : 1);
+    }
+    REQUIRE(::read(from_h[0], &c, 1) == 1);  // H read V and stopped before helping
+    REQUIRE(::write(to_m[1], "g", 1) == 1);  // M: reserve, release, die at `point`
+    int status = 0;
+    REQUIRE(::waitpid(m, &status, 0) == m);
+    const int m_exit = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    REQUIRE(::write(to_h[1], "g", 1) == 1);
+    REQUIRE(::waitpid(h, &status, 0) == h);
+    REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+    for (int fd : {to_m[0], to_m[1], from_m[0], from_m[1], to_h[0], to_h[1], from_h[0], from_h[1]}) ::close(fd);
+    f.reclaim_all();
+    INFO("M killed at point " << point << " (exit " << m_exit << ")");
+    REQUIRE((m_exit == 0 || m_exit == kCrashed));
+    ++cases;
+    const Chain c3 = read_chain(*f.ledger);
+    REQUIRE(c3.alice == cases * (kUsd / 100));  // every hold released, every debit of H kept
+    REQUIRE(c3.team == c3.alice);
+    REQUIRE(c3.org == c3.alice);
+    REQUIRE(c3.held_alice + c3.held_team + c3.held_org == 0);
+    if (m_exit == 0) break;
+  }
+  CHECK(cases >= 8);
 }
 
 TEST_CASE("a release killed at any point frees the hold exactly once", "[crash]") {
@@ -210,8 +297,7 @@ TEST_CASE("an expiry killed at any point still yields one tombstone that charges
   for (int64_t point = 1; point <= kPointsMax; ++point) {
     const int64_t real_now = f.clock.now_ms;
     f.clock.now_ms = real_now - 3'600'000;  // reserve "an hour ago" with a 1 s TTL: expired now
-    ReservationId id = 0;
-    REQUIRE(f.ledger->reserve("alice", 2 * kUsd, 1, &id) == Code::kOk);
+    const ReservationId id = f.authorized(2 * kUsd, 1);
     f.clock.now_ms = real_now;
     const int code = run_child(f.dir.path(), point, [](Ledger& l) {
       uint32_t n = 0;
@@ -223,8 +309,9 @@ TEST_CASE("an expiry killed at any point still yields one tombstone that charges
     REQUIRE((code == 0 || code == kCrashed));
     Chain c = read_chain(*f.ledger);
     REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
-    REQUIRE(f.ledger->commit(id, kUsd) == Code::kOk);  // the late commit
+    REQUIRE(f.ledger->commit(id, kUsd) == Code::kOk);  // the late commit, tallied like any other
     spent += kUsd;
+    f.require_tally(spent, static_cast<uint64_t>(crashes + 1));
     c = read_chain(*f.ledger);
     REQUIRE(c.alice == spent);
     REQUIRE(c.team == spent);
@@ -242,13 +329,11 @@ TEST_CASE("a reclaimer killed while repairing is itself repaired", "[crash]") {
   Fixture f;
   int64_t spent = 0;
   int cases = 0;
-  // Worker dies at debit point w (levels partly applied); a reclaimer dies at repair point r.
-  for (int64_t w = 2; w <= 12; w += 2) {
+  // Worker dies at commit point w (levels or the tally partly applied); a reclaimer dies at repair
+  // point r.
+  for (int64_t w = 2; w <= 14; w += 2) {
     for (int64_t r = 1; r <= kPointsMax; ++r) {
-      ReservationId id = 0;
-      const Status reserved = f.ledger->reserve("alice", kUsd, 600, &id);
-      INFO("reserve: " << reserved.message() << " at worker point " << w << " reclaimer point " << r);
-      REQUIRE(reserved == Code::kOk);
+      const ReservationId id = f.authorized(kUsd, 600);
       const int worker = run_child(f.dir.path(), w, [id](Ledger& l) {
         return l.commit(id, 2 * kUsd).ok();  // settlement: must be rolled forward
       });
@@ -267,6 +352,7 @@ TEST_CASE("a reclaimer killed while repairing is itself repaired", "[crash]") {
       REQUIRE(c.org == spent);
       REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
       ++cases;
+      f.require_tally(spent, static_cast<uint64_t>(cases));
       if (reclaimer == 0) break;
     }
   }

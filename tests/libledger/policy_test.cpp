@@ -7,6 +7,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <map>
 #include <thread>
 
 #include "ledger/c.h"
@@ -204,6 +205,7 @@ TEST_CASE("workers authorizing under pressure keep every budget invariant", "[po
   REQUIRE(f.l->set_budget("bob", 2 * kUsd, Period::kDaily, "team") == Code::kOk);
   struct Shared {
     std::atomic<int64_t> spent[2], downgraded, granted;
+    std::atomic<int64_t> on_mini[2];  // per account: what was committed on the downgrade/fallback model
   };
   auto* shared = static_cast<Shared*>(::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   new (shared) Shared{};
@@ -224,6 +226,7 @@ TEST_CASE("workers authorizing under pressure keep every budget invariant", "[po
         const int64_t actual = estimate / 2 + (i % 3) * estimate / 4;  // never above the hold
         if (!l->commit(id, actual).ok()) ::_exit(3);
         shared->spent[who] += actual;
+        if (chosen == kMini) shared->on_mini[who] += actual;
         shared->granted += 1;
       }
       ::_exit(0);
@@ -246,7 +249,88 @@ TEST_CASE("workers authorizing under pressure keep every budget invariant", "[po
   CHECK(bob.spent_nanousd <= bob.limit_nanousd);
   CHECK(alice.held_nanousd + bob.held_nanousd == 0);
   CHECK(shared->downgraded > 0);  // alice (pro) was downgraded near her limit
+  // Per-model tallies: each commit on the model authorize chose, exactly, on the account only.
+  std::vector<ModelSpend> tallies;
+  REQUIRE(f.l->model_spend(&tallies) == Code::kOk);
+  std::map<std::pair<std::string, std::string>, int64_t> by;
+  for (const auto& t : tallies) by[{t.account, t.model}] += t.spent_nanousd;
+  CHECK(by.size() == 3);  // alice: sonnet and mini; bob (basic): mini by fallback; team: none
+  CHECK(by[{"alice", kMini}] == shared->on_mini[0]);
+  CHECK(by[{"alice", kSonnet}] == shared->spent[0] - shared->on_mini[0]);
+  CHECK(by[{"bob", kMini}] == shared->spent[1]);
+  CHECK(shared->on_mini[0] > 0);
   ::munmap(shared, sizeof(Shared));
+}
+
+TEST_CASE("per-model spend: the chosen model, commits of authorized holds only, the account itself", "[policy]") {
+  Fixture f;
+  std::string_view chosen;
+  ReservationId id = 0;
+  // bob (basic) asks for gpt-4o: the fallback gpt-4o-mini is what is used, so what is tallied.
+  REQUIRE(f.l->authorize("bob", kGpt4o, 5000, 60, &chosen, &id) == Code::kOk);
+  REQUIRE(chosen == kMini);
+  REQUIRE(f.l->commit(id, 7000) == Code::kOk);  // above the hold: charged and tallied in full
+  REQUIRE(f.l->commit(id, 7000) == Code::kAlreadySettled);
+  REQUIRE(f.l->authorize("bob", kLlama, 5000, 60, &chosen, &id) == Code::kOk);
+  REQUIRE(f.l->commit(id, 0) == Code::kOk);  // free, still a request
+  REQUIRE(f.l->authorize("dave", kSonnet, 5000, 60, &chosen, &id) == Code::kOk);
+  REQUIRE(f.l->release(id) == Code::kOk);  // released: nothing spent, nothing tallied
+  REQUIRE(f.l->reserve("dave", 5000, 60, &id) == Code::kOk);
+  REQUIRE(f.l->commit(id, 300) == Code::kOk);  // a plain reserve carries no model
+  REQUIRE(f.l->debit("dave", 200) == Code::kOk);  // nor does a debit
+  std::vector<ModelSpend> tallies;
+  REQUIRE(f.l->model_spend(&tallies) == Code::kOk);
+  std::map<std::pair<std::string, std::string>, std::pair<int64_t, uint64_t>> by;
+  for (const auto& t : tallies) by[{t.account, t.model}] = {t.spent_nanousd, t.requests};
+  REQUIRE(by.size() == 2);
+  CHECK(by[{"bob", kMini}] == std::make_pair(int64_t{7000}, uint64_t{1}));
+  CHECK(by[{"bob", kLlama}] == std::make_pair(int64_t{0}, uint64_t{1}));
+  LedgerStats stats;
+  REQUIRE(f.l->stats(&stats) == Code::kOk);
+  CHECK(stats.model_stats == 2);  // only commits claim a tally: not the release, not the plain reserve
+  CHECK(stats.model_stats_dropped == 0);
+  CHECK(stats.max_model_stats == 131072);  // 2 x the default 65,536 accounts
+}
+
+TEST_CASE("a crowded tally table drops tallies, never charges", "[policy]") {
+  TempDir dir;
+  Options options;
+  options.limits.max_accounts = 3;  // a tally table of the minimum 1,024 entries
+  std::unique_ptr<Ledger> l;
+  REQUIRE(Ledger::open(dir.path(), options, &l) == Code::kOk);
+  for (const char* a : {"a", "b", "c"}) REQUIRE(l->set_budget(a, 1000 * kUsd, Period::kNone, "") == Code::kOk);
+  std::vector<std::string> models;
+  for (int m = 0; m < 512; ++m) {
+    models.push_back("vendor/m" + std::to_string(m));
+    REQUIRE(l->set_price(models.back(), kUsd, kUsd, 0) == Code::kOk);
+  }
+  int64_t committed = 0;
+  for (const char* a : {"a", "b", "c"})
+    for (const auto& m : models) {
+      std::string_view chosen;
+      ReservationId id = 0;
+      REQUIRE(l->authorize(a, m, 10, 60, &chosen, &id) == Code::kOk);
+      REQUIRE(l->commit(id, 3) == Code::kOk);
+      committed += 3;
+    }
+  std::vector<ModelSpend> tallies;
+  REQUIRE(l->model_spend(&tallies) == Code::kOk);
+  LedgerStats stats;
+  REQUIRE(l->stats(&stats) == Code::kOk);
+  CHECK(stats.max_model_stats == 1024);
+  REQUIRE(tallies.size() <= 1024);
+  CHECK(stats.model_stats == tallies.size());
+  CHECK(stats.model_stats_dropped == 3 * 512 - tallies.size());  // 1,536 pairs cannot all fit
+  int64_t tallied = 0;
+  for (const auto& t : tallies) tallied += t.spent_nanousd;
+  CHECK(tallied == 3 * static_cast<int64_t>(tallies.size()));
+  int64_t charged = 0;
+  for (const char* a : {"a", "b", "c"}) {
+    Balance b;
+    REQUIRE(l->balance(a, &b) == Code::kOk);
+    charged += b.spent_nanousd;
+  }
+  CHECK(charged == committed);  // every commit charged, tallied or not
 }
 
 TEST_CASE("readers never see a half-swapped tier table or a torn price", "[policy][concurrency]") {

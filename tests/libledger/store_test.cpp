@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 #include <map>
+#include <tuple>
 
 #include "ledger/store.hpp"
 #include "test_util.hpp"
@@ -160,6 +161,77 @@ TEST_CASE("a lost segment is rebuilt from the store, losing only what was not fl
   clock.now_ms = utc(2026, 11, 27, 10) * 1000;
   CHECK(balance_of(*l, "alice").spent_nanousd == 0);
   CHECK(balance_of(*l, "team").spent_nanousd == 10 * kUsd);
+}
+
+TEST_CASE("per-model spend reaches the store per day, once, also across a rebuilt segment", "[store]") {
+  TempDir dir;
+  ManualClock clock;
+  clock.now_ms = utc(2026, 11, 26, 10) * 1000;
+  const int64_t day1 = utc(2026, 11, 26, 0) / 86400, day2 = day1 + 1;
+  const char* kMini = "openai/gpt-4o-mini";
+  const char* kSonnet = "anthropic/claude-3.5-sonnet";
+  auto authorize_commit = [](Ledger& l, const char* account, const char* model, int64_t actual) {
+    std::string_view chosen;
+    ReservationId id = 0;
+    REQUIRE(l.authorize(account, model, kUsd, 600, &chosen, &id) == Code::kOk);
+    REQUIRE(l.commit(id, actual) == Code::kOk);
+  };
+  auto read_days = [&dir] {
+    std::unique_ptr<StoreReader> reader;
+    REQUIRE(StoreReader::open(dir.path(), &reader) == Code::kOk);
+    std::vector<StoredModelDay> days;
+    REQUIRE(reader->model_days(0, INT64_MAX / 2, &days) == Code::kOk);
+    std::map<std::tuple<std::string, std::string, int64_t>, std::pair<int64_t, uint64_t>> by;
+    for (const auto& d : days) by[{d.account, d.model, d.day}] = {d.spent_nanousd, d.requests};
+    return by;
+  };
+  {
+    auto l = open_at(dir.path(), clock);
+    REQUIRE(l->set_budget("eng", 100 * kUsd, Period::kMonthly, "") == Code::kOk);
+    REQUIRE(l->set_budget("alice", 10 * kUsd, Period::kDaily, "eng") == Code::kOk);
+    REQUIRE(l->set_budget("bob", 10 * kUsd, Period::kDaily, "eng") == Code::kOk);
+    REQUIRE(l->set_price(kMini, kUsd, kUsd, 0) == Code::kOk);
+    REQUIRE(l->set_price(kSonnet, kUsd, kUsd, 0) == Code::kOk);
+    authorize_commit(*l, "alice", kMini, 100);
+    authorize_commit(*l, "alice", kMini, 20);
+    authorize_commit(*l, "alice", kSonnet, 3000);
+    authorize_commit(*l, "bob", kSonnet, 7);
+    REQUIRE(l->debit("bob", 50) == Code::kOk);  // no model: in the account's total only
+    REQUIRE(l->flush() == Code::kOk);
+    REQUIRE(l->flush() == Code::kOk);  // nothing new: nothing added
+    auto by = read_days();
+    REQUIRE(by.size() == 3);
+    CHECK(by[{"alice", kMini, day1}] == std::make_pair(int64_t{120}, uint64_t{2}));
+    CHECK(by[{"alice", kSonnet, day1}] == std::make_pair(int64_t{3000}, uint64_t{1}));
+    CHECK(by[{"bob", kSonnet, day1}] == std::make_pair(int64_t{7}, uint64_t{1}));
+    // The next day's commits land in the next day's bucket.
+    clock.now_ms = utc(2026, 11, 27, 9) * 1000;
+    authorize_commit(*l, "alice", kMini, 5);
+    REQUIRE(l->flush() == Code::kOk);
+    authorize_commit(*l, "alice", kMini, 1000);  // never flushed: the loss window of a reboot
+  }
+  REQUIRE(Ledger::destroy_segment(dir.path()) == Code::kOk);  // a reboot: tallies start again at 0
+  {
+    auto l = open_at(dir.path(), clock);
+    REQUIRE(l->set_price(kMini, kUsd, kUsd, 0) == Code::kOk);
+    std::vector<ModelSpend> tallies;
+    REQUIRE(l->model_spend(&tallies) == Code::kOk);
+    CHECK(tallies.empty());
+    authorize_commit(*l, "alice", kMini, 1);  // smaller than the stored snapshot of the old segment
+    REQUIRE(l->flush() == Code::kOk);
+    auto by = read_days();
+    REQUIRE(by.size() == 4);
+    CHECK(by[{"alice", kMini, day1}] == std::make_pair(int64_t{120}, uint64_t{2}));
+    CHECK(by[{"alice", kMini, day2}] == std::make_pair(int64_t{6}, uint64_t{2}));  // 5, then 1 after the rebuild
+    CHECK(by[{"alice", kSonnet, day1}] == std::make_pair(int64_t{3000}, uint64_t{1}));
+    // The account's own day total agrees with its models (alice has no debits).
+    std::unique_ptr<StoreReader> reader;
+    REQUIRE(StoreReader::open(dir.path(), &reader) == Code::kOk);
+    std::vector<StoredDay> days;
+    REQUIRE(reader->days(day2, day2, &days) == Code::kOk);
+    for (const auto& d : days)
+      if (d.account == "alice") CHECK(d.spent_nanousd == 6);
+  }
 }
 
 TEST_CASE("a full LMDB map is a clear error that changes nothing in the segment", "[store]") {

@@ -1,10 +1,11 @@
-// SIGKILL torture: worker processes (forked with the parent's handle) do random debit, reserve,
-// commit and release on a 3-level chain, and one in five also reclaims; the parent kills a random
+// SIGKILL torture: worker processes (forked with the parent's handle) do random debit, reserve (or
+// authorize for a model), commit and release on a 3-level chain, and one in five also reclaims; the parent kills a random
 // worker every few hundred microseconds and starts a new one. Workers log each operation before
 // (intent) and after (acknowledgement) it, with write(2) to their own log file. At the end the
 // parent reclaims and checks, per account:
 //   acknowledged <= ledger spent <= acknowledged + in-flight-at-kill  (nothing lost, nothing twice)
-//   spent(parent) == sum of children's spent; nothing held; no leaked reservation slot.
+//   spent(parent) == sum of children's spent; nothing held; no leaked reservation slot;
+//   the same bounds for each (account, model) tally of authorized commits.
 // LEDGER_TORTURE_KILLS sets the number of kills (default 1000; use 10000+ for a long local run).
 #include <fcntl.h>
 #include <signal.h>
@@ -33,12 +34,13 @@ constexpr int kParent[] = {-1, 0, 1, 1, 1};
 constexpr int kN = 5;
 constexpr int kWorkers = 4;
 constexpr uint32_t kMaxReservations = 4096;
+constexpr const char* kModels[] = {"vendor/model-a", "vendor/model-b"};
 
 struct Record {
   uint32_t kind;     // 1 debit, 2 commit
   uint32_t phase;    // 0 intent, 1 acknowledged
   uint32_t account;
-  uint32_t pad;
+  uint32_t model;    // commit of an authorize()d hold: model index + 1; else 0
   int64_t amount;    // debit amount or commit actual
   int64_t hold;      // commit: the hold it settles
 };
@@ -61,11 +63,18 @@ static_assert(sizeof(Record) == 32);
       if (ledger.debit(kAccounts[account], amount).ok()) log(Record{1, 1, account, 0, amount, 0});
     } else if (choice < 9) {
       ReservationId id = 0;
-      if (account == 0 || !ledger.reserve(kAccounts[account], amount, 30, &id).ok()) continue;
+      if (account == 0) continue;
+      // Half the holds are authorized for a model (the worker's usual call): their commits are
+      // also tallied per (account, model).
+      const uint32_t model = rng() % 2 == 0 ? 0 : 1 + static_cast<uint32_t>(rng() % 2);
+      std::string_view chosen;
+      const Status held = model == 0 ? ledger.reserve(kAccounts[account], amount, 30, &id)
+                                     : ledger.authorize(kAccounts[account], kModels[model - 1], amount, 30, &chosen, &id);
+      if (!held.ok()) continue;
       if (choice < 8) {
         const int64_t actual = static_cast<int64_t>(rng() % static_cast<uint64_t>(amount + 200));
-        log(Record{2, 0, account, 0, actual, amount});
-        if (ledger.commit(id, actual).ok()) log(Record{2, 1, account, 0, actual, amount});
+        log(Record{2, 0, account, model, actual, amount});
+        if (ledger.commit(id, actual).ok()) log(Record{2, 1, account, model, actual, amount});
       } else {
         (void)ledger.release(id);
       }
@@ -91,6 +100,7 @@ TEST_CASE("SIGKILL torture keeps every acknowledged operation and every invarian
   const int64_t limits[] = {int64_t{1} << 40, int64_t{1} << 39, int64_t{1} << 37, int64_t{1} << 37, 2'000'000};
   for (int i = 0; i < kN; ++i)
     REQUIRE(ledger->set_budget(kAccounts[i], limits[i], Period::kNone, kParent[i] < 0 ? "" : kAccounts[kParent[i]]) == Code::kOk);
+  for (const char* m : kModels) REQUIRE(ledger->set_price(m, 1, 1, 0) == Code::kOk);
 
   std::vector<std::string> logs;
   std::vector<pid_t> workers(kWorkers, -1);
@@ -132,6 +142,7 @@ TEST_CASE("SIGKILL torture keeps every acknowledged operation and every invarian
 
   // Read the logs: acknowledged spend, and spend in flight when the worker died.
   int64_t acked[kN] = {}, in_flight[kN] = {};
+  std::map<std::pair<uint32_t, uint32_t>, std::pair<int64_t, int64_t>> per_model;  // (account, model) -> (acked, in flight)
   uint64_t operations = 0, acknowledged = 0;
   for (const std::string& path : logs) {
     FILE* f = std::fopen(path.c_str(), "rb");
@@ -148,6 +159,7 @@ TEST_CASE("SIGKILL torture keeps every acknowledged operation and every invarian
         REQUIRE(has_pending);
         REQUIRE(r.amount == pending.amount);
         acked[r.account] += r.amount;
+        if (r.model != 0) per_model[{r.account, r.model}].first += r.amount;
         ++operations;
         ++acknowledged;
         has_pending = false;
@@ -155,6 +167,7 @@ TEST_CASE("SIGKILL torture keeps every acknowledged operation and every invarian
     }
     std::fclose(f);
     if (has_pending) in_flight[pending.account] += pending.amount;  // at most one per worker life
+    if (has_pending && pending.model != 0) per_model[{pending.account, pending.model}].second += pending.amount;
   }
 
   Balance b[kN];
@@ -186,6 +199,27 @@ TEST_CASE("SIGKILL torture keeps every acknowledged operation and every invarian
   // org = team + its own direct debits (acknowledged, plus at most the ones in flight at a kill).
   CHECK(b[0].spent_nanousd - b[1].spent_nanousd >= acked[0]);
   CHECK(b[0].spent_nanousd - b[1].spent_nanousd <= acked[0] + in_flight[0]);
+  // Per-model tallies: every acknowledged authorized commit exactly once, in-flight ones at most once.
+  std::vector<ModelSpend> tallies;
+  REQUIRE(ledger->model_spend(&tallies) == Code::kOk);
+  std::map<std::pair<uint32_t, uint32_t>, int64_t> tallied;
+  for (const auto& t : tallies) {
+    uint32_t a = 0, m = 0;
+    while (a < kN && t.account != kAccounts[a]) ++a;
+    while (m < 2 && t.model != kModels[m]) ++m;
+    REQUIRE(a >= 2);  // only the account a hold was authorized for: users, never team or org
+    REQUIRE(m < 2);
+    tallied[{a, m + 1}] = t.spent_nanousd;
+  }
+  for (const auto& [key, logged] : per_model) {
+    const int64_t got = tallied[key];
+    std::printf("  %-5s %-15s tallied %12lld acknowledged %12lld in flight %8lld\n", kAccounts[key.first], kModels[key.second - 1],
+                static_cast<long long>(got), static_cast<long long>(logged.first), static_cast<long long>(logged.second));
+    CHECK(got >= logged.first);
+    CHECK(got <= logged.first + logged.second);
+    if (got < logged.first || got > logged.first + logged.second) ++mismatches;
+  }
+  CHECK(tallied.size() <= per_model.size());
   std::printf("torture: invariant mismatches: %d\n", mismatches);
   CHECK(acknowledged > static_cast<uint64_t>(kills_target));
 

@@ -66,6 +66,12 @@ TEST_CASE("metrics are Prometheus text whose values match the ledger", "[metrics
   REQUIRE(Ledger::open(dir.path() + "/ledger", Options{}, &l) == Code::kOk);
   REQUIRE(l->debit("alice", kUsd + kUsd / 4) == Code::kOk);
   ReservationId id = 0;
+  REQUIRE(l->set_price("openai/gpt-4o-mini", kUsd, kUsd, 0) == Code::kOk);
+  for (int i = 0; i < 2; ++i) {  // two authorized requests: tallied per model
+    std::string_view chosen;
+    REQUIRE(l->authorize("alice", "openai/gpt-4o-mini", kUsd / 10, 60, &chosen, &id) == Code::kOk);
+    REQUIRE(l->commit(id, kUsd / 20) == Code::kOk);
+  }
   REQUIRE(l->reserve("alice", kUsd / 2, 60, &id) == Code::kOk);
   CHECK(l->debit("alice", kUsd) == Code::kDeniedOverBudget);
   REQUIRE(l->block("team", true) == Code::kOk);
@@ -84,7 +90,7 @@ TEST_CASE("metrics are Prometheus text whose values match the ledger", "[metrics
   ::waitpid(sidecar, nullptr, 0);
   REQUIRE(status == 200);
   // Parse every sample line: name{labels} value, with HELP and TYPE before each family.
-  const std::regex line_re(R"(^([a-z_]+)(\{[a-z_]+="[^"]*"\})? (-?[0-9]+)$)");
+  const std::regex line_re(R"(^([a-z_]+)(\{[a-z_]+="[^"]*"(?:,[a-z_]+="[^"]*")*\})? (-?[0-9]+)$)");
   std::map<std::string, int64_t> values;
   std::set<std::string> typed;
   size_t at = 0;
@@ -109,7 +115,10 @@ TEST_CASE("metrics are Prometheus text whose values match the ledger", "[metrics
   CHECK(values.at("ledger_account_held_nanousd{account=\"alice\"}") == kUsd / 2);
   CHECK(values.at("ledger_account_limit_nanousd{account=\"alice\"}") == 2 * kUsd);
   CHECK(values.at("ledger_account_available_nanousd{account=\"alice\"}") == alice.available_nanousd);
-  CHECK(values.at("ledger_account_spent_nanousd{account=\"team\"}") == kUsd + kUsd / 4);
+  CHECK(values.at("ledger_account_spent_nanousd{account=\"team\"}") == kUsd + kUsd / 4 + kUsd / 10);
+  CHECK(values.at("ledger_model_spent_nanousd_total{account=\"alice\",model=\"openai/gpt-4o-mini\"}") == kUsd / 10);
+  CHECK(values.at("ledger_model_requests_total{account=\"alice\",model=\"openai/gpt-4o-mini\"}") == 2);
+  CHECK(values.at("ledger_model_tallies_dropped_total") == 0);
   CHECK(values.at("ledger_denials_total{reason=\"over_budget\"}") == 1);
   CHECK(values.at("ledger_denials_total{reason=\"blocked\"}") == 1);
   CHECK(values.at("ledger_reservations_open") == 1);

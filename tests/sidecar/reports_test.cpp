@@ -16,6 +16,9 @@ using ledger_test::utc;
 
 namespace {
 
+constexpr const char* kMini = "openai/gpt-4o-mini";
+constexpr const char* kSonnet = "anthropic/claude-3.5-sonnet";
+
 struct Fixture {
   ledger_test::TempDir dir;
   ManualClock clock;
@@ -41,11 +44,21 @@ struct Fixture {
     REQUIRE(l->set_budget("alice", 3 * kUsd, Period::kDaily, "eng") == Code::kOk);
     REQUIRE(l->set_budget("bob, jr.", 50 * kUsd, Period::kMonthly, "eng") == Code::kInvalidArgument);  // not an id
     REQUIRE(l->set_budget("bob", 50 * kUsd, Period::kMonthly, "eng") == Code::kOk);
+    REQUIRE(l->set_price(kMini, kUsd, kUsd, 0) == Code::kOk);
+    REQUIRE(l->set_price(kSonnet, kUsd, kUsd, 0) == Code::kOk);
+    auto authorized = [&](const char* model, int64_t actual) {
+      std::string_view chosen;
+      ReservationId id = 0;
+      REQUIRE(l->authorize("bob", model, actual, 60, &chosen, &id) == Code::kOk);
+      REQUIRE(l->commit(id, actual) == Code::kOk);
+    };
     for (int d = 10; d <= 19; ++d) {
       clock.now_ms = utc(2026, 11, d, 12) * 1000;
       const int64_t alice = d == 17 ? 3 * kUsd : d >= 18 ? 3 * kUsd : kUsd / 4;  // spike on the 17th, then at limit
       REQUIRE(l->debit("alice", alice) == Code::kOk);
       REQUIRE(l->debit("bob", kUsd / 10) == Code::kOk);
+      authorized(kMini, kUsd / 20);              // bob's requests through authorize carry a model
+      if (d >= 15) authorized(kSonnet, kUsd / 5);
       REQUIRE(l->flush() == Code::kOk);
     }
   }
@@ -68,24 +81,51 @@ TEST_CASE("the team report has the exact numbers, sorted by cost, with totals ov
   CHECK(r.rows[1].requests == 7);
   CHECK(r.rows[1].tier == "pro");
   CHECK(r.rows[1].percent_used_bp == 10000);  // today at her limit
-  CHECK(r.rows[2].cost_nanousd == 7 * kUsd / 10);
-  CHECK(r.rows[0].cost_nanousd == 10 * kUsd + 7 * kUsd / 10);
-  CHECK(r.total_cost_nanousd == 10 * kUsd + 7 * kUsd / 10);  // roots only: no double counting
-  CHECK(r.total_requests == 14);
+  // bob: debits 7 x 0.10, gpt-4o-mini 7 x 0.05, claude 5 x 0.20 (15th..19th)
+  CHECK(r.rows[2].cost_nanousd == 205 * kUsd / 100);
+  CHECK(r.rows[2].requests == 19);
+  CHECK(r.rows[0].cost_nanousd == 10 * kUsd + 205 * kUsd / 100);
+  CHECK(r.total_cost_nanousd == 10 * kUsd + 205 * kUsd / 100);  // roots only: no double counting
+  CHECK(r.total_requests == 26);
   REQUIRE(r.days.size() == 7);
-  CHECK(r.days[0].second == kUsd / 4 + kUsd / 10);
-  CHECK(r.days[6].second == 3 * kUsd + kUsd / 10);
+  CHECK(r.days[0].second == kUsd / 4 + kUsd / 10 + kUsd / 20);
+  CHECK(r.days[6].second == 3 * kUsd + kUsd / 10 + kUsd / 20 + kUsd / 5);
+  // Cost per model: largest first, the unattributed rest last; a team's is its members' sum.
+  const auto& bob = r.rows[2].models;
+  REQUIRE(bob.size() == 3);
+  CHECK((bob[0].model == kSonnet && bob[0].cost_nanousd == kUsd && bob[0].requests == 5));
+  CHECK((bob[1].model == kMini && bob[1].cost_nanousd == 35 * kUsd / 100 && bob[1].requests == 7));
+  CHECK((bob[2].model.empty() && bob[2].cost_nanousd == 7 * kUsd / 10 && bob[2].requests == 7));
+  const auto& eng = r.rows[0].models;
+  REQUIRE(eng.size() == 3);
+  CHECK((eng[0].model == kSonnet && eng[0].cost_nanousd == kUsd && eng[0].requests == 5));
+  CHECK((eng[1].model == kMini && eng[1].cost_nanousd == 35 * kUsd / 100 && eng[1].requests == 7));
+  CHECK((eng[2].model.empty() && eng[2].cost_nanousd == 107 * kUsd / 10 && eng[2].requests == 14));
+  REQUIRE(r.rows[1].models.size() == 1);  // alice only debits
+  CHECK((r.rows[1].models[0].model.empty() && r.rows[1].models[0].cost_nanousd == 10 * kUsd));
 
   const json::value j = json::parse(render_json(r));
   CHECK(j.at("version").as_int64() == 1);
   CHECK(j.at("from").as_string() == "2026-11-13");
   CHECK(j.at("accounts").as_array()[1].at("cost_usd").as_string() == "10.00");
   CHECK(j.at("accounts").as_array()[1].at("percent_used").as_string() == "100.00");
-  CHECK(j.at("totals").at("cost_nanousd").as_int64() == 10'700'000'000);
+  CHECK(j.at("totals").at("cost_nanousd").as_int64() == 12'050'000'000);
+  const auto& bob_models = j.at("accounts").as_array()[2].at("models").as_array();
+  REQUIRE(bob_models.size() == 3);
+  CHECK(bob_models[0].at("model").as_string() == kSonnet);
+  CHECK(bob_models[0].at("cost_nanousd").as_int64() == 1'000'000'000);
+  CHECK(bob_models[1].at("cost_usd").as_string() == "0.35");
+  CHECK(bob_models[2].at("model").is_null());  // unattributed
+  CHECK(bob_models[2].at("requests").as_int64() == 7);
   const std::string csv = render_csv(r);
-  CHECK(csv.rfind("account,team,tier,period,limit_usd,cost_usd,requests,percent_used,blocked\r\n", 0) == 0);
-  CHECK(csv.find("alice,eng,pro,daily,3.00,10.00,7,100.00,false\r\n") != std::string::npos);
-  CHECK(csv.find("bob,eng,,monthly,50.00,0.70,7,") != std::string::npos);
+  CHECK(csv.rfind("account,team,tier,model,period,limit_usd,cost_usd,requests,percent_used,blocked\r\n", 0) == 0);
+  CHECK(csv.find("alice,eng,pro,,daily,3.00,10.00,7,100.00,false\r\nalice,eng,pro,(unattributed),,,10.00,7,,\r\n") != std::string::npos);
+  CHECK(csv.find("bob,eng,,,monthly,50.00,2.05,19,") != std::string::npos);
+  CHECK(csv.find("bob,eng,,anthropic/claude-3.5-sonnet,,,1.00,5,,\r\nbob,eng,,openai/gpt-4o-mini,,,0.35,7,,\r\n"
+                 "bob,eng,,(unattributed),,,0.70,7,,\r\n") != std::string::npos);
+  const std::string table = render_table(r);
+  CHECK(table.find("cost per model:") != std::string::npos);
+  CHECK(table.find("anthropic/claude-3.5-sonnet") != std::string::npos);
 }
 
 TEST_CASE("anomalies: a spike above the trailing median, days at the limit; quiet accounts are not flagged", "[reports]") {
@@ -105,7 +145,7 @@ TEST_CASE("anomalies: a spike above the trailing median, days at the limit; quie
   CHECK(r.anomalies.empty());
 }
 
-TEST_CASE("the HTML page is self-contained, with two SVG charts and escaped names", "[reports]") {
+TEST_CASE("the HTML page is self-contained, with three SVG charts and escaped names", "[reports]") {
   Fixture f;
   Report r;
   REQUIRE(build_report(f.config, utc(2026, 11, 13) / 86400, utc(2026, 11, 19) / 86400, utc(2026, 11, 19, 13), &r) == Code::kOk);
@@ -114,7 +154,7 @@ TEST_CASE("the HTML page is self-contained, with two SVG charts and escaped name
   CHECK(page.rfind("<!DOCTYPE html>", 0) == 0);
   size_t svgs = 0;
   for (size_t at = page.find("<svg"); at != std::string::npos; at = page.find("<svg", at + 1)) ++svgs;
-  CHECK(svgs == 2);
+  CHECK(svgs == 3);
   CHECK(page.find("<script") == std::string::npos);  // escaped, and no scripts of our own
   CHECK(page.find("&lt;script&gt;") != std::string::npos);
   CHECK(page.find("src=") == std::string::npos);     // no external assets
@@ -122,7 +162,7 @@ TEST_CASE("the HTML page is self-contained, with two SVG charts and escaped name
   CHECK(page.find("10.00") != std::string::npos);
 }
 
-TEST_CASE("the HTML report renders in headless Chromium: both charts in the DOM, a screenshot", "[reports][html]") {
+TEST_CASE("the HTML report renders in headless Chromium: all three charts in the DOM, a screenshot", "[reports][html]") {
   Fixture f;
   Report r;
   REQUIRE(build_report(f.config, utc(2026, 11, 13) / 86400, utc(2026, 11, 19) / 86400, utc(2026, 11, 19, 13), &r) == Code::kOk);
@@ -139,13 +179,19 @@ TEST_CASE("the HTML report renders in headless Chromium: both charts in the DOM,
   dump.push_back("file://" + page);
   const auto dom = ledger_test::run(dump);
   REQUIRE(dom.exit_code == 0);
-  size_t svgs = 0, bars = 0;
-  for (size_t at = dom.out.find("<svg"); at != std::string::npos; at = dom.out.find("<svg", at + 1)) ++svgs;
-  for (size_t at = dom.out.find("<rect"); at != std::string::npos; at = dom.out.find("<rect", at + 1)) ++bars;
-  CHECK(svgs == 2);
-  CHECK(bars == r.rows.size() + r.days.size());  // one bar per account and per day
+  auto count = [&](const std::string& what) {
+    size_t n = 0;
+    for (size_t at = dom.out.find(what); at != std::string::npos; at = dom.out.find(what, at + 1)) ++n;
+    return n;
+  };
+  CHECK(count("<svg") == 3);
+  CHECK(count("<rect class=\"bar\"") == r.rows.size());  // one bar per account
+  CHECK(count("<rect class=\"day\"") == r.days.size());  // one per day
+  // One segment per (account, model) of the accounts that used a model: bob and eng, 3 each.
+  CHECK(count("<rect class=\"model\"") == 6);
+  CHECK(count("<rect class=\"legend\"") == 3);  // two models and the unattributed rest
   std::vector<std::string> screenshot = flags;
-  screenshot.push_back("--window-size=1000,900");
+  screenshot.push_back("--window-size=1000,1500");
   screenshot.push_back("--screenshot=" + shot);
   screenshot.push_back("file://" + page);
   REQUIRE(ledger_test::run(screenshot).exit_code == 0);
@@ -169,7 +215,7 @@ TEST_CASE("reports are written atomically, and the CLI checks its arguments", "[
   const std::string c = f.config_path;
   auto r = ledger_test::run({LEDGERCTL_PATH, "--config", c, "report", "--from", "2026-11-13", "--to", "2026-11-19", "--format", "csv"});
   REQUIRE(r.exit_code == 0);
-  CHECK(r.out.find("alice,eng,pro,daily,3.00,10.00,7,") != std::string::npos);
+  CHECK(r.out.find("alice,eng,pro,,daily,3.00,10.00,7,") != std::string::npos);
   r = ledger_test::run({LEDGERCTL_PATH, "--config", c, "report", "--from", "2026-11-13", "--to", "2026-11-19", "--format", "html", "--out", out});
   REQUIRE(r.exit_code == 0);
   CHECK(ledger_test::read_file(out).find("<svg") != std::string::npos);

@@ -95,6 +95,17 @@ struct LedgerStats {
   uint32_t reservations_expired = 0;  // tombstones waiting for a late commit
   uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0;
   uint64_t denied_over_budget = 0, denied_parent_over_budget = 0, denied_model = 0, denied_blocked = 0;
+  uint32_t model_stats = 0, max_model_stats = 0;  // (account, model) tallies in use, and the table size
+  uint64_t model_stats_dropped = 0;  // commits not tallied per model (table crowded); still charged
+};
+
+// What commits of authorize()d holds settled for one (account, model) since the segment was created
+// (the store keeps the durable per-day record; see store.hpp).
+struct ModelSpend {
+  std::string account;
+  std::string model;
+  int64_t spent_nanousd = 0;
+  uint64_t requests = 0;  // wraps at 2^33 like every request counter of the segment
 };
 
 // A resolved account, for callers that want to skip the name lookup on every call.
@@ -155,6 +166,9 @@ class Ledger {
   Status balances(std::vector<AccountBalance>* out) const;
 
   Status stats(LedgerStats* out) const;
+  // Per-model tallies (one pass over the tally table), in table order. Only the account a hold was
+  // authorized for is tallied (not its ancestors); debits and plain reserve()s carry no model.
+  Status model_spend(std::vector<ModelSpend>* out) const;
 
   // Expires holds past their TTL or whose process died, finishes or undoes the half-applied work of
   // dead processes, and drops tombstones past their grace. Safe from any process, concurrently.

@@ -6,6 +6,8 @@
 //   meta       format version, last flush time, the tier table
 //   periods    (name, period) -> settled spend and requests of that period (the last snapshot)
 //   daily      (name, UTC day) -> spend and requests settled that day
+//   model_daily (name, model, UTC day) -> what commits of authorize()d holds settled that day
+//   models     (name, model) -> the last per-model tally seen, with the id of its segment
 //   journal    seq -> one entry per account and flush (and per reconcile adjustment): the audit trail
 // A flush computes, per account and period, settled = used - live holds, and records the change
 // since the snapshot already stored; a flusher killed mid-way commits nothing, so the next flush
@@ -52,6 +54,16 @@ struct StoredDay {
   uint64_t requests = 0;
 };
 
+// Per-model spend: what commits of authorize()d holds settled for (account, model) that day. The
+// account is the one the hold was authorized for (a team's per-model spend is its members' sum).
+struct StoredModelDay {
+  std::string account;
+  std::string model;
+  int64_t day = 0;
+  int64_t spent_nanousd = 0;
+  uint64_t requests = 0;
+};
+
 enum class JournalKind : uint32_t { kFlush = 1, kAdjustment = 2 };  // reaches disk: never renumber
 struct JournalEntry {
   uint64_t seq = 0;
@@ -89,6 +101,7 @@ class StoreReader {
   Status accounts(std::vector<StoredAccount>* out) const;
   Status periods(std::vector<StoredPeriod>* out) const;
   Status days(int64_t first_day, int64_t last_day, std::vector<StoredDay>* out) const;
+  Status model_days(int64_t first_day, int64_t last_day, std::vector<StoredModelDay>* out) const;
   Status journal(uint64_t from_seq, size_t max_entries, std::vector<JournalEntry>* out) const;
   Status stats(StoreStats* out) const;
   struct Impl;
