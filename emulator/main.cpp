@@ -17,6 +17,8 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <mutex>
+#include <set>
 #include <thread>
 
 #include "emulator.hpp"
@@ -31,8 +33,16 @@ namespace {
 constexpr int kConnectionsMax = 64;
 constexpr uint64_t kBodyBytesMax = 1 << 20;
 std::atomic<int> g_connections{0};
+// Open sessions' sockets, so that a shutdown can wake their blocking reads before `emu` and the
+// io_context go away (session threads are detached).
+std::mutex g_sessions_mutex;
+std::set<int> g_session_fds;
 
 void session(tcp::socket socket, emulator::Emulator& emu) {
+  {
+    std::lock_guard<std::mutex> lock(g_sessions_mutex);
+    g_session_fds.insert(socket.native_handle());
+  }
   beast::flat_buffer buffer;
   beast::error_code ec;
   for (;;) {
@@ -66,7 +76,23 @@ void session(tcp::socket socket, emulator::Emulator& emu) {
     if (ec || !res.keep_alive()) break;
   }
   socket.shutdown(tcp::socket::shutdown_send, ec);
-  g_connections.fetch_sub(1);
+  {
+    std::lock_guard<std::mutex> lock(g_sessions_mutex);
+    g_session_fds.erase(socket.native_handle());
+  }
+  socket.close(ec);
+  g_connections.fetch_sub(1);  // last: after this the thread touches nothing shared
+}
+
+// Wakes every session (their reads fail) and waits for them to end; a session stuck in an injected
+// delay for longer than the grace gets the process ended under it, without running destructors.
+void stop_sessions() {
+  {
+    std::lock_guard<std::mutex> lock(g_sessions_mutex);
+    for (int fd : g_session_fds) ::shutdown(fd, SHUT_RDWR);
+  }
+  for (int i = 0; i < 200 && g_connections.load() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (g_connections.load() > 0) std::_Exit(0);
 }
 
 std::string load_or_create_key(const std::string& path, std::string* error) {
@@ -153,5 +179,6 @@ int main(int argc, char** argv) {
   };
   accept();
   io.run();
+  stop_sessions();
   return 0;
 }

@@ -5,6 +5,7 @@
 #include <boost/json.hpp>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "emulator.hpp"
 #include "process.hpp"
@@ -250,4 +251,49 @@ TEST_CASE("the emulator binary serves real HTTP on loopback, and truncates for r
   int status = 0;
   REQUIRE(::waitpid(pid, &status, 0) == pid);
   CHECK(WIFEXITED(status));
+}
+
+// Sessions run on detached threads: a SIGTERM while keep-alive connections are open (and their
+// clients hang up at the same moment) must end the process cleanly, never with a session touching
+// the server after main returned (ASan saw that once as a use-after-free, then a hang).
+TEST_CASE("the emulator stops cleanly with keep-alive connections open", "[emulator][process]") {
+  namespace net = boost::asio;
+  for (int round = 0; round < 5; ++round) {
+    ledger_test::TempDir dir;
+    const std::string key_file = dir.path() + "/mgmt.key", port_file = dir.path() + "/port";
+    const pid_t pid = ledger_test::spawn({EMULATOR_PATH, "--management-key-file", key_file, "--port-file", port_file}, -1, -1);
+    REQUIRE(pid > 0);
+    std::string port;
+    for (int i = 0; i < 200 && port.empty(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      port = ledger_test::read_file(port_file);
+    }
+    REQUIRE_FALSE(port.empty());
+    net::io_context io;
+    std::vector<net::ip::tcp::socket> sockets;
+    for (int c = 0; c < 8; ++c) {
+      sockets.emplace_back(io);
+      sockets.back().connect({net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(std::stoi(port))});
+      const std::string request = "GET /api/v1/models HTTP/1.1\r\nHost: x\r\n\r\n";  // keep-alive
+      net::write(sockets.back(), net::buffer(request));
+      char buffer[512];
+      REQUIRE(sockets.back().read_some(net::buffer(buffer)) > 0);
+    }
+    ::kill(pid, SIGTERM);
+    if (round % 2 == 1) std::this_thread::sleep_for(std::chrono::milliseconds(round));
+    for (auto& s : sockets) s.close();
+    int status = 0;
+    pid_t done = 0;
+    for (int i = 0; i < 500 && done == 0; ++i) {
+      done = ::waitpid(pid, &status, WNOHANG);
+      if (done == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (done == 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+    }
+    INFO("round " << round);
+    REQUIRE(done == pid);  // ended within 5 s
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  }
 }
