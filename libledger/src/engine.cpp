@@ -502,6 +502,15 @@ Status Ledger::Impl::settle(ReservationId id, bool commit, int64_t actual) {
       return Code::kUnknownReservation;
     }
     const uint32_t status = res_status(state);
+    if (commit && status == kResSettling && expiring(res_lane(state), slot)) {
+      // The hold is being expired (TTL passed): this commit is a late commit of its tombstone, so
+      // wait for the expiry to end rather than lose the cost. An expiry is a few CASes; one whose
+      // reclaimer died is finished by repairing it, which this thread does itself when it can.
+      if (in_op) end(&op);
+      in_op = false;
+      wait_for_expiry(slot, state);
+      continue;
+    }
     if (status == kResFree || status == kResSettling) {
       if (in_op) end(&op);
       return Code::kAlreadySettled;
@@ -602,6 +611,27 @@ Status Ledger::Impl::charge(uint32_t account, int64_t amount) {
   return Code::kOk;
 }
 
+bool Ledger::Impl::expiring(uint32_t lane_id, uint32_t slot) const {
+  if (lane_id == 0 || lane_id > max_processes * kLanesPerProcess) return false;
+  const LaneHeader& h = lane_by_id(lane_id).header;
+  const uint64_t ctl = load(h.ctl);
+  return ctl_kind(ctl) == kOpExpire && (ctl_phase(ctl) == kPhaseActive || ctl_phase(ctl) == kPhaseResolved) &&
+         load(h.reservation_slot, memory_order_relaxed) == slot + 1;
+}
+
+void Ledger::Impl::wait_for_expiry(uint32_t slot, uint64_t state) {
+  const uint32_t expirer_slot = (res_lane(state) - 1) / kLanesPerProcess;
+  for (uint32_t spins = 0; load(reservations[slot].state) == state; ++spins) {
+    if (spins < 64) continue;
+    std::this_thread::yield();
+    if (spins % 1024 == 0 && expirer_slot != process_slot && try_lock_byte(kSlotLockBase + expirer_slot)) {
+      // Its process is gone (we got its lock byte): repair it, which rolls the expiry forward.
+      unlock_byte(kSlotLockBase + expirer_slot);
+      (void)reclaim_dead_processes();
+    }
+  }
+}
+
 // Turns a held reservation into a tombstone: its hold leaves `used`, and a late commit will still
 // charge the actual cost until the grace period ends.
 Status Ledger::Impl::expire_hold(uint32_t slot, uint64_t state, int64_t now) {
@@ -630,6 +660,7 @@ Status Ledger::Impl::expire_hold(uint32_t slot, uint64_t state, int64_t now) {
     return Code::kAlreadySettled;
   }
   LEDGER_CRASH_POINT();
+  LEDGER_PAUSE_POINT();  // claimed, nothing applied: a commit arriving now must wait, not be lost
   const Now clock = this->now();
   for (uint32_t i = 0; i < hold.depth; ++i) (void)apply(&op, i, specs[i], clock, nullptr, true);
   store(r.deadline_ms, grace_end, memory_order_relaxed);

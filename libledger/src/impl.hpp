@@ -237,6 +237,8 @@ struct Ledger::Impl {
   Status settle(ReservationId id, bool commit, int64_t actual);
   Status charge(uint32_t account, int64_t amount);
   Status expire_hold(uint32_t slot, uint64_t state, int64_t now_ms);
+  // Returns once reservation slot `slot` is no longer in `state` (an expiry in progress).
+  void wait_for_expiry(uint32_t slot, uint64_t state);
   int64_t held_in(uint32_t account, uint32_t tag) const;
   // Counts a denial by its code (1..4). Denials only: the grant path never touches the counters.
   Code count_denial(Code code) const {
@@ -273,6 +275,10 @@ struct Ledger::Impl {
   // REQUIRES: the caller holds the slot's lock byte. op == nullptr: borrow one of its idle lanes.
   bool reclaim_dead_process(uint32_t slot, detail::OpScope* op);
   bool process_alive_for(uint32_t owner_slot, uint32_t owner_generation) const;
+  // Repairs every dead process's lanes and frees its slot (the first half of Ledger::reclaim).
+  Status reclaim_dead_processes();
+  // True while `lane_id` is expiring reservation slot `slot` (its op may be waiting for repair).
+  bool expiring(uint32_t lane_id, uint32_t slot) const;
 };
 
 // Serializes admin writers: threads of this process (mutex) and other processes (OFD lock).

@@ -83,10 +83,13 @@ Ledger::Impl::Repair Ledger::Impl::repair_lane(uint32_t dead, OpScope* op, int d
     const uint64_t res_state = res != nullptr ? load(res->state) : 0;
 
     if (kind == kOpDebit || kind == kOpReserve) {
-      // Admission that was never acknowledged: roll back, unless a reserve already reached HELD
-      // (then it is complete, and its hold expires like any hold of a dead owner).
+      // Admission that was never acknowledged: roll back, unless a reserve already left RESERVING
+      // (then it is complete, and its hold expires like any hold of a dead owner). Only the dead
+      // lane moves its slot out of RESERVING (to HELD, or to FREE after undoing a denial), so a slot
+      // in any other state or generation means just that: the hold may since have been expired,
+      // committed, dropped and even reused, and rolling back then would take its amount off twice.
       const bool complete = kind == kOpReserve && res != nullptr &&
-                            res_state == make_res_state(res_generation(claimed), kResHeld, 0);
+                            (res_generation(res_state) != res_generation(claimed) || res_status(res_state) != kResReserving);
       if (!complete) {
         for (uint32_t j = 0; j < std::min(n, kChainDepthMax); ++j) {
           const Target& t = lane.targets[j];
@@ -230,22 +233,25 @@ bool Ledger::Impl::process_alive_for(uint32_t owner_slot, uint32_t owner_generat
   return proc_status(state) == kProcActive && proc_generation(state) == owner_generation;
 }
 
+Status Ledger::Impl::reclaim_dead_processes() {
+  OpScope op;
+  Status status = acquire(&op);
+  if (!status.ok()) return status;
+  for (uint32_t slot = 0; slot < max_processes; ++slot) {
+    if (slot == process_slot) continue;
+    if (proc_status(load(processes[slot].state)) != kProcActive) continue;
+    if (!try_lock_byte(kSlotLockBase + slot)) continue;  // alive (or being reclaimed)
+    if (proc_status(load(processes[slot].state)) == kProcActive) (void)reclaim_dead_process(slot, &op);
+    unlock_byte(kSlotLockBase + slot);
+  }
+  release(&op);
+  return Code::kOk;
+}
+
 Status Ledger::reclaim(uint32_t* reclaimed_holds) {
   Impl& l = *impl_;
   uint32_t reclaimed = 0;
-  {
-    OpScope op;
-    Status status = l.acquire(&op);
-    if (!status.ok()) return status;
-    for (uint32_t slot = 0; slot < l.max_processes; ++slot) {
-      if (slot == l.process_slot) continue;
-      if (proc_status(load(l.processes[slot].state)) != kProcActive) continue;
-      if (!l.try_lock_byte(kSlotLockBase + slot)) continue;  // alive (or being reclaimed)
-      if (proc_status(load(l.processes[slot].state)) == kProcActive) (void)l.reclaim_dead_process(slot, &op);
-      l.unlock_byte(kSlotLockBase + slot);
-    }
-    l.release(&op);
-  }
+  if (Status status = l.reclaim_dead_processes(); !status.ok()) return status;
   const int64_t now = l.now_ms();
   for (uint32_t r = 0; r < l.max_reservations; ++r) {
     Reservation& res = l.reservations[r];

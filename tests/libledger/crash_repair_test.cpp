@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 #include <functional>
+#include <thread>
 
 #include "test_util.hpp"
 
@@ -266,6 +267,54 @@ TEST_CASE("a helper that stalled across an ABA of the word never marks a dead en
     if (m_exit == 0) break;
   }
   CHECK(cases >= 8);
+}
+
+// A commit that arrives while a reclaimer is expiring its hold (TTL passed) is a late commit: it
+// must wait for the expiry and then charge in full, never answer "already settled" and lose the
+// cost. The reclaimer stops right after claiming the slot; it is then resumed, or killed (the
+// committer repairs it itself).
+TEST_CASE("a commit racing an expiry waits for it and is charged as a late commit", "[crash]") {
+  Fixture f;
+  const bool kill_reclaimer = GENERATE(false, true);
+  const int64_t real_now = f.clock.now_ms;
+  f.clock.now_ms = real_now - 3'600'000;  // reserved an hour ago with a 1 s TTL: expired now
+  const ReservationId id = f.authorized(2 * kUsd, 1);
+  f.clock.now_ms = real_now;
+  int paused[2], resume[2];
+  REQUIRE((::pipe(paused) == 0 && ::pipe(resume) == 0));
+  const pid_t reclaimer = ::fork();
+  if (reclaimer == 0) {
+    std::unique_ptr<Ledger> l;
+    if (!Ledger::open(f.dir.path(), Options{}, &l).ok()) ::_exit(2);
+    g_paused_fd = paused[1];
+    g_resume_fd = resume[0];
+    ledger_test_pause_once(pause_hook);
+    uint32_t n = 0;
+    ::_exit(l->reclaim(&n).ok() && n == 1 ? 0 : 1);
+  }
+  char c = 0;
+  REQUIRE(::read(paused[0], &c, 1) == 1);  // the slot is claimed for expiry, no level changed yet
+  std::thread later([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (kill_reclaimer) ::kill(reclaimer, SIGKILL);
+    else REQUIRE(::write(resume[1], "g", 1) == 1);
+  });
+  const Status committed = f.ledger->commit(id, kUsd);  // blocks until the expiry is over
+  later.join();
+  int status = 0;
+  REQUIRE(::waitpid(reclaimer, &status, 0) == reclaimer);
+  for (int fd : {paused[0], paused[1], resume[0], resume[1]}) ::close(fd);
+  INFO((kill_reclaimer ? "reclaimer killed" : "reclaimer resumed"));
+  if (!kill_reclaimer) CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  REQUIRE(committed == Code::kOk);
+  CHECK(f.ledger->commit(id, kUsd) == Code::kAlreadySettled);
+  f.reclaim_all();
+  const Chain after = read_chain(*f.ledger);
+  CHECK(after.alice == kUsd);  // the hold is gone, the actual cost charged once, on every level
+  CHECK(after.team == kUsd);
+  CHECK(after.org == kUsd);
+  CHECK(after.held_alice + after.held_team + after.held_org == 0);
+  f.require_tally(kUsd, 1);
 }
 
 TEST_CASE("a release killed at any point frees the hold exactly once", "[crash]") {
