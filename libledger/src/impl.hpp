@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "atomics.hpp"
 #include "layout.hpp"
@@ -186,6 +187,35 @@ struct Ledger::Impl {
   std::unique_ptr<std::mutex> admin_mutex = std::make_unique<std::mutex>();
   std::unique_ptr<std::mutex> flush_mutex = std::make_unique<std::mutex>();
   std::atomic<int> local_admin_writers{0};
+
+  // What this handle's last flush left in the store, so the next flush skips the B-tree reads of
+  // records it already knows. Valid only while the store still carries the same (store id, flush
+  // sequence) that this handle's last successful flush wrote: any other writer of those records
+  // (another flusher) bumps the sequence, and a failed flush clears it. Guarded by flush_mutex.
+  struct FlushCache {
+    struct Config {
+      int64_t limit = 0;
+      int32_t parent = -1;
+      uint8_t period = 0, blocked = 0, tier = 0, valid = 0;
+      bool operator==(const Config&) const = default;
+    };
+    struct Totals {
+      uint32_t tag = 0;  // period tag (words) or UTC day (day bucket)
+      bool valid = false;
+      int64_t spent = 0;
+      uint64_t requests = 0;
+    };
+    struct Entry {
+      Config config;
+      Totals words[2];
+      Totals day;
+    };
+    uint64_t store_id = 0, sequence = 0;  // sequence 0: nothing known
+    std::vector<Entry> entries;           // by account index
+    std::vector<uint32_t> order;          // live accounts sorted by name (names never change)
+    uint32_t order_count = 0;             // account_count the order was built for
+  };
+  FlushCache flush_cache;
 
   ~Impl();
 

@@ -4,6 +4,7 @@
 // each is one synced LMDB write transaction (no MDB_NOSYNC, no MDB_WRITEMAP). The environment is
 // opened per flush, so a handle carried across fork() never touches a parent's LMDB environment.
 #include <lmdb.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -140,13 +141,18 @@ uint64_t get_be64(const char* in) {
 
 // (account, period kind, index) and (account, day) keys: name, NUL, then big-endian numbers so that
 // one account's entries sort together and in time order.
-std::string period_key(std::string_view account, Period kind, int64_t index) {
-  std::string key(account);
-  key.push_back('\0');
-  key.push_back(static_cast<char>(kind));
+// The *_into forms reuse the caller's string (no allocation once it has grown: the flush loop).
+void period_key_into(std::string* key, std::string_view account, Period kind, int64_t index) {
+  key->assign(account);
+  key->push_back('\0');
+  key->push_back(static_cast<char>(kind));
   char number[8];
   put_be64(number, static_cast<uint64_t>(index) ^ (uint64_t{1} << 63));
-  key.append(number, 8);
+  key->append(number, 8);
+}
+std::string period_key(std::string_view account, Period kind, int64_t index) {
+  std::string key;
+  period_key_into(&key, account, kind, index);
   return key;
 }
 // (account, model) and (account, model, day) keys: the model name sits between the account and the
@@ -157,12 +163,16 @@ std::string model_key(std::string_view account, std::string_view model) {
   key.append(model);
   return key;
 }
-std::string day_key(std::string_view account, int64_t day) {
-  std::string key(account);
-  key.push_back('\0');
+void day_key_into(std::string* key, std::string_view account, int64_t day) {
+  key->assign(account);
+  key->push_back('\0');
   char number[8];
   put_be64(number, static_cast<uint64_t>(day) ^ (uint64_t{1} << 63));
-  key.append(number, 8);
+  key->append(number, 8);
+}
+std::string day_key(std::string_view account, int64_t day) {
+  std::string key;
+  day_key_into(&key, account, day);
   return key;
 }
 
@@ -311,6 +321,31 @@ Status Ledger::Impl::flush_store() {
   Txn txn;
   int rc = mdb_txn_begin(env.env, nullptr, 0, &txn.txn);
   if (rc != 0) return mdb_status(rc);
+  // What the store says about its own identity and the last flush: the cache of our last flush is
+  // good only if nobody flushed since. From here until the commit succeeds, the cache is invalid.
+  FlushCache& cache = flush_cache;
+  uint64_t store_id = 0, sequence = 0;
+  {
+    const char* id_key = "store_id";
+    const char* seq_key = "flush_sequence";
+    MDB_val ik = val(id_key, std::strlen(id_key)), sk = val(seq_key, std::strlen(seq_key)), v;
+    if (mdb_get(txn.txn, env.meta, &ik, &v) == 0 && v.mv_size == sizeof store_id) std::memcpy(&store_id, v.mv_data, sizeof store_id);
+    if (mdb_get(txn.txn, env.meta, &sk, &v) == 0 && v.mv_size == sizeof sequence) std::memcpy(&sequence, v.mv_data, sizeof sequence);
+    if (store_id == 0) {
+      while (store_id == 0)
+        if (::getrandom(&store_id, sizeof store_id, 0) != static_cast<ssize_t>(sizeof store_id)) store_id = static_cast<uint64_t>(clock.ms) ^ 0x9E3779B97F4A7C15ULL;
+      MDB_val nv = val(&store_id, sizeof store_id);
+      rc = mdb_put(txn.txn, env.meta, &ik, &nv, 0);
+    }
+  }
+  const bool known = cache.sequence != 0 && cache.store_id == store_id && cache.sequence == sequence;
+  cache.sequence = 0;
+  if (!known || cache.entries.size() < count) {
+    // Keep nothing we cannot vouch for (entries of accounts created since are simply unknown).
+    const size_t keep = known ? cache.entries.size() : 0;
+    cache.entries.resize(std::max<size_t>(count, cache.entries.size()));
+    for (size_t i = keep; i < cache.entries.size(); ++i) cache.entries[i] = FlushCache::Entry{};
+  }
   uint64_t journal_next = 1;
   {
     MDB_cursor* cursor = nullptr;
@@ -324,35 +359,44 @@ Status Ledger::Impl::flush_store() {
       mdb_cursor_close(cursor);
     }
   }
-  // In key order, so LMDB's B-tree inserts are sequential rather than scattered.
-  std::vector<uint32_t> order;
-  order.reserve(count);
-  for (uint32_t i = 0; i < count; ++i)
-    if (load(accounts[i].live) != 0) order.push_back(i);
   auto name_of = [this](uint32_t i) {
     return std::string_view(accounts[i].name, std::min<uint32_t>(accounts[i].name_length, kAccountNameMax));
   };
-  std::sort(order.begin(), order.end(), [&](uint32_t x, uint32_t y) { return name_of(x) < name_of(y); });
-  for (size_t position = 0; position < order.size() && rc == 0; ++position) {
-    const uint32_t i = order[position];
+  // In key order, so LMDB's B-tree inserts are sequential rather than scattered. Names never change,
+  // so the order is sorted again only when accounts were added.
+  if (cache.order_count != count) {
+    cache.order.clear();
+    for (uint32_t i = 0; i < count; ++i)
+      if (load(accounts[i].live) != 0) cache.order.push_back(i);
+    std::sort(cache.order.begin(), cache.order.end(), [&](uint32_t x, uint32_t y) { return name_of(x) < name_of(y); });
+    cache.order_count = count;
+  }
+  std::string record_key, day_record_key;  // reused: no allocation per record
+  for (size_t position = 0; position < cache.order.size() && rc == 0; ++position) {
+    const uint32_t i = cache.order[position];
     const Account& a = accounts[i];
     if (load(a.live) == 0) continue;
-    const std::string name(a.name, std::min<uint32_t>(a.name_length, kAccountNameMax));
-    // Budget configuration.
-    AccountValue config{};
-    config.version = 1;
-    config.blocked = load(a.blocked);
-    config.limit_nanousd = load(a.limit_nanousd);
-    config.period = load(a.period_kind);
-    const int32_t parent = load(a.parent);
-    if (parent >= 0 && static_cast<uint32_t>(parent) < count)
-      std::memcpy(config.parent, accounts[parent].name, std::min<uint32_t>(accounts[parent].name_length, kAccountNameMax));
-    const std::string tier = tier_name(load(a.tier));
-    std::memcpy(config.tier, tier.data(), std::min<size_t>(tier.size(), kTierNameMax));
-    AccountValue stored{};
-    if (!get_struct(txn.txn, env.accounts, name, &stored) || std::memcmp(&stored, &config, sizeof config) != 0) {
-      MDB_val k = val(name), v = val(&config, sizeof config);
-      rc = mdb_put(txn.txn, env.accounts, &k, &v, 0);
+    FlushCache::Entry& known_entry = cache.entries[i];
+    const std::string_view name = name_of(i);
+    // Budget configuration: rewritten when it differs from what the store holds.
+    const FlushCache::Config config_now{load(a.limit_nanousd), load(a.parent), load(a.period_kind), load(a.blocked), load(a.tier), 1};
+    if (!(known_entry.config == config_now)) {
+      AccountValue config{};
+      config.version = 1;
+      config.blocked = config_now.blocked;
+      config.limit_nanousd = config_now.limit;
+      config.period = config_now.period;
+      if (config_now.parent >= 0 && static_cast<uint32_t>(config_now.parent) < count)
+        std::memcpy(config.parent, accounts[config_now.parent].name, std::min<uint32_t>(accounts[config_now.parent].name_length, kAccountNameMax));
+      const std::string tier = tier_name(config_now.tier);
+      std::memcpy(config.tier, tier.data(), std::min<size_t>(tier.size(), kTierNameMax));
+      record_key.assign(name);
+      AccountValue stored{};
+      if (!get_struct(txn.txn, env.accounts, record_key, &stored) || std::memcmp(&stored, &config, sizeof config) != 0) {
+        MDB_val k = val(record_key), v = val(&config, sizeof config);
+        rc = mdb_put(txn.txn, env.accounts, &k, &v, 0);
+      }
+      known_entry.config = config_now;
     }
     // Settled totals per period word, and the change since the last flush.
     for (uint32_t p = 0; p < 2 && rc == 0; ++p) {
@@ -362,23 +406,32 @@ Status Ledger::Impl::flush_store() {
       const Period kind = tag_kind(tag);
       const int64_t index = tag_index(tag);
       const TotalsValue now_totals{w.used - held[i * 2 + p], meta_requests(w.meta)};
-      const std::string key = period_key(name, kind, index);
+      FlushCache::Totals& known_word = known_entry.words[p];
+      if (known_word.valid && known_word.tag == tag && known_word.spent == now_totals.spent_nanousd &&
+          known_word.requests == now_totals.requests)
+        continue;  // unchanged since our last flush: no read, no write
+      period_key_into(&record_key, name, kind, index);
       TotalsValue before{0, 0};
-      (void)get_struct(txn.txn, env.periods, key, &before);
+      if (known_word.valid && known_word.tag == tag) before = TotalsValue{known_word.spent, known_word.requests};
+      else (void)get_struct(txn.txn, env.periods, record_key, &before);
+      known_word = FlushCache::Totals{tag, true, now_totals.spent_nanousd, now_totals.requests};
       const int64_t delta = now_totals.spent_nanousd - before.spent_nanousd;
       // Requests wrap at 2^33 in the segment: the difference modulo 2^33 is the count settled.
       int64_t delta_requests = static_cast<int64_t>(now_totals.requests) - static_cast<int64_t>(before.requests);
       if (delta_requests < 0) delta_requests += static_cast<int64_t>(kRequestMask) + 1;
       if (delta == 0 && delta_requests == 0) continue;
-      MDB_val k = val(key), v = val(&now_totals, sizeof now_totals);
+      MDB_val k = val(record_key), v = val(&now_totals, sizeof now_totals);
       rc = mdb_put(txn.txn, env.periods, &k, &v, 0);
       // The day it was settled (flush granularity) gets the change.
-      const std::string dkey = day_key(name, clock.days);
+      FlushCache::Totals& known_day = known_entry.day;
+      day_key_into(&day_record_key, name, clock.days);
       TotalsValue day{0, 0};
-      (void)get_struct(txn.txn, env.daily, dkey, &day);
+      if (known_day.valid && known_day.tag == static_cast<uint32_t>(clock.days)) day = TotalsValue{known_day.spent, known_day.requests};
+      else (void)get_struct(txn.txn, env.daily, day_record_key, &day);
       day.spent_nanousd += delta;
       day.requests += static_cast<uint64_t>(delta_requests);
-      MDB_val dk = val(dkey), dv = val(&day, sizeof day);
+      known_day = FlushCache::Totals{static_cast<uint32_t>(clock.days), true, day.spent_nanousd, day.requests};
+      MDB_val dk = val(day_record_key), dv = val(&day, sizeof day);
       if (rc == 0) rc = mdb_put(txn.txn, env.daily, &dk, &dv, 0);
       JournalValue entry{};
       entry.unix_ms = clock.ms;
@@ -431,7 +484,17 @@ Status Ledger::Impl::flush_store() {
     MDB_val k = val(key, std::strlen(key)), v = val(&clock.ms, sizeof clock.ms);
     rc = mdb_put(txn.txn, env.meta, &k, &v, 0);
   }
+  const uint64_t next_sequence = sequence + 1;
+  if (rc == 0) {
+    const char* key = "flush_sequence";
+    MDB_val k = val(key, std::strlen(key)), v = val(&next_sequence, sizeof next_sequence);
+    rc = mdb_put(txn.txn, env.meta, &k, &v, 0);
+  }
   if (rc == 0) rc = txn.commit();  // synced: durable on return
+  if (rc == 0) {
+    cache.store_id = store_id;
+    cache.sequence = next_sequence;  // the cache now describes the store exactly
+  }
   return mdb_status(rc);
 }
 
