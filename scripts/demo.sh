@@ -79,5 +79,13 @@ echo
 "$ctl" --config "$work/demo.json" report --format html --out "$work/reports/team-report.html" 2>/dev/null
 echo
 echo "HTML report: $work/reports/team-report.html (also json and csv beside it)"
+if command -v chromium >/dev/null 2>&1; then
+  # A picture of it, for a terminal-only machine (headless Chromium, no network).
+  if chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
+       --disable-component-update --disable-sync --user-data-dir="$work/chromium" --window-size=1000,1500 \
+       --screenshot="$work/reports/team-report.png" "file://$work/reports/team-report.html" >/dev/null 2>&1; then
+    echo "screenshot:  $work/reports/team-report.png"
+  fi
+fi
 echo "metrics were served at http://127.0.0.1:$metrics_port/metrics; logs: $work/sidecar.log"
 grep -c 'msg="reports written"' "$work/sidecar.log" >/dev/null && echo "sidecar: flushed, reconciled and wrote reports while the workers ran"

@@ -118,4 +118,42 @@ std::vector<std::string> revoke(Ledger& ledger, const Config& config, openrouter
   return done;
 }
 
+bool follow_block(const Config& config, openrouter::Client& client, const std::string& account, bool blocked,
+                  std::string* done, std::string* error) {
+  done->clear();
+  const auto bindings = key_bindings(config);
+  const auto it = bindings.find(account);
+  if (it == bindings.end()) return true;  // no key of its own
+  const std::string& hash = it->second;
+  const std::string which = "the key " + hash.substr(0, 12) + "... of \"" + account + "\"";
+  openrouter::KeyInfo info;
+  if (const openrouter::Error e = client.get_key(hash, &info)) {
+    if (e.kind == openrouter::ErrorKind::kNotFound) {
+      if (!blocked) {
+        *error = which + " no longer exists at OpenRouter; give the account a new one with: ledgerctl keys rotate " + account;
+        return false;
+      }
+      return true;  // blocked and gone: nothing left to revoke
+    }
+    *error = "cannot read " + which + ": " + e.message;
+    return false;
+  }
+  if (blocked && config.openrouter.revoke == "delete") {
+    if (const openrouter::Error e = client.delete_key(hash); e && e.kind != openrouter::ErrorKind::kNotFound) {
+      *error = "cannot delete " + which + ": " + e.message;
+      return false;
+    }
+    (void)store_bind_key(config.ledger.dir, account, "");
+    *done = "deleted " + which;
+    return true;
+  }
+  if (info.disabled == blocked) return true;  // already so
+  if (const openrouter::Error e = client.set_disabled(hash, blocked, &info)) {
+    *error = std::string("cannot ") + (blocked ? "disable " : "enable ") + which + ": " + e.message;
+    return false;
+  }
+  *done = (blocked ? "disabled " : "enabled again ") + which;
+  return true;
+}
+
 }  // namespace ledger::admin

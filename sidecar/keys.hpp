@@ -34,4 +34,11 @@ bool rotate(const Config& config, openrouter::Client& client, const std::string&
 std::vector<std::string> revoke(Ledger& ledger, const Config& config, openrouter::Client& client,
                                 std::vector<std::string>* errors);
 
+// Right after `ledgerctl block` / `unblock`: the account's bound key is disabled (or deleted, with
+// openrouter.revoke "delete") when blocked, and enabled again when unblocked, so OpenRouter follows
+// at once instead of at the next reconcile. Returns what was done ("" = nothing to do: no key bound,
+// already in that state); false with *error when OpenRouter could not be told.
+bool follow_block(const Config& config, openrouter::Client& client, const std::string& account, bool blocked,
+                  std::string* done, std::string* error);
+
 }  // namespace ledger::admin

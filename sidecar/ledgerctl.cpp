@@ -31,8 +31,9 @@ Commands:
   status [--json]             one row per account: limit, spent, held, available, requests, period
   balance ACCOUNT [--json]    one account
   debit ACCOUNT USD           check-and-debit; exit 0 granted, 3 denied (reason on stderr)
-  block ACCOUNT               deny the account (and its descendants) from now on
-  unblock ACCOUNT
+  block ACCOUNT               deny the account (and its descendants) from now on; with an
+                              "openrouter" section its key is disabled at once too
+  unblock ACCOUNT             allow it again (and enable its key again)
   flush                       write everything settled to the store now (durable on return)
   doctor                      check config, ledger, store and sidecar; say what to fix
   destroy-segment             remove the shared segment (the store keeps everything flushed;
@@ -175,7 +176,21 @@ int cmd_block(const Config& config, const std::string& account, bool blocked) {
   if (!s.ok()) return runtime_error(std::string(blocked ? "block " : "unblock ") + account + ": " + describe(s));
   const Status flushed = ledger->flush();
   std::printf("%s %s\n", account.c_str(), blocked ? "blocked" : "unblocked");
-  return flushed.ok() ? kExitOk : runtime_error("the store could not be written: " + describe(flushed));
+  if (!flushed.ok()) return runtime_error("the store could not be written: " + describe(flushed));
+  if (!config.openrouter.present) return kExitOk;
+  // OpenRouter follows at once: the account's own key is disabled (or enabled again).
+  auto client = client_for(config, &error);
+  std::string done;
+  if (client && follow_block(config, *client, account, blocked, &done, &error)) {
+    if (!done.empty()) std::printf("%s\n", done.c_str());
+    return kExitOk;
+  }
+  if (blocked) {  // the sidecar's next reconcile disables it; admission is already refused locally
+    std::fprintf(stderr, "ledgerctl: warning: %s; the next reconcile (ledger-sidecar, or ledgerctl reconcile) retries\n",
+                 error.c_str());
+    return kExitOk;
+  }
+  return runtime_error("unblocked locally, but " + error + "; run `ledgerctl unblock " + account + "` again once OpenRouter answers");
 }
 
 int cmd_flush(const Config& config) {

@@ -327,6 +327,9 @@ std::string render_model_chart(const Report& r, int64_t account_max) {
     if (named) rows.push_back(&row);
   }
   if (rows.empty()) return "<h2>Spend per model</h2><p>No spend with a model in this range (only authorized requests carry one).</p>\n";
+  bool unattributed = false;
+  for (const ReportRow* row : rows)
+    for (const auto& m : row->models) unattributed = unattributed || m.model.empty();
   std::vector<std::pair<std::string, int64_t>> order(totals.begin(), totals.end());
   std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
   std::map<std::string, std::string> colour;
@@ -335,7 +338,7 @@ std::string render_model_chart(const Report& r, int64_t account_max) {
   const int chart_h = bar_height * static_cast<int>(rows.size()) + 10;
   std::string out = "<h2>Spend per model</h2><svg role=\"img\" aria-label=\"spend per model\" width=\"" +
                     std::to_string(label + width + 120) + "\" height=\"" +
-                    std::to_string(chart_h + legend_row * static_cast<int>(order.size() + 1) + 10) + "\">";
+                    std::to_string(chart_h + legend_row * static_cast<int>(order.size() + (unattributed ? 1 : 0)) + 10) + "\">";
   for (size_t i = 0; i < rows.size(); ++i) {
     const ReportRow& row = *rows[i];
     const int y = static_cast<int>(i) * bar_height;
@@ -354,7 +357,7 @@ std::string render_model_chart(const Report& r, int64_t account_max) {
     out += "<text x=\"" + std::to_string(label + static_cast<int>(static_cast<Wide>(std::max<int64_t>(row.cost_nanousd, 0)) * width / account_max) + 6) +
            "\" y=\"" + std::to_string(y + 15) + "\">" + format_usd(row.cost_nanousd) + "</text>";
   }
-  for (size_t i = 0; i <= order.size(); ++i) {
+  for (size_t i = 0; i < order.size() + (unattributed ? 1 : 0); ++i) {
     const bool rest = i == order.size();
     const int y = chart_h + static_cast<int>(i) * legend_row;
     out += "<rect class=\"legend\" x=\"" + std::to_string(label) + "\" y=\"" + std::to_string(y) + "\" width=\"12\" height=\"12\" fill=\"" +

@@ -131,7 +131,10 @@ TEST_CASE("blocked and removed accounts lose their keys at OpenRouter", "[keys]"
   Setup s;
   const auto keys = printed_keys(s.keys({"provision"}).out);
   REQUIRE(keys.size() == 3);
+  // Blocked while OpenRouter was failing: the reconcile disables the key later.
+  s.emu.admin("/__emulator/faults", R"({"path": "/api/v1/keys/", "method": "GET", "status": 500, "count": 4})");  // = attempts
   REQUIRE(run({LEDGERCTL_PATH, "--config", s.config, "block", "alice"}).exit_code == 0);
+  CHECK(s.completion_status(keys.at("alice")) == 200);
   auto r = run({LEDGERCTL_PATH, "--config", s.config, "reconcile"});
   INFO(r.out << r.err);
   REQUIRE(r.exit_code == 0);
@@ -146,6 +149,36 @@ TEST_CASE("blocked and removed accounts lose their keys at OpenRouter", "[keys]"
   // Again: nothing more to do.
   r = run({LEDGERCTL_PATH, "--config", s.config, "reconcile"});
   CHECK(r.out.find("disabled the key") == std::string::npos);
+}
+
+TEST_CASE("block and unblock take the account's key along at once", "[keys]") {
+  Setup s;
+  const auto keys = printed_keys(s.keys({"provision"}).out);
+  REQUIRE(keys.size() == 3);
+  auto r = run({LEDGERCTL_PATH, "--config", s.config, "block", "alice"});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("disabled the key") != std::string::npos);
+  CHECK(s.completion_status(keys.at("alice")) == 401);  // no reconcile needed
+  CHECK(s.completion_status(keys.at("bob")) == 200);
+  r = run({LEDGERCTL_PATH, "--config", s.config, "unblock", "alice"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("enabled again the key") != std::string::npos);
+  CHECK(s.completion_status(keys.at("alice")) == 200);
+  // A reconcile leaves an unblocked account's key alone.
+  REQUIRE(run({LEDGERCTL_PATH, "--config", s.config, "reconcile"}).exit_code == 0);
+  CHECK(s.completion_status(keys.at("alice")) == 200);
+  // OpenRouter down: block still blocks (and says the reconcile will finish); unblock says what to do.
+  s.emu.admin("/__emulator/faults", R"({"path": "/api/v1/keys", "status": 500, "count": 1000})");
+  r = run({LEDGERCTL_PATH, "--config", s.config, "block", "alice"});
+  CHECK(r.exit_code == 0);
+  CHECK(r.err.find("warning") != std::string::npos);
+  CHECK(r.err.find("next reconcile") != std::string::npos);
+  r = run({LEDGERCTL_PATH, "--config", s.config, "unblock", "alice"});
+  CHECK(r.exit_code == 2);  // a runtime error: the key is still disabled
+  CHECK(r.err.find("unblocked locally") != std::string::npos);
+  CHECK(r.err.find("ledgerctl unblock alice") != std::string::npos);
+  CHECK(r.err.find("sk-or-v1-") == std::string::npos);
 }
 
 TEST_CASE("with revoke \"delete\" the key is deleted and unbound", "[keys]") {
