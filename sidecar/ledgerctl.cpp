@@ -379,6 +379,15 @@ int cmd_doctor(const Config& config) {
     }
     line(missing == 0, "accounts", missing == 0 ? std::to_string(rows.size()) + " in the ledger"
                                                 : std::to_string(missing) + " config accounts missing: run ledgerctl init");
+    LedgerStats stats;
+    (void)ledger->stats(&stats);
+    line(stats.model_stats_dropped == 0, "per-model tallies",
+         std::to_string(stats.model_stats) + " of " + std::to_string(stats.max_model_stats) + " (account, model) pairs in use" +
+             (stats.model_stats_dropped == 0
+                  ? std::string()
+                  : "; " + std::to_string(stats.model_stats_dropped) +
+                        " commits not tallied per model (still charged): the table is crowded; a ledger created with a larger "
+                        "ledger.max_accounts has a larger one"));
   }
   std::unique_ptr<StoreReader> store;
   const Status read = StoreReader::open(config.ledger.dir, &store);

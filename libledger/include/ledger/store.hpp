@@ -14,7 +14,11 @@
 // records the same change: nothing lost, nothing counted twice. When the segment is gone (reboot),
 // the next open rebuilds budgets and the current and previous periods' spend from the store; the
 // loss window is what was settled after the last completed flush.
-// Thread safety: a StoreReader is for one thread; any number may read while a flush writes.
+// Thread safety: a StoreReader is for one thread; readers in other processes may read while a flush
+// writes. Within one process, do not keep a StoreReader of a directory open across a flush of the
+// same directory (or another StoreReader of it): LMDB allows one environment per file per process,
+// because closing one drops the process's file locks for all of them. Open, read, close.
+// The ledger's own tools follow that rule.
 #pragma once
 
 #include <cstdint>
