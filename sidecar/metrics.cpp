@@ -69,6 +69,8 @@ std::string render_metrics(const Ledger& ledger, const SidecarCounters& c, int64
   for (const auto& a : accounts) sample(out, "ledger_account_blocked", "account=\"" + a.account + "\"", a.balance.blocked ? 1 : 0);
   LedgerStats s;
   (void)ledger.stats(&s);
+  uint64_t pending = 0;
+  (void)ledger.flush_pending(&pending);
   family(out, "ledger_denials_total", "counter", "Requests denied, by reason, since the segment was created.");
   sample(out, "ledger_denials_total", "reason=\"over_budget\"", static_cast<int64_t>(s.denied_over_budget));
   sample(out, "ledger_denials_total", "reason=\"parent_over_budget\"", static_cast<int64_t>(s.denied_parent_over_budget));
@@ -93,6 +95,8 @@ std::string render_metrics(const Ledger& ledger, const SidecarCounters& c, int64
       {"ledger_flush_failures_total", "counter", "Failed flushes (see the log for why).", static_cast<int64_t>(c.flush_failures)},
       {"ledger_flush_lag_seconds", "gauge", "Seconds since the last successful flush.",
        c.last_flush_unix > 0 ? now_unix - c.last_flush_unix : -1},
+      {"ledger_flush_records_pending", "gauge", "Account period records settled differently from what the last flush wrote.",
+       static_cast<int64_t>(pending)},
       {"ledger_reconcile_runs_total", "counter", "Reconciliation runs.", static_cast<int64_t>(c.reconcile_runs)},
       {"ledger_reconcile_errors_total", "counter", "Reconciliation runs that failed.", static_cast<int64_t>(c.reconcile_errors)},
       {"ledger_reconcile_adjustments_total", "counter", "Adjustments charged after OpenRouter saw more spend.",

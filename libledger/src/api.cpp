@@ -283,6 +283,12 @@ Status Ledger::model_spend(std::vector<ModelSpend>* out) const {
   return Code::kOk;
 }
 
+Status Ledger::flush_pending(uint64_t* records) const {
+  if (records == nullptr) return Code::kInvalidArgument;
+  *records = impl_->flush_pending();
+  return Code::kOk;
+}
+
 Status Ledger::flush() {
   Status status = impl_->ensure_registered();
   return status.ok() ? impl_->flush_store() : status;

@@ -292,6 +292,10 @@ struct Ledger::Impl {
 
   // ---- store.cpp ------------------------------------------------------------------------------
   Status flush_store();
+  // Every account word (exact) and the live holds admitted into it, for accounts [0, count).
+  void snapshot_words(uint32_t count, std::vector<detail::PeriodWord>* words, std::vector<int64_t>* held) const;
+  // Account period records whose settled totals differ from what this handle's last flush wrote.
+  uint64_t flush_pending();
   Status rebuild_from_store();
   // Appends and publishes a new account record; -1 when max_accounts is reached.
   // REQUIRES: the admin lock (or the init lock on a segment nobody else sees yet).

@@ -270,6 +270,49 @@ bool get_struct(MDB_txn* txn, MDB_dbi dbi, const std::string& key, T* out) {
 
 // ---- flush ----------------------------------------------------------------------------------------
 
+void Ledger::Impl::snapshot_words(uint32_t count, std::vector<PeriodWord>* words, std::vector<int64_t>* held) const {
+  words->assign(size_t{count} * 2, PeriodWord{});
+  held->assign(size_t{count} * 2, 0);
+  for (uint32_t i = 0; i < count; ++i)
+    for (uint32_t p = 0; p < 2; ++p) (*words)[i * 2 + p] = period_word_load(accounts[i].words[p]);
+  // Holds per (account, word): one pass over the reservation table.
+  for (uint32_t r = 0; r < max_reservations; ++r) {
+    const Reservation& res = reservations[r];
+    if (res_status(load(res.state)) != kResHeld) continue;
+    for (uint32_t level = 0; level < kChainDepthMax; ++level) {
+      const int32_t a = load(res.chain[level], memory_order_relaxed);
+      if (a < 0 || static_cast<uint32_t>(a) >= count) break;
+      const uint32_t tag = load(res.tags[level], memory_order_relaxed);
+      const uint32_t w = static_cast<uint32_t>(a) * 2 + tag_parity(tag);
+      if (meta_tag((*words)[w].meta) == tag) (*held)[w] += load(res.amount_nanousd, memory_order_relaxed);
+    }
+  }
+}
+
+uint64_t Ledger::Impl::flush_pending() {
+  std::lock_guard<std::mutex> local(*flush_mutex);
+  const uint32_t count = load(header->account_count);
+  std::vector<PeriodWord> words;
+  std::vector<int64_t> held;
+  snapshot_words(count, &words, &held);
+  const bool known = flush_cache.sequence != 0;
+  uint64_t pending = 0;
+  for (uint32_t i = 0; i < count; ++i) {
+    if (load(accounts[i].live) == 0) continue;
+    for (uint32_t p = 0; p < 2; ++p) {
+      const PeriodWord w = words[i * 2 + p];
+      if (w.used == 0 && meta_requests(w.meta) == 0) continue;  // never used: nothing to write
+      const int64_t settled = w.used - held[i * 2 + p];
+      const FlushCache::Totals* last = known && i < flush_cache.entries.size() ? &flush_cache.entries[i].words[p] : nullptr;
+      if (last != nullptr && last->valid && last->tag == meta_tag(w.meta))
+        pending += last->spent == settled && last->requests == meta_requests(w.meta) ? 0 : 1;
+      else
+        pending += settled != 0 || meta_requests(w.meta) != 0 ? 1 : 0;  // only holds: nothing to write yet
+    }
+  }
+  return pending;
+}
+
 Status Ledger::Impl::flush_store() {
   std::lock_guard<std::mutex> local(*flush_mutex);  // one LMDB environment per process at a time
   lock_byte_wait(kFlushLockByte);
@@ -295,27 +338,10 @@ Status Ledger::Impl::flush_store() {
     if (word.used != 0 || meta_requests(word.meta) != 0)
       tallies.push_back(Tally{static_cast<uint32_t>(key >> 32) - 1, static_cast<uint32_t>(key) - 1, word});
   }
-  // Holds per (account, word): one pass over the reservation table.
   const uint32_t count = load(header->account_count);
-  std::vector<int64_t> held(size_t{count} * 2, 0);
-  std::vector<uint32_t> word_tag(size_t{count} * 2, 0);
-  std::vector<PeriodWord> words(size_t{count} * 2);
-  for (uint32_t i = 0; i < count; ++i)
-    for (uint32_t p = 0; p < 2; ++p) {
-      words[i * 2 + p] = period_word_load(accounts[i].words[p]);
-      word_tag[i * 2 + p] = meta_tag(words[i * 2 + p].meta);
-    }
-  for (uint32_t r = 0; r < max_reservations; ++r) {
-    const Reservation& res = reservations[r];
-    if (res_status(load(res.state)) != kResHeld) continue;
-    for (uint32_t level = 0; level < kChainDepthMax; ++level) {
-      const int32_t a = load(res.chain[level], memory_order_relaxed);
-      if (a < 0 || static_cast<uint32_t>(a) >= count) break;
-      const uint32_t tag = load(res.tags[level], memory_order_relaxed);
-      const uint32_t w = static_cast<uint32_t>(a) * 2 + tag_parity(tag);
-      if (word_tag[w] == tag) held[w] += load(res.amount_nanousd, memory_order_relaxed);
-    }
-  }
+  std::vector<PeriodWord> words;
+  std::vector<int64_t> held;
+  snapshot_words(count, &words, &held);
 
   const Now clock = now();
   Txn txn;

@@ -236,6 +236,36 @@ TEST_CASE("per-model spend reaches the store per day, once, also across a rebuil
   }
 }
 
+TEST_CASE("flush_pending counts the records the next flush would write", "[store]") {
+  TempDir dir;
+  ManualClock clock;
+  clock.now_ms = utc(2026, 11, 26, 10) * 1000;
+  auto l = open_at(dir.path(), clock);
+  REQUIRE(l->set_budget("team", 100 * kUsd, Period::kMonthly, "") == Code::kOk);
+  REQUIRE(l->set_budget("alice", 10 * kUsd, Period::kDaily, "team") == Code::kOk);
+  REQUIRE(l->set_budget("bob", 10 * kUsd, Period::kNone, "team") == Code::kOk);
+  uint64_t pending = 99;
+  REQUIRE(l->flush_pending(&pending) == Code::kOk);
+  CHECK(pending == 0);  // nothing ever used
+  REQUIRE(l->debit("alice", kUsd) == Code::kOk);
+  REQUIRE(l->flush_pending(&pending) == Code::kOk);
+  CHECK(pending == 2);  // alice's day and team's month
+  REQUIRE(l->flush() == Code::kOk);
+  REQUIRE(l->flush_pending(&pending) == Code::kOk);
+  CHECK(pending == 0);
+  ReservationId id = 0;
+  REQUIRE(l->reserve("bob", kUsd, 60, &id) == Code::kOk);
+  REQUIRE(l->flush_pending(&pending) == Code::kOk);
+  CHECK(pending == 0);  // a hold settles nothing
+  REQUIRE(l->commit(id, kUsd / 2) == Code::kOk);
+  REQUIRE(l->flush_pending(&pending) == Code::kOk);
+  CHECK(pending == 2);  // bob's (no period) and team's
+  REQUIRE(l->flush() == Code::kOk);
+  REQUIRE(l->flush_pending(&pending) == Code::kOk);
+  CHECK(pending == 0);
+  CHECK(l->flush_pending(nullptr) == Code::kInvalidArgument);
+}
+
 // Each handle remembers what its last flush wrote (to skip B-tree reads); that memory is only
 // trusted while nobody else flushed since. Three handles flush in turn, at random, across a day
 // boundary, with holds open: after every flush the store must equal the ledger exactly.

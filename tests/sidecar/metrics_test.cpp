@@ -124,5 +124,6 @@ TEST_CASE("metrics are Prometheus text whose values match the ledger", "[metrics
   CHECK(values.at("ledger_reservations_open") == 1);
   CHECK(values.at("ledger_flushes_total") >= 1);
   CHECK(values.at("ledger_flush_lag_seconds") >= 0);
+  CHECK(values.at("ledger_flush_records_pending") == 0);  // nothing settled since the sidecar's flush
   CHECK(values.at("ledger_flush_lag_seconds") <= 5);
 }

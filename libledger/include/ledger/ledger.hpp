@@ -205,6 +205,10 @@ class Ledger {
   // transaction: durable on return. kFull when the LMDB map is full, kPermission or kIoError when
   // the directory cannot be written; the segment is never changed by a flush.
   Status flush();
+  // How many account period records the next flush would write: those whose settled totals differ
+  // from what this handle's last flush wrote (all changed ones before its first flush). For the
+  // process that flushes (the sidecar); one pass over the accounts and the reservation table.
+  Status flush_pending(uint64_t* records) const;
 
   const std::string& dir() const;
   Limits limits() const;
