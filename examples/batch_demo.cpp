@@ -62,10 +62,8 @@ size_t collect(char* data, size_t size, size_t count, void* out) {
 
 // One chat completion through the API; returns the cost OpenRouter reports (usage.cost), or -1.
 int64_t call_model(CURL* curl, const std::string& base_url, const std::string& api_key, const char* user,
-                   std::string_view model, uint32_t max_tokens, uint32_t prompt_words) {
+                   std::string_view model, uint32_t max_tokens, const std::string& prompt) {
   const Attribution who = attribution_for("https://ledger-demo.example", "ledger-demo", user);
-  std::string prompt;
-  for (uint32_t i = 0; i < prompt_words; ++i) prompt += "word ";
   const std::string body = boost::json::serialize(boost::json::object{
       {"model", std::string(model)}, {"max_tokens", max_tokens}, {"user", who.user},
       {"messages", boost::json::array{boost::json::object{{"role", "user"}, {"content", prompt}}}}});
@@ -103,7 +101,13 @@ int64_t call_model(CURL* curl, const std::string& base_url, const std::string& a
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
   while (std::chrono::steady_clock::now() < deadline) {
     const int u = static_cast<int>(rng() % kUserCount);
-    const auto prompt_tokens = static_cast<uint32_t>(200 + rng() % 1800);
+    std::string prompt;
+    for (auto words = static_cast<uint32_t>(200 + rng() % 1800); words > 0; --words) prompt += "word ";
+    // Count the prompt's tokens the way the model will (here: about 4 characters per token, rounded
+    // up, as the emulator counts; a real worker uses its model's tokenizer). An estimate below the
+    // real cost still works, the commit charges the excess, but then the hold no longer stops the
+    // request that crosses the limit.
+    const auto prompt_tokens = static_cast<uint32_t>(prompt.size() / 4 + 1);
     const auto max_tokens = static_cast<uint32_t>(100 + rng() % 700);
     int64_t estimate = 0;
     if (!ledger.estimate(kUsers[u].model, prompt_tokens, max_tokens, &estimate).ok()) std::_Exit(2);
@@ -117,7 +121,7 @@ int64_t call_model(CURL* curl, const std::string& base_url, const std::string& a
     }
     int64_t actual;
     if (curl != nullptr) {
-      actual = call_model(curl, base_url, api_key, kUsers[u].name, model, max_tokens, prompt_tokens);
+      actual = call_model(curl, base_url, api_key, kUsers[u].name, model, max_tokens, prompt);
       if (actual < 0) {  // the call failed: nothing was billed, give the hold back
         (void)ledger.release(id);
         continue;
@@ -210,17 +214,24 @@ int main(int argc, char** argv) {
     if (elapsed >= seconds) break;
   }
   int failed = 0;
+  std::vector<std::string> problems;  // what exactly failed, for the "checks" line
   for (pid_t pid : pids) {
     int status = 0;
     ::waitpid(pid, &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failed;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      ++failed;
+      problems.push_back("worker " + std::to_string(pid) +
+                         (WIFEXITED(status) ? " exited with " + std::to_string(WEXITSTATUS(status)) +
+                                                  (WEXITSTATUS(status) == 2 ? " (estimate failed)" : WEXITSTATUS(status) == 3 ? " (commit failed)" : "")
+                                            : " was killed by signal " + std::to_string(WTERMSIG(status))));
+    }
   }
   uint32_t reclaimed = 0;
   (void)ledger->reclaim(&reclaimed);
 
   std::printf("\n%-6s %-34s %10s %12s %10s %9s %8s\n", "user", "model", "limit", "spent", "available", "granted", "denied");
   int64_t sum = 0;
-  bool ok = failed == 0;
+  bool ok = true;
   // Every request went through authorize, so each user's spend is all on the models it was given.
   std::vector<ModelSpend> tallies;
   (void)ledger->model_spend(&tallies);
@@ -230,8 +241,12 @@ int main(int argc, char** argv) {
     Balance b;
     (void)ledger->balance(kUsers[u].name, &b);
     sum += b.spent_nanousd;
-    ok = ok && b.spent_nanousd == shared->committed_nanousd[u] && b.spent_nanousd <= b.limit_nanousd &&
-         on_models[kUsers[u].name] == b.spent_nanousd;
+    const std::string who = kUsers[u].name;
+    if (b.spent_nanousd != shared->committed_nanousd[u])
+      problems.push_back(who + ": ledger " + format_usd(b.spent_nanousd) + " != committed " + format_usd(shared->committed_nanousd[u]));
+    if (b.spent_nanousd > b.limit_nanousd) problems.push_back(who + ": over its limit");
+    if (on_models[who] != b.spent_nanousd)
+      problems.push_back(who + ": per-model " + format_usd(on_models[who]) + " != ledger " + format_usd(b.spent_nanousd));
     std::printf("%-6s %-34s %10s %12s %10s %9llu %8llu\n", kUsers[u].name, kUsers[u].model,
                 format_usd(b.limit_nanousd).c_str(), format_usd(b.spent_nanousd).c_str(),
                 format_usd(b.available_nanousd).c_str(), static_cast<unsigned long long>(b.requests),
@@ -239,11 +254,15 @@ int main(int argc, char** argv) {
   }
   Balance team;
   (void)ledger->balance("eng", &team);
-  ok = ok && team.spent_nanousd == sum && team.spent_nanousd <= team.limit_nanousd && team.held_nanousd == 0;
+  if (team.spent_nanousd != sum) problems.push_back("eng: team " + format_usd(team.spent_nanousd) + " != sum of users " + format_usd(sum));
+  if (team.spent_nanousd > team.limit_nanousd) problems.push_back("eng: over its limit");
+  if (team.held_nanousd != 0) problems.push_back("eng: " + format_usd(team.held_nanousd) + " still held");
+  ok = problems.empty();
   std::printf("%-6s %-34s %10s %12s %10s\n", "eng", "(team)", format_usd(team.limit_nanousd).c_str(),
               format_usd(team.spent_nanousd).c_str(), format_usd(team.available_nanousd).c_str());
   std::printf("\nchecks: every user within its limit, team within its limit, team spent == sum of users, "
               "ledger == what workers committed == per-model spend: %s\n", ok ? "OK" : "FAILED");
+  for (const auto& p : problems) std::printf("  check failed: %s\n", p.c_str());
   if (!keep) (void)Ledger::destroy_segment(dir);
   return ok ? 0 : 2;
 }

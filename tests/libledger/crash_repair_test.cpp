@@ -2,6 +2,7 @@
 // 3rd ... interesting instruction of an operation, until the operation completes; after each kill
 // the parent reclaims and checks the exact outcome on a 3-level chain. Linked against the library
 // built with LEDGER_CRASH_POINTS.
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -315,6 +316,67 @@ TEST_CASE("a commit racing an expiry waits for it and is charged as a late commi
   CHECK(after.org == kUsd);
   CHECK(after.held_alice + after.held_team + after.held_org == 0);
   f.require_tally(kUsd, 1);
+}
+
+// A reserve dies after publishing its hold but before its op ended, and its repair is delayed (a
+// child it forked keeps its lock file description, so its slot still looks alive) until the hold
+// has expired, its tombstone aged out and the slot was reused. The late repair must see that the
+// reserve had completed and not roll it back: that would take the amount off a second time.
+TEST_CASE("a reserve repaired long after its hold expired is not rolled back twice", "[crash]") {
+  Fixture f;
+  REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);  // orphaned grandchildren come back to us
+  int cases = 0;
+  for (int64_t point = 1; point <= kPointsMax; ++point) {
+    int pid_pipe[2];
+    REQUIRE(::pipe(pid_pipe) == 0);
+    const pid_t worker = ::fork();
+    if (worker == 0) {
+      std::unique_ptr<Ledger> l;
+      if (!Ledger::open(f.dir.path(), Options{}, &l).ok()) ::_exit(2);
+      const pid_t keeper = ::fork();  // holds the worker's lock file description (and its slot)
+      if (keeper == 0) {
+        for (;;) ::pause();
+      }
+      if (::write(pid_pipe[1], &keeper, sizeof keeper) != sizeof keeper) ::_exit(4);
+      ledger_test_crash_after(point);
+      ReservationId id = 0;
+      ::_exit(l->reserve("alice", 2 * kUsd, 1, &id).ok() ? 0 : 1);
+    }
+    pid_t keeper = 0;
+    REQUIRE(::read(pid_pipe[0], &keeper, sizeof keeper) == sizeof keeper);
+    ::close(pid_pipe[0]);
+    ::close(pid_pipe[1]);
+    int status = 0;
+    REQUIRE(::waitpid(worker, &status, 0) == worker);
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    INFO("reserve killed at point " << point << " (exit " << code << ")");
+    REQUIRE((code == 0 || code == kCrashed));
+    // The hold (if published) expires by TTL while the worker's slot still looks alive; its
+    // tombstone ages out; the slot is reused and released by another reservation.
+    uint32_t n = 0;
+    f.clock.now_ms += 10'000;
+    REQUIRE(f.ledger->reclaim(&n) == Code::kOk);
+    f.clock.now_ms += 5'000;
+    REQUIRE(f.ledger->reclaim(&n) == Code::kOk);
+    for (int i = 0; i < 64; ++i) {
+      ReservationId other = 0;
+      REQUIRE(f.ledger->reserve("bob", 1, 60, &other) == Code::kOk);
+      REQUIRE(f.ledger->release(other) == Code::kOk);
+    }
+    // Now the worker's slot is released, and the late repair runs.
+    ::kill(keeper, SIGKILL);
+    REQUIRE(::waitpid(keeper, &status, 0) == keeper);
+    f.reclaim_all();
+    ++cases;
+    const Chain c = read_chain(*f.ledger);
+    REQUIRE(c.alice == 0);  // reserved then expired: nothing spent, on every level, whatever the point
+    REQUIRE(c.team == 0);
+    REQUIRE(c.org == 0);
+    REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+    if (code == 0) break;
+  }
+  CHECK(cases >= 8);
+  REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 0) == 0);
 }
 
 TEST_CASE("a release killed at any point frees the hold exactly once", "[crash]") {
