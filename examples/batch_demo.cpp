@@ -51,6 +51,7 @@ struct Shared {  // counters the workers publish for the progress line (MAP_SHAR
   std::atomic<uint64_t> granted[kUserCount];
   std::atomic<uint64_t> denied[kUserCount];
   std::atomic<int64_t> committed_nanousd[kUserCount];
+  std::atomic<uint64_t> above_hold;  // commits whose cost exceeded the estimate they held
 };
 
 int64_t usd(const char* text) { return *parse_usd(text); }
@@ -130,6 +131,7 @@ int64_t call_model(CURL* curl, const std::string& base_url, const std::string& a
       std::this_thread::sleep_for(std::chrono::microseconds(500 + rng() % 1500));  // "the LLM call"
       actual = estimate * (40 + static_cast<int64_t>(rng() % 61)) / 100;
     }
+    if (actual > estimate) shared.above_hold += 1;
     if (!ledger.commit(id, actual).ok()) std::_Exit(3);
     shared.granted[u] += 1;
     shared.committed_nanousd[u] += actual;
@@ -263,6 +265,8 @@ int main(int argc, char** argv) {
   std::printf("\nchecks: every user within its limit, team within its limit, team spent == sum of users, "
               "ledger == what workers committed == per-model spend: %s\n", ok ? "OK" : "FAILED");
   for (const auto& p : problems) std::printf("  check failed: %s\n", p.c_str());
+  std::printf("commits that cost more than their hold: %llu (charged in full; the estimate was low)\n",
+              static_cast<unsigned long long>(shared->above_hold.load()));
   if (!keep) (void)Ledger::destroy_segment(dir);
   return ok ? 0 : 2;
 }
