@@ -192,6 +192,7 @@ struct Ledger::Impl {
   // records it already knows. Valid only while the store still carries the same (store id, flush
   // sequence) that this handle's last successful flush wrote: any other writer of those records
   // (another flusher) bumps the sequence, and a failed flush clears it. Guarded by flush_mutex.
+  static constexpr uint32_t kFlushCacheAccountsMax = 1u << 20;
   struct FlushCache {
     struct Config {
       int64_t limit = 0;

@@ -364,9 +364,14 @@ Status Ledger::Impl::flush_store() {
       rc = mdb_put(txn.txn, env.meta, &ik, &nv, 0);
     }
   }
-  const bool known = cache.sequence != 0 && cache.store_id == store_id && cache.sequence == sequence;
+  // About 90 bytes per account: beyond kFlushCacheAccountsMax accounts the flush reads instead.
+  const bool cacheable = count <= kFlushCacheAccountsMax;
+  const bool known = cacheable && cache.sequence != 0 && cache.store_id == store_id && cache.sequence == sequence;
   cache.sequence = 0;
-  if (!known || cache.entries.size() < count) {
+  if (!cacheable) {
+    cache.entries.clear();
+    cache.entries.shrink_to_fit();
+  } else if (!known || cache.entries.size() < count) {
     // Keep nothing we cannot vouch for (entries of accounts created since are simply unknown).
     const size_t keep = known ? cache.entries.size() : 0;
     cache.entries.resize(std::max<size_t>(count, cache.entries.size()));
@@ -402,7 +407,8 @@ Status Ledger::Impl::flush_store() {
     const uint32_t i = cache.order[position];
     const Account& a = accounts[i];
     if (load(a.live) == 0) continue;
-    FlushCache::Entry& known_entry = cache.entries[i];
+    FlushCache::Entry scratch;  // knows nothing: used when the ledger is too big to remember
+    FlushCache::Entry& known_entry = cacheable ? cache.entries[i] : scratch;
     const std::string_view name = name_of(i);
     // Budget configuration: rewritten when it differs from what the store holds.
     const FlushCache::Config config_now{load(a.limit_nanousd), load(a.parent), load(a.period_kind), load(a.blocked), load(a.tier), 1};
@@ -517,7 +523,7 @@ Status Ledger::Impl::flush_store() {
     rc = mdb_put(txn.txn, env.meta, &k, &v, 0);
   }
   if (rc == 0) rc = txn.commit();  // synced: durable on return
-  if (rc == 0) {
+  if (rc == 0 && cacheable) {
     cache.store_id = store_id;
     cache.sequence = next_sequence;  // the cache now describes the store exactly
   }

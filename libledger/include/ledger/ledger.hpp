@@ -207,7 +207,9 @@ class Ledger {
   Status flush();
   // How many account period records the next flush would write: those whose settled totals differ
   // from what this handle's last flush wrote (all changed ones before its first flush). For the
-  // process that flushes (the sidecar); one pass over the accounts and the reservation table.
+  // process that flushes (the sidecar); one pass over the accounts and the reservation table. A
+  // flush remembers what it wrote for ledgers of up to 1,048,576 accounts (about 90 bytes each);
+  // above that the count is an upper bound (every record with anything settled).
   Status flush_pending(uint64_t* records) const;
 
   const std::string& dir() const;
