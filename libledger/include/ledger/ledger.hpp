@@ -153,8 +153,9 @@ class Ledger {
                  ReservationId* id);
   Status reserve(AccountRef account, int64_t amount_nanousd, uint32_t ttl_s, ReservationId* id);
   // Settles a hold with the actual cost (may exceed the hold: the excess is charged, never denied).
-  // A hold that expired is still charged in full (late commit). Second settle: kAlreadySettled, or
-  // kUnknownReservation once the slot was reused.
+  // A hold that expired is still charged in full (late commit); a commit that arrives while its hold
+  // is being expired waits for that expiry (microseconds; if the expiring process died, this call
+  // repairs it). Second settle: kAlreadySettled, or kUnknownReservation once the slot was reused.
   Status commit(ReservationId id, int64_t actual_nanousd);
   Status release(ReservationId id);
   // Charges the account and its ancestors without an admission check: spend that happened outside
