@@ -728,46 +728,73 @@ Status StoreReader::periods(std::vector<StoredPeriod>* out) const {
   });
 }
 
+namespace {
+// Day-keyed records (PREFIX, NUL, big-endian day): only [first_day, last_day] of each prefix is
+// visited. A skip scan: a day before the range seeks to the range's start in that prefix, a day
+// after it seeks to the next prefix (PREFIX + 0x01 sorts after every PREFIX NUL key and before any
+// longer name, names being printable). So a report costs O(prefixes x log n + days returned),
+// however long the history.
+template <class Fn>
+Status scan_day_range(const Env& env, MDB_dbi dbi, int64_t first_day, int64_t last_day, Fn&& fn) {
+  Txn txn;
+  int rc = mdb_txn_begin(env.env, nullptr, MDB_RDONLY, &txn.txn);
+  if (rc != 0) return mdb_status(rc);
+  MDB_cursor* cursor = nullptr;
+  rc = mdb_cursor_open(txn.txn, dbi, &cursor);
+  if (rc != 0) return mdb_status(rc);
+  MDB_val k{}, v{};
+  std::string seek;
+  for (rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST); rc == 0;) {
+    const auto* data = static_cast<const char*>(k.mv_data);
+    if (k.mv_size < 10 || data[k.mv_size - 9] != '\0') {  // not a day key: skip it
+      rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+      continue;
+    }
+    const std::string_view prefix(data, k.mv_size - 9);
+    const int64_t day = static_cast<int64_t>(get_be64(data + k.mv_size - 8) ^ (uint64_t{1} << 63));
+    if (day < first_day || day > last_day) {
+      seek.assign(prefix);
+      if (day < first_day) {
+        seek.push_back('\0');
+        char number[8];
+        put_be64(number, static_cast<uint64_t>(first_day) ^ (uint64_t{1} << 63));
+        seek.append(number, 8);
+      } else {
+        seek.push_back('\x01');
+      }
+      k = val(seek);
+      rc = mdb_cursor_get(cursor, &k, &v, MDB_SET_RANGE);
+      continue;
+    }
+    if (v.mv_size == sizeof(TotalsValue)) {
+      TotalsValue t;
+      std::memcpy(&t, v.mv_data, sizeof t);
+      fn(prefix, day, t);
+    }
+    rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+  }
+  mdb_cursor_close(cursor);
+  return rc == MDB_NOTFOUND ? Status(Code::kOk) : mdb_status(rc);
+}
+}  // namespace
+
 Status StoreReader::days(int64_t first_day, int64_t last_day, std::vector<StoredDay>* out) const {
   out->clear();
-  return scan(impl_->env, impl_->env.daily, nullptr, [&](const MDB_val& k, const MDB_val& v) {
-    if (v.mv_size != sizeof(TotalsValue) || k.mv_size < 10) return true;
-    TotalsValue t;
-    std::memcpy(&t, v.mv_data, sizeof t);
-    StoredDay d;
-    const char* rest = nullptr;
-    split_key(k, 8, &d.account, &rest);
-    d.day = static_cast<int64_t>(get_be64(rest) ^ (uint64_t{1} << 63));
-    if (d.day < first_day || d.day > last_day) return true;
-    d.spent_nanousd = t.spent_nanousd;
-    d.requests = t.requests;
-    out->push_back(std::move(d));
-    return true;
+  return scan_day_range(impl_->env, impl_->env.daily, first_day, last_day, [&](std::string_view account, int64_t day, const TotalsValue& t) {
+    out->push_back(StoredDay{std::string(account), day, t.spent_nanousd, t.requests});
   });
 }
 
 Status StoreReader::model_days(int64_t first_day, int64_t last_day, std::vector<StoredModelDay>* out) const {
   out->clear();
   if (impl_->env.model_daily == 0) return Code::kOk;  // a store from before per-model spend
-  return scan(impl_->env, impl_->env.model_daily, nullptr, [&](const MDB_val& k, const MDB_val& v) {
-    if (v.mv_size != sizeof(TotalsValue) || k.mv_size < 12) return true;
-    TotalsValue t;
-    std::memcpy(&t, v.mv_data, sizeof t);
-    StoredModelDay d;
-    std::string names;
-    const char* rest = nullptr;
-    split_key(k, 8, &names, &rest);
-    const size_t nul = names.find('\0');
-    if (nul == std::string::npos) return true;
-    d.account = names.substr(0, nul);
-    d.model = names.substr(nul + 1);
-    d.day = static_cast<int64_t>(get_be64(rest) ^ (uint64_t{1} << 63));
-    if (d.day < first_day || d.day > last_day) return true;
-    d.spent_nanousd = t.spent_nanousd;
-    d.requests = t.requests;
-    out->push_back(std::move(d));
-    return true;
-  });
+  return scan_day_range(impl_->env, impl_->env.model_daily, first_day, last_day,
+                        [&](std::string_view names, int64_t day, const TotalsValue& t) {
+                          const size_t nul = names.find('\0');
+                          if (nul == std::string_view::npos) return;
+                          out->push_back(StoredModelDay{std::string(names.substr(0, nul)), std::string(names.substr(nul + 1)), day,
+                                                        t.spent_nanousd, t.requests});
+                        });
 }
 
 Status StoreReader::journal(uint64_t from_seq, size_t max_entries, std::vector<JournalEntry>* out) const {

@@ -236,6 +236,56 @@ TEST_CASE("per-model spend reaches the store per day, once, also across a rebuil
   }
 }
 
+TEST_CASE("day ranges read exactly the days asked for, whatever the history and the names", "[store]") {
+  TempDir dir;
+  ManualClock clock;
+  const int64_t day0 = utc(2026, 11, 1) / 86400;
+  auto l = open_at(dir.path(), clock);
+  // "al" is a prefix of "alice": the skip scan must not lose either.
+  for (const char* a : {"al", "alice", "bob"}) REQUIRE(l->set_budget(a, 1000 * kUsd, Period::kNone, "") == Code::kOk);
+  REQUIRE(l->set_price("m/x", 1, 1, 0) == Code::kOk);
+  REQUIRE(l->set_price("m/x2", 1, 1, 0) == Code::kOk);
+  for (int d = 0; d < 20; ++d) {
+    clock.now_ms = (day0 + d) * 86'400'000 + 3'600'000;
+    for (const char* a : {"al", "alice", "bob"}) {
+      REQUIRE(l->debit(a, 100 + d) == Code::kOk);
+      for (const char* m : {"m/x", "m/x2"}) {
+        std::string_view chosen;
+        ReservationId id = 0;
+        REQUIRE(l->authorize(a, m, 10, 60, &chosen, &id) == Code::kOk);
+        REQUIRE(l->commit(id, d + 1) == Code::kOk);
+      }
+    }
+    REQUIRE(l->flush() == Code::kOk);
+  }
+  std::unique_ptr<StoreReader> reader;
+  REQUIRE(StoreReader::open(dir.path(), &reader) == Code::kOk);
+  for (const auto& [first, last] : std::vector<std::pair<int64_t, int64_t>>{{5, 7}, {0, 0}, {19, 30}, {-5, 2}, {25, 40}, {0, 19}}) {
+    INFO("days " << first << ".." << last);
+    const int64_t lo = std::max<int64_t>(first, 0), hi = std::min<int64_t>(last, 19), n = hi >= lo ? hi - lo + 1 : 0;
+    std::vector<StoredDay> days;
+    REQUIRE(reader->days(day0 + first, day0 + last, &days) == Code::kOk);
+    REQUIRE(static_cast<int64_t>(days.size()) == 3 * n);
+    for (const auto& d : days) {
+      CHECK((d.day >= day0 + lo && d.day <= day0 + hi));
+      CHECK(d.spent_nanousd == 100 + (d.day - day0) + 2 * (d.day - day0 + 1));  // the debit and two commits
+    }
+    std::vector<StoredModelDay> models;
+    REQUIRE(reader->model_days(day0 + first, day0 + last, &models) == Code::kOk);
+    REQUIRE(static_cast<int64_t>(models.size()) == 3 * 2 * n);
+    std::map<std::pair<std::string, std::string>, int64_t> per;
+    for (const auto& m : models) {
+      CHECK((m.day >= day0 + lo && m.day <= day0 + hi));
+      CHECK(m.spent_nanousd == m.day - day0 + 1);
+      per[{m.account, m.model}] += 1;
+    }
+    if (n > 0) {
+      CHECK(per.size() == 6);
+      for (const auto& [key, count] : per) CHECK(count == n);
+    }
+  }
+}
+
 TEST_CASE("flush_pending counts the records the next flush would write", "[store]") {
   TempDir dir;
   ManualClock clock;
