@@ -52,6 +52,9 @@ Status build_report(const Config& config, int64_t from_day, int64_t to_day, int6
     return s;
   // Seven days before the range feed the trailing median of the first days.
   if (!(s = store->days(from_day - 7, to_day, &days)).ok()) return s;
+  // Each account's period records, found by name (one pass; no accounts x periods search).
+  std::map<std::string, std::vector<const StoredPeriod*>> periods_of;
+  for (const auto& p : periods) periods_of[p.account].push_back(&p);
   Report r;
   r.from_day = from_day;
   r.to_day = to_day;
@@ -68,8 +71,8 @@ Status build_report(const Config& config, int64_t from_day, int64_t to_day, int6
     row.limit_nanousd = a.limit_nanousd;
     row.blocked = a.blocked;
     const int64_t current = period_index(a.period, now_unix);
-    for (const auto& p : periods)
-      if (p.account == a.account && p.period == a.period && p.index == current) row.period_spent_nanousd = p.spent_nanousd;
+    for (const StoredPeriod* p : periods_of[a.account])
+      if (p->period == a.period && p->index == current) row.period_spent_nanousd = p->spent_nanousd;
     row.percent_used_bp = a.limit_nanousd > 0 ? static_cast<int64_t>(static_cast<Wide>(row.period_spent_nanousd) * 10000 / a.limit_nanousd) : -1;
     index[a.account] = r.rows.size();
     r.rows.push_back(std::move(row));
@@ -137,9 +140,8 @@ Status build_report(const Config& config, int64_t from_day, int64_t to_day, int6
   for (const auto& a : accounts) {
     if (a.period != Period::kDaily || a.limit_nanousd <= 0) continue;
     int at_limit = 0;
-    for (const auto& p : periods)
-      if (p.account == a.account && p.period == Period::kDaily && p.index >= from_day && p.index <= to_day && p.spent_nanousd >= a.limit_nanousd)
-        ++at_limit;
+    for (const StoredPeriod* p : periods_of[a.account])
+      if (p->period == Period::kDaily && p->index >= from_day && p->index <= to_day && p->spent_nanousd >= a.limit_nanousd) ++at_limit;
     if (at_limit >= 3)
       r.anomalies.push_back({"at_limit", a.account, to_day, "at its daily limit on " + std::to_string(at_limit) + " days"});
   }
