@@ -44,12 +44,24 @@ Status build_report(const Config& config, int64_t from_day, int64_t to_day, int6
   Status s = StoreReader::open(config.ledger.dir, &store);
   if (!s.ok()) return s;
   std::vector<StoredAccount> accounts;
-  std::vector<StoredPeriod> periods;
+  std::vector<StoredPeriod> periods;  // the current period of each kind, and the range's daily ones
   std::vector<StoredDay> days;
   std::vector<StoredModelDay> model_days;
-  if (!(s = store->accounts(&accounts)).ok() || !(s = store->periods(&periods)).ok() ||
-      !(s = store->model_days(from_day, to_day, &model_days)).ok())
-    return s;
+  if (!(s = store->accounts(&accounts)).ok() || !(s = store->model_days(from_day, to_day, &model_days)).ok()) return s;
+  for (const Period kind : {Period::kNone, Period::kDaily, Period::kWeekly, Period::kMonthly}) {
+    const int64_t current = period_index(kind, now_unix);
+    std::vector<StoredPeriod> found;
+    if (!(s = store->periods_in(current, current, &found)).ok()) return s;
+    for (auto& p : found)
+      if (p.period == kind) periods.push_back(std::move(p));
+  }
+  {
+    std::vector<StoredPeriod> found;
+    if (!(s = store->periods_in(from_day, to_day, &found)).ok()) return s;
+    const int64_t today = period_index(Period::kDaily, now_unix);
+    for (auto& p : found)
+      if (p.period == Period::kDaily && p.index != today) periods.push_back(std::move(p));  // today's is in already
+  }
   // Seven days before the range feed the trailing median of the first days.
   if (!(s = store->days(from_day - 7, to_day, &days)).ok()) return s;
   // Each account's period records, found by name (one pass; no accounts x periods search).

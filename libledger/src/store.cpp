@@ -729,13 +729,14 @@ Status StoreReader::periods(std::vector<StoredPeriod>* out) const {
 }
 
 namespace {
-// Day-keyed records (PREFIX, NUL, big-endian day): only [first_day, last_day] of each prefix is
-// visited. A skip scan: a day before the range seeks to the range's start in that prefix, a day
-// after it seeks to the next prefix (PREFIX + 0x01 sorts after every PREFIX NUL key and before any
-// longer name, names being printable). So a report costs O(prefixes x log n + days returned),
-// however long the history.
+// Records keyed PREFIX + big-endian number (days; period indexes), for one number range: only
+// [first, last] of each prefix is visited. A skip scan: a number before the range seeks to the
+// range's start in that prefix, one after it seeks to the next prefix (the prefix with its last byte
+// raised by one: day keys end their prefix with NUL, period keys with the kind byte, and names are
+// printable, so that sorts after the whole prefix and before any other). A report thus costs
+// O(prefixes x log n + records returned), however long the history.
 template <class Fn>
-Status scan_day_range(const Env& env, MDB_dbi dbi, int64_t first_day, int64_t last_day, Fn&& fn) {
+Status scan_number_range(const Env& env, MDB_dbi dbi, int64_t first, int64_t last, Fn&& fn) {
   Txn txn;
   int rc = mdb_txn_begin(env.env, nullptr, MDB_RDONLY, &txn.txn);
   if (rc != 0) return mdb_status(rc);
@@ -746,21 +747,20 @@ Status scan_day_range(const Env& env, MDB_dbi dbi, int64_t first_day, int64_t la
   std::string seek;
   for (rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST); rc == 0;) {
     const auto* data = static_cast<const char*>(k.mv_data);
-    if (k.mv_size < 10 || data[k.mv_size - 9] != '\0') {  // not a day key: skip it
+    if (k.mv_size < 10 || static_cast<unsigned char>(data[k.mv_size - 9]) >= 0x20) {  // not ours: skip it
       rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
       continue;
     }
-    const std::string_view prefix(data, k.mv_size - 9);
-    const int64_t day = static_cast<int64_t>(get_be64(data + k.mv_size - 8) ^ (uint64_t{1} << 63));
-    if (day < first_day || day > last_day) {
+    const std::string_view prefix(data, k.mv_size - 8);
+    const int64_t number = static_cast<int64_t>(get_be64(data + k.mv_size - 8) ^ (uint64_t{1} << 63));
+    if (number < first || number > last) {
       seek.assign(prefix);
-      if (day < first_day) {
-        seek.push_back('\0');
-        char number[8];
-        put_be64(number, static_cast<uint64_t>(first_day) ^ (uint64_t{1} << 63));
-        seek.append(number, 8);
+      if (number < first) {
+        char encoded[8];
+        put_be64(encoded, static_cast<uint64_t>(first) ^ (uint64_t{1} << 63));
+        seek.append(encoded, 8);
       } else {
-        seek.push_back('\x01');
+        seek.back() = static_cast<char>(seek.back() + 1);
       }
       k = val(seek);
       rc = mdb_cursor_get(cursor, &k, &v, MDB_SET_RANGE);
@@ -769,7 +769,7 @@ Status scan_day_range(const Env& env, MDB_dbi dbi, int64_t first_day, int64_t la
     if (v.mv_size == sizeof(TotalsValue)) {
       TotalsValue t;
       std::memcpy(&t, v.mv_data, sizeof t);
-      fn(prefix, day, t);
+      fn(prefix, number, t);
     }
     rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
   }
@@ -778,18 +778,30 @@ Status scan_day_range(const Env& env, MDB_dbi dbi, int64_t first_day, int64_t la
 }
 }  // namespace
 
+Status StoreReader::periods_in(int64_t first_index, int64_t last_index, std::vector<StoredPeriod>* out) const {
+  out->clear();
+  return scan_number_range(impl_->env, impl_->env.periods, first_index, last_index,
+                           [&](std::string_view prefix, int64_t index, const TotalsValue& t) {
+                             // prefix = name, NUL, kind
+                             if (prefix.size() < 3 || prefix[prefix.size() - 2] != '\0') return;
+                             out->push_back(StoredPeriod{std::string(prefix.substr(0, prefix.size() - 2)),
+                                                         static_cast<Period>(prefix.back() & 3), index, t.spent_nanousd, t.requests});
+                           });
+}
+
 Status StoreReader::days(int64_t first_day, int64_t last_day, std::vector<StoredDay>* out) const {
   out->clear();
-  return scan_day_range(impl_->env, impl_->env.daily, first_day, last_day, [&](std::string_view account, int64_t day, const TotalsValue& t) {
-    out->push_back(StoredDay{std::string(account), day, t.spent_nanousd, t.requests});
+  return scan_number_range(impl_->env, impl_->env.daily, first_day, last_day, [&](std::string_view prefix, int64_t day, const TotalsValue& t) {
+    out->push_back(StoredDay{std::string(prefix.substr(0, prefix.size() - 1)), day, t.spent_nanousd, t.requests});  // drop the NUL
   });
 }
 
 Status StoreReader::model_days(int64_t first_day, int64_t last_day, std::vector<StoredModelDay>* out) const {
   out->clear();
   if (impl_->env.model_daily == 0) return Code::kOk;  // a store from before per-model spend
-  return scan_day_range(impl_->env, impl_->env.model_daily, first_day, last_day,
-                        [&](std::string_view names, int64_t day, const TotalsValue& t) {
+  return scan_number_range(impl_->env, impl_->env.model_daily, first_day, last_day,
+                        [&](std::string_view prefix, int64_t day, const TotalsValue& t) {
+                          const std::string_view names = prefix.substr(0, prefix.size() - 1);  // drop the NUL
                           const size_t nul = names.find('\0');
                           if (nul == std::string_view::npos) return;
                           out->push_back(StoredModelDay{std::string(names.substr(0, nul)), std::string(names.substr(nul + 1)), day,

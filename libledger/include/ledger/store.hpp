@@ -104,6 +104,9 @@ class StoreReader {
   ~StoreReader();
   Status accounts(std::vector<StoredAccount>* out) const;
   Status periods(std::vector<StoredPeriod>* out) const;
+  // Only the records whose period index is in [first_index, last_index] (of every kind: callers
+  // filter by kind), read by seeking rather than scanning the whole history.
+  Status periods_in(int64_t first_index, int64_t last_index, std::vector<StoredPeriod>* out) const;
   Status days(int64_t first_day, int64_t last_day, std::vector<StoredDay>* out) const;
   Status model_days(int64_t first_day, int64_t last_day, std::vector<StoredModelDay>* out) const;
   Status journal(uint64_t from_seq, size_t max_entries, std::vector<JournalEntry>* out) const;
