@@ -243,10 +243,12 @@ TEST_CASE("day ranges read exactly the days asked for, whatever the history and 
   auto l = open_at(dir.path(), clock);
   // "al" is a prefix of "alice": the skip scan must not lose either.
   for (const char* a : {"al", "alice", "bob"}) REQUIRE(l->set_budget(a, 1000 * kUsd, Period::kNone, "") == Code::kOk);
+  REQUIRE(l->set_budget("daily", 1000 * kUsd, Period::kDaily, "") == Code::kOk);
   REQUIRE(l->set_price("m/x", 1, 1, 0) == Code::kOk);
   REQUIRE(l->set_price("m/x2", 1, 1, 0) == Code::kOk);
   for (int d = 0; d < 20; ++d) {
     clock.now_ms = (day0 + d) * 86'400'000 + 3'600'000;
+    REQUIRE(l->debit("daily", 7) == Code::kOk);
     for (const char* a : {"al", "alice", "bob"}) {
       REQUIRE(l->debit(a, 100 + d) == Code::kOk);
       for (const char* m : {"m/x", "m/x2"}) {
@@ -265,11 +267,17 @@ TEST_CASE("day ranges read exactly the days asked for, whatever the history and 
     const int64_t lo = std::max<int64_t>(first, 0), hi = std::min<int64_t>(last, 19), n = hi >= lo ? hi - lo + 1 : 0;
     std::vector<StoredDay> days;
     REQUIRE(reader->days(day0 + first, day0 + last, &days) == Code::kOk);
-    REQUIRE(static_cast<int64_t>(days.size()) == 3 * n);
+    REQUIRE(static_cast<int64_t>(days.size()) == 4 * n);
     for (const auto& d : days) {
       CHECK((d.day >= day0 + lo && d.day <= day0 + hi));
-      CHECK(d.spent_nanousd == 100 + (d.day - day0) + 2 * (d.day - day0 + 1));  // the debit and two commits
+      if (d.account == "daily") CHECK(d.spent_nanousd == 7);
+      else CHECK(d.spent_nanousd == 100 + (d.day - day0) + 2 * (d.day - day0 + 1));  // the debit and two commits
     }
+    std::vector<StoredPeriod> periods;
+    REQUIRE(reader->periods_in(day0 + first, day0 + last, &periods) == Code::kOk);
+    REQUIRE(static_cast<int64_t>(periods.size()) == n);  // only "daily" has day-numbered periods
+    for (const auto& p : periods) CHECK((p.account == "daily" && p.period == Period::kDaily && p.spent_nanousd == 7 &&
+                                         p.index >= day0 + lo && p.index <= day0 + hi));
     std::vector<StoredModelDay> models;
     REQUIRE(reader->model_days(day0 + first, day0 + last, &models) == Code::kOk);
     REQUIRE(static_cast<int64_t>(models.size()) == 3 * 2 * n);
@@ -284,6 +292,10 @@ TEST_CASE("day ranges read exactly the days asked for, whatever the history and 
       for (const auto& [key, count] : per) CHECK(count == n);
     }
   }
+  std::vector<StoredPeriod> timeless;
+  REQUIRE(reader->periods_in(0, 0, &timeless) == Code::kOk);  // the accounts without a period
+  REQUIRE(timeless.size() == 3);
+  for (const auto& p : timeless) CHECK((p.period == Period::kNone && p.spent_nanousd == 100 * 20 + 190 + 2 * 210));
 }
 
 TEST_CASE("flush_pending counts the records the next flush would write", "[store]") {
