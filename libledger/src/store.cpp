@@ -258,6 +258,18 @@ struct Txn {
   }
 };
 
+// The sequence number the next journal entry gets (entries are appended in key order).
+uint64_t next_journal_seq(MDB_txn* txn, MDB_dbi journal) {
+  uint64_t last = 0;
+  MDB_cursor* cursor = nullptr;
+  if (mdb_cursor_open(txn, journal, &cursor) == 0) {
+    MDB_val k, v;
+    if (mdb_cursor_get(cursor, &k, &v, MDB_LAST) == 0 && k.mv_size == sizeof last) std::memcpy(&last, k.mv_data, sizeof last);
+    mdb_cursor_close(cursor);
+  }
+  return last + 1;
+}
+
 template <class T>
 bool get_struct(MDB_txn* txn, MDB_dbi dbi, const std::string& key, T* out) {
   MDB_val k = val(key), v;
@@ -377,19 +389,7 @@ Status Ledger::Impl::flush_store() {
     cache.entries.resize(std::max<size_t>(count, cache.entries.size()));
     for (size_t i = keep; i < cache.entries.size(); ++i) cache.entries[i] = FlushCache::Entry{};
   }
-  uint64_t journal_next = 1;
-  {
-    MDB_cursor* cursor = nullptr;
-    if (mdb_cursor_open(txn.txn, env.journal, &cursor) == 0) {
-      MDB_val k, v;
-      if (mdb_cursor_get(cursor, &k, &v, MDB_LAST) == 0 && k.mv_size == sizeof(uint64_t)) {
-        uint64_t last = 0;
-        std::memcpy(&last, k.mv_data, sizeof last);
-        journal_next = last + 1;
-      }
-      mdb_cursor_close(cursor);
-    }
-  }
+  uint64_t journal_next = next_journal_seq(txn.txn, env.journal);
   auto name_of = [this](uint32_t i) {
     return std::string_view(accounts[i].name, std::min<uint32_t>(accounts[i].name_length, kAccountNameMax));
   };
@@ -631,16 +631,7 @@ Status store_journal_adjustment(std::string_view dir, std::string_view account, 
   Txn txn;
   int rc = mdb_txn_begin(env.env, nullptr, 0, &txn.txn);
   if (rc != 0) return mdb_status(rc);
-  uint64_t seq = 1;
-  MDB_cursor* cursor = nullptr;
-  if (mdb_cursor_open(txn.txn, env.journal, &cursor) == 0) {
-    MDB_val k, v;
-    if (mdb_cursor_get(cursor, &k, &v, MDB_LAST) == 0 && k.mv_size == sizeof seq) {
-      std::memcpy(&seq, k.mv_data, sizeof seq);
-      ++seq;
-    }
-    mdb_cursor_close(cursor);
-  }
+  const uint64_t seq = next_journal_seq(txn.txn, env.journal);
   JournalValue entry{};
   entry.unix_ms = unix_ms;
   entry.kind = static_cast<uint32_t>(JournalKind::kAdjustment);
@@ -673,20 +664,28 @@ Status StoreReader::open(std::string_view dir, std::unique_ptr<StoreReader>* out
 }
 
 namespace {
+// A read-only transaction with one cursor on `dbi`, both closed on scope exit.
+struct ReadCursor {
+  Txn txn;
+  MDB_cursor* cursor = nullptr;
+  int open(const Env& env, MDB_dbi dbi) {
+    const int rc = mdb_txn_begin(env.env, nullptr, MDB_RDONLY, &txn.txn);
+    return rc != 0 ? rc : mdb_cursor_open(txn.txn, dbi, &cursor);
+  }
+  int get(MDB_val* k, MDB_val* v, MDB_cursor_op op) { return mdb_cursor_get(cursor, k, v, op); }
+  ~ReadCursor() {
+    if (cursor != nullptr) mdb_cursor_close(cursor);
+  }
+};
+
 template <class Fn>
 Status scan(const Env& env, MDB_dbi dbi, const MDB_val* start, Fn&& fn) {
-  Txn txn;
-  int rc = mdb_txn_begin(env.env, nullptr, MDB_RDONLY, &txn.txn);
-  if (rc != 0) return mdb_status(rc);
-  MDB_cursor* cursor = nullptr;
-  rc = mdb_cursor_open(txn.txn, dbi, &cursor);
-  if (rc != 0) return mdb_status(rc);
+  ReadCursor c;
+  if (const int rc = c.open(env, dbi); rc != 0) return mdb_status(rc);
   MDB_val k{}, v{};
   if (start != nullptr) k = *start;
-  for (rc = mdb_cursor_get(cursor, &k, &v, start != nullptr ? MDB_SET_RANGE : MDB_FIRST); rc == 0;
-       rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT))
+  for (int rc = c.get(&k, &v, start != nullptr ? MDB_SET_RANGE : MDB_FIRST); rc == 0; rc = c.get(&k, &v, MDB_NEXT))
     if (!fn(k, v)) break;
-  mdb_cursor_close(cursor);
   return Code::kOk;
 }
 void split_key(const MDB_val& k, size_t tail, std::string* account, const char** rest) {
@@ -737,18 +736,15 @@ namespace {
 // O(prefixes x log n + records returned), however long the history.
 template <class Fn>
 Status scan_number_range(const Env& env, MDB_dbi dbi, int64_t first, int64_t last, Fn&& fn) {
-  Txn txn;
-  int rc = mdb_txn_begin(env.env, nullptr, MDB_RDONLY, &txn.txn);
-  if (rc != 0) return mdb_status(rc);
-  MDB_cursor* cursor = nullptr;
-  rc = mdb_cursor_open(txn.txn, dbi, &cursor);
+  ReadCursor c;
+  int rc = c.open(env, dbi);
   if (rc != 0) return mdb_status(rc);
   MDB_val k{}, v{};
   std::string seek;
-  for (rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST); rc == 0;) {
+  for (rc = c.get(&k, &v, MDB_FIRST); rc == 0;) {
     const auto* data = static_cast<const char*>(k.mv_data);
     if (k.mv_size < 10 || static_cast<unsigned char>(data[k.mv_size - 9]) >= 0x20) {  // not ours: skip it
-      rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+      rc = c.get(&k, &v, MDB_NEXT);
       continue;
     }
     const std::string_view prefix(data, k.mv_size - 8);
@@ -763,7 +759,7 @@ Status scan_number_range(const Env& env, MDB_dbi dbi, int64_t first, int64_t las
         seek.back() = static_cast<char>(seek.back() + 1);
       }
       k = val(seek);
-      rc = mdb_cursor_get(cursor, &k, &v, MDB_SET_RANGE);
+      rc = c.get(&k, &v, MDB_SET_RANGE);
       continue;
     }
     if (v.mv_size == sizeof(TotalsValue)) {
@@ -771,9 +767,8 @@ Status scan_number_range(const Env& env, MDB_dbi dbi, int64_t first, int64_t las
       std::memcpy(&t, v.mv_data, sizeof t);
       fn(prefix, number, t);
     }
-    rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+    rc = c.get(&k, &v, MDB_NEXT);
   }
-  mdb_cursor_close(cursor);
   return rc == MDB_NOTFOUND ? Status(Code::kOk) : mdb_status(rc);
 }
 }  // namespace
