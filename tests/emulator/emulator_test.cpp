@@ -206,17 +206,30 @@ TEST_CASE("faults: statuses N times, Retry-After, malformed, truncated, delays",
   CHECK(c.call("POST", "/__emulator/faults", "", R"({"path": "/x", "body": "weird"})").status == 400);
 }
 
+namespace {
+// The emulator binary, started in `dir`; the caller stops it (its exit status is what some tests check).
+struct Spawned {
+  pid_t pid = -1;
+  std::string key_file, port;
+};
+Spawned spawn_emulator(const ledger_test::TempDir& dir) {
+  Spawned e;
+  e.key_file = dir.path() + "/mgmt.key";
+  const std::string port_file = dir.path() + "/port";
+  e.pid = ledger_test::spawn({EMULATOR_PATH, "--management-key-file", e.key_file, "--port-file", port_file}, -1, -1);
+  REQUIRE(e.pid > 0);
+  for (int i = 0; i < 200 && e.port.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    e.port = ledger_test::read_file(port_file);
+  }
+  REQUIRE_FALSE(e.port.empty());
+  return e;
+}
+}  // namespace
+
 TEST_CASE("the emulator binary serves real HTTP on loopback, and truncates for real", "[emulator][process]") {
   ledger_test::TempDir dir;
-  const std::string key_file = dir.path() + "/mgmt.key", port_file = dir.path() + "/port";
-  const pid_t pid = ledger_test::spawn({EMULATOR_PATH, "--management-key-file", key_file, "--port-file", port_file}, -1, -1);
-  REQUIRE(pid > 0);
-  std::string port;
-  for (int i = 0; i < 200 && port.empty(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    port = ledger_test::read_file(port_file);
-  }
-  REQUIRE_FALSE(port.empty());
+  const auto [pid, key_file, port] = spawn_emulator(dir);
   struct stat st {};
   REQUIRE(::stat(key_file.c_str(), &st) == 0);
   CHECK((st.st_mode & 0777) == 0600);
@@ -260,15 +273,7 @@ TEST_CASE("the emulator stops cleanly with keep-alive connections open", "[emula
   namespace net = boost::asio;
   for (int round = 0; round < 5; ++round) {
     ledger_test::TempDir dir;
-    const std::string key_file = dir.path() + "/mgmt.key", port_file = dir.path() + "/port";
-    const pid_t pid = ledger_test::spawn({EMULATOR_PATH, "--management-key-file", key_file, "--port-file", port_file}, -1, -1);
-    REQUIRE(pid > 0);
-    std::string port;
-    for (int i = 0; i < 200 && port.empty(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      port = ledger_test::read_file(port_file);
-    }
-    REQUIRE_FALSE(port.empty());
+    const auto [pid, key_file, port] = spawn_emulator(dir);
     net::io_context io;
     std::vector<net::ip::tcp::socket> sockets;
     for (int c = 0; c < 8; ++c) {

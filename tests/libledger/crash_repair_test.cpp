@@ -211,6 +211,20 @@ void pause_hook() {  // runs in the helper at its first pause point: report, the
   char c = 'p';
   if (::write(g_paused_fd, &c, 1) != 1 || ::read(g_resume_fd, &c, 1) != 1) ::_exit(5);
 }
+// Forks a child with its own handle that stops at its first pause point (writes a byte to paused_fd,
+// waits for one on resume_fd) while running body; it exits 0 when body returns true.
+pid_t fork_pausing(const std::string& dir, int paused_fd, int resume_fd, const std::function<bool(Ledger&)>& body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    std::unique_ptr<Ledger> l;
+    if (!Ledger::open(dir, Options{}, &l).ok()) ::_exit(2);
+    g_paused_fd = paused_fd;
+    g_resume_fd = resume_fd;
+    ledger_test_pause_once(pause_hook);
+    ::_exit(body(*l) ? 0 : 1);
+  }
+  return pid;
+}
 }  // namespace
 
 // The helping rule under ABA: a worker H reads alice's word holding value V (stamped by lane M, from
@@ -238,15 +252,7 @@ TEST_CASE("a helper that stalled across an ABA of the word never marks a dead en
     }
     char c = 0;
     REQUIRE(::read(from_m[0], &c, 1) == 1);
-    const pid_t h = ::fork();
-    if (h == 0) {
-      std::unique_ptr<Ledger> l;
-      if (!Ledger::open(f.dir.path(), Options{}, &l).ok()) ::_exit(2);
-      g_paused_fd = from_h[1];
-      g_resume_fd = to_h[0];
-      ledger_test_pause_once(pause_hook);
-      ::_exit(l->debit("alice", kUsd / 100).ok() ? 0 : 1);
-    }
+    const pid_t h = fork_pausing(f.dir.path(), from_h[1], to_h[0], [](Ledger& l) { return l.debit("alice", kUsd / 100).ok(); });
     REQUIRE(::read(from_h[0], &c, 1) == 1);  // H read V and stopped before helping
     REQUIRE(::write(to_m[1], "g", 1) == 1);  // M: reserve, release, die at `point`
     int status = 0;
@@ -283,16 +289,10 @@ TEST_CASE("a commit racing an expiry waits for it and is charged as a late commi
   f.clock.now_ms = real_now;
   int paused[2], resume[2];
   REQUIRE((::pipe(paused) == 0 && ::pipe(resume) == 0));
-  const pid_t reclaimer = ::fork();
-  if (reclaimer == 0) {
-    std::unique_ptr<Ledger> l;
-    if (!Ledger::open(f.dir.path(), Options{}, &l).ok()) ::_exit(2);
-    g_paused_fd = paused[1];
-    g_resume_fd = resume[0];
-    ledger_test_pause_once(pause_hook);
+  const pid_t reclaimer = fork_pausing(f.dir.path(), paused[1], resume[0], [](Ledger& l) {
     uint32_t n = 0;
-    ::_exit(l->reclaim(&n).ok() && n == 1 ? 0 : 1);
-  }
+    return l.reclaim(&n).ok() && n == 1;
+  });
   char c = 0;
   REQUIRE(::read(paused[0], &c, 1) == 1);  // the slot is claimed for expiry, no level changed yet
   std::thread later([&] {

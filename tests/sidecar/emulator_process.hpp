@@ -8,6 +8,7 @@
 #include <string>
 #include <thread>
 
+#include "ledger/ledger.hpp"
 #include "openrouter.hpp"
 #include "process.hpp"
 #include "test_util.hpp"
@@ -66,6 +67,17 @@ class EmulatorProcess {
   TempDir dir_;
   std::string key_file_, port_, key_;
   pid_t pid_ = -1;
+};
+
+// An emulator, a client holding its management key, and a directory for a config and its ledger
+// (whose segment is removed at the end).
+struct EmulatorLedger {
+  EmulatorProcess emu;
+  ledger::openrouter::Client client{emu.options()};
+  TempDir dir;
+  std::string config = dir.path() + "/ledger.json";
+  std::string ledger_dir = dir.path() + "/ledger";
+  ~EmulatorLedger() { (void)ledger::Ledger::destroy_segment(ledger_dir); }
 };
 
 }  // namespace ledger_test

@@ -8,19 +8,12 @@
 #include "process.hpp"
 
 using namespace ledger;
-using ledger_test::EmulatorProcess;
 using ledger_test::run;
 
 namespace {
 
-struct Setup {
-  EmulatorProcess emu;
-  openrouter::Client client{emu.options()};
-  ledger_test::TempDir dir;
-  std::string config = dir.path() + "/ledger.json";
-  std::string ledger_dir = dir.path() + "/ledger";
+struct Setup : ledger_test::EmulatorLedger {
   explicit Setup(const std::string& revoke = "disable") { write(true, revoke); }
-  ~Setup() { (void)Ledger::destroy_segment(ledger_dir); }
   void write(bool with_bob, const std::string& revoke = "disable") {
     ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 64, "max_reservations": 64, "max_processes": 32},
       "openrouter": {"base_url": ")" + emu.base() + R"(", "management_key_file": ")" + emu.key_file() +

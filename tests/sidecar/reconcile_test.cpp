@@ -17,12 +17,7 @@ using ledger_test::run;
 
 namespace {
 
-struct Setup {
-  EmulatorProcess emu;
-  openrouter::Client client{emu.options()};
-  ledger_test::TempDir dir;
-  std::string config = dir.path() + "/ledger.json";
-  std::string ledger_dir = dir.path() + "/ledger";
+struct Setup : ledger_test::EmulatorLedger {
   std::string alice_key, alice_hash, bob_hash;
 
   Setup() {
@@ -38,7 +33,6 @@ struct Setup {
     INFO(init.err);
     REQUIRE(init.exit_code == 0);
   }
-  ~Setup() { (void)Ledger::destroy_segment(ledger_dir); }
   void write_config(int interval_s, bool sync) {
     ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 64, "max_reservations": 256, "max_processes": 32},
       "openrouter": {"base_url": ")" + emu.base() + R"(", "management_key_file": ")" + emu.key_file() +
