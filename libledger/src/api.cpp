@@ -273,7 +273,7 @@ Status Ledger::model_spend(std::vector<ModelSpend>* out) const {
   for (uint32_t i = 0; i <= l.model_stat_mask; ++i) {
     const uint64_t key = load(l.model_stats[i].key);
     if (key == 0) continue;
-    const uint32_t account = static_cast<uint32_t>(key >> 32) - 1, model = static_cast<uint32_t>(key) - 1;
+    const uint32_t account = stat_key_account(key), model = stat_key_model(key);
     if (account >= count || model >= kModelsMax) continue;  // never written by us: skip, do not index
     const PeriodWord word = period_word_load(l.model_stats[i].word);
     const Account& a = l.accounts[account];

@@ -671,7 +671,7 @@ Status Ledger::Impl::expire_hold(uint32_t slot, uint64_t state, int64_t now) {
 }
 
 int32_t Ledger::Impl::model_stat_for(uint32_t account, uint32_t model) {
-  const uint64_t key = (uint64_t{account + 1} << 32) | (model + 1);
+  const uint64_t key = make_stat_key(account, model);
   const uint32_t h = static_cast<uint32_t>((key * 0x9E3779B97F4A7C15ULL) >> 32);
   for (uint32_t probe = 0; probe < kModelStatProbes; ++probe) {
     const uint32_t i = (h + probe) & model_stat_mask;

@@ -90,6 +90,11 @@ inline uint64_t make_reservation_id(uint32_t slot, uint32_t generation) {
   return (uint64_t{generation} << 32) | (uint64_t{slot} + 1);
 }
 
+// ModelStat::key: (account + 1) << 32 | (model + 1); 0 = a free entry.
+inline uint64_t make_stat_key(uint32_t account, uint32_t model) { return (uint64_t{account + 1} << 32) | (model + 1); }
+inline uint32_t stat_key_account(uint64_t key) { return static_cast<uint32_t>(key >> 32) - 1; }
+inline uint32_t stat_key_model(uint64_t key) { return static_cast<uint32_t>(key) - 1; }
+
 inline uint64_t make_proc_state(uint32_t generation, uint32_t status) {
   return (uint64_t{generation} << 32) | status;
 }

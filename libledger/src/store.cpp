@@ -348,7 +348,7 @@ Status Ledger::Impl::flush_store() {
     if (key == 0) continue;
     const PeriodWord word = period_word_load(model_stats[i].word);
     if (word.used != 0 || meta_requests(word.meta) != 0)
-      tallies.push_back(Tally{static_cast<uint32_t>(key >> 32) - 1, static_cast<uint32_t>(key) - 1, word});
+      tallies.push_back(Tally{stat_key_account(key), stat_key_model(key), word});
   }
   const uint32_t count = load(header->account_count);
   std::vector<PeriodWord> words;

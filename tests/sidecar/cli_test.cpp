@@ -1,4 +1,7 @@
 // ledgerctl end to end: exit codes, JSON output, usage errors, and that denials exit 3.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <boost/json.hpp>
 
@@ -71,4 +74,35 @@ TEST_CASE("ledgerctl init, debit, status, block and their exit codes", "[cli]") 
   CHECK(report.exit_code == 0);
   CHECK(report.out.find("team report") != std::string::npos);
   CHECK(report.out.find("alice") != std::string::npos);
+}
+
+// Upgrading across a segment format change (promise 5): the old segment is refused with what to do,
+// destroy-segment removes it, and the next open rebuilds the ledger from the store.
+TEST_CASE("an older segment is refused with the way out, and destroy-segment rebuilds from the store", "[cli]") {
+  TempDir dir;
+  const std::string config = write_config(dir);
+  const std::string ledger_dir = dir.path() + "/ledger";
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() { (void)ledger::Ledger::destroy_segment(dir); }
+  } cleanup{ledger_dir};
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "init"}).exit_code == 0);
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "debit", "alice", "1.25"}).exit_code == 0);
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "flush"}).exit_code == 0);
+  const std::string segment = ledger::Ledger::segment_path(ledger_dir);
+  const int fd = ::open(segment.c_str(), O_RDWR);
+  REQUIRE(fd >= 0);
+  const uint32_t old_version = 1;
+  REQUIRE(::pwrite(fd, &old_version, sizeof old_version, 8) == sizeof old_version);
+  ::close(fd);
+  auto r = run({LEDGERCTL_PATH, "--config", config, "balance", "alice"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("another format version") != std::string::npos);
+  CHECK(r.err.find("ledgerctl destroy-segment") != std::string::npos);
+  r = run({LEDGERCTL_PATH, "--config", config, "destroy-segment"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  r = run({LEDGERCTL_PATH, "--config", config, "balance", "alice", "--json"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(boost::json::parse(r.out).at("spent_nanousd").as_int64() == 1'250'000'000);  // from the store
 }
