@@ -381,11 +381,11 @@ int cmd_doctor(const Config& config) {
                                                 : std::to_string(missing) + " config accounts missing: run ledgerctl init");
     LedgerStats stats;
     (void)ledger->stats(&stats);
-    line(stats.model_stats_dropped == 0, "per-model tallies",
-         std::to_string(stats.model_stats) + " of " + std::to_string(stats.max_model_stats) + " (account, model) pairs in use" +
-             (stats.model_stats_dropped == 0
+    line(stats.tallies_dropped == 0, "tallies",
+         std::to_string(stats.tallies) + " of " + std::to_string(stats.max_tallies) + " (account, model or key) tallies in use" +
+             (stats.tallies_dropped == 0
                   ? std::string()
-                  : "; " + std::to_string(stats.model_stats_dropped) +
+                  : "; " + std::to_string(stats.tallies_dropped) +
                         " commits not tallied per model (still charged): the table is crowded; a ledger created with a larger "
                         "ledger.max_accounts has a larger one"));
   }

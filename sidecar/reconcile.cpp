@@ -100,9 +100,7 @@ ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Conf
       if (delta > tolerance) {
         if (dry_run) {
           row.note = "would adjust";
-        } else if (const Status s = ledger.adjust(a.id, delta); s.ok()) {
-          (void)store_journal_adjustment(config.ledger.dir, a.id, a.period, period_index(a.period, ledger.now_ms() / 1000),
-                                         delta, ledger.now_ms());
+        } else if (const Status s = ledger.adjust(a.id, delta, row.key_hash); s.ok()) {
           row.adjusted_nanousd = delta;
           report.adjusted_total_nanousd += delta;
           row.note = "adjusted";

@@ -1,4 +1,5 @@
 // api.cpp — the public Ledger methods: admin, lookups, the worker calls and balances.
+#include <algorithm>
 #include <cstring>
 
 #include "impl.hpp"
@@ -167,14 +168,27 @@ Status Ledger::commit(ReservationId id, int64_t actual_nanousd) {
 
 Status Ledger::release(ReservationId id) { return impl_->settle(id, false, 0); }
 
-Status Ledger::adjust(std::string_view account, int64_t amount_nanousd) {
+Status Ledger::adjust(std::string_view account, int64_t amount_nanousd, std::string_view key_hash) {
   AccountRef ref;
   Status status = find(account, &ref);
   if (!status.ok()) return status;
-  return impl_->charge(ref.index, amount_nanousd);
+  uint32_t key = 0;
+  if (!key_hash.empty() && !(status = impl_->resolve_key(key_hash, &key)).ok()) return status;
+  return impl_->charge(ref.index, amount_nanousd, key);
 }
 
 namespace {
+int64_t sub_saturating(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_sub_overflow(a, b, &r)) return b > 0 ? INT64_MIN : INT64_MAX;
+  return r;
+}
+int64_t add_saturating(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
+  return r;
+}
+
 Balance balance_of(Ledger::Impl& l, uint32_t index, const Now& now, int64_t held) {
   Account& a = l.accounts[index];
   Balance b;
@@ -183,11 +197,12 @@ Balance balance_of(Ledger::Impl& l, uint32_t index, const Now& now, int64_t held
   const uint32_t tag = make_tag(b.period, period);
   const PeriodWord word = period_word_load(a.words[tag_parity(tag)]);
   const bool current = meta_tag(word.meta) == tag;
+  // Saturating: a damaged word must give a wrong number, never undefined arithmetic.
   const int64_t used = current ? word.used : 0;
   b.limit_nanousd = load(a.limit_nanousd);
   b.held_nanousd = held;
-  b.spent_nanousd = used - held;
-  b.available_nanousd = b.limit_nanousd - used;
+  b.spent_nanousd = sub_saturating(used, held);
+  b.available_nanousd = sub_saturating(b.limit_nanousd, used);
   b.requests = current ? meta_requests(word.meta) : 0;
   b.blocked = load(a.blocked) != 0;
   b.period_start_unix = period_start_unix(b.period, period);
@@ -221,7 +236,7 @@ Status Ledger::balances(std::vector<AccountBalance>* out) const {
       const int32_t a = load(res.chain[level], memory_order_relaxed);
       if (a < 0 || static_cast<uint32_t>(a) >= count) break;
       if (load(res.tags[level], memory_order_relaxed) == tags[a])
-        held[a] += load(res.amount_nanousd, memory_order_relaxed);
+        held[a] = add_saturating(held[a], load(res.amount_nanousd, memory_order_relaxed));
     }
   }
   out->clear();
@@ -247,7 +262,7 @@ Status Ledger::stats(LedgerStats* out) const {
   s.max_accounts = l.max_accounts;
   s.max_reservations = l.max_reservations;
   s.max_processes = l.max_processes;
-  for (uint32_t p = 0; p < l.max_processes; ++p)
+  for (uint32_t p = 0; p < l.process_slots; ++p)
     if (proc_status(load(l.processes[p].state)) == kProcActive) ++s.processes_attached;
   for (uint32_t r = 0; r < l.max_reservations; ++r) {
     const uint32_t status = res_status(load(l.reservations[r].state, memory_order_relaxed));
@@ -258,9 +273,12 @@ Status Ledger::stats(LedgerStats* out) const {
   s.denied_parent_over_budget = load(l.header->denials[1], memory_order_relaxed);
   s.denied_model = load(l.header->denials[2], memory_order_relaxed);
   s.denied_blocked = load(l.header->denials[3], memory_order_relaxed);
-  s.max_model_stats = l.model_stat_mask + 1;
-  for (uint32_t i = 0; i <= l.model_stat_mask; ++i) s.model_stats += load(l.model_stats[i].key, memory_order_relaxed) != 0 ? 1 : 0;
-  s.model_stats_dropped = load(l.header->model_stats_dropped, memory_order_relaxed);
+  s.max_tallies = l.tally_mask + 1;
+  for (uint32_t i = 0; i <= l.tally_mask; ++i) s.tallies += load(l.tallies[i].key, memory_order_relaxed) != 0 ? 1 : 0;
+  s.tallies_dropped = load(l.header->tallies_dropped, memory_order_relaxed);
+  s.tombstones_dropped = load(l.header->tombstones_dropped, memory_order_relaxed);
+  s.keys = load(l.header->key_count, memory_order_relaxed);
+  s.max_keys = (l.key_mask + 1) / 2;
   *out = s;
   return Code::kOk;
 }
@@ -270,12 +288,12 @@ Status Ledger::model_spend(std::vector<ModelSpend>* out) const {
   const Impl& l = *impl_;
   out->clear();
   const uint32_t count = load(l.header->account_count);
-  for (uint32_t i = 0; i <= l.model_stat_mask; ++i) {
-    const uint64_t key = load(l.model_stats[i].key);
-    if (key == 0) continue;
-    const uint32_t account = stat_key_account(key), model = stat_key_model(key);
+  for (uint32_t i = 0; i <= l.tally_mask; ++i) {
+    const uint64_t key = load(l.tallies[i].key);
+    if (key == 0 || tally_key_kind(key) != kTallyModel) continue;
+    const uint32_t account = tally_key_account(key), model = tally_key_id(key);
     if (account >= count || model >= kModelsMax) continue;  // never written by us: skip, do not index
-    const PeriodWord word = period_word_load(l.model_stats[i].word);
+    const PeriodWord word = period_word_load(l.tallies[i].word);
     const Account& a = l.accounts[account];
     out->push_back(ModelSpend{std::string(a.name, std::min<uint32_t>(a.name_length, kAccountNameMax)),
                               std::string(l.model_name(model)), word.used, meta_requests(word.meta)});
@@ -288,6 +306,34 @@ Status Ledger::flush_pending(uint64_t* records) const {
   *records = impl_->flush_pending();
   return Code::kOk;
 }
+
+Status Ledger::set_hold_policy(const HoldPolicy& policy) {
+  Impl& l = *impl_;
+  if (policy.default_ttl_s < 1 || policy.default_ttl_s > kTtlMaxSeconds || policy.tombstone_grace_s > kTombstoneGraceMaxSeconds)
+    return Code::kInvalidArgument;
+  Status status = l.ensure_registered();
+  if (!status.ok()) return status;
+  AdminGuard lock(l);
+  store(l.header->default_ttl_s, policy.default_ttl_s);
+  store(l.header->tombstone_grace_s, policy.tombstone_grace_s);
+  store(l.header->tombstones_max, policy.tombstones_max != 0 ? policy.tombstones_max : std::max(1u, l.max_reservations / 2));
+  return Code::kOk;
+}
+
+HoldPolicy Ledger::hold_policy() const {
+  const Impl& l = *impl_;
+  return HoldPolicy{load(l.header->default_ttl_s), load(l.header->tombstone_grace_s), load(l.header->tombstones_max)};
+}
+
+Status Ledger::set_store_map_size(uint64_t bytes) {
+  Impl& l = *impl_;
+  if (bytes < (uint64_t{1} << 20) || bytes > (uint64_t{1} << 40)) return Code::kInvalidArgument;
+  std::lock_guard<std::mutex> local(*l.flush_mutex);
+  l.options.store_map_size_bytes = bytes;
+  return Code::kOk;
+}
+
+const std::string& Ledger::segment_file() const { return impl_->segment_path; }
 
 Status Ledger::flush() {
   Status status = impl_->ensure_registered();

@@ -162,19 +162,30 @@ int ledger_estimate(ledger_t* ledger, const char* model, uint32_t prompt_tokens,
 int ledger_authorize(ledger_t* ledger, const char* account, const char* model, int64_t estimate_nanousd,
                      uint32_t ttl_seconds, char* model_out, size_t model_out_size,
                      uint64_t* reservation_id) {
-  std::string_view name, model_name;
+  return ledger_authorize_via(ledger, account, model, estimate_nanousd, ttl_seconds, nullptr, model_out,
+                              model_out_size, reservation_id);
+}
+
+int ledger_authorize_via(ledger_t* ledger, const char* account, const char* model, int64_t estimate_nanousd,
+                         uint32_t ttl_seconds, const char* key_hash, char* model_out, size_t model_out_size,
+                         uint64_t* reservation_id) {
+  std::string_view name, model_name, key;
   if (ledger == nullptr || model_out == nullptr || reservation_id == nullptr ||
       !bounded(account, kNameBound, &name) || !bounded(model, 128, &model_name))
     return LEDGER_INVALID_ARGUMENT;
+  if (key_hash != nullptr && !bounded(key_hash, 65, &key)) return LEDGER_INVALID_ARGUMENT;
   // A chosen model that does not fit the buffer is refused before anything is reserved.
   if (model_out_size == 0) return LEDGER_INVALID_ARGUMENT;
   std::string_view chosen;
-  const ledger::Status status = ledger->ledger->authorize(name, model_name, estimate_nanousd, ttl_seconds, &chosen,
-                                                          reservation_id, model_out_size - 1);
-  if (!status.ok()) return to_int(status);
-  std::memcpy(model_out, chosen.data(), chosen.size());
-  model_out[chosen.size()] = '\0';
-  return LEDGER_OK;
+  const ledger::Status status = ledger->ledger->authorize_via(name, model_name, estimate_nanousd, ttl_seconds, key,
+                                                              &chosen, reservation_id, model_out_size - 1);
+  // On success the chosen model; on LEDGER_UNKNOWN_MODEL the model that has no price (if it fits).
+  const bool tell = status.ok() || (status.code() == ledger::Code::kUnknownModel && chosen.size() < model_out_size);
+  if (tell) {
+    std::memcpy(model_out, chosen.data(), chosen.size());
+    model_out[chosen.size()] = '\0';
+  }
+  return to_int(status);
 }
 
 }  // extern "C"

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -191,9 +192,9 @@ void Ledger::Impl::write_spec(OpScope* op, uint32_t j, const TargetSpec& spec) {
 
 PeriodWord* Ledger::Impl::word_at(uint64_t location) const {
   if (location == 0) return nullptr;
-  if ((location & kStatLocation) != 0) {
-    const uint64_t stat = (location & ~kStatLocation) - 1;
-    return stat <= model_stat_mask ? &model_stats[stat].word : nullptr;
+  if ((location & kTallyLocation) != 0) {
+    const uint64_t tally = (location & ~kTallyLocation) - 1;
+    return tally <= tally_mask ? &tallies[tally].word : nullptr;
   }
   const uint64_t account = (location - 1) / 2;
   return account < max_accounts ? &accounts[account].words[(location - 1) % 2] : nullptr;
@@ -207,7 +208,7 @@ PeriodWord* Ledger::Impl::word_at(uint64_t location) const {
 // entry's CAS (an entry is recorded after its operation read the word, and only the lane writes
 // its stamp). Only then is the bit set, with a CAS that also proves the operation is still the same.
 void Ledger::Impl::help(uint32_t lane_id, uint64_t location, PeriodWord current) const {
-  if (lane_id == 0 || lane_id > max_processes * kLanesPerProcess) return;
+  if (lane_id == 0 || lane_id > lanes_total()) return;
   PeriodWord* word = word_at(location);
   if (word == nullptr) return;
   Lane& other = lane_by_id(lane_id);
@@ -240,11 +241,12 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
   assert(j < kTargetsMax);
   Target& entry = op->lane->targets[j];
   const bool admit = (spec.flags & kTargetAdmit) != 0;
-  if ((spec.flags & kTargetModelStat) != 0) {
-    // A per-model tally: one word, tag 0, never reset, never denied; its spec is always written first.
-    assert(!admit && spec_written && spec.account <= model_stat_mask);
-    PeriodWord& word = model_stats[spec.account].word;
-    const uint64_t location = kStatLocation | (uint64_t{spec.account} + 1);
+  if ((spec.flags & kTargetTally) != 0) {
+    // A tally: one word, tag 0, never reset, never denied; its spec is always written first.
+    assert(!admit && spec_written);
+    if (spec.account > tally_mask) return Code::kInvalidArgument;  // a damaged lane entry: touch nothing
+    PeriodWord& word = tallies[spec.account].word;
+    const uint64_t location = kTallyLocation | (uint64_t{spec.account} + 1);
     PeriodWord current = period_word_guess(word);
     for (;;) {
       const PeriodWord desired{add_saturating(current.used, spec.delta),
@@ -265,6 +267,7 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
       }
     }
   }
+  if (spec.account >= max_accounts) return Code::kInvalidArgument;  // a damaged lane entry
   Account& account = accounts[spec.account];
   const Period kind = static_cast<Period>(load(account.period_kind, memory_order_relaxed) & 3u);
   const uint32_t now_tag = admit ? spec.tag : now.tag(static_cast<uint32_t>(kind));
@@ -338,76 +341,157 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
 
 // ---- admission: debit and reserve -----------------------------------------------------------------
 
-Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint32_t ttl_s,
-                           ReservationId* id, uint32_t model) {
-  if (amount < 0 || amount > kAmountNanoUsdMax || account >= max_accounts) return Code::kInvalidArgument;
-  if (kind == kOpReserve && ttl_s > kTtlMaxSeconds) return Code::kInvalidArgument;
-  // Resolve the chain (account first) and refuse blocked accounts before touching anything.
-  uint32_t chain[kChainDepthMax];
+namespace {
+// An account and its ancestors, account first, and the key a settlement of it goes through.
+struct Chain {
+  uint32_t accounts[kChainDepthMax];
   uint32_t depth = 0;
+  uint32_t key = 0;  // KeyEntry index + 1: the nearest bound key (the default rule), 0 = none
+};
+}  // namespace
+
+// Resolves the chain and refuses blocked accounts before anything is touched.
+static Code resolve_chain(const Ledger::Impl& l, uint32_t account, Chain* chain) {
   for (int32_t a = static_cast<int32_t>(account); a >= 0;) {
-    if (depth == kChainDepthMax || static_cast<uint32_t>(a) >= max_accounts) return Code::kInvalidArgument;
-    const Account& acc = accounts[a];
+    if (chain->depth == kChainDepthMax || static_cast<uint32_t>(a) >= l.max_accounts) return Code::kInvalidArgument;
+    const Account& acc = l.accounts[a];
     if (load(acc.live) == 0) return Code::kUnknownAccount;
-    if (load(acc.blocked, memory_order_relaxed) != 0) return count_denial(Code::kDeniedBlocked);
-    chain[depth++] = static_cast<uint32_t>(a);
+    if (load(acc.blocked, memory_order_relaxed) != 0) return l.count_denial(Code::kDeniedBlocked);
+    if (chain->key == 0) chain->key = load(acc.key, memory_order_relaxed);
+    chain->accounts[chain->depth++] = static_cast<uint32_t>(a);
     a = load(acc.parent, memory_order_relaxed);
   }
-  if (kind == kOpDebit && depth == 1) {
-    // A debit of a root account is one CAS on one word: it lands or it does not, so it needs no
-    // intent and no lane. It writes stamp 0, which no repair ever looks for; it still helps the
-    // lane whose value it replaces. A process killed right after the CAS leaves the debit applied
-    // (not acknowledged: within the "in flight" bound, like any completed-but-unacknowledged call).
-    Account& account_ref = accounts[chain[0]];
-    // An account without a period never needs the clock (its tag is always 0).
-    const bool timeless = load(account_ref.period_kind, memory_order_relaxed) == static_cast<uint8_t>(Period::kNone);
-    const uint32_t wanted = timeless ? 0u : current_tag(account_ref, this->now());
-    const uint32_t parity = tag_parity(wanted);
-    PeriodWord& word = account_ref.words[parity];
-    PeriodWord current = period_word_guess(word);
-    for (;;) {
-      PeriodWord desired{};
-      uint32_t tag = wanted;
-      if (!plan_admission(account_ref, current, wanted, amount, 1, 0, &desired, &tag)) return count_denial(Code::kDeniedOverBudget);
-      const uint32_t stamp = meta_lane(current.meta);
-      if (stamp != 0) help(stamp, word_location(chain[0], parity), current);
-      if (period_word_cas(word, current, desired)) return Code::kOk;
+  if (chain->key > l.key_mask + 1) chain->key = 0;  // a damaged word: attribute to no key
+  return Code::kOk;
+}
+
+// A debit of a root account through no key is one CAS on one word: it lands or it does not, so it
+// needs no intent and no lane. It writes stamp 0, which no repair ever looks for; it still helps
+// the lane whose value it replaces. A process killed right after the CAS leaves the debit applied
+// (not acknowledged: within the "in flight" bound, like any completed-but-unacknowledged call).
+static Code debit_root(Ledger::Impl& l, uint32_t index, int64_t amount) {
+  Account& account = l.accounts[index];
+  // An account without a period never needs the clock (its tag is always 0).
+  const bool timeless = load(account.period_kind, memory_order_relaxed) == static_cast<uint8_t>(Period::kNone);
+  const uint32_t wanted = timeless ? 0u : l.current_tag(account, l.now());
+  const uint32_t parity = tag_parity(wanted);
+  PeriodWord& word = account.words[parity];
+  PeriodWord current = period_word_guess(word);
+  for (;;) {
+    PeriodWord desired{};
+    uint32_t tag = wanted;
+    if (!plan_admission(account, current, wanted, amount, 1, 0, &desired, &tag)) return l.count_denial(Code::kDeniedOverBudget);
+    const uint32_t stamp = meta_lane(current.meta);
+    if (stamp != 0) l.help(stamp, word_location(index, parity), current);
+    if (period_word_cas(word, current, desired)) return Code::kOk;
+  }
+}
+
+uint32_t Ledger::Impl::claim_reservation_slot(const OpScope& op, uint32_t* generation) {
+  // Start where this lane's share of the table begins, so lanes rarely collide on a claim.
+  const uint32_t start = static_cast<uint32_t>(uint64_t{op.lane_id - 1} * max_reservations / lanes_total());
+  for (uint32_t i = 0; i < max_reservations; ++i) {
+    const uint32_t r = (start + i) % max_reservations;
+    uint64_t state = load(reservations[r].state, memory_order_relaxed);
+    if (res_status(state) != kResFree) continue;
+    const uint32_t g = res_generation(state) + 1 == 0 ? 1 : res_generation(state) + 1;
+    if (compare_exchange(reservations[r].state, state, make_res_state(g, kResReserving, op.lane_id))) {
+      *generation = g;
+      return r;
     }
   }
+  // No free slot: tombstones must not starve live holds, so the oldest one makes room.
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    uint32_t oldest = UINT32_MAX;
+    uint64_t oldest_state = 0;
+    int64_t oldest_deadline = INT64_MAX;
+    for (uint32_t r = 0; r < max_reservations; ++r) {
+      const uint64_t state = load(reservations[r].state, memory_order_relaxed);
+      const int64_t deadline = load(reservations[r].deadline_ms, memory_order_relaxed);
+      if (res_status(state) == kResExpired && deadline < oldest_deadline) {
+        oldest = r;
+        oldest_state = state;
+        oldest_deadline = deadline;
+      }
+    }
+    if (oldest == UINT32_MAX) return UINT32_MAX;
+    // One CAS retires the tombstone and claims the slot under a new generation.
+    const uint32_t g = res_generation(oldest_state) + 1 == 0 ? 1 : res_generation(oldest_state) + 1;
+    if (compare_exchange(reservations[oldest].state, oldest_state, make_res_state(g, kResReserving, op.lane_id))) {
+      boost::atomics::ipc_atomic_ref<uint64_t>(header->tombstones_dropped).fetch_add(1, memory_order_relaxed);
+      *generation = g;
+      return oldest;
+    }
+  }
+  return UINT32_MAX;
+}
+
+bool Ledger::Impl::write_tally(OpScope* op, uint32_t j, uint32_t account, uint32_t kind, uint32_t id, int64_t amount,
+                               int32_t requests, TargetSpec* spec) {
+  const int32_t tally = tally_for(account, kind, id);
+  if (tally < 0) {
+    boost::atomics::ipc_atomic_ref<uint64_t>(header->tallies_dropped).fetch_add(1, memory_order_relaxed);
+    return false;
+  }
+  *spec = TargetSpec{};
+  spec->account = static_cast<uint32_t>(tally);
+  spec->delta = amount;
+  spec->delta_requests = requests;
+  spec->flags = kTargetTally;
+  write_spec(op, j, *spec);
+  return true;
+}
+
+Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint32_t ttl_s,
+                           ReservationId* id, uint32_t model, uint32_t key) {
+  if (amount < 0 || amount > kAmountNanoUsdMax || account >= max_accounts) return Code::kInvalidArgument;
+  if (kind == kOpReserve && ttl_s > kTtlMaxSeconds) return Code::kInvalidArgument;
+  Chain chain;
+  if (const Code code = resolve_chain(*this, account, &chain); code != Code::kOk) return code;
+  if (key != 0) chain.key = key;
+  if (kind == kOpDebit && chain.depth == 1 && chain.key == 0) return debit_root(*this, chain.accounts[0], amount);
 
   const Now now = this->now();
   OpScope op;
   Status status = begin(&op, kind);
   if (!status.ok()) return status;
-  uint32_t slot = UINT32_MAX;
-  uint32_t generation = 0;
+  uint32_t slot = UINT32_MAX, generation = 0;
   if (kind == kOpReserve) {
-    // Claim a free slot, starting where this lane's share of the table begins.
-    const uint32_t lanes_total = max_processes * kLanesPerProcess;
-    const uint32_t start = static_cast<uint32_t>(uint64_t{op.lane_id - 1} * max_reservations / lanes_total);
-    for (uint32_t i = 0; i < max_reservations && slot == UINT32_MAX; ++i) {
-      const uint32_t r = (start + i) % max_reservations;
-      uint64_t state = load(reservations[r].state, memory_order_relaxed);
-      if (res_status(state) != kResFree) continue;
-      const uint32_t g = res_generation(state) + 1 == 0 ? 1 : res_generation(state) + 1;
-      if (compare_exchange(reservations[r].state, state, make_res_state(g, kResReserving, op.lane_id))) {
-        slot = r;
-        generation = g;
-      }
-    }
+    slot = claim_reservation_slot(op, &generation);
     LEDGER_CRASH_POINT();  // slot claimed, not yet recorded
     if (slot == UINT32_MAX) {
       end(&op);
       return Code::kFull;
     }
-    store(op.lane->header.reservation_state_to, make_res_state(generation, kResReserving, op.lane_id),
-          memory_order_relaxed);
+    store(op.lane->header.reservation_state_to, make_res_state(generation, kResReserving, op.lane_id), memory_order_relaxed);
     store(op.lane->header.reservation_slot, slot + 1, memory_order_release);
     LEDGER_CRASH_POINT();
   }
-
   uint32_t tags[kChainDepthMax] = {};
-  Code denied = Code::kOk;
+  const Code denied = admit_levels(&op, chain.accounts, chain.depth, kind, amount, now, tags);
+  if (denied != Code::kOk) {
+    if (slot != UINT32_MAX) store(reservations[slot].state, make_res_state(generation, kResFree, 0));
+    end(&op);
+    return count_denial(denied);
+  }
+  if (kind == kOpDebit) {
+    // The debit settles at once: its key tally is one more target of this op (rolled back with it).
+    TargetSpec tally;
+    if (chain.key != 0 && write_tally(&op, kChainDepthMax, chain.accounts[0], kTallyKey, chain.key - 1, amount, 1, &tally))
+      (void)apply(&op, kChainDepthMax, tally, now, nullptr, true);
+    LEDGER_CRASH_POINT();  // tallied, not acknowledged
+  } else {
+    publish_hold(slot, generation, chain.accounts, chain.depth, tags, amount, ttl_s, now, model, chain.key);
+    *id = make_reservation_id(slot, generation);
+  }
+  end(&op);
+  return Code::kOk;
+}
+
+// Applies the admission to every level; on a denial undoes the levels already applied (a
+// concurrent request may have seen them: a spurious denial at worst, never an overspend).
+Code Ledger::Impl::admit_levels(OpScope* op, const uint32_t* chain, uint32_t depth, uint32_t kind, int64_t amount,
+                                const Now& now, uint32_t* tags) {
   uint32_t applied = 0;
   for (; applied < depth; ++applied) {
     TargetSpec spec;
@@ -416,50 +500,43 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
     spec.delta = amount;
     spec.delta_requests = kind == kOpDebit ? 1 : 0;
     spec.flags = kTargetAdmit;
-    const Code code = apply(&op, applied, spec, now, &tags[applied], false);
-    if (code != Code::kOk) {
-      denied = applied == 0 ? Code::kDeniedOverBudget : Code::kDeniedParentOverBudget;
-      break;
-    }
+    if (apply(op, applied, spec, now, &tags[applied], false) != Code::kOk) break;
   }
-  if (denied != Code::kOk) {
-    // Undo the levels already applied (a concurrent request may have seen them: a spurious denial
-    // at worst, never an overspend).
-    for (uint32_t level = applied; level-- > 0;) {
-      fetch_or(op.lane->header.ctl, uint64_t{1} << level);  // it landed; we are about to overwrite it
-      TargetSpec undo;
-      undo.account = chain[level];
-      undo.tag = tags[level];
-      undo.delta = -amount;
-      undo.delta_requests = kind == kOpDebit ? -1 : 0;
-      undo.flags = kTargetUndo;
-      undo.undo_of = level;
-      (void)apply(&op, kChainDepthMax + level, undo, now, nullptr, false);
-      LEDGER_CRASH_POINT();
-    }
-    if (slot != UINT32_MAX) store(reservations[slot].state, make_res_state(generation, kResFree, 0));
-    end(&op);
-    return count_denial(denied);
+  if (applied == depth) return Code::kOk;
+  for (uint32_t level = applied; level-- > 0;) {
+    fetch_or(op->lane->header.ctl, uint64_t{1} << level);  // it landed; we are about to overwrite it
+    TargetSpec undo;
+    undo.account = chain[level];
+    undo.tag = tags[level];
+    undo.delta = -amount;
+    undo.delta_requests = kind == kOpDebit ? -1 : 0;
+    undo.flags = kTargetUndo;
+    undo.undo_of = level;
+    (void)apply(op, kChainDepthMax + level, undo, now, nullptr, false);
+    LEDGER_CRASH_POINT();
   }
-  if (slot != UINT32_MAX) {
-    Reservation& r = reservations[slot];
-    store(r.amount_nanousd, amount, memory_order_relaxed);
-    for (uint32_t i = 0; i < kChainDepthMax; ++i) {
-      store(r.chain[i], i < depth ? static_cast<int32_t>(chain[i]) : -1, memory_order_relaxed);
-      store(r.tags[i], i < depth ? tags[i] : 0u, memory_order_relaxed);
-    }
-    const uint32_t ttl = ttl_s == 0 ? options.default_ttl_s : ttl_s;
-    store(r.deadline_ms, now.ms + int64_t{ttl} * 1000, memory_order_relaxed);
-    store(r.owner_process, static_cast<uint16_t>(process_slot), memory_order_relaxed);
-    store(r.model, static_cast<uint16_t>(model), memory_order_relaxed);
-    store(r.owner_generation, process_generation, memory_order_relaxed);
-    LEDGER_CRASH_POINT();  // levels applied, hold not yet published
-    store(r.state, make_res_state(generation, kResHeld, 0));
-    LEDGER_CRASH_POINT();  // published, op not ended, id not returned
-    *id = make_reservation_id(slot, generation);
+  return applied == 0 ? Code::kDeniedOverBudget : Code::kDeniedParentOverBudget;
+}
+
+// Fills the claimed slot and publishes it as a live hold.
+void Ledger::Impl::publish_hold(uint32_t slot, uint32_t generation, const uint32_t* chain, uint32_t depth,
+                                const uint32_t* tags, int64_t amount, uint32_t ttl_s, const Now& now, uint32_t model,
+                                uint32_t key) {
+  Reservation& r = reservations[slot];
+  store(r.amount_nanousd, amount, memory_order_relaxed);
+  for (uint32_t i = 0; i < kChainDepthMax; ++i) {
+    store(r.chain[i], i < depth ? static_cast<int32_t>(chain[i]) : -1, memory_order_relaxed);
+    store(r.tags[i], i < depth ? tags[i] : 0u, memory_order_relaxed);
   }
-  end(&op);
-  return Code::kOk;
+  const uint32_t ttl = ttl_s != 0 ? ttl_s : std::clamp(load(header->default_ttl_s, memory_order_relaxed), 1u, kTtlMaxSeconds);
+  store(r.deadline_ms, now.ms + int64_t{ttl} * 1000, memory_order_relaxed);
+  store(r.owner_process, static_cast<uint16_t>(process_slot), memory_order_relaxed);
+  store(r.model, static_cast<uint16_t>(model), memory_order_relaxed);
+  store(r.owner_generation, process_generation, memory_order_relaxed);
+  store(r.key, key, memory_order_relaxed);
+  LEDGER_CRASH_POINT();  // levels applied, hold not yet published
+  store(r.state, make_res_state(generation, kResHeld, 0));
+  LEDGER_CRASH_POINT();  // published, op not ended, id not returned
 }
 
 // ---- settlement: commit, release, expire --------------------------------------------------------
@@ -473,7 +550,8 @@ struct HoldView {
 };
 HoldView read_hold(const Reservation& r, uint32_t max_accounts) {
   HoldView v{};
-  v.amount = load(r.amount_nanousd, memory_order_relaxed);
+  // A damaged amount must not feed signed arithmetic: holds are within [0, kAmountNanoUsdMax].
+  v.amount = std::clamp<int64_t>(load(r.amount_nanousd, memory_order_relaxed), 0, kAmountNanoUsdMax);
   for (uint32_t i = 0; i < kChainDepthMax; ++i) {
     const int32_t a = load(r.chain[i], memory_order_relaxed);
     if (a < 0 || static_cast<uint32_t>(a) >= max_accounts) break;
@@ -495,36 +573,29 @@ Status Ledger::Impl::settle(ReservationId id, bool commit, int64_t actual) {
   Reservation& r = reservations[slot];
   OpScope op;
   bool in_op = false;
+  const auto done = [&](Code code) -> Status {
+    if (in_op) end(&op);
+    return code;
+  };
   for (;;) {
-    uint64_t state = load(r.state);
-    if (res_generation(state) != generation) {
-      if (in_op) end(&op);
-      return Code::kUnknownReservation;
-    }
+    const uint64_t state = load(r.state);
+    if (res_generation(state) != generation) return done(Code::kUnknownReservation);
     const uint32_t status = res_status(state);
     if (commit && status == kResSettling && expiring(res_lane(state), slot)) {
       // The hold is being expired (TTL passed): this commit is a late commit of its tombstone, so
       // wait for the expiry to end rather than lose the cost. An expiry is a few CASes; one whose
       // reclaimer died is finished by repairing it, which this thread does itself when it can.
-      if (in_op) end(&op);
+      (void)done(Code::kOk);
       in_op = false;
       wait_for_expiry(slot, state);
       continue;
     }
-    if (status == kResFree || status == kResSettling) {
-      if (in_op) end(&op);
-      return Code::kAlreadySettled;
-    }
-    if (status == kResReserving) {
-      if (in_op) end(&op);
-      return Code::kUnknownReservation;  // not issued yet: nobody can hold this id
-    }
+    if (status == kResFree || status == kResSettling) return done(Code::kAlreadySettled);
+    if (status == kResReserving) return done(Code::kUnknownReservation);  // not issued yet: nobody can hold this id
     if (status == kResExpired && !commit) {
       // Releasing a tombstone: its hold is already gone; just retire it.
-      if (compare_exchange(r.state, state, make_res_state(generation, kResFree, 0))) {
-        if (in_op) end(&op);
-        return Code::kOk;
-      }
+      uint64_t expected = state;
+      if (compare_exchange(r.state, expected, make_res_state(generation, kResFree, 0))) return done(Code::kOk);
       continue;
     }
     if (!in_op) {
@@ -532,57 +603,58 @@ Status Ledger::Impl::settle(ReservationId id, bool commit, int64_t actual) {
       if (!s.ok()) return s;
       in_op = true;
     }
-    // The fields are stable while the slot is held (only its settler writes them).
-    const HoldView hold = read_hold(r, max_accounts);
-    // A commit of an authorize()d hold also adds to its (account, model) tally: one more forced
-    // target of the same op, so it lands exactly when the commit does (also across a crash).
-    const uint32_t model = commit && hold.depth > 0 ? load(r.model, memory_order_relaxed) : 0u;
-    const int32_t stat = model != 0 && model <= kModelsMax ? model_stat_for(hold.chain[0], model - 1) : -1;
-    const bool expired = status == kResExpired;
-    const uint64_t settling = make_res_state(generation, kResSettling, op.lane_id);
-    LaneHeader& h = op.lane->header;
-    store(h.reservation_slot, slot + 1, memory_order_relaxed);
-    store(h.reservation_state_from, state, memory_order_relaxed);
-    store(h.reservation_state_to, settling, memory_order_relaxed);
-    // Specs first, all levels, so a reclaimer can roll forward whatever is missing.
-    TargetSpec specs[kChainDepthMax];
-    for (uint32_t i = 0; i < hold.depth; ++i) {
-      specs[i].account = hold.chain[i];
-      specs[i].tag = hold.tags[i];
-      if (commit) {
-        specs[i].delta = expired ? actual : actual - hold.amount;
-        specs[i].fallback = actual;
-        specs[i].delta_requests = 1;
-      } else {
-        specs[i].delta = -hold.amount;
-      }
-      write_spec(&op, i, specs[i]);
-    }
-    TargetSpec tally;
-    if (stat >= 0) {
-      tally.account = static_cast<uint32_t>(stat);
-      tally.delta = actual;
-      tally.delta_requests = 1;
-      tally.flags = kTargetModelStat;
-      write_spec(&op, hold.depth, tally);
-    }
-    LEDGER_CRASH_POINT();  // specs written, slot not claimed
-    if (!compare_exchange(r.state, state, settling)) continue;  // somebody else moved first
-    LEDGER_CRASH_POINT();  // claimed, no level applied
-    const Now now = this->now();
-    for (uint32_t i = 0; i < hold.depth; ++i) (void)apply(&op, i, specs[i], now, nullptr, true);
-    if (stat >= 0) (void)apply(&op, hold.depth, tally, now, nullptr, true);
-    else if (model != 0) boost::atomics::ipc_atomic_ref<uint64_t>(header->model_stats_dropped).fetch_add(1, memory_order_relaxed);
-    LEDGER_CRASH_POINT();  // all levels applied, slot not freed
-    store(r.state, make_res_state(generation, kResFree, 0));
-    LEDGER_CRASH_POINT();
-    end(&op);
-    return Code::kOk;
+    if (settle_hold(&op, slot, state, commit, actual)) return done(Code::kOk);
+    (void)done(Code::kOk);  // somebody else moved first: decide again, in a fresh op
+    in_op = false;
   }
 }
 
-Status Ledger::Impl::charge(uint32_t account, int64_t amount) {
-  if (amount < 0 || amount > kAmountNanoUsdMax || account >= max_accounts) return Code::kInvalidArgument;
+// One attempt to settle the hold in `state`: the specs of every target (all levels, then the
+// per-model and per-key tallies of a commit: forced targets of the same op, so they land exactly
+// when the commit does, also across a crash), then the claim of the slot, then the targets.
+bool Ledger::Impl::settle_hold(OpScope* op, uint32_t slot, uint64_t state, bool commit, int64_t actual) {
+  Reservation& r = reservations[slot];
+  const HoldView hold = read_hold(r, max_accounts);  // stable while held: only its settler writes it
+  const bool expired = res_status(state) == kResExpired;
+  const uint64_t settling = make_res_state(res_generation(state), kResSettling, op->lane_id);
+  LaneHeader& h = op->lane->header;
+  store(h.reservation_slot, slot + 1, memory_order_relaxed);
+  store(h.reservation_state_from, state, memory_order_relaxed);
+  store(h.reservation_state_to, settling, memory_order_relaxed);
+  TargetSpec specs[kTargetsMax];
+  uint32_t n = 0;
+  for (; n < hold.depth; ++n) {
+    specs[n].account = hold.chain[n];
+    specs[n].tag = hold.tags[n];
+    if (commit) {
+      specs[n].delta = expired ? actual : actual - hold.amount;
+      specs[n].fallback = actual;
+      specs[n].delta_requests = 1;
+    } else {
+      specs[n].delta = -hold.amount;
+    }
+    write_spec(op, n, specs[n]);
+  }
+  if (commit && hold.depth > 0) {
+    const uint32_t model = load(r.model, memory_order_relaxed), key = load(r.key, memory_order_relaxed);
+    if (model != 0 && model <= kModelsMax && write_tally(op, n, hold.chain[0], kTallyModel, model - 1, actual, 1, &specs[n])) ++n;
+    if (key != 0 && key <= key_mask + 1 && write_tally(op, n, hold.chain[0], kTallyKey, key - 1, actual, 1, &specs[n])) ++n;
+  }
+  LEDGER_CRASH_POINT();  // specs written, slot not claimed
+  uint64_t expected = state;
+  if (!compare_exchange(r.state, expected, settling)) return false;
+  LEDGER_CRASH_POINT();  // claimed, no level applied
+  const Now now = this->now();
+  for (uint32_t j = 0; j < n; ++j) (void)apply(op, j, specs[j], now, nullptr, true);
+  LEDGER_CRASH_POINT();  // all levels applied, slot not freed
+  store(r.state, make_res_state(res_generation(state), kResFree, 0));
+  LEDGER_CRASH_POINT();
+  return true;
+}
+
+Status Ledger::Impl::charge(uint32_t account, int64_t amount, uint32_t key) {
+  if (amount < 0 || amount > kAmountNanoUsdMax || account >= max_accounts || key > key_mask + 1)
+    return Code::kInvalidArgument;
   uint32_t chain[kChainDepthMax];
   uint32_t depth = 0;
   for (int32_t a = static_cast<int32_t>(account); a >= 0; a = load(accounts[a].parent, memory_order_relaxed)) {
@@ -594,25 +666,29 @@ Status Ledger::Impl::charge(uint32_t account, int64_t amount) {
   OpScope op;
   Status status = begin(&op, kOpCharge);
   if (!status.ok()) return status;
-  // Every spec first, then the count that makes the op "decided": a reclaimer rolls it forward only
-  // when all specs are there (before that, nothing was applied).
-  TargetSpec specs[kChainDepthMax];
-  for (uint32_t i = 0; i < depth; ++i) {
-    specs[i].account = chain[i];
-    specs[i].tag = current_tag(accounts[chain[i]], now);
-    specs[i].delta = amount;
-    specs[i].fallback = amount;
-    write_spec(&op, i, specs[i]);
+  // Every spec first (the levels, the key's tally, the adjustment's own tally that the next flush
+  // journals), then the count that makes the op "decided": a reclaimer rolls it forward only when
+  // all specs are there (before that, nothing was applied).
+  TargetSpec specs[kTargetsMax];
+  uint32_t n = 0;
+  for (; n < depth; ++n) {
+    specs[n].account = chain[n];
+    specs[n].tag = current_tag(accounts[chain[n]], now);
+    specs[n].delta = amount;
+    specs[n].fallback = amount;
+    write_spec(&op, n, specs[n]);
   }
-  store(op.lane->header.targets_expected, depth);
+  if (key != 0 && write_tally(&op, n, account, kTallyKey, key - 1, amount, 0, &specs[n])) ++n;
+  if (write_tally(&op, n, account, kTallyAdjustment, key == 0 ? UINT32_MAX : key - 1, amount, 1, &specs[n])) ++n;
+  store(op.lane->header.targets_expected, n);
   LEDGER_CRASH_POINT();
-  for (uint32_t i = 0; i < depth; ++i) (void)apply(&op, i, specs[i], now, nullptr, true);
+  for (uint32_t j = 0; j < n; ++j) (void)apply(&op, j, specs[j], now, nullptr, true);
   end(&op);
   return Code::kOk;
 }
 
 bool Ledger::Impl::expiring(uint32_t lane_id, uint32_t slot) const {
-  if (lane_id == 0 || lane_id > max_processes * kLanesPerProcess) return false;
+  if (lane_id == 0 || lane_id > lanes_total()) return false;
   const LaneHeader& h = lane_by_id(lane_id).header;
   const uint64_t ctl = load(h.ctl);
   return ctl_kind(ctl) == kOpExpire && (ctl_phase(ctl) == kPhaseActive || ctl_phase(ctl) == kPhaseResolved) &&
@@ -670,15 +746,15 @@ Status Ledger::Impl::expire_hold(uint32_t slot, uint64_t state, int64_t now) {
   return Code::kOk;
 }
 
-int32_t Ledger::Impl::model_stat_for(uint32_t account, uint32_t model) {
-  const uint64_t key = make_stat_key(account, model);
+int32_t Ledger::Impl::tally_for(uint32_t account, uint32_t kind, uint32_t id) {
+  const uint64_t key = make_tally_key(account, kind, id);
   const uint32_t h = static_cast<uint32_t>((key * 0x9E3779B97F4A7C15ULL) >> 32);
-  for (uint32_t probe = 0; probe < kModelStatProbes; ++probe) {
-    const uint32_t i = (h + probe) & model_stat_mask;
-    uint64_t found = load(model_stats[i].key);
+  for (uint32_t probe = 0; probe < kTallyProbes; ++probe) {
+    const uint32_t i = (h + probe) & tally_mask;
+    uint64_t found = load(tallies[i].key);
     if (found == key) return static_cast<int32_t>(i);
     if (found == 0) {
-      if (compare_exchange(model_stats[i].key, found, key)) return static_cast<int32_t>(i);
+      if (compare_exchange(tallies[i].key, found, key)) return static_cast<int32_t>(i);
       if (found == key) return static_cast<int32_t>(i);  // another thread claimed it for us
     }
   }

@@ -4,6 +4,7 @@
 // and the local lane bitmap). Everything shared lives in the segment (layout.hpp).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cassert>
 #include <cstdint>
@@ -90,10 +91,14 @@ inline uint64_t make_reservation_id(uint32_t slot, uint32_t generation) {
   return (uint64_t{generation} << 32) | (uint64_t{slot} + 1);
 }
 
-// ModelStat::key: (account + 1) << 32 | (model + 1); 0 = a free entry.
-inline uint64_t make_stat_key(uint32_t account, uint32_t model) { return (uint64_t{account + 1} << 32) | (model + 1); }
-inline uint32_t stat_key_account(uint64_t key) { return static_cast<uint32_t>(key >> 32) - 1; }
-inline uint32_t stat_key_model(uint64_t key) { return static_cast<uint32_t>(key) - 1; }
+// Tally::key: (account + 1) << 32 | kind << 28 | (id + 1); 0 = a free entry.
+inline uint64_t make_tally_key(uint32_t account, uint32_t kind, uint32_t id) {
+  return (uint64_t{account + 1} << 32) | (uint64_t{kind & 0xFu} << 28) | ((id + 1) & 0x0FFFFFFFu);
+}
+inline uint32_t tally_key_account(uint64_t key) { return static_cast<uint32_t>(key >> 32) - 1; }
+inline uint32_t tally_key_kind(uint64_t key) { return static_cast<uint32_t>(key >> 28) & 0xFu; }
+// The id (model index, key index); UINT32_MAX for "none" (an adjustment without a key).
+inline uint32_t tally_key_id(uint64_t key) { return (static_cast<uint32_t>(key) & 0x0FFFFFFFu) - 1; }
 
 inline uint64_t make_proc_state(uint32_t generation, uint32_t status) {
   return (uint64_t{generation} << 32) | status;
@@ -115,7 +120,7 @@ struct TargetSpec {
   int64_t delta = 0;
   int64_t fallback = 0;
   int32_t delta_requests = 0;
-  uint32_t flags = 0;        // kTargetAdmit / kTargetUndo
+  uint32_t flags = 0;        // kTargetAdmit / kTargetUndo / kTargetTally
   uint32_t undo_of = 0;
 };
 
@@ -160,12 +165,23 @@ inline uint32_t Now::tag(uint32_t kind) const {
 
 }  // namespace ledger::detail
 
+struct MDB_txn;
+namespace ledger::db {
+struct Env;
+}
+
 namespace ledger {
+
+namespace detail {
+// True when <dir>/ledger.mdb exists (a ledger was initialized there).
+bool store_exists(const std::string& dir);
+}  // namespace detail
 
 struct Ledger::Impl {
   // ---- process-local state --------------------------------------------------------------------
   std::string dir;
-  std::string segment_name;
+  std::string segment_dir;   // where the segment lives (see Options::segment_dir)
+  std::string segment_path;  // segment_dir + "/ledger-<hash>"
   Options options;
   int lock_fd = -1;
   void* mapping = nullptr;
@@ -178,8 +194,10 @@ struct Ledger::Impl {
   detail::Reservation* reservations = nullptr;
   detail::Price* prices = nullptr;
   detail::Policy* policy = nullptr;
-  detail::ModelStat* model_stats = nullptr;
-  uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0, hash_mask = 0, model_stat_mask = 0;
+  detail::Tally* tallies = nullptr;
+  detail::KeyEntry* keys = nullptr;
+  uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0, process_slots = 0;
+  uint32_t hash_mask = 0, tally_mask = 0, key_mask = 0;
 
   uint32_t process_slot = UINT32_MAX;
   uint32_t process_generation = 0;
@@ -203,6 +221,7 @@ struct Ledger::Impl {
       int64_t limit = 0;
       int32_t parent = -1;
       uint8_t period = 0, blocked = 0, tier = 0, valid = 0;
+      uint32_t key = 0;
       bool operator==(const Config&) const = default;
     };
     struct Totals {
@@ -226,20 +245,40 @@ struct Ledger::Impl {
   ~Impl();
 
   // ---- segment.cpp ----------------------------------------------------------------------------
-  Status attach(bool create);
+  Status attach(bool create, const std::string& segment_name);
+  Status locate_segment(const std::string& segment_name);
+  Status open_segment_file(bool create, int* fd, bool* fresh);
+  Status create_segment(int fd, const Limits& limits);
+  void map_tables();
   Status register_process();
+  bool try_claim_process_slot(uint32_t slot, bool adopt_dead);
   void unregister_process();
   Status ensure_registered();  // re-registers a handle carried across fork()
   bool try_lock_byte(off_t byte) const;
   void lock_byte_wait(off_t byte) const;
   void unlock_byte(off_t byte) const;
+  bool byte_locked_by_other(off_t byte) const;  // by another open file description
   bool admin_lock_held() const;  // by any other open file description (a live admin writer)
+
+  // ---- keys.cpp -------------------------------------------------------------------------------
+  // The key a text names (64 hex, or a unique prefix of >= 12): its index + 1 in *key. A full hash
+  // not known yet is registered (admin lock). kInvalidArgument: bad text, unknown or ambiguous
+  // prefix; kFull: the key table is full.
+  Status resolve_key(std::string_view text, uint32_t* key);
+  // Lock-free lookup: index + 1 of the unique key matching the first `nibbles` hex digits of
+  // `hash`; 0 when none; UINT32_MAX when more than one matches.
+  uint32_t find_key(const uint8_t* hash, uint32_t nibbles) const;
+  // REQUIRES: the admin lock. Index + 1 of the key, registered if new; 0 when the table is full.
+  uint32_t register_key(const uint8_t* hash);
+  uint32_t register_key_hex(std::string_view hex);  // 64 hex digits; 0 when invalid or full
+  std::string key_hex(uint32_t key) const;  // "" for 0 or out of range
 
   // ---- engine.cpp -----------------------------------------------------------------------------
   int64_t now_ms() const;
   detail::Now now() const;
+  uint32_t lanes_total() const { return process_slots * detail::kLanesPerProcess; }
   detail::Lane& lane_by_id(uint32_t lane_id) const {
-    assert(lane_id >= 1 && lane_id <= max_processes * detail::kLanesPerProcess);
+    assert(lane_id >= 1 && lane_id <= lanes_total());
     return lanes[lane_id - 1];
   }
   int32_t find_index(std::string_view name) const;
@@ -264,14 +303,27 @@ struct Ledger::Impl {
   uint32_t current_tag(const detail::Account& account, const detail::Now& now) const {
     return now.tag(detail::load(account.period_kind, detail::memory_order_relaxed) & 3u);
   }
-  // model: the model index + 1 a reservation is for (authorize), 0 = none.
+  // model: the model index + 1 a reservation is for (authorize), 0 = none. key: the KeyEntry
+  // index + 1 the request goes through, 0 = the default rule (the chain's nearest bound key).
   Status admit(uint32_t kind, uint32_t account, int64_t amount, uint32_t ttl_s, ReservationId* id,
-               uint32_t model = 0);
-  // The ModelStat entry of (account, model): found, or claimed when absent; -1 when none is free
-  // within kModelStatProbes (the caller counts it as dropped).
-  int32_t model_stat_for(uint32_t account, uint32_t model);
+               uint32_t model = 0, uint32_t key = 0);
+  Code admit_levels(detail::OpScope* op, const uint32_t* chain, uint32_t depth, uint32_t kind, int64_t amount,
+                    const detail::Now& now, uint32_t* tags);
+  void publish_hold(uint32_t slot, uint32_t generation, const uint32_t* chain, uint32_t depth, const uint32_t* tags,
+                    int64_t amount, uint32_t ttl_s, const detail::Now& now, uint32_t model, uint32_t key);
+  // A free reservation slot claimed by `op` (kResReserving), dropping the oldest tombstone when no
+  // slot is free; UINT32_MAX when every slot holds a live hold.
+  uint32_t claim_reservation_slot(const detail::OpScope& op, uint32_t* generation);
+  // The Tally entry of (account, kind, id): found, or claimed when absent; -1 when none is free
+  // within kTallyProbes (the caller counts it as dropped).
+  int32_t tally_for(uint32_t account, uint32_t kind, uint32_t id);
+  // Writes the spec of a forced tally target at index j of `op` (if the tally has an entry).
+  bool write_tally(detail::OpScope* op, uint32_t j, uint32_t account, uint32_t kind, uint32_t id, int64_t amount,
+                   int32_t requests, detail::TargetSpec* spec);
   Status settle(ReservationId id, bool commit, int64_t actual);
-  Status charge(uint32_t account, int64_t amount);
+  // One attempt: false when the slot left `state` before this op could claim it.
+  bool settle_hold(detail::OpScope* op, uint32_t slot, uint64_t state, bool commit, int64_t actual);
+  Status charge(uint32_t account, int64_t amount, uint32_t key);
   Status expire_hold(uint32_t slot, uint64_t state, int64_t now_ms);
   // Returns once reservation slot `slot` is no longer in `state` (an expiry in progress).
   void wait_for_expiry(uint32_t slot, uint64_t state);
@@ -296,13 +348,23 @@ struct Ledger::Impl {
   std::vector<TierSpec> read_tiers() const;
   std::string tier_name(uint32_t tier) const;
 
-  // ---- store.cpp ------------------------------------------------------------------------------
+  // ---- flush.cpp, rebuild.cpp ------------------------------------------------------------------
   Status flush_store();
+  // Sets up flush_cache for a flush of `count` accounts into the store (id, sequence); false when
+  // the ledger is too large to remember what it flushed.
+  bool prepare_flush_cache(uint32_t count, uint64_t store_id, uint64_t sequence);
+  std::string_view account_name(uint32_t index) const {
+    return std::string_view(accounts[index].name, std::min<uint32_t>(accounts[index].name_length, detail::kAccountNameMax));
+  }
   // Every account word (exact) and the live holds admitted into it, for accounts [0, count).
   void snapshot_words(uint32_t count, std::vector<detail::PeriodWord>* words, std::vector<int64_t>* held) const;
   // Account period records whose settled totals differ from what this handle's last flush wrote.
   uint64_t flush_pending();
   Status rebuild_from_store();
+  Status rebuild_policy(MDB_txn* txn, const db::Env& env);  // tiers, prices, hold policy
+  void rebuild_periods(MDB_txn* txn, const db::Env& env);
+  // Raises *limits, per field, to what the store recorded for the last segment (if it did).
+  void store_recorded_limits(Limits* limits) const;
   // Appends and publishes a new account record; -1 when max_accounts is reached.
   // REQUIRES: the admin lock (or the init lock on a segment nobody else sees yet).
   int32_t create_account_record(std::string_view name, int64_t limit_nanousd, Period period);
@@ -310,6 +372,7 @@ struct Ledger::Impl {
   // ---- reclaim.cpp ----------------------------------------------------------------------------
   enum class Repair { kDone, kBusy };
   bool entry_landed(const detail::Lane& lane, uint32_t seq, uint32_t j) const;
+  uint32_t admission_rollback(const detail::Lane& lane, uint32_t seq, uint32_t n, detail::TargetSpec* fixes) const;
   // held_slot: the process slot whose lock byte the caller already holds.
   Repair repair_lane(uint32_t dead_lane, detail::OpScope* op, int depth, uint32_t held_slot);
   // REQUIRES: the caller holds the slot's lock byte. op == nullptr: borrow one of its idle lanes.
@@ -317,6 +380,10 @@ struct Ledger::Impl {
   bool process_alive_for(uint32_t owner_slot, uint32_t owner_generation) const;
   // Repairs every dead process's lanes and frees its slot (the first half of Ledger::reclaim).
   Status reclaim_dead_processes();
+  // Drops tombstones past their grace, then the oldest beyond tombstones_max.
+  void drop_tombstones(int64_t now_ms);
+  // Retires a tombstone (its late commit will get kUnknownReservation); false if it changed.
+  bool drop_tombstone(uint32_t slot, uint64_t state);
   // True while `lane_id` is expiring reservation slot `slot` (its op may be waiting for repair).
   bool expiring(uint32_t lane_id, uint32_t slot) const;
 };

@@ -6,9 +6,11 @@
 // by the header's limits. Any process may die between any two instructions; the invariants that make
 // that safe are written next to the structures they govern.
 //
-// Segment = Header | ProcessSlot[max_processes] | Lane[max_processes * kLanesPerProcess]
+// Segment = Header | ProcessSlot[process_slots] | Lane[process_slots * kLanesPerProcess]
 //         | Account[max_accounts] | uint32 hash[hash_mask + 1] | Reservation[max_reservations]
-//         | Price[kModelsMax] | Policy | ModelStat[model_stat_mask + 1]
+//         | Price[kModelsMax] | Policy | Tally[tally_mask + 1] | KeyEntry[key_mask + 1]
+// process_slots = max_processes (for workers) + kAdminProcessSlots (kept for the sidecar and
+// ledgerctl, so that a pool that takes every worker slot cannot lock the admin side out).
 #pragma once
 
 #include <cstddef>
@@ -18,24 +20,28 @@
 namespace ledger::detail {
 
 inline constexpr uint64_t kMagic = 0x3147455352444C4CULL;  // "LLDRSEG1" little-endian
-inline constexpr uint32_t kFormatVersion = 2;  // 2: per-model spend (ModelStat, Reservation::model)
+// 2: per-model spend. 3: per-key spend (KeyEntry, Account::key, Reservation::key, Tally kinds),
+// admin process slots, 128-byte reservations, the hold policy in the header.
+inline constexpr uint32_t kFormatVersion = 3;
 inline constexpr uint32_t kLanesPerProcess = 8;
 inline constexpr uint32_t kChainDepthMax = 4;
 inline constexpr uint32_t kTargetsMax = 8;  // forward levels 0..3, undo levels 4..7
 inline constexpr uint32_t kAccountNameMax = 63;
-inline constexpr uint32_t kProcessesMax = 1023;      // lane ids must fit 13 bits
+inline constexpr uint32_t kProcessesMax = 1023;      // worker process slots (Limits::max_processes)
+inline constexpr uint32_t kAdminProcessSlots = 4;    // and these, for Options::admin handles only
+inline constexpr uint32_t kProcessSlotsMax = kProcessesMax + kAdminProcessSlots;
 inline constexpr uint32_t kAccountsMax = 1u << 24;
 inline constexpr uint32_t kReservationsMax = 1u << 24;
-inline constexpr uint32_t kLaneBits = 13;
-inline constexpr uint32_t kRequestBits = 33;
+inline constexpr uint32_t kLaneBits = 14;
+inline constexpr uint32_t kRequestBits = 32;
 inline constexpr uint32_t kTagBits = 18;
 static_assert(kRequestBits + kTagBits + kLaneBits == 64);
-static_assert(kProcessesMax * kLanesPerProcess < (1u << kLaneBits));
+static_assert(kProcessSlotsMax * kLanesPerProcess < (1u << kLaneBits));
 
 // ---------------------------------------------------------------------------------------------
 // Period word: the admission word of one account for one period. 16 bytes, changed only by a
 // 16-byte compare-and-swap. `used` = settled + held in that period. `meta` packs:
-//   requests (33 bits, wraps) | period tag (18 bits: kind 2 | index 16) | lane stamp (13 bits).
+//   requests (32 bits, wraps) | period tag (18 bits: kind 2 | index 16) | lane stamp (14 bits).
 // The lane stamp names the lane whose operation wrote the value last. Only that lane ever writes its
 // own stamp, which is what lets a reclaimer decide whether a dead lane's CAS landed (see ledger.cpp,
 // "Helping rule"). Each account has two words, indexed by the period index's parity, so a rollover
@@ -56,10 +62,11 @@ struct alignas(64) Account {
   uint8_t period_kind;   // Period
   uint8_t blocked;       // 0/1
   uint8_t live;          // 1 once the record is complete (set before it is published in the hash)
-  uint8_t tier;          // reserved for the policy layer
+  uint8_t tier;          // tier index + 1, 0 = inherit (policy)
   uint32_t name_length;
   uint32_t name_hash;
-  uint64_t reserved0;
+  uint32_t key;          // the bound OpenRouter key: KeyEntry index + 1, 0 = none (admin lock)
+  uint32_t reserved0;
   char name[64];
 };
 static_assert(sizeof(Account) == 128 && alignof(Account) == 64);
@@ -77,21 +84,30 @@ enum ReservationStatus : uint32_t {
   kResSettling = 3,   // `lane` is committing, releasing or expiring it
   kResExpired = 4,    // tombstone: hold removed at expiry; a late commit still charges (promise 4)
 };
+// A tombstone is dropped (its generation bumped, so a late commit gets "unknown reservation") when
+// its grace ends, when there are more than Header::tombstones_max of them (oldest first), or when a
+// reserve finds no free slot (tombstones never starve live holds).
 struct alignas(64) Reservation {
   uint64_t state;
   int64_t amount_nanousd;        // the hold
   int32_t chain[kChainDepthMax]; // account indices, -1 past the depth
   uint32_t tags[kChainDepthMax]; // period tag each level's hold was admitted into
   int64_t deadline_ms;           // hold expiry; for a tombstone, the end of its grace period
-  uint16_t owner_process;        // process slot that reserved it (< kProcessesMax)
+  uint16_t owner_process;        // process slot that reserved it (< kProcessSlotsMax)
   uint16_t model;                // model index + 1 chosen by authorize(), 0 = none (plain reserve)
   uint32_t owner_generation;     // that slot's generation; a mismatch means the owner is gone
+  // Second cache line: what the settlement is attributed to besides the chain.
+  uint32_t key;                  // KeyEntry index + 1 the request goes through, 0 = none
+  uint32_t reserved0;
+  uint8_t reserved1[56];
 };
-static_assert(sizeof(Reservation) == 64 && alignof(Reservation) == 64);
+static_assert(sizeof(Reservation) == 128 && alignof(Reservation) == 64);
+static_assert(offsetof(Reservation, key) == 64);
 
 // ---------------------------------------------------------------------------------------------
 // Process slot: one per registered handle. Liveness is the kernel-released OFD lock on byte
 // (kSlotLockBase + index) of <dir>/ledger.lock, never the pid. state = generation (32) | status.
+// Slots [0, max_processes) are for any handle; [max_processes, process_slots) for admin handles.
 enum ProcessStatus : uint32_t { kProcFree = 0, kProcActive = 1 };
 struct alignas(64) ProcessSlot {
   uint64_t state;
@@ -105,7 +121,7 @@ static_assert(sizeof(ProcessSlot) == 64);
 // ---------------------------------------------------------------------------------------------
 // Lane: the intent record of one in-flight operation. Each process slot owns kLanesPerProcess lanes;
 // lane id = slot * kLanesPerProcess + k + 1 (0 means "no lane"). ctl packs
-//   seq (32, at bit 32) | resolver lane (13, at bit 16) | kind (4, at bit 12) | phase (4, at bit 8)
+//   seq (32, at bit 32) | resolver lane (14, at bit 16) | kind (4, at bit 12) | phase (4, at bit 8)
 //   | applied bits (8).
 // Entries [0, n_targets) have a complete spec (account, tag, flags, delta, fallback, requests,
 // undo_of), written before n_targets is raised and not changed for the rest of the op. The attempt
@@ -124,8 +140,10 @@ enum OpKind : uint32_t {
   kOpRepair = 6,    // corrective targets for a dead lane; rolled forward once its claim is proven
   kOpCharge = 7,    // a forced charge on a chain (reconciliation adjustment): rolled forward
 };
-// kTargetModelStat: `account` is a ModelStat index, not an account (a commit's per-model tally).
-enum TargetFlags : uint32_t { kTargetAdmit = 1, kTargetUndo = 2, kTargetModelStat = 4 };
+// kTargetTally: `account` is a Tally index, not an account (a settlement's per-model or per-key
+// tally). Tally entries of a debit sit at kChainDepthMax and above (where a denied admission puts
+// its undo entries; a debit has one or the other, never both).
+enum TargetFlags : uint32_t { kTargetAdmit = 1, kTargetUndo = 2, kTargetTally = 4 };
 struct alignas(64) Target {
   uint32_t seq;          // op seq this entry belongs to; 0 while being rewritten
   uint32_t account;
@@ -135,7 +153,7 @@ struct alignas(64) Target {
   int64_t fallback;      // spec: change of the current period's `used` when `tag`'s word was recycled
   int32_t delta_requests;
   uint32_t undo_of;      // for kTargetUndo: index of the forward entry it undoes
-  uint64_t location;     // attempt: word id (account * 2 + parity + 1, or kStatLocation | stat + 1)
+  uint64_t location;     // attempt: word id (account * 2 + parity + 1, or kTallyLocation | tally + 1)
   int64_t new_used;      // attempt: the value the CAS installs
   uint64_t new_meta;
 };
@@ -207,21 +225,40 @@ struct alignas(64) Policy {
 static_assert(sizeof(Policy) == 64 + kTiersMax * 64 + 2 * kTiersMax * sizeof(Tier));
 
 // ---------------------------------------------------------------------------------------------
-// Per-model spend: what commits of authorize()d holds settled, per (account, model), cumulative
-// since the segment was created. A fixed open-addressing table (no allocation, no removal): `key` =
-// (account + 1) << 32 | (model + 1), claimed once by a CAS from 0. `word` is a period word with tag
-// 0 (never reset), changed by a commit as one more forced target of its lane op, so a commit killed
-// half-way is rolled forward here too: the tally equals what commits settled, exactly. A commit that
-// finds no entry within kModelStatProbes counts in Header::model_stats_dropped instead.
-inline constexpr uint64_t kStatLocation = uint64_t{1} << 62;  // Target::location namespace bit
-inline constexpr uint32_t kModelStatProbes = 64;
-inline constexpr uint32_t kModelStatsMax = 1u << 22;
-struct alignas(32) ModelStat {
+// Tallies: what settlements added, per (account, kind, id), cumulative since the segment was created:
+//   kTallyModel      (account, model): commits of authorize()d holds (per-model spend)
+//   kTallyKey        (account, key):   commits, debits and adjustments that went through the key
+//   kTallyAdjustment (account, key):   reconciliation adjustments (key 0 = none), for the journal
+// A fixed open-addressing table (no allocation, no removal): `key` = (account + 1) << 32 | kind << 28
+// | (id + 1), claimed once by a CAS from 0. `word` is a period word with tag 0 (never reset), changed
+// as one more forced target of the settlement's lane op, so an operation killed half-way is rolled
+// forward (or, for a debit, back) here too: a tally equals what was settled, exactly. A settlement
+// that finds no entry within kTallyProbes counts in Header::tallies_dropped instead.
+inline constexpr uint64_t kTallyLocation = uint64_t{1} << 62;  // Target::location namespace bit
+inline constexpr uint32_t kTallyProbes = 64;
+inline constexpr uint32_t kTalliesMax = 1u << 22;
+enum TallyKind : uint32_t { kTallyModel = 0, kTallyKey = 1, kTallyAdjustment = 2 };
+inline constexpr uint32_t kTallyIdMax = (1u << 28) - 2;
+struct alignas(32) Tally {
   uint64_t key;
   uint64_t reserved;
   PeriodWord word;
 };
-static_assert(sizeof(ModelStat) == 32);
+static_assert(sizeof(Tally) == 32);
+
+// ---------------------------------------------------------------------------------------------
+// OpenRouter keys the ledger attributes spend to (by their 32-byte hash, OpenRouter's "hash" in
+// hex). Registered under the admin lock, never removed; readers find them lock-free by the first
+// 6 bytes (so that a unique hex prefix of >= 12 digits finds its key). `live` is stored last.
+inline constexpr uint32_t kKeysMax = 1u << 21;
+inline constexpr uint32_t kKeyHashBytes = 32;
+struct alignas(64) KeyEntry {
+  uint32_t live;
+  uint32_t reserved0;
+  uint8_t hash[kKeyHashBytes];
+  uint8_t reserved1[24];
+};
+static_assert(sizeof(KeyEntry) == 64);
 
 // ---------------------------------------------------------------------------------------------
 struct alignas(64) Header {
@@ -248,12 +285,21 @@ struct alignas(64) Header {
   uint8_t reserved0[8];
   char dir[512];                 // realpath of the ledger directory, for diagnostics
   uint64_t denials[8];           // by Code 1..4 (index code - 1); counted on denial only
-  uint64_t offset_model_stats;
-  uint32_t model_stat_mask;      // table size - 1 (a power of two)
+  uint64_t offset_tallies;
+  uint32_t tally_mask;           // table size - 1 (a power of two)
   uint32_t reserved2;
-  uint64_t model_stats_dropped;  // commits whose (account, model) found no free entry
+  uint64_t tallies_dropped;      // settlements whose (account, kind, id) found no free entry
   uint64_t segment_id;           // random at creation: the store tells this segment's tallies apart
-  uint8_t reserved1[3360];
+  uint64_t offset_keys;
+  uint32_t key_mask;             // KeyEntry table size - 1 (a power of two, kept at most half full)
+  uint32_t key_count;            // registered keys (admin lock)
+  uint32_t process_slots;        // max_processes + kAdminProcessSlots
+  // The hold policy (admin lock; read lock-free): every process's default TTL and tombstone rules.
+  uint32_t default_ttl_s;        // a hold's TTL when the caller passes 0
+  uint32_t tombstones_max;       // at most this many tombstones; the oldest beyond it are dropped
+  uint32_t reserved3;
+  uint64_t tombstones_dropped;   // tombstones dropped before their grace ended (count or a full table)
+  uint8_t reserved1[3320];
 };
 static_assert(sizeof(Header) == 4096);
 static_assert(offsetof(Header, dir) == 128);

@@ -192,7 +192,7 @@ Status Ledger::set_account_tier(std::string_view account, std::string_view tier)
   if (index < 0) return Code::kUnknownAccount;
   uint8_t value = 0;
   if (!tier.empty()) {
-    const uint32_t count = load(l.policy->tier_count);
+    const uint32_t count = std::min(load(l.policy->tier_count), kTiersMax);
     for (uint32_t k = 0; k < count && value == 0; ++k)
       if (std::string_view(l.policy->tier_names[k], strnlen(l.policy->tier_names[k], 64)) == tier)
         value = static_cast<uint8_t>(k + 1);
@@ -218,6 +218,58 @@ Status Ledger::estimate(std::string_view model, uint32_t prompt_tokens, uint32_t
 
 Status Ledger::authorize(std::string_view account, std::string_view model, int64_t estimate_nanousd,
                          uint32_t ttl_s, std::string_view* model_out, ReservationId* id, size_t model_out_max) {
+  return authorize_via(account, model, estimate_nanousd, ttl_s, {}, model_out, id, model_out_max);
+}
+
+namespace {
+struct TierView {
+  uint32_t live = 0, all = 0, fallback = 0, downgrade_to = 0, percent = 0;
+  bool allowed = false;
+};
+}  // namespace
+
+// Reads tier `tier` (index + 1) from the published table, consistently: any publish during the read
+// may have been followed by a writer starting on the table we read, so a moved version retries.
+static TierView read_tier(const Ledger::Impl& l, uint32_t tier, int32_t model) {
+  TierView v;
+  for (;;) {
+    const uint64_t v1 = load(l.policy->version);
+    const Tier& t = l.policy->tables[v1 & 1][tier - 1];
+    v.live = load(t.live, memory_order_relaxed);
+    v.all = load(t.all_models, memory_order_relaxed);
+    v.fallback = load(t.fallback, memory_order_relaxed);
+    v.downgrade_to = load(t.downgrade_to, memory_order_relaxed);
+    v.percent = load(t.downgrade_at_percent, memory_order_relaxed);
+    v.allowed = model >= 0 && (load(t.allowed[model / 64], memory_order_relaxed) >> (model % 64) & 1u) != 0;
+    fence_acquire();
+    if (load(l.policy->version, memory_order_relaxed) == v1) return v;
+  }
+}
+
+// Steps (2) and (3) of authorize: the model the account may use, or a denial.
+static Code choose_model(const Ledger::Impl& l, int32_t index, uint32_t tier, int32_t* chosen) {
+  if (tier == 0 || tier > kTiersMax) return Code::kOk;  // no tier on the chain: any model
+  const TierView t = read_tier(l, tier, *chosen);
+  if (t.live == 0) return l.count_denial(Code::kDeniedModel);  // the account's tier is no longer defined
+  if (t.all == 0 && !t.allowed) {
+    if (t.fallback == 0 || t.fallback > kModelsMax) return l.count_denial(Code::kDeniedModel);
+    *chosen = static_cast<int32_t>(t.fallback - 1);
+  }
+  if (t.percent != 0 && t.downgrade_to != 0 && t.downgrade_to <= kModelsMax) {
+    const Account& a = l.accounts[index];
+    const uint32_t tag = l.current_tag(a, l.now());
+    const PeriodWord w = period_word_guess(a.words[tag_parity(tag)]);
+    __extension__ using Wide = __int128;
+    const Wide used = meta_tag(w.meta) == tag ? w.used : 0;
+    const Wide limit = load(a.limit_nanousd, memory_order_relaxed);
+    if (used * 100 >= limit * t.percent) *chosen = static_cast<int32_t>(t.downgrade_to - 1);
+  }
+  return Code::kOk;
+}
+
+Status Ledger::authorize_via(std::string_view account, std::string_view model, int64_t estimate_nanousd,
+                             uint32_t ttl_s, std::string_view key_hash, std::string_view* model_out,
+                             ReservationId* id, size_t model_out_max) {
   if (model_out == nullptr || id == nullptr || !valid_model_name(model) || !valid_account_name(account))
     return Code::kInvalidArgument;
   Impl& l = *impl_;
@@ -231,48 +283,21 @@ Status Ledger::authorize(std::string_view account, std::string_view model, int64
     if (tier == 0) tier = load(l.accounts[a].tier, memory_order_relaxed);
   }
   int32_t chosen = l.model_index(model);
-  if (tier != 0 && tier <= kTiersMax) {
-    // (2) and (3): read the tier from the published table, consistently.
-    uint32_t live = 0, all = 0, fallback = 0, downgrade_to = 0, percent = 0;
-    bool allowed = false;
-    for (;;) {
-      const uint64_t v1 = load(l.policy->version);
-      const Tier& t = l.policy->tables[v1 & 1][tier - 1];
-      live = load(t.live, memory_order_relaxed);
-      all = load(t.all_models, memory_order_relaxed);
-      fallback = load(t.fallback, memory_order_relaxed);
-      downgrade_to = load(t.downgrade_to, memory_order_relaxed);
-      percent = load(t.downgrade_at_percent, memory_order_relaxed);
-      allowed = chosen >= 0 && (load(t.allowed[chosen / 64], memory_order_relaxed) >> (chosen % 64) & 1u) != 0;
-      fence_acquire();
-      // Any publish during the read may have been followed by a writer starting on our table.
-      if (load(l.policy->version, memory_order_relaxed) == v1) break;
-    }
-    if (live == 0) return l.count_denial(Code::kDeniedModel);  // the account's tier is no longer defined
-    if (all == 0 && !allowed) {
-      if (fallback == 0) return l.count_denial(Code::kDeniedModel);
-      chosen = static_cast<int32_t>(fallback - 1);
-    }
-    if (percent != 0 && downgrade_to != 0) {
-      const Account& a = l.accounts[index];
-      const Now now = l.now();
-      const uint32_t tag = l.current_tag(a, now);
-      const PeriodWord w = period_word_guess(a.words[tag_parity(tag)]);
-      __extension__ using Wide = __int128;
-      const Wide used = meta_tag(w.meta) == tag ? w.used : 0;
-      const Wide limit = load(a.limit_nanousd, memory_order_relaxed);
-      if (used * 100 >= limit * percent) chosen = static_cast<int32_t>(downgrade_to - 1);
-    }
-  }
+  if (const Code code = choose_model(l, index, tier, &chosen); code != Code::kOk) return code;
   // (4) A price for the model we will use; (5) the reservation.
   int64_t prompt = 0, completion = 0, request = 0;
-  if (chosen < 0 || !l.read_price_at(static_cast<uint32_t>(chosen), &prompt, &completion, &request))
+  if (chosen < 0 || !l.read_price_at(static_cast<uint32_t>(chosen), &prompt, &completion, &request)) {
+    *model_out = chosen < 0 ? model : l.model_name(static_cast<uint32_t>(chosen));  // the one without a price
     return Code::kUnknownModel;
+  }
   const std::string_view name = l.model_name(static_cast<uint32_t>(chosen));
   if (name.size() > model_out_max) return Code::kInvalidArgument;  // nothing reserved
-  if (id == nullptr) return Code::kInvalidArgument;
+  uint32_t key = 0;
+  if (!key_hash.empty()) {
+    if (const Status s = l.resolve_key(key_hash, &key); !s.ok()) return s;
+  }
   const Status status = l.admit(kOpReserve, static_cast<uint32_t>(index), estimate_nanousd, ttl_s, id,
-                                static_cast<uint32_t>(chosen) + 1);
+                                static_cast<uint32_t>(chosen) + 1, key);
   if (status.ok()) *model_out = name;
   return status;
 }

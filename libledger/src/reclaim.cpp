@@ -7,6 +7,9 @@
 // corrections are rolled forward; one that dies before the claim left nothing to undo.
 // Process slots are reclaimed only while holding their lock byte, so two reclaimers never work on
 // the same dead process, and a reclaimer's own death releases that lock.
+#include <algorithm>
+#include <vector>
+
 #include "impl.hpp"
 
 namespace ledger {
@@ -42,6 +45,39 @@ TargetSpec spec_of(const Target& t) {
 }
 }  // namespace
 
+// The corrections that roll back a dead admission: undo every landed level whose undo did not land,
+// and every landed tally of a debit (a debit's tallies sit where a denial's undo entries would).
+uint32_t Ledger::Impl::admission_rollback(const Lane& lane, uint32_t seq, uint32_t n, TargetSpec* fixes) const {
+  uint32_t n_fixes = 0;
+  const auto undo_of = [](TargetSpec spec, uint32_t j, uint32_t flags) {
+    spec.delta = -spec.delta;
+    spec.delta_requests = -spec.delta_requests;
+    spec.fallback = 0;
+    spec.flags = flags;
+    spec.undo_of = j;
+    return spec;
+  };
+  for (uint32_t j = 0; j < n; ++j) {
+    const Target& t = lane.targets[j];
+    if (load(t.seq) != seq) continue;
+    const uint32_t flags = load(t.flags, memory_order_relaxed);
+    const bool level = j < kChainDepthMax && (flags & kTargetAdmit) != 0;
+    const bool tally = j >= kChainDepthMax && (flags & kTargetTally) != 0 && (flags & kTargetUndo) == 0;
+    if ((!level && !tally) || !entry_landed(lane, seq, j)) continue;
+    if (level) {
+      const uint32_t u = kChainDepthMax + j;  // where a denial put this level's undo
+      const Target& undo = lane.targets[u];
+      const bool undone = u < n && load(undo.seq) == seq && (load(undo.flags, memory_order_relaxed) & kTargetUndo) != 0 &&
+                          load(undo.undo_of, memory_order_relaxed) == j && entry_landed(lane, seq, u);
+      if (undone) continue;
+      fixes[n_fixes++] = undo_of(spec_of(t), j, kTargetUndo);
+    } else {
+      fixes[n_fixes++] = undo_of(spec_of(t), j, kTargetTally | kTargetUndo);
+    }
+  }
+  return n_fixes;
+}
+
 Ledger::Impl::Repair Ledger::Impl::repair_lane(uint32_t dead, OpScope* op, int depth,
                                                uint32_t held_slot) {
   if (depth > 4) return Repair::kBusy;  // a chain of dead resolvers this long: try again later
@@ -52,7 +88,7 @@ Ledger::Impl::Repair Ledger::Impl::repair_lane(uint32_t dead, OpScope* op, int d
     if (ctl_phase(ctl) == kPhaseResolved) {
       // Resolved by another lane: is that resolver still applying its corrections?
       const uint32_t resolver = ctl_resolver(ctl);
-      if (resolver == 0 || resolver > max_processes * kLanesPerProcess) return Repair::kDone;
+      if (resolver == 0 || resolver > lanes_total()) return Repair::kDone;
       Lane& r = lane_by_id(resolver);
       const uint64_t rctl = load(r.header.ctl);
       if (ctl_phase(rctl) != kPhaseActive || ctl_kind(rctl) != kOpRepair ||
@@ -91,20 +127,7 @@ Ledger::Impl::Repair Ledger::Impl::repair_lane(uint32_t dead, OpScope* op, int d
       const bool complete = kind == kOpReserve && res != nullptr &&
                             (res_generation(res_state) != res_generation(claimed) || res_status(res_state) != kResReserving);
       if (!complete) {
-        for (uint32_t j = 0; j < std::min(n, kChainDepthMax); ++j) {
-          const Target& t = lane.targets[j];
-          if (load(t.seq) != seq || (load(t.flags, memory_order_relaxed) & kTargetAdmit) == 0) continue;
-          if (!entry_landed(lane, seq, j)) continue;
-          const uint32_t u = kChainDepthMax + j;
-          if (u < n && load(lane.targets[u].seq) == seq && entry_landed(lane, seq, u)) continue;
-          TargetSpec undo = spec_of(t);
-          undo.delta = -undo.delta;
-          undo.delta_requests = -undo.delta_requests;
-          undo.fallback = 0;
-          undo.flags = kTargetUndo;
-          undo.undo_of = j;
-          fixes[n_fixes++] = undo;
-        }
+        n_fixes = admission_rollback(lane, seq, n, fixes);
         if (res != nullptr && res_state == claimed && res_status(claimed) == kResReserving) {
           res_from = claimed;
           res_to = make_res_state(res_generation(claimed), kResFree, 0);
@@ -118,7 +141,7 @@ Ledger::Impl::Repair Ledger::Impl::repair_lane(uint32_t dead, OpScope* op, int d
       } else if (kind == kOpRepair) {
         const uint32_t target_lane = load(lane.header.repair_lane, memory_order_relaxed);
         const uint32_t target_seq = load(lane.header.repair_seq, memory_order_relaxed);
-        proven = target_lane >= 1 && target_lane <= max_processes * kLanesPerProcess;
+        proven = target_lane >= 1 && target_lane <= lanes_total();
         if (proven) {
           const uint64_t tctl = load(lane_by_id(target_lane).header.ctl);
           proven = ctl_phase(tctl) == kPhaseResolved && ctl_seq(tctl) == target_seq &&
@@ -228,7 +251,7 @@ bool Ledger::Impl::reclaim_dead_process(uint32_t slot, OpScope* op) {
 }
 
 bool Ledger::Impl::process_alive_for(uint32_t owner_slot, uint32_t owner_generation) const {
-  if (owner_slot >= max_processes) return false;
+  if (owner_slot >= process_slots) return false;
   const uint64_t state = load(processes[owner_slot].state);
   return proc_status(state) == kProcActive && proc_generation(state) == owner_generation;
 }
@@ -237,7 +260,7 @@ Status Ledger::Impl::reclaim_dead_processes() {
   OpScope op;
   Status status = acquire(&op);
   if (!status.ok()) return status;
-  for (uint32_t slot = 0; slot < max_processes; ++slot) {
+  for (uint32_t slot = 0; slot < process_slots; ++slot) {
     if (slot == process_slot) continue;
     if (proc_status(load(processes[slot].state)) != kProcActive) continue;
     if (!try_lock_byte(kSlotLockBase + slot)) continue;  // alive (or being reclaimed)
@@ -255,20 +278,46 @@ Status Ledger::reclaim(uint32_t* reclaimed_holds) {
   const int64_t now = l.now_ms();
   for (uint32_t r = 0; r < l.max_reservations; ++r) {
     Reservation& res = l.reservations[r];
-    uint64_t state = load(res.state);
-    const uint32_t status = res_status(state);
-    if (status == kResHeld) {
-      const bool expired = load(res.deadline_ms, memory_order_relaxed) <= now;
-      if (expired || !l.process_alive_for(load(res.owner_process, memory_order_relaxed),
-                                          load(res.owner_generation, memory_order_relaxed))) {
-        if (l.expire_hold(r, state, now).ok()) ++reclaimed;
-      }
-    } else if (status == kResExpired && load(res.deadline_ms, memory_order_relaxed) <= now) {
-      (void)compare_exchange(res.state, state, make_res_state(res_generation(state), kResFree, 0));
+    const uint64_t state = load(res.state);
+    if (res_status(state) != kResHeld) continue;
+    const bool expired = load(res.deadline_ms, memory_order_relaxed) <= now;
+    if (expired || !l.process_alive_for(load(res.owner_process, memory_order_relaxed),
+                                        load(res.owner_generation, memory_order_relaxed))) {
+      if (l.expire_hold(r, state, now).ok()) ++reclaimed;
     }
   }
+  l.drop_tombstones(now);
   if (reclaimed_holds != nullptr) *reclaimed_holds = reclaimed;
   return Code::kOk;
+}
+
+bool Ledger::Impl::drop_tombstone(uint32_t slot, uint64_t state) {
+  // A new generation, so that a late commit of the dropped tombstone is told "unknown reservation"
+  // rather than "already settled": it was never settled, it was given up.
+  const uint32_t generation = res_generation(state) + 1 == 0 ? 1 : res_generation(state) + 1;
+  return compare_exchange(reservations[slot].state, state, make_res_state(generation, kResFree, 0));
+}
+
+void Ledger::Impl::drop_tombstones(int64_t now) {
+  std::vector<std::pair<int64_t, uint32_t>> kept;  // (grace end, slot) of tombstones still in grace
+  for (uint32_t r = 0; r < max_reservations; ++r) {
+    const uint64_t state = load(reservations[r].state);
+    if (res_status(state) != kResExpired) continue;
+    const int64_t grace_end = load(reservations[r].deadline_ms, memory_order_relaxed);
+    if (grace_end <= now) (void)drop_tombstone(r, state);
+    else kept.emplace_back(grace_end, r);
+  }
+  const size_t max = load(header->tombstones_max, memory_order_relaxed);
+  if (kept.size() <= max) return;
+  // Over the bound: the oldest go first.
+  const size_t excess = kept.size() - max;
+  std::nth_element(kept.begin(), kept.begin() + static_cast<std::ptrdiff_t>(excess - 1), kept.end());
+  for (size_t i = 0; i < excess; ++i) {
+    const uint32_t r = kept[i].second;
+    const uint64_t state = load(reservations[r].state);
+    if (res_status(state) == kResExpired && drop_tombstone(r, state))
+      boost::atomics::ipc_atomic_ref<uint64_t>(header->tombstones_dropped).fetch_add(1, memory_order_relaxed);
+  }
 }
 
 }  // namespace ledger

@@ -77,6 +77,7 @@ TEST_CASE("every call refuses NULL, empty, long, malformed and negative argument
   CHECK(ledger_set_price(nullptr, "m", 1, 1, 1) == LEDGER_INVALID_ARGUMENT);
   CHECK(ledger_estimate(nullptr, "m", 1, 1, &est) == LEDGER_INVALID_ARGUMENT);
   CHECK(ledger_authorize(nullptr, "a", "m", 1, 0, model_out, sizeof model_out, &id) == LEDGER_INVALID_ARGUMENT);
+  CHECK(ledger_authorize_via(nullptr, "a", "m", 1, 0, nullptr, model_out, sizeof model_out, &id) == LEDGER_INVALID_ARGUMENT);
 
   // Names: NULL, empty, 64+ bytes (read with a bound, even 100 kB), bad characters.
   for (const char* bad : {static_cast<const char*>(nullptr), "", name64.c_str(), name_huge.c_str(),
@@ -171,6 +172,22 @@ TEST_CASE("prices, estimates and authorize through the C ABI", "[c][policy]") {
   CHECK(ledger_estimate(l, "openai/gpt-4o-mini", 1, 1, nullptr) == LEDGER_INVALID_ARGUMENT);
 
   CHECK(ledger_authorize(l, "alice", "unknown/model", 100, 0, out, sizeof out, &id) == LEDGER_UNKNOWN_MODEL);
+  CHECK(std::string(out) == "unknown/model");  // the model that has no price is named
+  // The key a request goes through: a full hash (registered when new), a unique prefix, or the
+  // default rule (NULL or ""); bad keys refuse before anything is reserved.
+  const std::string key(64, 'c');
+  REQUIRE(ledger_authorize_via(l, "alice", "openai/gpt-4o-mini", 100, 0, key.c_str(), out, sizeof out, &id) == LEDGER_OK);
+  REQUIRE(ledger_commit(l, id, 100) == LEDGER_OK);
+  REQUIRE(ledger_authorize_via(l, "alice", "openai/gpt-4o-mini", 100, 0, key.substr(0, 12).c_str(), out, sizeof out, &id) == LEDGER_OK);
+  REQUIRE(ledger_release(l, id) == LEDGER_OK);
+  REQUIRE(ledger_authorize_via(l, "alice", "openai/gpt-4o-mini", 100, 0, "", out, sizeof out, &id) == LEDGER_OK);
+  REQUIRE(ledger_release(l, id) == LEDGER_OK);
+  for (const std::string& bad : {std::string("dddddddddddd"), std::string("ccccccccccc"), key + "c", std::string(100000, 'c'),
+                                 std::string("sk-or-v1-") + key}) {
+    INFO(bad.substr(0, 20));
+    CHECK(ledger_authorize_via(l, "alice", "openai/gpt-4o-mini", 100, 0, bad.c_str(), out, sizeof out, &id) ==
+          LEDGER_INVALID_ARGUMENT);
+  }
   // Too small a buffer: refused before anything is reserved.
   CHECK(ledger_authorize(l, "alice", "openai/gpt-4o-mini", 100, 0, out, 18, &id) == LEDGER_INVALID_ARGUMENT);
   CHECK(ledger_authorize(l, "alice", "openai/gpt-4o-mini", 100, 0, nullptr, 64, &id) == LEDGER_INVALID_ARGUMENT);

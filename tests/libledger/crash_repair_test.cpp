@@ -8,6 +8,7 @@
 
 #include <catch2/catch.hpp>
 #include <functional>
+#include <tuple>
 #include <thread>
 
 #include "test_util.hpp"
@@ -90,6 +91,20 @@ struct Fixture {
     REQUIRE(tallies[0].requests == requests);
   }
   static constexpr const char* kModel = "vendor/model-x";
+  static constexpr const char* kKey = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+  // The team's OpenRouter key: alice's settlements go through it by the default rule.
+  void bind_team_key() { REQUIRE(ledger->bind_key("team", kKey) == Code::kOk); }
+  // What the ledger recorded through the team's key for alice (spent, requests, adjusted).
+  std::tuple<int64_t, uint64_t, int64_t> key_tally() {
+    std::vector<KeySpend> rows;
+    REQUIRE(ledger->key_spend(&rows) == Code::kOk);
+    std::tuple<int64_t, uint64_t, int64_t> alice{0, 0, 0};
+    for (const KeySpend& row : rows) {
+      REQUIRE(row.key_hash == kKey);
+      if (row.account == "alice") alice = {row.spent_nanousd, row.requests, row.adjusted_nanousd};
+    }
+    return alice;
+  }
   void reclaim_all() {
     uint32_t n = 0;
     REQUIRE(ledger->reclaim(&n) == Code::kOk);
@@ -104,6 +119,9 @@ struct Fixture {
 TEST_CASE("a debit killed at any point is rolled back on every level", "[crash]") {
   Fixture f;
   const bool sibling_first = GENERATE(false, true);
+  // Through a key, the debit also tallies per key: that tally is rolled back with the levels.
+  const bool keyed = GENERATE(false, true);
+  if (keyed) f.bind_team_key();
   int64_t spent = 0, bob = 0;
   int crashes = 0;
   for (int64_t point = 1; point <= kPointsMax; ++point) {
@@ -117,12 +135,16 @@ TEST_CASE("a debit killed at any point is rolled back on every level", "[crash]"
     f.reclaim_all();
     if (code == 0) spent += kUsd;
     const Chain c = read_chain(*f.ledger);
-    INFO("crash point " << point << " exit " << code << " sibling first " << sibling_first);
+    INFO("crash point " << point << " exit " << code << " sibling first " << sibling_first << " keyed " << keyed);
     REQUIRE((code == 0 || code == kCrashed));
     REQUIRE(c.alice == spent);
     REQUIRE(c.team == spent + bob);
     REQUIRE(c.org == spent + bob);
     REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+    const auto [through_key, key_requests, adjusted] = f.key_tally();
+    REQUIRE(through_key == (keyed ? spent : 0));
+    REQUIRE(key_requests == (keyed && spent > 0 ? 1u : 0u));
+    REQUIRE(adjusted == 0);
     if (code == 0) break;
     ++crashes;
   }
@@ -179,6 +201,8 @@ TEST_CASE("a reserve killed at any point leaves no hold and no leaked slot", "[c
 
 TEST_CASE("a commit killed at any point is charged exactly once", "[crash]") {
   Fixture f;
+  const bool keyed = GENERATE(false, true);
+  if (keyed) f.bind_team_key();
   int64_t spent = 0;
   int crashes = 0;
   uint64_t commits = 0;
@@ -199,6 +223,9 @@ TEST_CASE("a commit killed at any point is charged exactly once", "[crash]") {
     REQUIRE(c.org == spent);
     REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
     f.require_tally(spent, ++commits);
+    const auto [through_key, key_requests, adjusted] = f.key_tally();
+    REQUIRE(through_key == (keyed ? spent : 0));
+    REQUIRE(key_requests == (keyed ? commits : 0));
     if (code == 0) break;
     ++crashes;
   }
@@ -472,10 +499,14 @@ TEST_CASE("a reclaimer killed while repairing is itself repaired", "[crash]") {
 
 TEST_CASE("an adjustment killed at any point lands on every level or on none", "[crash]") {
   Fixture f;
+  const bool keyed = GENERATE(false, true);  // an adjustment of a key's drift also tallies the key
+  if (keyed) f.bind_team_key();
   int64_t spent = 0;
   int crashes = 0;
   for (int64_t point = 1; point <= kPointsMax; ++point) {
-    const int code = run_child(f.dir.path(), point, [](Ledger& l) { return l.adjust("alice", 3 * kUsd).ok(); });
+    const int code = run_child(f.dir.path(), point, [keyed](Ledger& l) {
+      return l.adjust("alice", 3 * kUsd, keyed ? Fixture::kKey : "").ok();
+    });
     f.reclaim_all();
     INFO("crash point " << point << " exit " << code);
     REQUIRE((code == 0 || code == kCrashed));
@@ -486,6 +517,10 @@ TEST_CASE("an adjustment killed at any point lands on every level or on none", "
     REQUIRE((c.alice - spent) % (3 * kUsd) == 0);
     REQUIRE(c.team == c.alice);
     REQUIRE(c.org == c.alice);
+    const auto [through_key, key_requests, adjusted] = f.key_tally();
+    REQUIRE(through_key == (keyed ? c.alice : 0));
+    REQUIRE(adjusted == (keyed ? c.alice : 0));
+    REQUIRE(key_requests == 0);  // an adjustment is not a request
     spent = c.alice;
     if (code == 0) break;
     ++crashes;

@@ -211,7 +211,8 @@ TEST_CASE("expired holds become tombstones whose late commit still charges", "[l
   CHECK(balance_of(*ledger, "team").spent_nanousd == 4 * kUsd);
   CHECK(ledger->debit("alice", 1) == Code::kDeniedOverBudget);
 
-  // A tombstone lives for the grace period (24 h by default), then its slot is reused.
+  // A tombstone lives for the grace period (24 h by default), then it is dropped: its late commit
+  // is told the reservation is unknown (it was given up, not settled) and charges nothing.
   ReservationId forgotten = 0;
   REQUIRE(ledger->reserve("team", kUsd, 1, &forgotten) == Code::kOk);
   clock.now_ms += 2'000;
@@ -219,7 +220,9 @@ TEST_CASE("expired holds become tombstones whose late commit still charges", "[l
   CHECK(reclaimed == 1);
   clock.now_ms += 86'400'000 + 1'000;
   REQUIRE(ledger->reclaim(&reclaimed) == Code::kOk);
-  CHECK(ledger->commit(forgotten, kUsd) == Code::kAlreadySettled);
+  const int64_t team_before = balance_of(*ledger, "team").spent_nanousd;
+  CHECK(ledger->commit(forgotten, kUsd) == Code::kUnknownReservation);
+  CHECK(balance_of(*ledger, "team").spent_nanousd == team_before);
 }
 
 TEST_CASE("daily, weekly and monthly budgets roll over lazily at UTC boundaries", "[ledger]") {

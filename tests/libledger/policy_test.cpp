@@ -92,8 +92,8 @@ TEST_CASE("the playbook: every tier x model gives the documented decision", "[po
       {"alice", kGemma, Code::kDeniedModel, ""},            // pro: outside, no fallback
       {"dave", kSonnet, Code::kOk, kSonnet},                // enterprise: everything priced
       {"dave", kGemma, Code::kOk, kGemma},
-      {"dave", kUnpriced, Code::kUnknownModel, ""},         // ...but never an unpriced model
-      {"team", kUnpriced, Code::kUnknownModel, ""},         // no tier on the chain: any priced model
+      {"dave", kUnpriced, Code::kUnknownModel, kUnpriced},  // ...but never an unpriced model (named)
+      {"team", kUnpriced, Code::kUnknownModel, kUnpriced},  // no tier on the chain: any priced model
       {"team", kSonnet, Code::kOk, kSonnet},
   };
   for (const Case& c : cases) {
@@ -287,9 +287,9 @@ TEST_CASE("per-model spend: the chosen model, commits of authorized holds only, 
   CHECK(by[{"bob", kLlama}] == std::make_pair(int64_t{0}, uint64_t{1}));
   LedgerStats stats;
   REQUIRE(f.l->stats(&stats) == Code::kOk);
-  CHECK(stats.model_stats == 2);  // only commits claim a tally: not the release, not the plain reserve
-  CHECK(stats.model_stats_dropped == 0);
-  CHECK(stats.max_model_stats == 131072);  // 2 x the default 65,536 accounts
+  CHECK(stats.tallies == 2);  // only commits claim a tally: not the release, not the plain reserve (no keys bound)
+  CHECK(stats.tallies_dropped == 0);
+  CHECK(stats.max_tallies == 262144);  // 4 x the default 65,536 accounts
 }
 
 TEST_CASE("a crowded tally table drops tallies, never charges", "[policy]") {
@@ -317,10 +317,10 @@ TEST_CASE("a crowded tally table drops tallies, never charges", "[policy]") {
   REQUIRE(l->model_spend(&tallies) == Code::kOk);
   LedgerStats stats;
   REQUIRE(l->stats(&stats) == Code::kOk);
-  CHECK(stats.max_model_stats == 1024);
+  CHECK(stats.max_tallies == 1024);
   REQUIRE(tallies.size() <= 1024);
-  CHECK(stats.model_stats == tallies.size());
-  CHECK(stats.model_stats_dropped == 3 * 512 - tallies.size());  // 1,536 pairs cannot all fit
+  CHECK(stats.tallies == tallies.size());
+  CHECK(stats.tallies_dropped == 3 * 512 - tallies.size());  // 1,536 pairs cannot all fit
   int64_t tallied = 0;
   for (const auto& t : tallies) tallied += t.spent_nanousd;
   CHECK(tallied == 3 * static_cast<int64_t>(tallies.size()));

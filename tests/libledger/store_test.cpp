@@ -87,15 +87,22 @@ TEST_CASE("a flush writes budgets, period totals, days and a journal, exactly on
   std::vector<JournalEntry> journal;
   REQUIRE(store->journal(0, 100, &journal) == Code::kOk);
   CHECK(journal.size() == 2);
+  // One LMDB environment per process: a flush on a thread that has a reader open is refused (it
+  // would otherwise open a second environment, whose close drops the first one's locks).
+  CHECK(l->flush() == Code::kInvalidArgument);
+  store.reset();
   // Nothing new: a second flush records nothing.
   REQUIRE(l->flush() == Code::kOk);
+  REQUIRE(StoreReader::open(dir.path(), &store) == Code::kOk);
   REQUIRE(store->journal(0, 100, &journal) == Code::kOk);
   CHECK(journal.size() == 2);
 
   // Settling the hold tomorrow (still inside its monthly period for eng): today's bucket gets it.
   clock.now_ms = utc(2026, 11, 27, 1) * 1000;
   REQUIRE(l->commit(held, 3 * kUsd) == Code::kOk);
+  store.reset();
   REQUIRE(l->flush() == Code::kOk);
+  REQUIRE(StoreReader::open(dir.path(), &store) == Code::kOk);
   REQUIRE(store->days(utc(2026, 11, 27) / 86400, utc(2026, 11, 27) / 86400, &days) == Code::kOk);
   REQUIRE(days.size() == 2);
   for (const auto& d : days) CHECK(d.spent_nanousd == 3 * kUsd);

@@ -118,7 +118,8 @@ TEST_CASE("metrics are Prometheus text whose values match the ledger", "[metrics
   CHECK(values.at("ledger_account_spent_nanousd{account=\"team\"}") == kUsd + kUsd / 4 + kUsd / 10);
   CHECK(values.at("ledger_model_spent_nanousd_total{account=\"alice\",model=\"openai/gpt-4o-mini\"}") == kUsd / 10);
   CHECK(values.at("ledger_model_requests_total{account=\"alice\",model=\"openai/gpt-4o-mini\"}") == 2);
-  CHECK(values.at("ledger_model_tallies_dropped_total") == 0);
+  CHECK(values.at("ledger_tallies_dropped_total") == 0);
+  CHECK(values.at("ledger_tombstones_dropped_total") == 0);
   CHECK(values.at("ledger_denials_total{reason=\"over_budget\"}") == 1);
   CHECK(values.at("ledger_denials_total{reason=\"blocked\"}") == 1);
   CHECK(values.at("ledger_reservations_open") == 1);

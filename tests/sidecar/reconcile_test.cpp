@@ -184,7 +184,7 @@ TEST_CASE("prices come from OpenRouter's model list, config prices win; doctor c
   CHECK(doctor.out.find("a management key") != std::string::npos);
   CHECK(doctor.out.find("answers") != std::string::npos);
   CHECK(doctor.out.find("USD left of 100.00") != std::string::npos);
-  CHECK(doctor.out.find("(account, model) pairs in use") != std::string::npos);
+  CHECK(doctor.out.find("tallies in use") != std::string::npos);
   CHECK(doctor.out.find("sk-or-v1-") == std::string::npos);
   // With a normal key in its place, doctor says what is wrong.
   ledger_test::write_file(s.emu.key_file(), s.alice_key + "\n");

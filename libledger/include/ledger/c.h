@@ -70,7 +70,9 @@ LEDGER_EXPORT const char* ledger_strerror(int code);
 /* Creates the directory (one level, 0700) and the shared segment if missing, else attaches.
  * limits may be NULL (defaults); limits of an existing segment are kept. */
 LEDGER_EXPORT int  ledger_create(const char* dir, const ledger_limits_t* limits, ledger_t** out); /* create or attach */
-/* Attaches only: LEDGER_NOT_FOUND when no ledger exists at dir. */
+/* Attaches only: LEDGER_NOT_FOUND when no ledger exists at dir. When the store exists but the
+ * segment does not (after a reboot), the segment is rebuilt from the store first: budgets, tiers,
+ * prices, key bindings and the current periods' spend. */
 LEDGER_EXPORT int  ledger_open(const char* dir, ledger_t** out);                                  /* attach only */
 LEDGER_EXPORT void ledger_close(ledger_t* ledger);
 
@@ -80,11 +82,15 @@ LEDGER_EXPORT int ledger_set_budget(ledger_t* ledger, const char* account, int64
 LEDGER_EXPORT int ledger_block(ledger_t* ledger, const char* account, int32_t blocked);
 /* Check-and-debit against the account and every ancestor, all or nothing. */
 LEDGER_EXPORT int ledger_debit(ledger_t* ledger, const char* account, int64_t amount_nanousd);
-/* ttl_seconds 0 = default (600). The id is never 0. */
+/* ttl_seconds 0 = the ledger's default (ledger.reservation_ttl_s, kept in the segment for every
+ * process; 600 unless configured). The id is never 0. When every slot is taken the oldest expired
+ * hold (tombstone) is dropped to make room; LEDGER_FULL only when every slot holds a live hold. */
 LEDGER_EXPORT int ledger_reserve(ledger_t* ledger, const char* account, int64_t amount_nanousd,
                    uint32_t ttl_seconds, uint64_t* reservation_id);
 /* Settles once: a second commit or release gives LEDGER_ALREADY_SETTLED (LEDGER_UNKNOWN_RESERVATION
- * once the slot was recycled). A commit after the hold expired still charges actual_nanousd. */
+ * once the slot was recycled). A commit after the hold expired still charges actual_nanousd while
+ * its tombstone is kept (ledger.tombstone_grace_s, default 24 h, at most ledger.max_tombstones);
+ * after that it gives LEDGER_UNKNOWN_RESERVATION and charges nothing. */
 LEDGER_EXPORT int ledger_commit(ledger_t* ledger, uint64_t reservation_id, int64_t actual_nanousd);
 LEDGER_EXPORT int ledger_release(ledger_t* ledger, uint64_t reservation_id);
 LEDGER_EXPORT int ledger_balance(ledger_t* ledger, const char* account, ledger_balance_t* out);
@@ -96,9 +102,24 @@ LEDGER_EXPORT int ledger_set_price(ledger_t* ledger, const char* model, int64_t 
                      int64_t completion_nanousd_per_mtok, int64_t request_nanousd);
 LEDGER_EXPORT int ledger_estimate(ledger_t* ledger, const char* model, uint32_t prompt_tokens,
                     uint32_t max_completion_tokens, int64_t* estimate_nanousd);
+/* Policy and reserve in one call (see README "Policy" for the decision order). On LEDGER_OK,
+ * model_out holds the model to send (maybe a fallback or downgrade); on LEDGER_UNKNOWN_MODEL it names
+ * the model that has no price (so the caller can say which configured name is missing a price).
+ * The hold goes through the key of the default rule: the account's own bound key, else its nearest
+ * ancestor's (ledgerctl init binds keys from the config and from provisioning). */
 LEDGER_EXPORT int ledger_authorize(ledger_t* ledger, const char* account, const char* model,
                      int64_t estimate_nanousd, uint32_t ttl_seconds,
                      char* model_out, size_t model_out_size, uint64_t* reservation_id);
+
+/* ledger_authorize, plus which OpenRouter key the request will go through: the key's hash (64 hex)
+ * or a unique prefix of at least 12 hex. NULL or "" = the documented default rule (the account's
+ * own bound key, else its nearest ancestor's). Reconciliation compares each key's usage with the
+ * spend the ledger recorded through that key. A full hash the ledger does not know yet is
+ * registered; an unknown or ambiguous prefix gives LEDGER_INVALID_ARGUMENT, a full key table
+ * LEDGER_FULL, and nothing is reserved. (DESIGN.md 8.4.) */
+LEDGER_EXPORT int ledger_authorize_via(ledger_t* ledger, const char* account, const char* model,
+                         int64_t estimate_nanousd, uint32_t ttl_seconds, const char* key_hash,
+                         char* model_out, size_t model_out_size, uint64_t* reservation_id);
 
 #ifdef __cplusplus
 }  /* extern "C" */

@@ -36,18 +36,45 @@ struct Clock {
   void* context = nullptr;
 };
 
+inline constexpr uint32_t kTtlMaxSeconds = 7 * 86400;
+inline constexpr uint32_t kTombstoneGraceMaxSeconds = 30 * 86400;
+
 struct Options {
   // Behaviour.
-  bool create_if_missing = true;   // false: Code::kNotFound when no ledger exists at dir
-  Limits limits;                   // used only when the segment is created
-  uint32_t default_ttl_s = 600;    // hold TTL when reserve() is given 0
-  uint32_t tombstone_grace_s = 86400;  // how long an expired hold still accepts its late commit
+  // false: attach only. An open that finds the store (<dir>/ledger.mdb) but no segment (after a
+  // reboot) still rebuilds the segment from the store; Code::kNotFound when there is neither.
+  bool create_if_missing = true;
+  // The sidecar and ledgerctl: such a handle may use process slots kept for admin tools, so that
+  // a worker pool that takes every one of max_processes cannot lock the admin side out.
+  bool admin = false;
+  // Used only when a segment is created. A rebuild from the store uses, per field, the larger of
+  // these and the limits the store recorded for the last segment.
+  Limits limits;
+  // The hold policy a new segment starts with; an existing segment keeps its own, for every
+  // process (set_hold_policy changes it; ledgerctl init and the sidecar apply the config's).
+  uint32_t default_ttl_s = 600;        // hold TTL when reserve() is given 0 (1 .. kTtlMaxSeconds)
+  uint32_t tombstone_grace_s = 86400;  // how long an expired hold accepts its late commit (0 .. 30 days)
+  uint32_t tombstones_max = 0;         // 0 = half of max_reservations
   uint32_t file_mode = 0600;       // segment, lock file and store (0660 for a group-shared ledger)
   uint64_t store_map_size_bytes = uint64_t{1} << 30;  // LMDB map (sparse); full -> Code::kFull
+  // Where the segment lives: "" = where the ledger's creator put it (recorded in
+  // <dir>/ledger.segment-dir), else /dev/shm. An absolute directory on a tmpfs (or any filesystem
+  // that can back a shared mapping). Its pages are reserved at creation: no room is Code::kFull.
+  std::string segment_dir;
   Clock clock;
 };
 
-inline constexpr uint32_t kTtlMaxSeconds = 7 * 86400;
+// How holds expire, for every process of the segment (Ledger::set_hold_policy).
+struct HoldPolicy {
+  uint32_t default_ttl_s = 600;        // a hold's TTL when the caller passes 0
+  uint32_t tombstone_grace_s = 86400;  // an expired hold still accepts its late commit this long
+  // At most this many tombstones are kept (the oldest beyond it are dropped by reclaim); a reserve
+  // that finds no free slot drops the oldest one itself, so tombstones never starve live holds.
+  // A late commit whose tombstone was dropped gets kUnknownReservation and charges nothing (for
+  // accounts whose key is reconciled, the next reconcile charges what OpenRouter billed). 0 = half
+  // of max_reservations.
+  uint32_t tombstones_max = 0;
+};
 
 // A tier: which models its accounts may use (DESIGN.md 6).
 struct TierSpec {
@@ -90,13 +117,15 @@ struct AccountBalance {
 // Counts for monitoring (one pass over the tables; not for the hot path).
 struct LedgerStats {
   uint32_t accounts = 0;
-  uint32_t processes_attached = 0;    // process slots in use (dead ones until reclaimed)
+  uint32_t processes_attached = 0;    // process slots in use, admin ones included (dead ones until reclaimed)
   uint32_t reservations_held = 0;
   uint32_t reservations_expired = 0;  // tombstones waiting for a late commit
   uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0;
   uint64_t denied_over_budget = 0, denied_parent_over_budget = 0, denied_model = 0, denied_blocked = 0;
-  uint32_t model_stats = 0, max_model_stats = 0;  // (account, model) tallies in use, and the table size
-  uint64_t model_stats_dropped = 0;  // commits not tallied per model (table crowded); still charged
+  uint32_t tallies = 0, max_tallies = 0;  // (account, model|key) tallies in use, and the table size
+  uint64_t tallies_dropped = 0;  // settlements not tallied per model or key (table crowded); still charged
+  uint64_t tombstones_dropped = 0;  // tombstones dropped before their grace ended (count bound, full table)
+  uint32_t keys = 0, max_keys = 0;  // OpenRouter keys known to the segment, and how many fit
 };
 
 // What commits of authorize()d holds settled for one (account, model) since the segment was created
@@ -107,6 +136,19 @@ struct ModelSpend {
   int64_t spent_nanousd = 0;
   uint64_t requests = 0;  // wraps at 2^33 like every request counter of the segment
 };
+
+// What settled through one OpenRouter key for one account since the segment was created: commits
+// (of holds made with that key), debits, and reconciliation adjustments charged to the key.
+struct KeySpend {
+  std::string account;
+  std::string key_hash;   // 64 lowercase hex
+  int64_t spent_nanousd = 0;
+  uint64_t requests = 0;
+  int64_t adjusted_nanousd = 0;  // the part that reconciliation adjustments added
+};
+
+// True for an OpenRouter key hash (64 hex digits) or a prefix of one of at least 12 hex digits.
+bool valid_key_reference(std::string_view text);
 
 // A resolved account, for callers that want to skip the name lookup on every call.
 struct AccountRef {
@@ -127,8 +169,11 @@ class Ledger {
   static Status open(std::string_view dir, const Options& options, std::unique_ptr<Ledger>* out);
   // Removes the shared segment of `dir` (not the directory). Safe only when nobody is attached.
   static Status destroy_segment(std::string_view dir);
-  // Where the segment of `dir` lives (/dev/shm/...); empty when dir cannot be resolved.
+  // Where the segment of `dir` lives (/dev/shm/... or its recorded segment dir); empty when dir
+  // cannot be resolved.
   static std::string segment_path(std::string_view dir);
+  // How many bytes a segment with these limits takes (all reserved at creation); 0 if invalid.
+  static uint64_t segment_bytes(const Limits& limits);
 
   ~Ledger();
   Ledger(const Ledger&) = delete;
@@ -159,14 +204,34 @@ class Ledger {
   Status commit(ReservationId id, int64_t actual_nanousd);
   Status release(ReservationId id);
   // Charges the account and its ancestors without an admission check: spend that happened outside
-  // the ledger (a reconciliation adjustment). All levels or none, also across a crash.
-  Status adjust(std::string_view account, int64_t amount_nanousd);
+  // the ledger (a reconciliation adjustment). All levels or none, also across a crash. With a key,
+  // the amount also counts as spent through that key (so reconciling it again changes nothing).
+  // The next flush writes the adjustment's journal entry in the same transaction as the totals it
+  // changed: an adjustment is never on record without its audit entry, or the other way round.
+  Status adjust(std::string_view account, int64_t amount_nanousd, std::string_view key_hash = {});
 
   Status balance(std::string_view account, Balance* out) const;
   // Every account, in creation order (one pass over the reservation table).
   Status balances(std::vector<AccountBalance>* out) const;
 
   Status stats(LedgerStats* out) const;
+
+  // ---- keys: which OpenRouter key a settlement went through ----------------------------------
+  // Binds the account to its own OpenRouter key (64 hex, the key's "hash"); "" unbinds. A
+  // settlement whose worker does not say which key it used (debit, reserve, authorize) is
+  // attributed by one rule: the account's own bound key, else its nearest ancestor's, else none.
+  // kFull when the key table is full.
+  Status bind_key(std::string_view account, std::string_view key_hash);
+  // The key bound to the account itself ("" = none).
+  Status bound_key(std::string_view account, std::string* key_hash) const;
+  // Per (account, key) tallies (one pass over the tally table), in table order.
+  Status key_spend(std::vector<KeySpend>* out) const;
+  // Changes how holds expire, for every process of the segment, at once.
+  Status set_hold_policy(const HoldPolicy& policy);
+  HoldPolicy hold_policy() const;
+  // The LMDB map size the next flush opens the store with (LMDB grows the map between
+  // transactions), e.g. after ledger.store_map_size_mb was raised because the map was full.
+  Status set_store_map_size(uint64_t bytes);
   // Per-model tallies (one pass over the tally table), in table order. Only the account a hold was
   // authorized for is tallied (not its ancestors); debits and plain reserve()s carry no model.
   Status model_spend(std::vector<ModelSpend>* out) const;
@@ -198,9 +263,18 @@ class Ledger {
   // whole chain (kDeniedOverBudget / kDeniedParentOverBudget). *model_out views segment memory valid
   // until the next set_price/set_tiers; copy it. model_out_max (C ABI buffer size - 1): a chosen
   // model longer than that gives kInvalidArgument and reserves nothing.
+  // On kUnknownModel, *model_out names the model that has no price (the requested one, or the
+  // tier's fallback or downgrade_to it was replaced by), so the caller can say which.
   Status authorize(std::string_view account, std::string_view model, int64_t estimate_nanousd,
                    uint32_t ttl_s, std::string_view* model_out, ReservationId* id,
                    size_t model_out_max = SIZE_MAX);
+  // authorize(), plus which OpenRouter key the request goes through: its hash (64 hex) or a unique
+  // prefix of at least 12 hex digits; "" = the default rule (see bind_key). A full hash the ledger
+  // does not know yet is registered (once, under the admin lock); an unknown or ambiguous prefix,
+  // or a full key table, is kInvalidArgument / kFull and reserves nothing.
+  Status authorize_via(std::string_view account, std::string_view model, int64_t estimate_nanousd,
+                       uint32_t ttl_s, std::string_view key_hash, std::string_view* model_out,
+                       ReservationId* id, size_t model_out_max = SIZE_MAX);
 
   // Writes everything settled so far into the store (<dir>/ledger.mdb, see store.hpp) in one synced
   // transaction: durable on return. kFull when the LMDB map is full, kPermission or kIoError when
@@ -214,6 +288,7 @@ class Ledger {
   Status flush_pending(uint64_t* records) const;
 
   const std::string& dir() const;
+  const std::string& segment_file() const;  // this handle's segment
   Limits limits() const;
   int64_t now_ms() const;
 

@@ -8,7 +8,10 @@
 //   daily      (name, UTC day) -> spend and requests settled that day
 //   model_daily (name, model, UTC day) -> what commits of authorize()d holds settled that day
 //   models     (name, model) -> the last per-model tally seen, with the id of its segment
-//   journal    seq -> one entry per account and flush (and per reconcile adjustment): the audit trail
+//   key_daily  (key hash, name, UTC day) -> what settled through that OpenRouter key that day
+//   key_tallies, adjustments -> the last per-key and per-adjustment tallies seen (like models)
+//   journal    seq -> one entry per account and flush, and one per reconciliation adjustment,
+//              written in the same transaction as the totals it changed: the audit trail
 // A flush computes, per account and period, settled = used - live holds, and records the change
 // since the snapshot already stored; a flusher killed mid-way commits nothing, so the next flush
 // records the same change: nothing lost, nothing counted twice. When the segment is gone (reboot),
@@ -18,7 +21,8 @@
 // writes. Within one process, do not keep a StoreReader of a directory open across a flush of the
 // same directory (or another StoreReader of it): LMDB allows one environment per file per process,
 // because closing one drops the process's file locks for all of them. Open, read, close.
-// The ledger's own tools follow that rule.
+// The library enforces that rule: every LMDB environment of a process takes one process-wide lock
+// while it is open, so threads take turns; a thread that opens a second one gets kInvalidArgument.
 #pragma once
 
 #include <cstdint>
@@ -41,6 +45,7 @@ struct StoredAccount {
   Period period = Period::kNone;
   bool blocked = false;
   std::string tier;  // "" = inherits
+  std::string key_hash;  // the OpenRouter key bound to the account, "" = none
 };
 
 struct StoredPeriod {
@@ -68,6 +73,16 @@ struct StoredModelDay {
   uint64_t requests = 0;
 };
 
+// What settled through one OpenRouter key for one account that day (commits of holds made with the
+// key, debits, and adjustments charged to the key).
+struct StoredKeyDay {
+  std::string key_hash;  // 64 hex
+  std::string account;
+  int64_t day = 0;
+  int64_t spent_nanousd = 0;
+  uint64_t requests = 0;
+};
+
 enum class JournalKind : uint32_t { kFlush = 1, kAdjustment = 2 };  // reaches disk: never renumber
 struct JournalEntry {
   uint64_t seq = 0;
@@ -78,6 +93,7 @@ struct JournalEntry {
   int64_t index = 0;
   int64_t delta_nanousd = 0;
   int64_t delta_requests = 0;
+  std::string key_hash;  // kAdjustment: the key whose drift it corrects ("" = none)
 };
 
 struct StoreStats {
@@ -90,10 +106,6 @@ struct StoreStats {
 // Key bindings: which OpenRouter key (its hash) belongs to which account, as provisioned or rotated
 // by ledgerctl (a binding in the store wins over the config's key_hash). hash "" removes it.
 Status store_bind_key(std::string_view dir, std::string_view account, std::string_view hash, uint32_t file_mode = 0600);
-// Appends a reconciliation adjustment to the journal (kind kAdjustment): the audit trail of why the
-// ledger was charged. The amount itself reaches the period totals through the next flush.
-Status store_journal_adjustment(std::string_view dir, std::string_view account, Period period, int64_t index,
-                                int64_t delta_nanousd, int64_t unix_ms, uint32_t file_mode = 0600);
 Status store_key_bindings(std::string_view dir, std::vector<std::pair<std::string, std::string>>* out);
 
 // Opens <dir>/ledger.mdb read-only. kNotFound when there is none yet, kIncompatible for another
@@ -109,6 +121,7 @@ class StoreReader {
   Status periods_in(int64_t first_index, int64_t last_index, std::vector<StoredPeriod>* out) const;
   Status days(int64_t first_day, int64_t last_day, std::vector<StoredDay>* out) const;
   Status model_days(int64_t first_day, int64_t last_day, std::vector<StoredModelDay>* out) const;
+  Status key_days(int64_t first_day, int64_t last_day, std::vector<StoredKeyDay>* out) const;
   Status journal(uint64_t from_seq, size_t max_entries, std::vector<JournalEntry>* out) const;
   Status stats(StoreStats* out) const;
   struct Impl;
