@@ -37,6 +37,7 @@ struct AccountConfig {
   std::string key_hash;
   int64_t limit_nanousd = 0;
   Period period = Period::kNone;
+  bool period_given = false;  // false: "period" was left out, so the budget is a lifetime one (none)
 };
 
 struct Config {

@@ -69,7 +69,15 @@ TEST_CASE("every bad config names what is wrong", "[config]") {
       {"bad account id", with_accounts(R"([{"id": "a b", "limit_usd": 1}])"), "accounts[0].id"},
       {"unknown parent", with_accounts(R"([{"id": "a", "parent": "z", "limit_usd": 1}])"), "parent: unknown account \"z\""},
       {"duplicate", with_accounts(R"([{"id": "a", "limit_usd": 1}, {"id": "a", "limit_usd": 2}])"), "duplicate account"},
-      {"cycle", with_accounts(R"([{"id": "a", "parent": "b", "limit_usd": 1}, {"id": "b", "parent": "a", "limit_usd": 1}])"), "cycle"},
+      {"unknown grandparent, child first", with_accounts(R"([{"id": "a", "parent": "b", "limit_usd": 1},
+                                                           {"id": "b", "parent": "ghost", "limit_usd": 1}])"),
+       "accounts[1] (\"b\").parent: unknown account \"ghost\""},
+      {"cycle", with_accounts(R"([{"id": "a", "parent": "b", "limit_usd": 1}, {"id": "b", "parent": "a", "limit_usd": 1}])"),
+       "accounts[0] (\"a\").parent: cycle: a -> b -> a"},
+      {"cycle above an account", with_accounts(R"([{"id": "x", "parent": "b", "limit_usd": 1}, {"id": "b", "parent": "c", "limit_usd": 1},
+                                                  {"id": "c", "parent": "b", "limit_usd": 1}])"),
+       "accounts[1] (\"b\").parent: cycle: b -> c -> b"},
+      {"self parent", with_accounts(R"([{"id": "a", "parent": "a", "limit_usd": 1}])"), "cycle: a -> a"},
       {"depth > 4", with_accounts(R"([{"id": "a", "limit_usd": 1}, {"id": "b", "parent": "a", "limit_usd": 1},
                                       {"id": "c", "parent": "b", "limit_usd": 1}, {"id": "d", "parent": "c", "limit_usd": 1},
                                       {"id": "e", "parent": "d", "limit_usd": 1}])"), "deeper than 4"},
@@ -98,5 +106,23 @@ TEST_CASE("ledgerctl refuses a bad config with exit 1 and touches nothing", "[co
   const auto r = ledger_test::run({LEDGERCTL_PATH, "--config", config, "init"});
   CHECK(r.exit_code == 1);
   CHECK(r.err.find("limit_usd: must not be negative") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.path() + "/ledger"));
+}
+
+// A child listed before its parent whose own parent is unknown once crashed the chain walk.
+TEST_CASE("an unknown grandparent is exit 1 naming the key, not a crash", "[config][cli]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/bad.json";
+  ledger_test::write_file(config, R"({"ledger": {"dir": "ledger"}, "accounts": [{"id": "a", "parent": "b", "limit_usd": 1},
+                                     {"id": "b", "parent": "ghost", "limit_usd": 1}]})");
+  for (const char* command : {"init", "status", "doctor"}) {
+    INFO(command);
+    const auto r = ledger_test::run({LEDGERCTL_PATH, "--config", config, command});
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find("accounts[1] (\"b\").parent: unknown account \"ghost\"") != std::string::npos);
+  }
+  const auto sidecar = ledger_test::run({SIDECAR_PATH, "--config", config, "--once"});
+  CHECK(sidecar.exit_code == 1);
+  CHECK(sidecar.err.find("unknown account \"ghost\"") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(dir.path() + "/ledger"));
 }
