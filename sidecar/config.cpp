@@ -346,6 +346,8 @@ std::optional<Config> parse_config(const std::string& text, const std::string& p
         fail("accounts (\"" + c.accounts[i].id + "\").tier", "unknown tier \"" + c.accounts[i].tier + "\"");
     c.ledger.dir = absolute(c.ledger.dir, path);
     c.reports.dir = absolute(c.reports.dir, path);
+    if (!c.openrouter.management_key_file.empty())
+      c.openrouter.management_key_file = absolute(c.openrouter.management_key_file, path);
     return c;
   } catch (const ConfigError& e) {
     *error = path + ": " + e.message;

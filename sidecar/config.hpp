@@ -57,7 +57,7 @@ struct Config {
     bool present = false;
     std::string base_url = "https://openrouter.ai/api/v1";
     std::string management_key_env = "OPENROUTER_MGMT_KEY";
-    std::string management_key_file;
+    std::string management_key_file;  // relative to the config file; absolute after loading
     uint32_t reconcile_interval_s = 60;
     uint32_t timeout_ms = 10000;
     bool sync_key_limits = false;

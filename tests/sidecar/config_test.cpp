@@ -48,6 +48,26 @@ TEST_CASE("amounts are exact whether strings or numbers", "[config]") {
   CHECK(c->ledger.dir == "/tmp/ledger");  // relative to the config file
 }
 
+// The systemd unit runs in /: a relative path must not depend on the current directory.
+TEST_CASE("relative paths are relative to the config file, the management key file too", "[config]") {
+  std::string error;
+  const auto c = parse_config(R"({"ledger": {"dir": "data/acme"}, "reports": {"dir": "../reports"},
+                                  "openrouter": {"management_key_file": "secrets/mgmt.key"}})",
+                              "/etc/ledger/acme.json", &error);
+  INFO(error);
+  REQUIRE(c.has_value());
+  CHECK(c->ledger.dir == "/etc/ledger/data/acme");
+  CHECK(c->reports.dir == "/etc/reports");
+  CHECK(c->openrouter.management_key_file == "/etc/ledger/secrets/mgmt.key");
+  const auto absolute = parse_config(R"({"ledger": {"dir": "x"}, "openrouter": {"management_key_file": "/run/keys/k"}})",
+                                     "/etc/ledger/acme.json", &error);
+  REQUIRE(absolute.has_value());
+  CHECK(absolute->openrouter.management_key_file == "/run/keys/k");
+  const auto none = parse_config(R"({"ledger": {"dir": "x"}, "openrouter": {}})", "/etc/ledger/acme.json", &error);
+  REQUIRE(none.has_value());
+  CHECK(none->openrouter.management_key_file.empty());  // the env variable is used
+}
+
 TEST_CASE("every bad config names what is wrong", "[config]") {
   struct Case {
     const char* name;

@@ -225,3 +225,20 @@ TEST_CASE("the report's key dashboard shows owners, usage and unowned spend", "[
   CHECK(unowned);
   CHECK(r.out.find("sk-or-v1-") == std::string::npos);
 }
+
+// The systemd unit runs in /: a relative management_key_file is found next to the config, whatever
+// the current directory is (the test runs ledgerctl from the build directory).
+TEST_CASE("a relative management_key_file is read from the config file's directory", "[keys]") {
+  ledger_test::EmulatorLedger s;
+  ledger_test::write_file(s.dir.path() + "/mgmt.key", ledger_test::read_file(s.emu.key_file()));
+  ledger_test::write_file(s.config, R"({"ledger": {"dir": "ledger", "max_accounts": 64, "max_reservations": 64, "max_processes": 32},
+    "openrouter": {"base_url": ")" + s.emu.base() + R"(", "management_key_file": "mgmt.key", "timeout_ms": 2000},
+    "accounts": [{"id": "team", "limit_usd": "100", "period": "monthly"}]})");
+  REQUIRE(run({LEDGERCTL_PATH, "--config", s.config, "init"}).exit_code == 0);
+  REQUIRE(std::filesystem::current_path() != std::filesystem::path(s.dir.path()));
+  const auto r = run({LEDGERCTL_PATH, "--config", s.config, "keys", "list"});
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("NAME") != std::string::npos);
+  CHECK(r.err.find("sk-or-v1-") == std::string::npos);
+}
