@@ -85,13 +85,16 @@ json::object balance_json(const std::string& account, const std::string& parent,
   return o;
 }
 
+// The table's period column: a budget without a period is a lifetime one, and says so.
+std::string period_column(Period p) { return p == Period::kNone ? "none (lifetime)" : std::string(period_name(p)); }
+
 void print_table(const std::vector<AccountBalance>& rows) {
-  std::printf("%-24s %-16s %-8s %14s %14s %12s %14s %9s %s\n", "ACCOUNT", "PARENT", "PERIOD", "LIMIT", "SPENT", "HELD",
+  std::printf("%-24s %-16s %-15s %14s %14s %12s %14s %9s %s\n", "ACCOUNT", "PARENT", "PERIOD", "LIMIT", "SPENT", "HELD",
               "AVAILABLE", "REQUESTS", "");
   for (const auto& r : rows) {
     const Balance& b = r.balance;
-    std::printf("%-24s %-16s %-8s %14s %14s %12s %14s %9llu %s\n", r.account.c_str(), r.parent.empty() ? "-" : r.parent.c_str(),
-                std::string(period_name(b.period)).c_str(), format_usd(b.limit_nanousd).c_str(),
+    std::printf("%-24s %-16s %-15s %14s %14s %12s %14s %9llu %s\n", r.account.c_str(), r.parent.empty() ? "-" : r.parent.c_str(),
+                period_column(b.period).c_str(), format_usd(b.limit_nanousd).c_str(),
                 format_usd(b.spent_nanousd).c_str(), format_usd(b.held_nanousd).c_str(),
                 format_usd(b.available_nanousd).c_str(), static_cast<unsigned long long>(b.requests),
                 b.blocked ? "BLOCKED" : "");
@@ -107,6 +110,10 @@ int cmd_init(const Config& config) {
   const Status flushed = ledger->flush();
   std::printf("init: %s: %d accounts created, %d updated, %d unchanged, %d blocked (no longer in the config), %d prices\n",
               config.ledger.dir.c_str(), r.created, r.updated, r.unchanged, r.blocked_removed, r.prices);
+  for (const auto& a : config.accounts)
+    if (!a.period_given)
+      std::printf("%s: no period, lifetime budget (\"period\" is left out: write \"none\" to keep it so, or daily, weekly, monthly)\n",
+                  a.id.c_str());
   for (const auto& name : r.still_blocked)
     std::printf("note: \"%s\" is in the config but blocked; ledgerctl --config %s unblock %s\n", name.c_str(),
                 config.path.c_str(), name.c_str());

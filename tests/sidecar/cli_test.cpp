@@ -20,6 +20,12 @@ std::string write_config(const TempDir& dir) {
                  {"id": "alice", "parent": "team", "limit_usd": "2.50", "period": "daily"}]})");
   return path;
 }
+
+// Removes the segment of a ledger directory at the end of a test.
+struct SegmentCleanup {
+  std::string dir;
+  ~SegmentCleanup() { (void)ledger::Ledger::destroy_segment(dir); }
+};
 }  // namespace
 
 TEST_CASE("ledgerctl init, debit, status, block and their exit codes", "[cli]") {
@@ -105,4 +111,35 @@ TEST_CASE("an older segment is refused with the way out, and destroy-segment reb
   r = run({LEDGERCTL_PATH, "--config", config, "balance", "alice", "--json"});
   REQUIRE(r.exit_code == 0);
   CHECK(boost::json::parse(r.out).at("spent_nanousd").as_int64() == 1'250'000'000);  // from the store
+}
+
+// A left-out "period" is a lifetime budget (the documented default): init and status say so.
+TEST_CASE("a budget without a period is shown as a lifetime one", "[cli]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/ledger.json";
+  ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 16, "max_reservations": 16, "max_processes": 8},
+    "accounts": [{"id": "team", "limit_usd": "10", "period": "none"}, {"id": "alice", "parent": "team", "limit_usd": "2"},
+                 {"id": "bob", "parent": "team", "limit_usd": "2", "period": "daily"}]})");
+  SegmentCleanup cleanup{dir.path() + "/ledger"};
+  const auto init = run({LEDGERCTL_PATH, "--config", config, "init"});
+  INFO(init.out << init.err);
+  REQUIRE(init.exit_code == 0);
+  CHECK(init.out.find("alice: no period, lifetime budget") != std::string::npos);
+  CHECK(init.out.find("team: no period") == std::string::npos);  // "none" written out: meant so
+  CHECK(init.out.find("bob: no period") == std::string::npos);
+  const auto table = run({LEDGERCTL_PATH, "--config", config, "status"});
+  REQUIRE(table.exit_code == 0);
+  const auto line_of = [&](const std::string& account) {
+    const size_t at = table.out.find("\n" + account + " ");
+    return at == std::string::npos ? std::string() : table.out.substr(at + 1, table.out.find('\n', at + 1) - at - 1);
+  };
+  CHECK(line_of("alice").find("none (lifetime)") != std::string::npos);
+  CHECK(line_of("team").find("none (lifetime)") != std::string::npos);
+  CHECK(line_of("bob").find("daily") != std::string::npos);
+  const auto json = run({LEDGERCTL_PATH, "--config", config, "status", "--json"});
+  REQUIRE(json.exit_code == 0);
+  const auto accounts = boost::json::parse(json.out).at("accounts").as_array();
+  REQUIRE(accounts.size() == 3);
+  CHECK(accounts[1].at("account").as_string() == "alice");
+  CHECK(accounts[1].at("period").as_string() == "none");  // JSON keeps the plain name
 }
