@@ -24,9 +24,9 @@ std::string describe(Status status) {
   return "code " + std::to_string(status.value()) + " (" + std::string(status.message()) + ")";
 }
 
-Status open_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::string* error) {
-  const Status status = Ledger::open(config.ledger.dir, options_for(config), out);
-  if (status.ok()) return status;
+namespace {
+
+std::string open_error(const Config& config, Status status) {
   std::string hint;
   switch (status.code()) {
     case Code::kPermission: hint = "check the owner and mode of the directory (files are created 0600)"; break;
@@ -39,7 +39,48 @@ Status open_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::stri
     case Code::kFull: hint = "every process slot is in use (ledger.max_processes)"; break;
     default: hint = "see the code above"; break;
   }
-  *error = "cannot open the ledger in " + config.ledger.dir + ": " + describe(status) + "; " + hint;
+  return "cannot open the ledger in " + config.ledger.dir + ": " + describe(status) + "; " + hint;
+}
+
+bool store_exists(const Config& config) {
+  struct stat st {};
+  return ::stat((config.ledger.dir + "/ledger.mdb").c_str(), &st) == 0;
+}
+
+}  // namespace
+
+Status open_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::string* error) {
+  const Status status = Ledger::open(config.ledger.dir, options_for(config), out);
+  if (!status.ok()) *error = open_error(config, status);
+  return status;
+}
+
+bool ledger_exists(const Config& config) {
+  if (store_exists(config)) return true;
+  const std::string segment = Ledger::segment_path(config.ledger.dir);  // "" when the directory is missing
+  struct stat st {};
+  return !segment.empty() && ::stat(segment.c_str(), &st) == 0;
+}
+
+std::string no_ledger_message(const Config& config) { return "no ledger at " + config.ledger.dir + ": run ledgerctl init"; }
+
+Status open_existing_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::string* error) {
+  if (!ledger_exists(config)) {
+    *error = no_ledger_message(config);
+    return Code::kNotFound;
+  }
+  Options options = options_for(config);
+  options.create_if_missing = false;
+  Status status = Ledger::open(config.ledger.dir, options, out);
+  if (status.code() == Code::kNotFound && store_exists(config)) {
+    // The store is there but the segment is not (a reboot, destroy-segment). A libledger that
+    // rebuilds the segment from the store only when allowed to create gets that permission here:
+    // it re-creates the segment of an existing ledger, never a new ledger.
+    options.create_if_missing = true;
+    status = Ledger::open(config.ledger.dir, options, out);
+  }
+  if (status.code() == Code::kNotFound) *error = no_ledger_message(config);
+  else if (!status.ok()) *error = open_error(config, status);
   return status;
 }
 

@@ -19,7 +19,17 @@ inline constexpr int kExitDenied = 3;
 
 Options options_for(const Config& config);
 // Opens (creating if missing) the ledger the config names; on failure *error says what to do.
+// For the commands that may create: init, debit, block/unblock, flush, reconcile, keys writes.
 Status open_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::string* error);
+
+// True when a ledger exists at the config's directory: its store (DIR/ledger.mdb) or its segment.
+bool ledger_exists(const Config& config);
+// "no ledger at DIR: run ledgerctl init"
+std::string no_ledger_message(const Config& config);
+// Opens the ledger only if it exists, creating nothing (read-only commands: status, balance,
+// report, doctor, reconcile --dry-run). A missing segment is rebuilt from an existing store.
+// Without a ledger: Code::kNotFound and *error = no_ledger_message(config).
+Status open_existing_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::string* error);
 
 struct ApplyReport {
   int created = 0, updated = 0, unchanged = 0, blocked_removed = 0, prices = 0;

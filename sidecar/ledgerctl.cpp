@@ -1,6 +1,7 @@
 // ledgerctl — the admin CLI (DESIGN.md 8.2). Exit codes: 0 ok, 1 usage or config error,
 // 2 runtime error, 3 denied.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
@@ -52,6 +53,9 @@ Commands:
 Options:
   --config FILE               the JSON config (or the LEDGER_CONFIG environment variable)
   --help                      this text; COMMAND --help for one command
+
+Read-only commands (status, balance, report, doctor, reconcile --dry-run, keys list,
+destroy-segment) never create a ledger: without one they exit 2 ("run ledgerctl init").
 
 Exit codes: 0 success, 1 usage or config error, 2 runtime error, 3 denied.
 )";
@@ -124,7 +128,7 @@ int cmd_init(const Config& config) {
 int cmd_status(const Config& config, bool as_json) {
   std::unique_ptr<Ledger> ledger;
   std::string error;
-  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  if (!open_existing_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   std::vector<AccountBalance> rows;
   const Status s = ledger->balances(&rows);
   if (!s.ok()) return runtime_error("status: " + describe(s));
@@ -146,7 +150,7 @@ int cmd_balance(const Config& config, const std::string& account, bool as_json) 
   if (!valid_account_name(account)) return usage_error("\"" + account + "\" is not an account id (1-63 characters of [A-Za-z0-9._:@-])");
   std::unique_ptr<Ledger> ledger;
   std::string error;
-  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  if (!open_existing_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   std::vector<AccountBalance> rows;
   (void)ledger->balances(&rows);
   for (const auto& r : rows) {
@@ -212,10 +216,11 @@ int cmd_flush(const Config& config) {
 
 int cmd_reconcile(const Config& config, bool dry_run) {
   std::string error;
+  std::unique_ptr<Ledger> ledger;  // a dry run creates nothing: no ledger, nothing to compare
+  if (dry_run && !open_existing_ledger(config, &ledger, &error).ok()) return runtime_error("reconcile: " + error);
   auto client = client_for(config, &error);
   if (!client) return runtime_error("reconcile: " + error);
-  std::unique_ptr<Ledger> ledger;
-  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  if (!ledger && !open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   const ReconcileReport r = reconcile(*ledger, *client, config, dry_run);
   if (!r.error.empty()) return runtime_error("reconcile: " + r.error);
   std::printf("%-24s %-14s %14s %14s %12s  %s\n", "ACCOUNT", "KEY", "LEDGER", "OPENROUTER", "ADJUSTED", "NOTE");
@@ -235,10 +240,11 @@ int cmd_reconcile(const Config& config, bool dry_run) {
 }
 
 int cmd_keys(const Config& config, std::vector<std::string> args) {
+  const std::string sub = args.size() > 1 ? args[1] : "";
+  if (sub == "list" && !ledger_exists(config)) return runtime_error("keys list: " + no_ledger_message(config));
   std::string error;
   auto client = client_for(config, &error);
   if (!client) return runtime_error("keys: " + error);
-  const std::string sub = args.size() > 1 ? args[1] : "";
   auto show_once = [](const NewKey& k) {
     std::printf("%s: %s\n", k.account.c_str(), k.secret.c_str());
   };
@@ -320,7 +326,7 @@ int cmd_report(const Config& config, const std::vector<std::string>& args) {
     return usage_error("report: --format is table, json, csv or html, not \"" + format + "\"");
   std::unique_ptr<Ledger> ledger;
   std::string error;
-  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  if (!open_existing_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   (void)ledger->flush();  // what was settled until now
   const int64_t now = ledger->now_ms() / 1000;
   const auto to_day = to.empty() ? std::optional<int64_t>(floor_days(now)) : parse_date(to);
@@ -373,7 +379,7 @@ int cmd_doctor(const Config& config) {
   line(true, "config", config.path + " (" + std::to_string(config.accounts.size()) + " accounts)");
   std::unique_ptr<Ledger> ledger;
   std::string error;
-  const Status opened = open_ledger(config, &ledger, &error);
+  const Status opened = open_existing_ledger(config, &ledger, &error);
   line(opened.ok(), "ledger", opened.ok() ? Ledger::segment_path(config.ledger.dir) : error);
   if (opened.ok()) {
     std::vector<AccountBalance> rows;
@@ -429,6 +435,33 @@ int cmd_doctor(const Config& config) {
     }
   }
   return problems == 0 ? kExitOk : kExitRuntime;
+}
+
+int cmd_destroy_segment(const Config& config) {
+  if (!ledger_exists(config)) return runtime_error("destroy-segment: " + no_ledger_message(config));
+  const std::string segment = Ledger::segment_path(config.ledger.dir);
+  struct stat st {};
+  if (segment.empty() || ::stat(segment.c_str(), &st) != 0) {
+    std::printf("no segment to remove; the next open rebuilds it from %s/ledger.mdb\n", config.ledger.dir.c_str());
+    return kExitOk;
+  }
+  {
+    std::unique_ptr<Ledger> ledger;
+    Options options = options_for(config);
+    options.create_if_missing = false;
+    if (Ledger::open(config.ledger.dir, options, &ledger).ok()) {  // else (another format): nothing to count
+      LedgerStats stats;
+      (void)ledger->stats(&stats);
+      if (stats.processes_attached > 1)
+        return runtime_error("destroy-segment: " + std::to_string(stats.processes_attached - 1) +
+                             " other process(es) are attached; stop them (and the sidecar) first");
+      if (const Status s = ledger->flush(); !s.ok()) return runtime_error("destroy-segment: flush failed first: " + describe(s));
+    }
+  }
+  const Status s = Ledger::destroy_segment(config.ledger.dir);
+  if (!s.ok() && s.code() != Code::kNotFound) return runtime_error("destroy-segment: " + describe(s));
+  std::printf("segment removed; the next open rebuilds it from %s/ledger.mdb\n", config.ledger.dir.c_str());
+  return kExitOk;
 }
 
 }  // namespace
@@ -500,24 +533,7 @@ int main(int argc, char** argv) {
     return want(1, "reconcile [--dry-run]") ? cmd_reconcile(*config, dry_run) : kExitUsage;
   }
   if (command == "keys") return cmd_keys(*config, args);
-  if (command == "destroy-segment") {
-    if (!want(1, "destroy-segment")) return kExitUsage;
-    {
-      std::unique_ptr<Ledger> ledger;
-      if (Ledger::open(config->ledger.dir, options_for(*config), &ledger).ok()) {
-        LedgerStats stats;
-        (void)ledger->stats(&stats);
-        if (stats.processes_attached > 1)
-          return runtime_error("destroy-segment: " + std::to_string(stats.processes_attached - 1) +
-                               " other process(es) are attached; stop them (and the sidecar) first");
-        if (const Status s = ledger->flush(); !s.ok()) return runtime_error("destroy-segment: flush failed first: " + describe(s));
-      }
-    }
-    const Status s = Ledger::destroy_segment(config->ledger.dir);
-    if (!s.ok() && s.code() != Code::kNotFound) return runtime_error("destroy-segment: " + describe(s));
-    std::printf("segment removed; the next open rebuilds it from %s/ledger.mdb\n", config->ledger.dir.c_str());
-    return kExitOk;
-  }
+  if (command == "destroy-segment") return want(1, "destroy-segment") ? cmd_destroy_segment(*config) : kExitUsage;
   if (command == "report") return cmd_report(*config, args);
   return usage_error("unknown command \"" + command + "\"");
 }

@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 #include <boost/json.hpp>
+#include <filesystem>
 
 #include "process.hpp"
 #include "test_util.hpp"
@@ -142,4 +143,49 @@ TEST_CASE("a budget without a period is shown as a lifetime one", "[cli]") {
   REQUIRE(accounts.size() == 3);
   CHECK(accounts[1].at("account").as_string() == "alice");
   CHECK(accounts[1].at("period").as_string() == "none");  // JSON keeps the plain name
+}
+
+// Read-only commands on a ledger that was never initialized create nothing: no directory, no
+// store, no lock file, no segment; they exit 2 and say to run init. Also when the directory exists.
+TEST_CASE("read-only commands on a ledger that does not exist create nothing", "[cli]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/ledger.json";
+  for (const bool dir_exists : {false, true}) {
+    INFO("ledger directory exists: " << dir_exists);
+    const std::string ledger_dir = dir.path() + (dir_exists ? "/empty" : "/ledger");
+    if (dir_exists) std::filesystem::create_directory(ledger_dir);
+    ledger_test::write_file(config, R"({"ledger": {"dir": ")" + ledger_dir + R"(", "max_accounts": 16},
+      "openrouter": {"base_url": "http://127.0.0.1:9/api/v1", "management_key_env": "LEDGER_TEST_UNSET_KEY"},
+      "accounts": [{"id": "alice", "limit_usd": "2", "period": "daily"}]})");
+    const std::vector<std::vector<std::string>> commands = {
+        {"status"}, {"status", "--json"}, {"balance", "alice"}, {"report"}, {"doctor"},
+        {"reconcile", "--dry-run"}, {"keys", "list"}, {"destroy-segment"}};
+    for (const auto& command : commands) {
+      std::vector<std::string> argv{LEDGERCTL_PATH, "--config", config};
+      argv.insert(argv.end(), command.begin(), command.end());
+      const auto r = run(argv);
+      INFO(command[0] << (command.size() > 1 ? " " + command[1] : "") << ": " << r.out << r.err);
+      CHECK(r.exit_code == 2);
+      CHECK((r.err + r.out).find("no ledger at " + ledger_dir + ": run ledgerctl init") != std::string::npos);
+    }
+    if (dir_exists) {
+      CHECK(std::filesystem::is_empty(ledger_dir));
+      const std::string segment = ledger::Ledger::segment_path(ledger_dir);
+      REQUIRE_FALSE(segment.empty());
+      CHECK_FALSE(std::filesystem::exists(segment));
+    } else {
+      CHECK_FALSE(std::filesystem::exists(ledger_dir));
+    }
+  }
+}
+
+TEST_CASE("doctor without a ledger says so on its ledger line and still checks the rest", "[cli]") {
+  TempDir dir;
+  const std::string config = write_config(dir);
+  const auto r = run({LEDGERCTL_PATH, "--config", config, "doctor"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.out.find("FAIL   ledger                 no ledger at " + dir.path() + "/ledger: run ledgerctl init") != std::string::npos);
+  CHECK(r.out.find("store") != std::string::npos);
+  CHECK(r.out.find("sidecar") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.path() + "/ledger"));
 }
