@@ -38,7 +38,8 @@ Commands:
   flush                       write everything settled to the store now (durable on return)
   doctor                      check config, ledger, store and sidecar; say what to fix
   destroy-segment             remove the shared segment (the store keeps everything flushed;
-                              refused while other processes are attached)
+                              refused while other live processes are attached;
+                              dead ones are reclaimed first)
   reconcile [--dry-run]       compare each key's window spend at OpenRouter with the ledger; adjust
                               the ledger up when OpenRouter saw more (never twice); report the rest;
                               disable (or delete) the keys of blocked and removed accounts
@@ -450,6 +451,10 @@ int cmd_destroy_segment(const Config& config) {
     Options options = options_for(config);
     options.create_if_missing = false;
     if (Ledger::open(config.ledger.dir, options, &ledger).ok()) {  // else (another format): nothing to count
+      // A process that died (SIGKILL, exit without closing) keeps its slot until a reclaim frees it
+      // (liveness is a kernel-released lock): reclaim first, so that only live processes count.
+      uint32_t reclaimed = 0;
+      if (const Status s = ledger->reclaim(&reclaimed); !s.ok()) return runtime_error("destroy-segment: reclaim failed: " + describe(s));
       LedgerStats stats;
       (void)ledger->stats(&stats);
       if (stats.processes_attached > 1)

@@ -189,3 +189,48 @@ TEST_CASE("doctor without a ledger says so on its ledger line and still checks t
   CHECK(r.out.find("sidecar") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(dir.path() + "/ledger"));
 }
+
+// A worker that was SIGKILLed, or exited without closing its handle, is not attached any more:
+// destroy-segment reclaims dead processes' slots before it counts. A live one still stops it.
+TEST_CASE("destroy-segment does not count dead processes as attached", "[cli]") {
+  TempDir dir;
+  const std::string config = write_config(dir);
+  const std::string ledger_dir = dir.path() + "/ledger";
+  SegmentCleanup cleanup{ledger_dir};
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "init"}).exit_code == 0);
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  auto attach = [&](bool stay) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      std::unique_ptr<ledger::Ledger> l;
+      if (!ledger::Ledger::open(ledger_dir, ledger::Options{}, &l).ok()) ::_exit(2);
+      (void)l->debit("alice", 1);
+      (void)!::write(ready[1], "x", 1);
+      while (stay) ::pause();
+      ::_exit(0);  // without closing the handle
+    }
+    char c = 0;
+    REQUIRE(::read(ready[0], &c, 1) == 1);
+    return pid;
+  };
+  const pid_t exited = attach(false);
+  int status = 0;
+  REQUIRE(::waitpid(exited, &status, 0) == exited);
+  const pid_t killed = attach(true);
+  auto r = run({LEDGERCTL_PATH, "--config", config, "destroy-segment"});
+  CHECK(r.exit_code == 2);  // the live one counts
+  CHECK(r.err.find("1 other process(es) are attached") != std::string::npos);
+  ::kill(killed, SIGKILL);
+  REQUIRE(::waitpid(killed, &status, 0) == killed);
+  r = run({LEDGERCTL_PATH, "--config", config, "destroy-segment"});
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("segment removed") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(ledger::Ledger::segment_path(ledger_dir)));
+  ::close(ready[0]);
+  ::close(ready[1]);
+  const auto b = run({LEDGERCTL_PATH, "--config", config, "balance", "alice", "--json"});
+  REQUIRE(b.exit_code == 0);
+  CHECK(boost::json::parse(b.out).at("spent_nanousd").as_int64() == 2);  // rebuilt from the store
+}
