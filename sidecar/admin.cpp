@@ -84,12 +84,39 @@ Status open_existing_ledger(const Config& config, std::unique_ptr<Ledger>* out, 
   return status;
 }
 
+namespace {
+
+// "" when the accounts already in the ledger (removed ones stay, blocked) and the config's new ones
+// fit the segment; else what is wrong and what to do.
+std::string capacity_problem(const Ledger& ledger, const Config& config, const std::map<std::string, AccountBalance>& existing) {
+  size_t fresh = 0;
+  for (const AccountConfig& a : config.accounts) fresh += existing.count(a.id) == 0 ? 1 : 0;
+  const size_t needed = existing.size() + fresh;
+  const uint32_t capacity = ledger.limits().max_accounts;
+  if (needed <= capacity) return "";
+  const std::string n = std::to_string(needed);
+  std::string fix = config.ledger.max_accounts >= needed
+                        ? "ledger.max_accounts (" + std::to_string(config.ledger.max_accounts) + ") is enough, but the segment was made before it: "
+                        : "set ledger.max_accounts to at least " + n + ", then ";
+  fix += "stop the sidecar and the workers, run ledgerctl destroy-segment and ledgerctl init (the store keeps spend)";
+  return "the ledger holds at most " + std::to_string(capacity) + " accounts (ledger.max_accounts when its segment was created) and " + n +
+         " are needed (" + std::to_string(existing.size()) + " in it, " + std::to_string(fresh) +
+         " new from the config): nothing was changed; " + fix;
+}
+
+}  // namespace
+
 ApplyReport apply_config(Ledger& ledger, const Config& config) {
   ApplyReport report;
   std::vector<AccountBalance> before;
   (void)ledger.balances(&before);
   std::map<std::string, AccountBalance> existing;
   for (auto& b : before) existing[b.account] = b;
+  if (std::string problem = capacity_problem(ledger, config, existing); !problem.empty()) {
+    report.errors.push_back(std::move(problem));
+    report.refused = true;
+    return report;
+  }
   std::set<std::string> wanted;
   for (const AccountConfig& a : config.accounts) {  // parents come first
     wanted.insert(a.id);

@@ -35,10 +35,13 @@ struct ApplyReport {
   int created = 0, updated = 0, unchanged = 0, blocked_removed = 0, prices = 0;
   std::vector<std::string> still_blocked;  // in the config but blocked (ledgerctl unblock NAME)
   std::vector<std::string> errors;
+  bool refused = false;  // nothing was changed (errors says why and what to do)
 };
 // Makes the ledger match the config: creates or updates every account (spend is kept), blocks the
 // accounts the config no longer has (their spend stays on record), replaces the tier table (one
-// atomic swap for the workers), sets every account's tier and the prices.
+// atomic swap for the workers), sets every account's tier and the prices. Refuses (and changes
+// nothing) when the accounts already in the ledger plus the config's new ones exceed the segment's
+// capacity (Ledger::limits().max_accounts).
 ApplyReport apply_config(Ledger& ledger, const Config& config);
 
 // A structured log line on stderr: ts=... level=... msg="..." key=value ...

@@ -339,6 +339,9 @@ std::optional<Config> parse_config(const std::string& text, const std::string& p
     if (const auto* v = o.if_contains("accounts")) parse_accounts(*v, c);
     if (const auto* v = o.if_contains("reports")) parse_reports(*v, c);
     if (const auto* v = o.if_contains("metrics")) parse_metrics(*v, c);
+    if (c.accounts.size() > c.ledger.max_accounts)
+      fail("ledger.max_accounts", std::to_string(c.ledger.max_accounts) + " is fewer than the " + std::to_string(c.accounts.size()) +
+                                      " accounts listed: raise it (a ledger made smaller needs ledgerctl destroy-segment, then init)");
     std::set<std::string> tier_names;
     for (const auto& t : c.tiers) tier_names.insert(t.name);
     for (size_t i = 0; i < c.accounts.size(); ++i)

@@ -112,6 +112,7 @@ int cmd_init(const Config& config) {
   if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   const ApplyReport r = apply_config(*ledger, config);
   for (const auto& e : r.errors) std::fprintf(stderr, "ledgerctl: init: %s\n", e.c_str());
+  if (r.refused) return kExitRuntime;
   const Status flushed = ledger->flush();
   std::printf("init: %s: %d accounts created, %d updated, %d unchanged, %d blocked (no longer in the config), %d prices\n",
               config.ledger.dir.c_str(), r.created, r.updated, r.unchanged, r.blocked_removed, r.prices);

@@ -4,7 +4,9 @@
 
 #include <catch2/catch.hpp>
 #include <boost/json.hpp>
+#include <algorithm>
 #include <filesystem>
+#include <map>
 
 #include "process.hpp"
 #include "test_util.hpp"
@@ -233,4 +235,50 @@ TEST_CASE("destroy-segment does not count dead processes as attached", "[cli]") 
   const auto b = run({LEDGERCTL_PATH, "--config", config, "balance", "alice", "--json"});
   REQUIRE(b.exit_code == 0);
   CHECK(boost::json::parse(b.out).at("spent_nanousd").as_int64() == 2);  // rebuilt from the store
+}
+
+// More accounts than the segment holds: init refuses before changing anything (no half-applied
+// config, no spurious tier errors) and says how to get a bigger ledger; that advice works.
+TEST_CASE("init refuses a config that does not fit the segment and changes nothing", "[cli]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/ledger.json";
+  SegmentCleanup cleanup{dir.path() + "/ledger"};
+  auto write = [&](int max_accounts, const std::string& accounts) {
+    ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": )" + std::to_string(max_accounts) +
+                                        R"(, "max_reservations": 16, "max_processes": 8},
+      "tiers": {"basic": {"models": null}},
+      "accounts": [{"id": "team", "limit_usd": "10", "period": "monthly"},
+                   {"id": "alice", "parent": "team", "tier": "basic", "limit_usd": "2", "period": "daily"})" + accounts + "]}");
+  };
+  write(4, R"(, {"id": "bob", "parent": "team", "limit_usd": "2", "period": "daily"})");
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "init"}).exit_code == 0);
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "debit", "alice", "1"}).exit_code == 0);
+  const std::string before = run({LEDGERCTL_PATH, "--config", config, "status", "--json"}).out;
+  const std::string more = R"(, {"id": "carol", "parent": "team", "tier": "basic", "limit_usd": "1", "period": "daily"},
+                               {"id": "dave", "parent": "team", "tier": "basic", "limit_usd": "1", "period": "daily"})";
+  for (const int max_accounts : {4, 8}) {  // the config's own limit too small, or only the segment's
+    INFO("ledger.max_accounts " << max_accounts);
+    write(max_accounts, more);  // bob removed (stays, blocked) + carol + dave: 5 accounts
+    const auto r = run({LEDGERCTL_PATH, "--config", config, "init"});
+    INFO(r.out << r.err);
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find("holds at most 4 accounts") != std::string::npos);
+    CHECK(r.err.find("5 are needed") != std::string::npos);
+    CHECK(r.err.find(max_accounts == 4 ? "set ledger.max_accounts to at least 5" : "ledger.max_accounts (8) is enough") != std::string::npos);
+    CHECK(r.err.find("ledgerctl destroy-segment and ledgerctl init") != std::string::npos);
+    CHECK(r.err.find("unknown account") == std::string::npos);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);  // one line
+    CHECK(run({LEDGERCTL_PATH, "--config", config, "status", "--json"}).out == before);
+  }
+  // The advice: a larger max_accounts (written above), destroy-segment, init; spend is kept.
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "destroy-segment"}).exit_code == 0);
+  const auto init = run({LEDGERCTL_PATH, "--config", config, "init"});
+  INFO(init.err);
+  REQUIRE(init.exit_code == 0);
+  const auto status = boost::json::parse(run({LEDGERCTL_PATH, "--config", config, "status", "--json"}).out);
+  std::map<std::string, boost::json::object> by_name;
+  for (const auto& a : status.at("accounts").as_array()) by_name[std::string(a.at("account").as_string())] = a.as_object();
+  CHECK(by_name.size() == 5);
+  CHECK(by_name["alice"].at("spent_nanousd").as_int64() == 1'000'000'000);
+  CHECK(by_name["bob"].at("blocked").as_bool());
 }

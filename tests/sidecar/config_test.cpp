@@ -106,6 +106,9 @@ TEST_CASE("every bad config names what is wrong", "[config]") {
       {"key in env name", R"({"ledger": {"dir": "x"}, "openrouter": {"management_key_env": "sk-or-v1-123"}})", "must be the NAME of an environment variable"},
       {"bad price", R"({"ledger": {"dir": "x"}, "prices": {"m/x": {"prompt_usd_per_mtok": "a", "completion_usd_per_mtok": 1}}})", "prices.m/x.prompt_usd_per_mtok"},
       {"bad metrics", R"({"ledger": {"dir": "x"}, "metrics": {"listen": "nowhere"}})", "metrics.listen"},
+      {"more accounts than max_accounts", R"({"ledger": {"dir": "x", "max_accounts": 1}, "accounts": [{"id": "a", "limit_usd": 1},
+                                                                                                  {"id": "b", "limit_usd": 1}]})",
+       "ledger.max_accounts: 1 is fewer than the 2 accounts listed"},
       {"tier without models", R"({"ledger": {"dir": "x"}, "tiers": {"free": {}}})", "tiers.free.models: required"},
   };
   for (const Case& c : cases) {
