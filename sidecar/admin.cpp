@@ -165,6 +165,27 @@ ApplyReport apply_config(Ledger& ledger, const Config& config) {
   return report;
 }
 
+std::vector<std::string> unpriced_models(const Ledger& ledger, const Config& config) {
+  std::vector<std::string> out;
+  const std::string where_else = config.openrouter.present
+                                     ? "; with the \"openrouter\" section the sidecar also loads prices from OpenRouter's /models, "
+                                       "so it may be missing there too, or not loaded yet"
+                                     : "";
+  auto check = [&](const std::string& key, const std::string& model) {
+    int64_t estimate = 0;
+    if (model.empty() || ledger.estimate(model, 1, 1, &estimate).code() != Code::kUnknownModel) return;
+    out.push_back(key + ": \"" + model + "\" has no price (check the spelling, or add it under \"prices\"" + where_else + ")");
+  };
+  for (const TierConfig& t : config.tiers) {
+    const std::string where = "tiers." + t.name;
+    if (t.models)
+      for (size_t i = 0; i < t.models->size(); ++i) check(where + ".models[" + std::to_string(i) + "]", (*t.models)[i]);
+    check(where + ".fallback", t.fallback);
+    check(where + ".downgrade_to", t.downgrade_to);
+  }
+  return out;
+}
+
 void log_line(const char* level, const std::string& message, const std::string& fields) {
   struct timespec ts {};
   ::clock_gettime(CLOCK_REALTIME, &ts);

@@ -44,6 +44,11 @@ struct ApplyReport {
 // capacity (Ledger::limits().max_accounts).
 ApplyReport apply_config(Ledger& ledger, const Config& config);
 
+// One line for every model a tier names (models, fallback, downgrade_to) that has no price in the
+// ledger (every request for it would be refused with "no price known"), naming the key:
+// tiers.basic.fallback: "openai/gpt-4o-mnii" has no price (check the spelling, or add it under "prices")
+std::vector<std::string> unpriced_models(const Ledger& ledger, const Config& config);
+
 // A structured log line on stderr: ts=... level=... msg="..." key=value ...
 void log_line(const char* level, const std::string& message, const std::string& fields = "");
 

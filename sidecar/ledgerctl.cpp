@@ -113,6 +113,7 @@ int cmd_init(const Config& config) {
   const ApplyReport r = apply_config(*ledger, config);
   for (const auto& e : r.errors) std::fprintf(stderr, "ledgerctl: init: %s\n", e.c_str());
   if (r.refused) return kExitRuntime;
+  for (const auto& w : unpriced_models(*ledger, config)) std::fprintf(stderr, "ledgerctl: warning: %s\n", w.c_str());
   const Status flushed = ledger->flush();
   std::printf("init: %s: %d accounts created, %d updated, %d unchanged, %d blocked (no longer in the config), %d prices\n",
               config.ledger.dir.c_str(), r.created, r.updated, r.unchanged, r.blocked_removed, r.prices);
@@ -394,6 +395,9 @@ int cmd_doctor(const Config& config) {
     }
     line(missing == 0, "accounts", missing == 0 ? std::to_string(rows.size()) + " in the ledger"
                                                 : std::to_string(missing) + " config accounts missing: run ledgerctl init");
+    const auto unpriced = unpriced_models(*ledger, config);
+    for (const auto& u : unpriced) line(false, "prices", u);
+    if (unpriced.empty()) line(true, "prices", "every model the tiers name has a price");
     LedgerStats stats;
     (void)ledger->stats(&stats);
     line(stats.model_stats_dropped == 0, "per-model tallies",

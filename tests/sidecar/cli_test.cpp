@@ -282,3 +282,51 @@ TEST_CASE("init refuses a config that does not fit the segment and changes nothi
   CHECK(by_name["alice"].at("spent_nanousd").as_int64() == 1'000'000'000);
   CHECK(by_name["bob"].at("blocked").as_bool());
 }
+
+// A model name a tier names without a price (a typo) would make every request fail with "no price
+// known": init warns, doctor flags it, each naming the key.
+TEST_CASE("init warns and doctor flags tier models that have no price", "[cli]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/ledger.json";
+  SegmentCleanup cleanup{dir.path() + "/ledger"};
+  auto write = [&](const std::string& openrouter) {
+    ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 16, "max_reservations": 16, "max_processes": 8},)" +
+                                        openrouter + R"(
+      "tiers": {"basic": {"models": ["openai/gpt-4o-mini", "openai/gpt-4o-mnii"], "fallback": "openai/gpt-4o-mnii"},
+                "pro": {"models": ["openai/gpt-4o"], "downgrade_at_percent": 90, "downgrade_to": "openai/gpt-4o-mini"},
+                "all": {"models": null}},
+      "prices": {"openai/gpt-4o-mini": {"prompt_usd_per_mtok": "0.15", "completion_usd_per_mtok": "0.60"}},
+      "accounts": [{"id": "alice", "tier": "basic", "limit_usd": "2", "period": "daily"}]})");
+  };
+  write("");
+  const auto init = run({LEDGERCTL_PATH, "--config", config, "init"});
+  INFO(init.out << init.err);
+  CHECK(init.exit_code == 0);  // a warning, not an error
+  const std::string hint = " has no price (check the spelling, or add it under \"prices\")";
+  for (const std::string key : {"tiers.basic.models[1]", "tiers.basic.fallback"})
+    CHECK(init.err.find("warning: " + key + ": \"openai/gpt-4o-mnii\"" + hint) != std::string::npos);
+  CHECK(init.err.find("warning: tiers.pro.models[0]: \"openai/gpt-4o\"" + hint) != std::string::npos);
+  CHECK(init.err.find("gpt-4o-mini\" has no price") == std::string::npos);
+  CHECK(std::count(init.err.begin(), init.err.end(), '\n') == 3);
+  auto doctor = run({LEDGERCTL_PATH, "--config", config, "doctor"});
+  CHECK(doctor.exit_code == 2);
+  CHECK(doctor.out.find("FAIL   prices                 tiers.basic.fallback: \"openai/gpt-4o-mnii\"" + hint) != std::string::npos);
+  CHECK(doctor.out.find("tiers.basic.models[1]") != std::string::npos);
+  CHECK(doctor.out.find("tiers.pro.models[0]") != std::string::npos);
+  // With an OpenRouter setup, the message says where else prices come from.
+  write(R"( "openrouter": {"base_url": "http://127.0.0.1:9/api/v1", "management_key_env": "LEDGER_TEST_UNSET_KEY"},)");
+  doctor = run({LEDGERCTL_PATH, "--config", config, "doctor"});
+  CHECK(doctor.out.find("tiers.basic.fallback: \"openai/gpt-4o-mnii\" has no price (check the spelling, or add it under \"prices\"; "
+                        "with the \"openrouter\" section the sidecar also loads prices from OpenRouter's /models") != std::string::npos);
+  // Every model priced: nothing to say.
+  write("");
+  std::string text = ledger_test::read_file(config);
+  text.replace(text.find("\"prices\": {"), 11, R"("prices": {"openai/gpt-4o-mnii": {"prompt_usd_per_mtok": 1, "completion_usd_per_mtok": 1},
+    "openai/gpt-4o": {"prompt_usd_per_mtok": "2.50", "completion_usd_per_mtok": "10"},)");
+  ledger_test::write_file(config, text);
+  const auto clean = run({LEDGERCTL_PATH, "--config", config, "init"});
+  CHECK(clean.exit_code == 0);
+  CHECK(clean.err.find("has no price") == std::string::npos);
+  doctor = run({LEDGERCTL_PATH, "--config", config, "doctor"});
+  CHECK(doctor.out.find("ok     prices                 every model the tiers name has a price") != std::string::npos);
+}
