@@ -43,9 +43,10 @@ Commands:
   reconcile [--dry-run]       compare each key's window spend at OpenRouter with the ledger; adjust
                               the ledger up when OpenRouter saw more (never twice); report the rest;
                               disable (or delete) the keys of blocked and removed accounts
-  keys list                   every key: name, hash, usage, limit, reset, disabled, owner account
+  keys list [--json]          every key: name, hash (12 hex digits; --json: all 64), usage, limit,
+                              reset, disabled, owner account (--json: nano-USD and USD)
   keys create NAME --limit USD [--reset daily|weekly|monthly]   prints the new key once
-  keys delete HASH
+  keys delete HASH            HASH: the full hash or a unique prefix of at least 6 hex digits
   keys provision              a key for each configured account without one (printed once)
   keys rotate ACCOUNT         new key, rebind, delete the old one
   report [--from DATE] [--to DATE] [--format table|json|csv|html] [--out FILE]
@@ -242,58 +243,103 @@ int cmd_reconcile(const Config& config, bool dry_run) {
   return kExitOk;
 }
 
+void show_once(const NewKey& k) { std::printf("%s: %s\n", k.account.c_str(), k.secret.c_str()); }
+
+json::value nanousd_or_null(const std::optional<int64_t>& n) { return n ? json::value(*n) : json::value(nullptr); }
+json::value usd_or_null(const std::optional<int64_t>& n) { return n ? json::value(format_usd(*n)) : json::value(nullptr); }
+
+int keys_list(const Config& config, openrouter::Client& client, bool as_json) {
+  std::vector<openrouter::KeyInfo> keys;
+  if (const auto e = client.list_keys(&keys)) return runtime_error("keys list: " + e.message);
+  std::map<std::string, std::string> owner;
+  for (const auto& [account, hash] : key_bindings(config)) owner[hash] = account;
+  if (as_json) {
+    json::array list;
+    for (const auto& k : keys) {
+      const auto o = owner.find(k.hash);
+      list.push_back(json::object{{"name", k.name}, {"hash", k.hash},
+                                  {"usage_nanousd", nanousd_or_null(k.usage_nanousd)}, {"usage_usd", usd_or_null(k.usage_nanousd)},
+                                  {"limit_nanousd", nanousd_or_null(k.limit_nanousd)}, {"limit_usd", usd_or_null(k.limit_nanousd)},
+                                  {"limit_reset", k.limit_reset.empty() ? json::value(nullptr) : json::value(k.limit_reset)},
+                                  {"disabled", k.disabled},
+                                  {"owner", o == owner.end() ? json::value(nullptr) : json::value(o->second)}});
+    }
+    std::printf("%s\n", json::serialize(json::object{{"version", 1}, {"keys", std::move(list)}}).c_str());
+    return kExitOk;
+  }
+  std::printf("%-28s %-16s %12s %12s %-8s %-9s %s\n", "NAME", "HASH", "USAGE", "LIMIT", "RESET", "DISABLED", "OWNER");
+  for (const auto& k : keys)
+    std::printf("%-28s %-16s %12s %12s %-8s %-9s %s\n", k.name.c_str(), (k.hash.substr(0, 12) + "...").c_str(),
+                k.usage_nanousd ? format_usd(*k.usage_nanousd).c_str() : "?",
+                k.limit_nanousd ? format_usd(*k.limit_nanousd).c_str() : "none", k.limit_reset.empty() ? "-" : k.limit_reset.c_str(),
+                k.disabled ? "yes" : "no", owner.count(k.hash) ? owner[k.hash].c_str() : "(none: key sprawl)");
+  return kExitOk;
+}
+
+int keys_create(openrouter::Client& client, const std::vector<std::string>& args) {
+  std::optional<int64_t> limit;
+  std::string reset;
+  for (size_t i = 3; i < args.size(); ++i) {
+    if (args[i] == "--limit" && i + 1 < args.size()) {
+      limit = parse_usd(args[++i]);
+      if (!limit || *limit < 0) return usage_error("keys create: --limit wants a USD amount such as 25.00");
+    } else if (args[i] == "--reset" && i + 1 < args.size()) {
+      reset = args[++i];
+      if (reset != "daily" && reset != "weekly" && reset != "monthly") return usage_error("keys create: --reset daily|weekly|monthly");
+    } else {
+      return usage_error("keys create: expected `keys create NAME --limit USD [--reset daily|weekly|monthly]`");
+    }
+  }
+  if (!limit) return usage_error("keys create: --limit USD is required");
+  openrouter::KeyInfo info;
+  NewKey k;
+  k.account = args[2];
+  if (const auto e = client.create_key(args[2], limit, reset, &info, &k.secret)) return runtime_error("keys create: " + e.message);
+  std::fprintf(stderr, "created key %s (hash %s); the key is shown once, below:\n", args[2].c_str(), info.hash.c_str());
+  show_once(k);
+  return kExitOk;
+}
+
+// HASH is the key's full 64-hex hash, or a unique prefix of it (at least 6 hex digits, e.g. the 12
+// that `keys list` shows), resolved against OpenRouter's key list.
+int keys_delete(const Config& config, openrouter::Client& client, std::string hash) {
+  for (char& ch : hash) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  bool hex = hash.size() >= kKeyPrefixMin && hash.size() <= 64;
+  for (char ch : hash) hex = hex && std::isxdigit(static_cast<unsigned char>(ch));
+  if (!hex)
+    return usage_error("keys delete: HASH is the key's hash or a prefix of at least " + std::to_string(kKeyPrefixMin) +
+                       " hex digits of it (ledgerctl keys list shows 12)");  // the argument is not echoed: it may be a key
+  std::string name;
+  if (hash.size() < 64) {
+    std::vector<openrouter::KeyInfo> keys;
+    if (const auto e = client.list_keys(&keys)) return runtime_error("keys delete: cannot resolve the prefix " + hash + ": " + e.message);
+    std::string error;
+    const openrouter::KeyInfo* key = resolve_key_prefix(keys, hash, &error);
+    if (key == nullptr) return runtime_error("keys delete: " + error);
+    hash = key->hash;
+    name = key->name + " ";
+  }
+  if (const auto e = client.delete_key(hash)) return runtime_error("keys delete: " + e.message);
+  for (const auto& [account, bound] : key_bindings(config))
+    if (bound == hash) (void)store_bind_key(config.ledger.dir, account, "");
+  std::printf("deleted key %s%s\n", name.c_str(), name.empty() ? hash.c_str() : ("(" + hash + ")").c_str());
+  return kExitOk;
+}
+
 int cmd_keys(const Config& config, std::vector<std::string> args) {
   const std::string sub = args.size() > 1 ? args[1] : "";
+  bool as_json = false;
+  if (sub == "list" && args.size() == 3 && args[2] == "--json") {
+    as_json = true;
+    args.pop_back();
+  }
   if (sub == "list" && !ledger_exists(config)) return runtime_error("keys list: " + no_ledger_message(config));
   std::string error;
   auto client = client_for(config, &error);
   if (!client) return runtime_error("keys: " + error);
-  auto show_once = [](const NewKey& k) {
-    std::printf("%s: %s\n", k.account.c_str(), k.secret.c_str());
-  };
-  if (sub == "list" && args.size() == 2) {
-    std::vector<openrouter::KeyInfo> keys;
-    if (const auto e = client->list_keys(&keys)) return runtime_error("keys list: " + e.message);
-    std::map<std::string, std::string> owner;
-    for (const auto& [account, hash] : key_bindings(config)) owner[hash] = account;
-    std::printf("%-28s %-16s %12s %12s %-8s %-9s %s\n", "NAME", "HASH", "USAGE", "LIMIT", "RESET", "DISABLED", "OWNER");
-    for (const auto& k : keys)
-      std::printf("%-28s %-16s %12s %12s %-8s %-9s %s\n", k.name.c_str(), (k.hash.substr(0, 12) + "...").c_str(),
-                  k.usage_nanousd ? format_usd(*k.usage_nanousd).c_str() : "?",
-                  k.limit_nanousd ? format_usd(*k.limit_nanousd).c_str() : "none", k.limit_reset.empty() ? "-" : k.limit_reset.c_str(),
-                  k.disabled ? "yes" : "no", owner.count(k.hash) ? owner[k.hash].c_str() : "(none: key sprawl)");
-    return kExitOk;
-  }
-  if (sub == "create" && args.size() >= 3) {
-    std::optional<int64_t> limit;
-    std::string reset;
-    for (size_t i = 3; i < args.size(); ++i) {
-      if (args[i] == "--limit" && i + 1 < args.size()) {
-        limit = parse_usd(args[++i]);
-        if (!limit || *limit < 0) return usage_error("keys create: --limit wants a USD amount such as 25.00");
-      } else if (args[i] == "--reset" && i + 1 < args.size()) {
-        reset = args[++i];
-        if (reset != "daily" && reset != "weekly" && reset != "monthly") return usage_error("keys create: --reset daily|weekly|monthly");
-      } else {
-        return usage_error("keys create: expected `keys create NAME --limit USD [--reset daily|weekly|monthly]`");
-      }
-    }
-    if (!limit) return usage_error("keys create: --limit USD is required");
-    openrouter::KeyInfo info;
-    NewKey k;
-    k.account = args[2];
-    if (const auto e = client->create_key(args[2], limit, reset, &info, &k.secret)) return runtime_error("keys create: " + e.message);
-    std::fprintf(stderr, "created key %s (hash %s); the key is shown once, below:\n", args[2].c_str(), info.hash.c_str());
-    show_once(k);
-    return kExitOk;
-  }
-  if (sub == "delete" && args.size() == 3) {
-    if (const auto e = client->delete_key(args[2])) return runtime_error("keys delete: " + e.message);
-    for (const auto& [account, hash] : key_bindings(config))
-      if (hash == args[2]) (void)store_bind_key(config.ledger.dir, account, "");
-    std::printf("deleted key %s\n", args[2].c_str());
-    return kExitOk;
-  }
+  if (sub == "list" && args.size() == 2) return keys_list(config, *client, as_json);
+  if (sub == "create" && args.size() >= 3) return keys_create(*client, args);
+  if (sub == "delete" && args.size() == 3) return keys_delete(config, *client, args[2]);
   if (sub == "provision" && args.size() == 2) {
     const auto made = provision(config, *client, &error);
     if (!made.empty()) std::fprintf(stderr, "%zu new key(s); each is shown once, below:\n", made.size());
@@ -311,7 +357,7 @@ int cmd_keys(const Config& config, std::vector<std::string> args) {
     if (!error.empty()) return runtime_error("keys rotate: " + error);
     return kExitOk;
   }
-  return usage_error("keys: expected `keys list`, `keys create NAME --limit USD [--reset P]`, `keys delete HASH`, "
+  return usage_error("keys: expected `keys list [--json]`, `keys create NAME --limit USD [--reset P]`, `keys delete HASH`, "
                      "`keys provision` or `keys rotate ACCOUNT`");
 }
 
