@@ -7,6 +7,7 @@
 #include <boost/json.hpp>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -419,9 +420,38 @@ bool sidecar_running(const std::string& dir) {
   return held;
 }
 
+using DoctorLine = std::function<void(bool ok, const std::string& what, const std::string& detail)>;
+
+// doctor's checks of an open ledger: the config's accounts are in it, the tiers' models have prices,
+// the per-model tally table has room.
+void doctor_ledger(const Config& config, const Ledger& ledger, const DoctorLine& line) {
+  std::vector<AccountBalance> rows;
+  (void)ledger.balances(&rows);
+  size_t missing = 0;
+  for (const auto& a : config.accounts) {
+    bool found = false;
+    for (const auto& r : rows) found = found || r.account == a.id;
+    if (!found) ++missing;
+  }
+  line(missing == 0, "accounts", missing == 0 ? std::to_string(rows.size()) + " in the ledger"
+                                              : std::to_string(missing) + " config accounts missing: run ledgerctl init");
+  const auto unpriced = unpriced_models(ledger, config);
+  for (const auto& u : unpriced) line(false, "prices", u);
+  if (unpriced.empty()) line(true, "prices", "every model the tiers name has a price");
+  LedgerStats stats;
+  (void)ledger.stats(&stats);
+  line(stats.model_stats_dropped == 0, "per-model tallies",
+       std::to_string(stats.model_stats) + " of " + std::to_string(stats.max_model_stats) + " (account, model) pairs in use" +
+           (stats.model_stats_dropped == 0
+                ? std::string()
+                : "; " + std::to_string(stats.model_stats_dropped) +
+                      " commits not tallied per model (still charged): the table is crowded; a ledger created with a larger "
+                      "ledger.max_accounts has a larger one"));
+}
+
 int cmd_doctor(const Config& config) {
   int problems = 0;
-  auto line = [&](bool ok, const std::string& what, const std::string& detail) {
+  const DoctorLine line = [&](bool ok, const std::string& what, const std::string& detail) {
     std::printf("%-6s %-22s %s\n", ok ? "ok" : "FAIL", what.c_str(), detail.c_str());
     if (!ok) ++problems;
   };
@@ -430,30 +460,7 @@ int cmd_doctor(const Config& config) {
   std::string error;
   const Status opened = open_existing_ledger(config, &ledger, &error);
   line(opened.ok(), "ledger", opened.ok() ? Ledger::segment_path(config.ledger.dir) : error);
-  if (opened.ok()) {
-    std::vector<AccountBalance> rows;
-    (void)ledger->balances(&rows);
-    size_t missing = 0;
-    for (const auto& a : config.accounts) {
-      bool found = false;
-      for (const auto& r : rows) found = found || r.account == a.id;
-      if (!found) ++missing;
-    }
-    line(missing == 0, "accounts", missing == 0 ? std::to_string(rows.size()) + " in the ledger"
-                                                : std::to_string(missing) + " config accounts missing: run ledgerctl init");
-    const auto unpriced = unpriced_models(*ledger, config);
-    for (const auto& u : unpriced) line(false, "prices", u);
-    if (unpriced.empty()) line(true, "prices", "every model the tiers name has a price");
-    LedgerStats stats;
-    (void)ledger->stats(&stats);
-    line(stats.model_stats_dropped == 0, "per-model tallies",
-         std::to_string(stats.model_stats) + " of " + std::to_string(stats.max_model_stats) + " (account, model) pairs in use" +
-             (stats.model_stats_dropped == 0
-                  ? std::string()
-                  : "; " + std::to_string(stats.model_stats_dropped) +
-                        " commits not tallied per model (still charged): the table is crowded; a ledger created with a larger "
-                        "ledger.max_accounts has a larger one"));
-  }
+  if (opened.ok()) doctor_ledger(config, *ledger, line);
   std::unique_ptr<StoreReader> store;
   const Status read = StoreReader::open(config.ledger.dir, &store);
   if (read.ok()) {
