@@ -24,9 +24,9 @@ std::string describe(Status status) {
   return "code " + std::to_string(status.value()) + " (" + std::string(status.message()) + ")";
 }
 
-Status open_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::string* error) {
-  const Status status = Ledger::open(config.ledger.dir, options_for(config), out);
-  if (status.ok()) return status;
+namespace {
+
+std::string open_error(const Config& config, Status status) {
   std::string hint;
   switch (status.code()) {
     case Code::kPermission: hint = "check the owner and mode of the directory (files are created 0600)"; break;
@@ -39,9 +39,72 @@ Status open_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::stri
     case Code::kFull: hint = "every process slot is in use (ledger.max_processes)"; break;
     default: hint = "see the code above"; break;
   }
-  *error = "cannot open the ledger in " + config.ledger.dir + ": " + describe(status) + "; " + hint;
+  return "cannot open the ledger in " + config.ledger.dir + ": " + describe(status) + "; " + hint;
+}
+
+bool store_exists(const Config& config) {
+  struct stat st {};
+  return ::stat((config.ledger.dir + "/ledger.mdb").c_str(), &st) == 0;
+}
+
+}  // namespace
+
+Status open_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::string* error) {
+  const Status status = Ledger::open(config.ledger.dir, options_for(config), out);
+  if (!status.ok()) *error = open_error(config, status);
   return status;
 }
+
+bool ledger_exists(const Config& config) {
+  if (store_exists(config)) return true;
+  const std::string segment = Ledger::segment_path(config.ledger.dir);  // "" when the directory is missing
+  struct stat st {};
+  return !segment.empty() && ::stat(segment.c_str(), &st) == 0;
+}
+
+std::string no_ledger_message(const Config& config) { return "no ledger at " + config.ledger.dir + ": run ledgerctl init"; }
+
+Status open_existing_ledger(const Config& config, std::unique_ptr<Ledger>* out, std::string* error) {
+  if (!ledger_exists(config)) {
+    *error = no_ledger_message(config);
+    return Code::kNotFound;
+  }
+  Options options = options_for(config);
+  options.create_if_missing = false;
+  Status status = Ledger::open(config.ledger.dir, options, out);
+  if (status.code() == Code::kNotFound && store_exists(config)) {
+    // The store is there but the segment is not (a reboot, destroy-segment). A libledger that
+    // rebuilds the segment from the store only when allowed to create gets that permission here:
+    // it re-creates the segment of an existing ledger, never a new ledger.
+    options.create_if_missing = true;
+    status = Ledger::open(config.ledger.dir, options, out);
+  }
+  if (status.code() == Code::kNotFound) *error = no_ledger_message(config);
+  else if (!status.ok()) *error = open_error(config, status);
+  return status;
+}
+
+namespace {
+
+// "" when the accounts already in the ledger (removed ones stay, blocked) and the config's new ones
+// fit the segment; else what is wrong and what to do.
+std::string capacity_problem(const Ledger& ledger, const Config& config, const std::map<std::string, AccountBalance>& existing) {
+  size_t fresh = 0;
+  for (const AccountConfig& a : config.accounts) fresh += existing.count(a.id) == 0 ? 1 : 0;
+  const size_t needed = existing.size() + fresh;
+  const uint32_t capacity = ledger.limits().max_accounts;
+  if (needed <= capacity) return "";
+  const std::string n = std::to_string(needed);
+  std::string fix = config.ledger.max_accounts >= needed
+                        ? "ledger.max_accounts (" + std::to_string(config.ledger.max_accounts) + ") is enough, but the segment was made before it: "
+                        : "set ledger.max_accounts to at least " + n + ", then ";
+  fix += "stop the sidecar and the workers, run ledgerctl destroy-segment and ledgerctl init (the store keeps spend)";
+  return "the ledger holds at most " + std::to_string(capacity) + " accounts (ledger.max_accounts when its segment was created) and " + n +
+         " are needed (" + std::to_string(existing.size()) + " in it, " + std::to_string(fresh) +
+         " new from the config): nothing was changed; " + fix;
+}
+
+}  // namespace
 
 ApplyReport apply_config(Ledger& ledger, const Config& config) {
   ApplyReport report;
@@ -49,6 +112,11 @@ ApplyReport apply_config(Ledger& ledger, const Config& config) {
   (void)ledger.balances(&before);
   std::map<std::string, AccountBalance> existing;
   for (auto& b : before) existing[b.account] = b;
+  if (std::string problem = capacity_problem(ledger, config, existing); !problem.empty()) {
+    report.errors.push_back(std::move(problem));
+    report.refused = true;
+    return report;
+  }
   std::set<std::string> wanted;
   for (const AccountConfig& a : config.accounts) {  // parents come first
     wanted.insert(a.id);
@@ -95,6 +163,27 @@ ApplyReport apply_config(Ledger& ledger, const Config& config) {
     else report.errors.push_back("price of \"" + p.model + "\": " + describe(s));
   }
   return report;
+}
+
+std::vector<std::string> unpriced_models(const Ledger& ledger, const Config& config) {
+  std::vector<std::string> out;
+  const std::string where_else = config.openrouter.present
+                                     ? "; with the \"openrouter\" section the sidecar also loads prices from OpenRouter's /models, "
+                                       "so it may be missing there too, or not loaded yet"
+                                     : "";
+  auto check = [&](const std::string& key, const std::string& model) {
+    int64_t estimate = 0;
+    if (model.empty() || ledger.estimate(model, 1, 1, &estimate).code() != Code::kUnknownModel) return;
+    out.push_back(key + ": \"" + model + "\" has no price (check the spelling, or add it under \"prices\"" + where_else + ")");
+  };
+  for (const TierConfig& t : config.tiers) {
+    const std::string where = "tiers." + t.name;
+    if (t.models)
+      for (size_t i = 0; i < t.models->size(); ++i) check(where + ".models[" + std::to_string(i) + "]", (*t.models)[i]);
+    check(where + ".fallback", t.fallback);
+    check(where + ".downgrade_to", t.downgrade_to);
+  }
+  return out;
 }
 
 void log_line(const char* level, const std::string& message, const std::string& fields) {

@@ -205,56 +205,74 @@ void parse_prices(const json::value& v, Config& c) {
   }
 }
 
+AccountConfig parse_account(const json::value& v, size_t i, std::map<std::string, size_t>& seen) {
+  const std::string where = "accounts[" + std::to_string(i) + "]";
+  const auto& o = object_with(v, where, {"id", "parent", "tier", "limit_usd", "period", "key_hash"});
+  AccountConfig a;
+  a.id = get_string(o, where, "id", "", true, 256);
+  if (!valid_account_name(a.id)) fail(where + ".id", "\"" + a.id + "\" is not an account id (1-63 characters of [A-Za-z0-9._:@-])");
+  const std::string named = where + " (\"" + a.id + "\")";
+  if (seen.count(a.id) != 0) fail(named + ".id", "duplicate account (first at accounts[" + std::to_string(seen[a.id]) + "])");
+  seen[a.id] = i;
+  a.parent = get_string(o, named, "parent", "", false, 256);
+  if (!a.parent.empty() && !valid_account_name(a.parent)) fail(named + ".parent", "not an account id");
+  a.tier = get_string(o, named, "tier", "", false, 256);
+  a.key_hash = get_string(o, named, "key_hash", "", false, 256);
+  if (!a.key_hash.empty()) {
+    bool hex = a.key_hash.size() == 64;
+    for (char ch : a.key_hash) hex = hex && std::isxdigit(static_cast<unsigned char>(ch));
+    if (!hex) fail(named + ".key_hash", "expected the key's 64-hex-digit hash (OpenRouter's \"hash\"), not the key itself");
+  }
+  const json::value* limit = o.if_contains("limit_usd");
+  if (limit == nullptr) fail(named + ".limit_usd", "required");
+  a.limit_nanousd = get_usd(*limit, named + ".limit_usd");
+  a.period_given = o.if_contains("period") != nullptr;
+  const std::string period = get_string(o, named, "period", "none");
+  const auto p = parse_period(period);
+  if (!p) fail(named + ".period", "expected none, daily, weekly or monthly, got \"" + period + "\"");
+  a.period = *p;
+  return a;
+}
+
+// Every parent exists (all checked before any chain is walked, so a walk never meets an unknown id),
+// no account is its own ancestor, no chain is deeper than 4. Returns each account's depth (1 = root).
+std::map<std::string, int> check_chains(const std::vector<AccountConfig>& accounts) {
+  auto named = [&](size_t i) { return "accounts[" + std::to_string(i) + "] (\"" + accounts[i].id + "\")"; };
+  std::map<std::string, const AccountConfig*> by_id;
+  for (const auto& a : accounts) by_id[a.id] = &a;
+  for (size_t i = 0; i < accounts.size(); ++i)
+    if (!accounts[i].parent.empty() && by_id.count(accounts[i].parent) == 0)
+      fail(named(i) + ".parent", "unknown account \"" + accounts[i].parent + "\"");
+  // Cycles: walk up from each account until a root or an account seen on this walk. Only an account
+  // that comes back to itself is on the cycle; the first of those (in file order) reports it.
+  for (size_t i = 0; i < accounts.size(); ++i) {
+    std::set<std::string> walked{accounts[i].id};
+    std::string path = accounts[i].id;
+    for (std::string p = accounts[i].parent; !p.empty(); p = by_id.at(p)->parent) {
+      path += " -> " + p;
+      if (p == accounts[i].id) fail(named(i) + ".parent", "cycle: " + path + " (an account cannot be its own ancestor: change one of these parents)");
+      if (!walked.insert(p).second) break;  // a cycle further up: its own members report it
+    }
+  }
+  std::map<std::string, int> depth;
+  for (size_t i = 0; i < accounts.size(); ++i) {
+    int d = 1;
+    for (std::string p = accounts[i].parent; !p.empty(); p = by_id.at(p)->parent)
+      if (++d > 4) fail(named(i) + ".parent", "chain deeper than 4 levels (account, parent, grandparent, root)");
+    depth[accounts[i].id] = d;
+  }
+  return depth;
+}
+
 void parse_accounts(const json::value& v, Config& c) {
   if (!v.is_array()) fail("accounts", "expected an array of accounts, got " + kind_name(v));
   const auto& list = v.get_array();
   if (list.size() > kAccountsMax) fail("accounts", "too many accounts");
   std::map<std::string, size_t> seen;
   std::vector<AccountConfig> accounts;
-  for (size_t i = 0; i < list.size(); ++i) {
-    const std::string where = "accounts[" + std::to_string(i) + "]";
-    const auto& o = object_with(list[i], where, {"id", "parent", "tier", "limit_usd", "period", "key_hash"});
-    AccountConfig a;
-    a.id = get_string(o, where, "id", "", true, 256);
-    if (!valid_account_name(a.id)) fail(where + ".id", "\"" + a.id + "\" is not an account id (1-63 characters of [A-Za-z0-9._:@-])");
-    const std::string named = where + " (\"" + a.id + "\")";
-    if (seen.count(a.id) != 0) fail(named + ".id", "duplicate account (first at accounts[" + std::to_string(seen[a.id]) + "])");
-    seen[a.id] = i;
-    a.parent = get_string(o, named, "parent", "", false, 256);
-    if (!a.parent.empty() && !valid_account_name(a.parent)) fail(named + ".parent", "not an account id");
-    a.tier = get_string(o, named, "tier", "", false, 256);
-    a.key_hash = get_string(o, named, "key_hash", "", false, 256);
-    if (!a.key_hash.empty()) {
-      bool hex = a.key_hash.size() == 64;
-      for (char ch : a.key_hash) hex = hex && std::isxdigit(static_cast<unsigned char>(ch));
-      if (!hex) fail(named + ".key_hash", "expected the key's 64-hex-digit hash (OpenRouter's \"hash\"), not the key itself");
-    }
-    const json::value* limit = o.if_contains("limit_usd");
-    if (limit == nullptr) fail(named + ".limit_usd", "required");
-    a.limit_nanousd = get_usd(*limit, named + ".limit_usd");
-    const std::string period = get_string(o, named, "period", "none");
-    const auto p = parse_period(period);
-    if (!p) fail(named + ".period", "expected none, daily, weekly or monthly, got \"" + period + "\"");
-    a.period = *p;
-    accounts.push_back(std::move(a));
-  }
-  // Parents exist, no cycles, depth <= 4; then order parents before children.
-  std::map<std::string, const AccountConfig*> by_id;
-  for (const auto& a : accounts) by_id[a.id] = &a;
-  std::map<std::string, int> depth;
-  for (size_t i = 0; i < accounts.size(); ++i) {
-    const AccountConfig& a = accounts[i];
-    const std::string named = "accounts[" + std::to_string(i) + "] (\"" + a.id + "\")";
-    if (!a.parent.empty() && by_id.count(a.parent) == 0) fail(named + ".parent", "unknown account \"" + a.parent + "\"");
-    int d = 1;
-    std::set<std::string> chain{a.id};
-    for (std::string p = a.parent; !p.empty(); p = by_id[p]->parent) {
-      if (chain.count(p) != 0) fail(named + ".parent", "cycle: \"" + a.id + "\" is its own ancestor through \"" + p + "\"");
-      chain.insert(p);
-      if (++d > 4) fail(named + ".parent", "chain deeper than 4 levels (account, parent, grandparent, root)");
-    }
-    depth[a.id] = d;
-  }
+  for (size_t i = 0; i < list.size(); ++i) accounts.push_back(parse_account(list[i], i, seen));
+  std::map<std::string, int> depth = check_chains(accounts);
+  // Parents before children.
   std::stable_sort(accounts.begin(), accounts.end(), [&](const AccountConfig& x, const AccountConfig& y) { return depth[x.id] < depth[y.id]; });
   c.accounts = std::move(accounts);
 }
@@ -321,6 +339,9 @@ std::optional<Config> parse_config(const std::string& text, const std::string& p
     if (const auto* v = o.if_contains("accounts")) parse_accounts(*v, c);
     if (const auto* v = o.if_contains("reports")) parse_reports(*v, c);
     if (const auto* v = o.if_contains("metrics")) parse_metrics(*v, c);
+    if (c.accounts.size() > c.ledger.max_accounts)
+      fail("ledger.max_accounts", std::to_string(c.ledger.max_accounts) + " is fewer than the " + std::to_string(c.accounts.size()) +
+                                      " accounts listed: raise it (a ledger made smaller needs ledgerctl destroy-segment, then init)");
     std::set<std::string> tier_names;
     for (const auto& t : c.tiers) tier_names.insert(t.name);
     for (size_t i = 0; i < c.accounts.size(); ++i)
@@ -328,6 +349,8 @@ std::optional<Config> parse_config(const std::string& text, const std::string& p
         fail("accounts (\"" + c.accounts[i].id + "\").tier", "unknown tier \"" + c.accounts[i].tier + "\"");
     c.ledger.dir = absolute(c.ledger.dir, path);
     c.reports.dir = absolute(c.reports.dir, path);
+    if (!c.openrouter.management_key_file.empty())
+      c.openrouter.management_key_file = absolute(c.openrouter.management_key_file, path);
     return c;
   } catch (const ConfigError& e) {
     *error = path + ": " + e.message;

@@ -37,6 +37,7 @@ struct AccountConfig {
   std::string key_hash;
   int64_t limit_nanousd = 0;
   Period period = Period::kNone;
+  bool period_given = false;  // false: "period" was left out, so the budget is a lifetime one (none)
 };
 
 struct Config {
@@ -56,7 +57,7 @@ struct Config {
     bool present = false;
     std::string base_url = "https://openrouter.ai/api/v1";
     std::string management_key_env = "OPENROUTER_MGMT_KEY";
-    std::string management_key_file;
+    std::string management_key_file;  // relative to the config file; absolute after loading
     uint32_t reconcile_interval_s = 60;
     uint32_t timeout_ms = 10000;
     bool sync_key_limits = false;

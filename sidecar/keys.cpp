@@ -18,6 +18,22 @@ std::map<std::string, std::string> key_bindings(const Config& config) {
   return out;
 }
 
+const openrouter::KeyInfo* resolve_key_prefix(const std::vector<openrouter::KeyInfo>& keys, const std::string& prefix,
+                                              std::string* error) {
+  std::vector<const openrouter::KeyInfo*> matches;
+  for (const auto& k : keys)
+    if (k.hash.rfind(prefix, 0) == 0) matches.push_back(&k);
+  if (matches.size() == 1) return matches.front();
+  if (matches.empty()) {
+    *error = "no key's hash starts with " + prefix + " (ledgerctl keys list shows them)";
+    return nullptr;
+  }
+  std::string names;
+  for (const auto* k : matches) names += (names.empty() ? "" : ", ") + k->name + " (" + k->hash.substr(0, 12) + "...)";
+  *error = prefix + " is ambiguous: " + std::to_string(matches.size()) + " keys start with it: " + names + "; give more hex digits";
+  return nullptr;
+}
+
 namespace {
 std::string key_name(const Config& config, const std::string& account) {
   return config.openrouter.app_title.empty() ? account : config.openrouter.app_title + ":" + account;

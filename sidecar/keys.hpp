@@ -16,6 +16,14 @@ namespace ledger::admin {
 // account -> key hash: bindings in the store (provisioned, rotated) win over the config's key_hash.
 std::map<std::string, std::string> key_bindings(const Config& config);
 
+// The shortest hash prefix `ledgerctl keys delete` accepts (`keys list` shows 12 hex digits).
+inline constexpr size_t kKeyPrefixMin = 6;
+
+// The key whose hash starts with `prefix` (lowercase hex), or nullptr and *error: no key has it, or
+// several do (each named, with its name and 12-hex-digit prefix, so that a longer prefix can be given).
+const openrouter::KeyInfo* resolve_key_prefix(const std::vector<openrouter::KeyInfo>& keys, const std::string& prefix,
+                                              std::string* error);
+
 struct NewKey {
   std::string account, hash, secret;  // secret: show once
 };

@@ -1,11 +1,13 @@
 // ledgerctl — the admin CLI (DESIGN.md 8.2). Exit codes: 0 ok, 1 usage or config error,
 // 2 runtime error, 3 denied.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -37,13 +39,15 @@ Commands:
   flush                       write everything settled to the store now (durable on return)
   doctor                      check config, ledger, store and sidecar; say what to fix
   destroy-segment             remove the shared segment (the store keeps everything flushed;
-                              refused while other processes are attached)
+                              refused while other live processes are attached;
+                              dead ones are reclaimed first)
   reconcile [--dry-run]       compare each key's window spend at OpenRouter with the ledger; adjust
                               the ledger up when OpenRouter saw more (never twice); report the rest;
                               disable (or delete) the keys of blocked and removed accounts
-  keys list                   every key: name, hash, usage, limit, reset, disabled, owner account
+  keys list [--json]          every key: name, hash (12 hex digits; --json: all 64), usage, limit,
+                              reset, disabled, owner account (--json: nano-USD and USD)
   keys create NAME --limit USD [--reset daily|weekly|monthly]   prints the new key once
-  keys delete HASH
+  keys delete HASH            HASH: the full hash or a unique prefix of at least 6 hex digits
   keys provision              a key for each configured account without one (printed once)
   keys rotate ACCOUNT         new key, rebind, delete the old one
   report [--from DATE] [--to DATE] [--format table|json|csv|html] [--out FILE]
@@ -52,6 +56,9 @@ Commands:
 Options:
   --config FILE               the JSON config (or the LEDGER_CONFIG environment variable)
   --help                      this text; COMMAND --help for one command
+
+Read-only commands (status, balance, report, doctor, reconcile --dry-run, keys list,
+destroy-segment) never create a ledger: without one they exit 2 ("run ledgerctl init").
 
 Exit codes: 0 success, 1 usage or config error, 2 runtime error, 3 denied.
 )";
@@ -85,13 +92,16 @@ json::object balance_json(const std::string& account, const std::string& parent,
   return o;
 }
 
+// The table's period column: a budget without a period is a lifetime one, and says so.
+std::string period_column(Period p) { return p == Period::kNone ? "none (lifetime)" : std::string(period_name(p)); }
+
 void print_table(const std::vector<AccountBalance>& rows) {
-  std::printf("%-24s %-16s %-8s %14s %14s %12s %14s %9s %s\n", "ACCOUNT", "PARENT", "PERIOD", "LIMIT", "SPENT", "HELD",
+  std::printf("%-24s %-16s %-15s %14s %14s %12s %14s %9s %s\n", "ACCOUNT", "PARENT", "PERIOD", "LIMIT", "SPENT", "HELD",
               "AVAILABLE", "REQUESTS", "");
   for (const auto& r : rows) {
     const Balance& b = r.balance;
-    std::printf("%-24s %-16s %-8s %14s %14s %12s %14s %9llu %s\n", r.account.c_str(), r.parent.empty() ? "-" : r.parent.c_str(),
-                std::string(period_name(b.period)).c_str(), format_usd(b.limit_nanousd).c_str(),
+    std::printf("%-24s %-16s %-15s %14s %14s %12s %14s %9llu %s\n", r.account.c_str(), r.parent.empty() ? "-" : r.parent.c_str(),
+                period_column(b.period).c_str(), format_usd(b.limit_nanousd).c_str(),
                 format_usd(b.spent_nanousd).c_str(), format_usd(b.held_nanousd).c_str(),
                 format_usd(b.available_nanousd).c_str(), static_cast<unsigned long long>(b.requests),
                 b.blocked ? "BLOCKED" : "");
@@ -104,9 +114,15 @@ int cmd_init(const Config& config) {
   if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   const ApplyReport r = apply_config(*ledger, config);
   for (const auto& e : r.errors) std::fprintf(stderr, "ledgerctl: init: %s\n", e.c_str());
+  if (r.refused) return kExitRuntime;
+  for (const auto& w : unpriced_models(*ledger, config)) std::fprintf(stderr, "ledgerctl: warning: %s\n", w.c_str());
   const Status flushed = ledger->flush();
   std::printf("init: %s: %d accounts created, %d updated, %d unchanged, %d blocked (no longer in the config), %d prices\n",
               config.ledger.dir.c_str(), r.created, r.updated, r.unchanged, r.blocked_removed, r.prices);
+  for (const auto& a : config.accounts)
+    if (!a.period_given)
+      std::printf("%s: no period, lifetime budget (\"period\" is left out: write \"none\" to keep it so, or daily, weekly, monthly)\n",
+                  a.id.c_str());
   for (const auto& name : r.still_blocked)
     std::printf("note: \"%s\" is in the config but blocked; ledgerctl --config %s unblock %s\n", name.c_str(),
                 config.path.c_str(), name.c_str());
@@ -117,7 +133,7 @@ int cmd_init(const Config& config) {
 int cmd_status(const Config& config, bool as_json) {
   std::unique_ptr<Ledger> ledger;
   std::string error;
-  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  if (!open_existing_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   std::vector<AccountBalance> rows;
   const Status s = ledger->balances(&rows);
   if (!s.ok()) return runtime_error("status: " + describe(s));
@@ -139,7 +155,7 @@ int cmd_balance(const Config& config, const std::string& account, bool as_json) 
   if (!valid_account_name(account)) return usage_error("\"" + account + "\" is not an account id (1-63 characters of [A-Za-z0-9._:@-])");
   std::unique_ptr<Ledger> ledger;
   std::string error;
-  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  if (!open_existing_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   std::vector<AccountBalance> rows;
   (void)ledger->balances(&rows);
   for (const auto& r : rows) {
@@ -205,10 +221,11 @@ int cmd_flush(const Config& config) {
 
 int cmd_reconcile(const Config& config, bool dry_run) {
   std::string error;
+  std::unique_ptr<Ledger> ledger;  // a dry run creates nothing: no ledger, nothing to compare
+  if (dry_run && !open_existing_ledger(config, &ledger, &error).ok()) return runtime_error("reconcile: " + error);
   auto client = client_for(config, &error);
   if (!client) return runtime_error("reconcile: " + error);
-  std::unique_ptr<Ledger> ledger;
-  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  if (!ledger && !open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   const ReconcileReport r = reconcile(*ledger, *client, config, dry_run);
   if (!r.error.empty()) return runtime_error("reconcile: " + r.error);
   std::printf("%-24s %-14s %14s %14s %12s  %s\n", "ACCOUNT", "KEY", "LEDGER", "OPENROUTER", "ADJUSTED", "NOTE");
@@ -227,57 +244,103 @@ int cmd_reconcile(const Config& config, bool dry_run) {
   return kExitOk;
 }
 
+void show_once(const NewKey& k) { std::printf("%s: %s\n", k.account.c_str(), k.secret.c_str()); }
+
+json::value nanousd_or_null(const std::optional<int64_t>& n) { return n ? json::value(*n) : json::value(nullptr); }
+json::value usd_or_null(const std::optional<int64_t>& n) { return n ? json::value(format_usd(*n)) : json::value(nullptr); }
+
+int keys_list(const Config& config, openrouter::Client& client, bool as_json) {
+  std::vector<openrouter::KeyInfo> keys;
+  if (const auto e = client.list_keys(&keys)) return runtime_error("keys list: " + e.message);
+  std::map<std::string, std::string> owner;
+  for (const auto& [account, hash] : key_bindings(config)) owner[hash] = account;
+  if (as_json) {
+    json::array list;
+    for (const auto& k : keys) {
+      const auto o = owner.find(k.hash);
+      list.push_back(json::object{{"name", k.name}, {"hash", k.hash},
+                                  {"usage_nanousd", nanousd_or_null(k.usage_nanousd)}, {"usage_usd", usd_or_null(k.usage_nanousd)},
+                                  {"limit_nanousd", nanousd_or_null(k.limit_nanousd)}, {"limit_usd", usd_or_null(k.limit_nanousd)},
+                                  {"limit_reset", k.limit_reset.empty() ? json::value(nullptr) : json::value(k.limit_reset)},
+                                  {"disabled", k.disabled},
+                                  {"owner", o == owner.end() ? json::value(nullptr) : json::value(o->second)}});
+    }
+    std::printf("%s\n", json::serialize(json::object{{"version", 1}, {"keys", std::move(list)}}).c_str());
+    return kExitOk;
+  }
+  std::printf("%-28s %-16s %12s %12s %-8s %-9s %s\n", "NAME", "HASH", "USAGE", "LIMIT", "RESET", "DISABLED", "OWNER");
+  for (const auto& k : keys)
+    std::printf("%-28s %-16s %12s %12s %-8s %-9s %s\n", k.name.c_str(), (k.hash.substr(0, 12) + "...").c_str(),
+                k.usage_nanousd ? format_usd(*k.usage_nanousd).c_str() : "?",
+                k.limit_nanousd ? format_usd(*k.limit_nanousd).c_str() : "none", k.limit_reset.empty() ? "-" : k.limit_reset.c_str(),
+                k.disabled ? "yes" : "no", owner.count(k.hash) ? owner[k.hash].c_str() : "(none: key sprawl)");
+  return kExitOk;
+}
+
+int keys_create(openrouter::Client& client, const std::vector<std::string>& args) {
+  std::optional<int64_t> limit;
+  std::string reset;
+  for (size_t i = 3; i < args.size(); ++i) {
+    if (args[i] == "--limit" && i + 1 < args.size()) {
+      limit = parse_usd(args[++i]);
+      if (!limit || *limit < 0) return usage_error("keys create: --limit wants a USD amount such as 25.00");
+    } else if (args[i] == "--reset" && i + 1 < args.size()) {
+      reset = args[++i];
+      if (reset != "daily" && reset != "weekly" && reset != "monthly") return usage_error("keys create: --reset daily|weekly|monthly");
+    } else {
+      return usage_error("keys create: expected `keys create NAME --limit USD [--reset daily|weekly|monthly]`");
+    }
+  }
+  if (!limit) return usage_error("keys create: --limit USD is required");
+  openrouter::KeyInfo info;
+  NewKey k;
+  k.account = args[2];
+  if (const auto e = client.create_key(args[2], limit, reset, &info, &k.secret)) return runtime_error("keys create: " + e.message);
+  std::fprintf(stderr, "created key %s (hash %s); the key is shown once, below:\n", args[2].c_str(), info.hash.c_str());
+  show_once(k);
+  return kExitOk;
+}
+
+// HASH is the key's full 64-hex hash, or a unique prefix of it (at least 6 hex digits, e.g. the 12
+// that `keys list` shows), resolved against OpenRouter's key list.
+int keys_delete(const Config& config, openrouter::Client& client, std::string hash) {
+  for (char& ch : hash) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  bool hex = hash.size() >= kKeyPrefixMin && hash.size() <= 64;
+  for (char ch : hash) hex = hex && std::isxdigit(static_cast<unsigned char>(ch));
+  if (!hex)
+    return usage_error("keys delete: HASH is the key's hash or a prefix of at least " + std::to_string(kKeyPrefixMin) +
+                       " hex digits of it (ledgerctl keys list shows 12)");  // the argument is not echoed: it may be a key
+  std::string name;
+  if (hash.size() < 64) {
+    std::vector<openrouter::KeyInfo> keys;
+    if (const auto e = client.list_keys(&keys)) return runtime_error("keys delete: cannot resolve the prefix " + hash + ": " + e.message);
+    std::string error;
+    const openrouter::KeyInfo* key = resolve_key_prefix(keys, hash, &error);
+    if (key == nullptr) return runtime_error("keys delete: " + error);
+    hash = key->hash;
+    name = key->name + " ";
+  }
+  if (const auto e = client.delete_key(hash)) return runtime_error("keys delete: " + e.message);
+  for (const auto& [account, bound] : key_bindings(config))
+    if (bound == hash) (void)store_bind_key(config.ledger.dir, account, "");
+  std::printf("deleted key %s%s\n", name.c_str(), name.empty() ? hash.c_str() : ("(" + hash + ")").c_str());
+  return kExitOk;
+}
+
 int cmd_keys(const Config& config, std::vector<std::string> args) {
+  const std::string sub = args.size() > 1 ? args[1] : "";
+  bool as_json = false;
+  if (sub == "list" && args.size() == 3 && args[2] == "--json") {
+    as_json = true;
+    args.pop_back();
+  }
+  if (sub == "list" && !ledger_exists(config)) return runtime_error("keys list: " + no_ledger_message(config));
   std::string error;
   auto client = client_for(config, &error);
   if (!client) return runtime_error("keys: " + error);
-  const std::string sub = args.size() > 1 ? args[1] : "";
-  auto show_once = [](const NewKey& k) {
-    std::printf("%s: %s\n", k.account.c_str(), k.secret.c_str());
-  };
-  if (sub == "list" && args.size() == 2) {
-    std::vector<openrouter::KeyInfo> keys;
-    if (const auto e = client->list_keys(&keys)) return runtime_error("keys list: " + e.message);
-    std::map<std::string, std::string> owner;
-    for (const auto& [account, hash] : key_bindings(config)) owner[hash] = account;
-    std::printf("%-28s %-16s %12s %12s %-8s %-9s %s\n", "NAME", "HASH", "USAGE", "LIMIT", "RESET", "DISABLED", "OWNER");
-    for (const auto& k : keys)
-      std::printf("%-28s %-16s %12s %12s %-8s %-9s %s\n", k.name.c_str(), (k.hash.substr(0, 12) + "...").c_str(),
-                  k.usage_nanousd ? format_usd(*k.usage_nanousd).c_str() : "?",
-                  k.limit_nanousd ? format_usd(*k.limit_nanousd).c_str() : "none", k.limit_reset.empty() ? "-" : k.limit_reset.c_str(),
-                  k.disabled ? "yes" : "no", owner.count(k.hash) ? owner[k.hash].c_str() : "(none: key sprawl)");
-    return kExitOk;
-  }
-  if (sub == "create" && args.size() >= 3) {
-    std::optional<int64_t> limit;
-    std::string reset;
-    for (size_t i = 3; i < args.size(); ++i) {
-      if (args[i] == "--limit" && i + 1 < args.size()) {
-        limit = parse_usd(args[++i]);
-        if (!limit || *limit < 0) return usage_error("keys create: --limit wants a USD amount such as 25.00");
-      } else if (args[i] == "--reset" && i + 1 < args.size()) {
-        reset = args[++i];
-        if (reset != "daily" && reset != "weekly" && reset != "monthly") return usage_error("keys create: --reset daily|weekly|monthly");
-      } else {
-        return usage_error("keys create: expected `keys create NAME --limit USD [--reset daily|weekly|monthly]`");
-      }
-    }
-    if (!limit) return usage_error("keys create: --limit USD is required");
-    openrouter::KeyInfo info;
-    NewKey k;
-    k.account = args[2];
-    if (const auto e = client->create_key(args[2], limit, reset, &info, &k.secret)) return runtime_error("keys create: " + e.message);
-    std::fprintf(stderr, "created key %s (hash %s); the key is shown once, below:\n", args[2].c_str(), info.hash.c_str());
-    show_once(k);
-    return kExitOk;
-  }
-  if (sub == "delete" && args.size() == 3) {
-    if (const auto e = client->delete_key(args[2])) return runtime_error("keys delete: " + e.message);
-    for (const auto& [account, hash] : key_bindings(config))
-      if (hash == args[2]) (void)store_bind_key(config.ledger.dir, account, "");
-    std::printf("deleted key %s\n", args[2].c_str());
-    return kExitOk;
-  }
+  if (sub == "list" && args.size() == 2) return keys_list(config, *client, as_json);
+  if (sub == "create" && args.size() >= 3) return keys_create(*client, args);
+  if (sub == "delete" && args.size() == 3) return keys_delete(config, *client, args[2]);
   if (sub == "provision" && args.size() == 2) {
     const auto made = provision(config, *client, &error);
     if (!made.empty()) std::fprintf(stderr, "%zu new key(s); each is shown once, below:\n", made.size());
@@ -295,7 +358,7 @@ int cmd_keys(const Config& config, std::vector<std::string> args) {
     if (!error.empty()) return runtime_error("keys rotate: " + error);
     return kExitOk;
   }
-  return usage_error("keys: expected `keys list`, `keys create NAME --limit USD [--reset P]`, `keys delete HASH`, "
+  return usage_error("keys: expected `keys list [--json]`, `keys create NAME --limit USD [--reset P]`, `keys delete HASH`, "
                      "`keys provision` or `keys rotate ACCOUNT`");
 }
 
@@ -313,7 +376,7 @@ int cmd_report(const Config& config, const std::vector<std::string>& args) {
     return usage_error("report: --format is table, json, csv or html, not \"" + format + "\"");
   std::unique_ptr<Ledger> ledger;
   std::string error;
-  if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  if (!open_existing_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   (void)ledger->flush();  // what was settled until now
   const int64_t now = ledger->now_ms() / 1000;
   const auto to_day = to.empty() ? std::optional<int64_t>(floor_days(now)) : parse_date(to);
@@ -357,38 +420,47 @@ bool sidecar_running(const std::string& dir) {
   return held;
 }
 
+using DoctorLine = std::function<void(bool ok, const std::string& what, const std::string& detail)>;
+
+// doctor's checks of an open ledger: the config's accounts are in it, the tiers' models have prices,
+// the per-model tally table has room.
+void doctor_ledger(const Config& config, const Ledger& ledger, const DoctorLine& line) {
+  std::vector<AccountBalance> rows;
+  (void)ledger.balances(&rows);
+  size_t missing = 0;
+  for (const auto& a : config.accounts) {
+    bool found = false;
+    for (const auto& r : rows) found = found || r.account == a.id;
+    if (!found) ++missing;
+  }
+  line(missing == 0, "accounts", missing == 0 ? std::to_string(rows.size()) + " in the ledger"
+                                              : std::to_string(missing) + " config accounts missing: run ledgerctl init");
+  const auto unpriced = unpriced_models(ledger, config);
+  for (const auto& u : unpriced) line(false, "prices", u);
+  if (unpriced.empty()) line(true, "prices", "every model the tiers name has a price");
+  LedgerStats stats;
+  (void)ledger.stats(&stats);
+  line(stats.tallies_dropped == 0, "tallies",
+       std::to_string(stats.tallies) + " of " + std::to_string(stats.max_tallies) + " (account, model or key) tallies in use" +
+           (stats.tallies_dropped == 0
+                ? std::string()
+                : "; " + std::to_string(stats.tallies_dropped) +
+                      " commits not tallied per model (still charged): the table is crowded; a ledger created with a larger "
+                      "ledger.max_accounts has a larger one"));
+}
+
 int cmd_doctor(const Config& config) {
   int problems = 0;
-  auto line = [&](bool ok, const std::string& what, const std::string& detail) {
+  const DoctorLine line = [&](bool ok, const std::string& what, const std::string& detail) {
     std::printf("%-6s %-22s %s\n", ok ? "ok" : "FAIL", what.c_str(), detail.c_str());
     if (!ok) ++problems;
   };
   line(true, "config", config.path + " (" + std::to_string(config.accounts.size()) + " accounts)");
   std::unique_ptr<Ledger> ledger;
   std::string error;
-  const Status opened = open_ledger(config, &ledger, &error);
+  const Status opened = open_existing_ledger(config, &ledger, &error);
   line(opened.ok(), "ledger", opened.ok() ? Ledger::segment_path(config.ledger.dir) : error);
-  if (opened.ok()) {
-    std::vector<AccountBalance> rows;
-    (void)ledger->balances(&rows);
-    size_t missing = 0;
-    for (const auto& a : config.accounts) {
-      bool found = false;
-      for (const auto& r : rows) found = found || r.account == a.id;
-      if (!found) ++missing;
-    }
-    line(missing == 0, "accounts", missing == 0 ? std::to_string(rows.size()) + " in the ledger"
-                                                : std::to_string(missing) + " config accounts missing: run ledgerctl init");
-    LedgerStats stats;
-    (void)ledger->stats(&stats);
-    line(stats.tallies_dropped == 0, "tallies",
-         std::to_string(stats.tallies) + " of " + std::to_string(stats.max_tallies) + " (account, model or key) tallies in use" +
-             (stats.tallies_dropped == 0
-                  ? std::string()
-                  : "; " + std::to_string(stats.tallies_dropped) +
-                        " commits not tallied per model (still charged): the table is crowded; a ledger created with a larger "
-                        "ledger.max_accounts has a larger one"));
-  }
+  if (opened.ok()) doctor_ledger(config, *ledger, line);
   std::unique_ptr<StoreReader> store;
   const Status read = StoreReader::open(config.ledger.dir, &store);
   if (read.ok()) {
@@ -422,6 +494,37 @@ int cmd_doctor(const Config& config) {
     }
   }
   return problems == 0 ? kExitOk : kExitRuntime;
+}
+
+int cmd_destroy_segment(const Config& config) {
+  if (!ledger_exists(config)) return runtime_error("destroy-segment: " + no_ledger_message(config));
+  const std::string segment = Ledger::segment_path(config.ledger.dir);
+  struct stat st {};
+  if (segment.empty() || ::stat(segment.c_str(), &st) != 0) {
+    std::printf("no segment to remove; the next open rebuilds it from %s/ledger.mdb\n", config.ledger.dir.c_str());
+    return kExitOk;
+  }
+  {
+    std::unique_ptr<Ledger> ledger;
+    Options options = options_for(config);
+    options.create_if_missing = false;
+    if (Ledger::open(config.ledger.dir, options, &ledger).ok()) {  // else (another format): nothing to count
+      // A process that died (SIGKILL, exit without closing) keeps its slot until a reclaim frees it
+      // (liveness is a kernel-released lock): reclaim first, so that only live processes count.
+      uint32_t reclaimed = 0;
+      if (const Status s = ledger->reclaim(&reclaimed); !s.ok()) return runtime_error("destroy-segment: reclaim failed: " + describe(s));
+      LedgerStats stats;
+      (void)ledger->stats(&stats);
+      if (stats.processes_attached > 1)
+        return runtime_error("destroy-segment: " + std::to_string(stats.processes_attached - 1) +
+                             " other process(es) are attached; stop them (and the sidecar) first");
+      if (const Status s = ledger->flush(); !s.ok()) return runtime_error("destroy-segment: flush failed first: " + describe(s));
+    }
+  }
+  const Status s = Ledger::destroy_segment(config.ledger.dir);
+  if (!s.ok() && s.code() != Code::kNotFound) return runtime_error("destroy-segment: " + describe(s));
+  std::printf("segment removed; the next open rebuilds it from %s/ledger.mdb\n", config.ledger.dir.c_str());
+  return kExitOk;
 }
 
 }  // namespace
@@ -493,24 +596,7 @@ int main(int argc, char** argv) {
     return want(1, "reconcile [--dry-run]") ? cmd_reconcile(*config, dry_run) : kExitUsage;
   }
   if (command == "keys") return cmd_keys(*config, args);
-  if (command == "destroy-segment") {
-    if (!want(1, "destroy-segment")) return kExitUsage;
-    {
-      std::unique_ptr<Ledger> ledger;
-      if (Ledger::open(config->ledger.dir, options_for(*config), &ledger).ok()) {
-        LedgerStats stats;
-        (void)ledger->stats(&stats);
-        if (stats.processes_attached > 1)
-          return runtime_error("destroy-segment: " + std::to_string(stats.processes_attached - 1) +
-                               " other process(es) are attached; stop them (and the sidecar) first");
-        if (const Status s = ledger->flush(); !s.ok()) return runtime_error("destroy-segment: flush failed first: " + describe(s));
-      }
-    }
-    const Status s = Ledger::destroy_segment(config->ledger.dir);
-    if (!s.ok() && s.code() != Code::kNotFound) return runtime_error("destroy-segment: " + describe(s));
-    std::printf("segment removed; the next open rebuilds it from %s/ledger.mdb\n", config->ledger.dir.c_str());
-    return kExitOk;
-  }
+  if (command == "destroy-segment") return want(1, "destroy-segment") ? cmd_destroy_segment(*config) : kExitUsage;
   if (command == "report") return cmd_report(*config, args);
   return usage_error("unknown command \"" + command + "\"");
 }

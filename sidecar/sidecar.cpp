@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 
 #include "admin.hpp"
@@ -184,6 +185,29 @@ void log_apply(const ApplyReport& r, const char* what) {
   for (const auto& e : r.errors) log_line("warn", e);
 }
 
+// SIGHUP: a config that does not load, moves the ledger or does not fit it is refused, and the
+// running one kept. True when the new one was applied.
+bool reload_config(const std::string& path, Ledger& ledger, std::optional<Config>* config) {
+  std::string error;
+  auto fresh = load_config(path, &error);
+  if (!fresh) {
+    log_line("error", "reload refused, keeping the running config: " + error);
+    return false;
+  }
+  if (fresh->ledger.dir != (*config)->ledger.dir) {
+    log_line("error", "reload refused: ledger.dir cannot change while running (restart the sidecar)");
+    return false;
+  }
+  const ApplyReport r = apply_config(ledger, *fresh);
+  if (r.refused) {
+    log_line("error", "reload refused, keeping the running config: " + r.errors.front());
+    return false;
+  }
+  log_apply(r, "config reloaded");
+  *config = std::move(fresh);
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -232,7 +256,10 @@ int main(int argc, char** argv) {
   ::sigaction(SIGHUP, &reload, nullptr);
   ::sigaction(SIGPIPE, &ignore, nullptr);
 
-  log_apply(apply_config(*ledger, *config), "config applied");
+  if (const ApplyReport r = apply_config(*ledger, *config); r.refused)
+    log_line("error", "config not applied (running on the ledger as it is): " + r.errors.front());
+  else
+    log_apply(r, "config applied");
   log_line("info", "started", "dir=" + config->ledger.dir + " pid=" + std::to_string(::getpid()) +
                                   " flush_interval_ms=" + std::to_string(config->ledger.flush_interval_ms) +
                                   (once ? " once=true" : ""));
@@ -256,18 +283,11 @@ int main(int argc, char** argv) {
     const bool stopping = g_stop != 0;
     if (g_reload) {
       g_reload = 0;
-      auto fresh = load_config(config_path, &error);
-      if (!fresh) {
-        log_line("error", "reload refused, keeping the running config: " + error);
-      } else if (fresh->ledger.dir != config->ledger.dir) {
-        log_line("error", "reload refused: ledger.dir cannot change while running (restart the sidecar)");
-      } else {
-        config = std::move(fresh);
+      if (reload_config(config_path, *ledger, &config)) {
         flush.period_ms = config->ledger.flush_interval_ms;
         reconcile_schedule.period_ms = int64_t{config->openrouter.reconcile_interval_s} * 1000;
         reports.period_ms = int64_t{config->reports.interval_s} * 1000;
         client = make_client(*config);
-        log_apply(apply_config(*ledger, *config), "config reloaded");
         (void)flush_once(*ledger, &flush_failures);
       }
     }

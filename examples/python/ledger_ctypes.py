@@ -3,28 +3,153 @@
 Usage:
     lib = load("/usr/local/lib/libledger.so")
     ledger = Ledger(lib, "/var/lib/ledger/acme")
-    ledger.set_budget("alice", usd(5), DAILY, None)
-    code, rid = ledger.reserve("alice", usd(0.5))
-    ledger.commit(rid, usd(0.42))
+    ledger.set_budget("alice", usd("5"), DAILY, None)
+    code, rid = ledger.reserve("alice", usd("0.5"))
+    ledger.commit(rid, usd(response["usage"]["cost"]))   # OpenRouter's float cost
 
-Money is integer nano-USD; usd() converts exact decimal text or ints, never floats.
+Money is integer nano-USD. usd() is exact for decimal text, ints and Decimals; a float (OpenRouter's
+costs) becomes the whole nano-USD it is within float noise of, and anything really finer than a
+nano-USD rounds up, so spend is never undercounted. Calls return the LEDGER_* code; opening a ledger
+that fails raises LedgerError (a subclass per code, e.g. NotFound), and raise_for(lib, code) turns
+any other code into that exception.
 """
 import ctypes
+import math
 import os
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 
 OK, DENIED_OVER_BUDGET, DENIED_PARENT_OVER_BUDGET, DENIED_MODEL, DENIED_BLOCKED = 0, 1, 2, 3, 4
 UNKNOWN_ACCOUNT, UNKNOWN_RESERVATION, ALREADY_SETTLED, INVALID_ARGUMENT, FULL = 5, 6, 7, 8, 9
 INCOMPATIBLE, IO_ERROR, PERMISSION, NOT_FOUND, UNKNOWN_MODEL = 10, 11, 12, 13, 14
 NONE, DAILY, WEEKLY, MONTHLY = 0, 1, 2, 3
 
+NANOUSD_PER_USD = 1_000_000_000
+AMOUNT_NANOUSD_MAX = 1_000_000_000 * NANOUSD_PER_USD  # kAmountNanoUsdMax: one billion USD
+
+
+class LedgerError(Exception):
+    """A libledger code as an exception: .code is the LEDGER_* number, .message ledger_strerror's text.
+
+    Not an OSError: code 13 means "no ledger at that path", not EACCES.
+    """
+
+    def __init__(self, code, message=""):
+        super().__init__(code, message)
+        self.code, self.message = code, message
+
+    def __str__(self):
+        return f"ledger error {self.code}: {self.message}" if self.message else f"ledger error {self.code}"
+
+
+class Denied(LedgerError):
+    """A denial (codes 1-4): do not send the request."""
+
+
+class BudgetExceeded(Denied):
+    """1: the account's own budget would be exceeded."""
+
+
+class ParentBudgetExceeded(Denied):
+    """2: an ancestor's budget would be exceeded."""
+
+
+class ModelNotAllowed(Denied):
+    """3: the model is not allowed for the tier, and there is no fallback."""
+
+
+class AccountBlocked(Denied):
+    """4: the account or an ancestor is blocked."""
+
+
+class UnknownAccount(LedgerError):
+    """5: no such account."""
+
+
+class UnknownReservation(LedgerError):
+    """6: the reservation id was never issued, or its slot was reused."""
+
+
+class AlreadySettled(LedgerError):
+    """7: the reservation was committed or released before."""
+
+
+class InvalidArgument(LedgerError):
+    """8: a bad argument."""
+
+
+class LedgerFull(LedgerError):
+    """9: a capacity fixed at creation is used up."""
+
+
+class Incompatible(LedgerError):
+    """10: the segment or store is of another format version."""
+
+
+class LedgerIOError(LedgerError):
+    """11: an I/O error."""
+
+
+class PermissionDenied(LedgerError):
+    """12: permission denied (segment and lock file are 0600)."""
+
+
+class NotFound(LedgerError):
+    """13: no ledger at that path."""
+
+
+class UnknownModel(LedgerError):
+    """14: no price known for the model."""
+
+
+ERRORS = {DENIED_OVER_BUDGET: BudgetExceeded, DENIED_PARENT_OVER_BUDGET: ParentBudgetExceeded,
+          DENIED_MODEL: ModelNotAllowed, DENIED_BLOCKED: AccountBlocked, UNKNOWN_ACCOUNT: UnknownAccount,
+          UNKNOWN_RESERVATION: UnknownReservation, ALREADY_SETTLED: AlreadySettled,
+          INVALID_ARGUMENT: InvalidArgument, FULL: LedgerFull, INCOMPATIBLE: Incompatible,
+          IO_ERROR: LedgerIOError, PERMISSION: PermissionDenied, NOT_FOUND: NotFound,
+          UNKNOWN_MODEL: UnknownModel}
+
+
+def error_for(code, message=""):
+    """The LedgerError subclass instance for a code (LedgerError itself for a code it does not know)."""
+    return ERRORS.get(code, LedgerError)(code, message)
+
+
+def raise_for(lib, code):
+    """Raises the code's LedgerError unless it is OK."""
+    if code != OK:
+        raise error_for(code, lib.ledger_strerror(code).decode())
+
 
 def usd(amount):
-    """Exact decimal USD (str or int) -> nano-USD int."""
-    value = Decimal(str(amount)) * 1_000_000_000
-    if value != value.to_integral_value():
-        raise ValueError(f"{amount} is finer than a nano-USD")
-    return int(value)
+    """USD (decimal text, int, Decimal or float) -> nano-USD int; never raises for a legal cost.
+
+    Text, ints and Decimals are exact ("0.1" is 100,000,000); finer than a nano-USD rounds up. A float
+    within float noise (2 units in its last place) of a whole nano-USD becomes that number
+    (5.75e-05 -> 57,500); one really finer rounds up (2.83125e-05 -> 28,313), as DESIGN.md 3 says.
+    ValueError only for what is no amount: bools, NaN, infinities, bad text, above one billion USD.
+    """
+    if isinstance(amount, bool):
+        raise ValueError(f"{amount!r} is not a USD amount")
+    with localcontext() as ctx:
+        ctx.prec = 200  # exact for any double and any sane text
+        if isinstance(amount, float):
+            if not math.isfinite(amount):
+                raise ValueError(f"{amount!r} is not a USD amount")
+            exact = Decimal(amount) * NANOUSD_PER_USD  # the double's exact binary value
+            nearest = exact.to_integral_value(ROUND_HALF_EVEN)
+            noise = Decimal(math.ulp(amount)) * NANOUSD_PER_USD * 2
+            nanos = int(nearest if abs(exact - nearest) <= noise else exact.to_integral_value(ROUND_CEILING))
+        else:
+            try:
+                value = amount if isinstance(amount, Decimal) else Decimal(str(amount).strip())
+            except InvalidOperation:
+                raise ValueError(f"{amount!r} is not a USD amount") from None
+            if not value.is_finite():
+                raise ValueError(f"{amount!r} is not a USD amount")
+            nanos = int((value * NANOUSD_PER_USD).to_integral_value(ROUND_CEILING))
+    if abs(nanos) > AMOUNT_NANOUSD_MAX:
+        raise ValueError(f"{amount!r} USD is above the largest amount (one billion USD)")
+    return nanos
 
 
 class Limits(ctypes.Structure):
@@ -94,8 +219,7 @@ class Ledger:
             code = lib.ledger_create(_b(directory), limits, ctypes.byref(self.handle))
         else:
             code = lib.ledger_open(_b(directory), ctypes.byref(self.handle))
-        if code != OK:
-            raise OSError(code, lib.ledger_strerror(code).decode())
+        raise_for(lib, code)
 
     def close(self):
         if self.handle:

@@ -21,14 +21,21 @@ ledger.set_price("openai/gpt-4o-mini", L.usd("0.15"), L.usd("0.60"))
 code, estimate = ledger.estimate("openai/gpt-4o-mini", 1200, 400)   # worst case of the call
 code, model, rid = ledger.authorize("alice", "openai/gpt-4o-mini", estimate)
 if code == L.OK:
-    # ... call `model` on OpenRouter here, then settle with what it really cost:
-    ledger.commit(rid, L.usd("0.000291"))
+    # ... call `model` on OpenRouter here, then settle with what it really cost: the response's
+    # usage.cost, a float (usd() rounds one finer than a nano-USD up: 2.83125e-05 -> 28,313):
+    response = {"usage": {"cost": 2.83125e-05}}
+    ledger.commit(rid, L.usd(response["usage"]["cost"]))
 else:
-    print("denied:", lib.ledger_strerror(code).decode())
+    print("denied:", L.error_for(code, lib.ledger_strerror(code).decode()))
 
 code, b = ledger.balance("alice")
 print(f"alice spent {b.spent_nanousd / 1e9:.9f} USD of {b.limit_nanousd / 1e9:.2f}, {b.requests} request(s)")
-assert (code, b.spent_nanousd, b.requests) == (L.OK, 291_000, 1)
+assert (code, b.spent_nanousd, b.requests) == (L.OK, 28_313, 1)
+
+try:  # opening fails with a LedgerError, a subclass per code
+    L.Ledger(lib, os.path.join(directory, "missing"), create=False)
+except L.NotFound as e:
+    print("as expected:", e)
 
 ledger.close()
 os.unlink(L.segment_path(directory))  # nobody is attached any more

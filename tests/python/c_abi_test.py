@@ -58,9 +58,49 @@ def worker(directory, seed, operations, inherited, queue):
     queue.put(("ok", granted, requests))
 
 
+def check_errors_and_money(lib):
+    """LedgerError per code (never an OSError), and usd() on real OpenRouter costs."""
+    try:
+        L.Ledger(lib, "/nonexistent/ledger", create=False)
+        check(False, "opening a missing ledger raises")
+    except L.LedgerError as e:
+        check(type(e) is L.NotFound and e.code == L.NOT_FOUND, f"missing ledger: NotFound code 13, got {e!r}")
+        check(not isinstance(e, OSError), "a ledger error is not an OSError (13 is not EACCES)")
+        check("no ledger" in e.message, f"message from ledger_strerror: {e.message!r}")
+    except Exception as e:  # noqa: BLE001
+        check(False, f"missing ledger raised {type(e).__name__}: {e}")
+    expected = {L.DENIED_OVER_BUDGET: L.BudgetExceeded, L.DENIED_PARENT_OVER_BUDGET: L.ParentBudgetExceeded,
+                L.DENIED_MODEL: L.ModelNotAllowed, L.DENIED_BLOCKED: L.AccountBlocked,
+                L.UNKNOWN_ACCOUNT: L.UnknownAccount, L.PERMISSION: L.PermissionDenied,
+                L.UNKNOWN_MODEL: L.UnknownModel}
+    for code, cls in expected.items():
+        e = L.error_for(code, "m")
+        check(type(e) is cls and e.code == code and isinstance(e, L.LedgerError), f"error_for({code}) is {cls.__name__}")
+    check(all(isinstance(L.error_for(c), L.Denied) for c in (1, 2, 3, 4)), "codes 1-4 are denials")
+    check(not isinstance(L.error_for(L.UNKNOWN_ACCOUNT), L.Denied), "code 5 is not a denial")
+    check(type(L.error_for(99)) is L.LedgerError and L.error_for(99).code == 99, "an unknown code")
+    conversions = [("0.1", 100_000_000), ("0.000291", 291_000), (7, 7_000_000_000), ("-3.000000001", -3_000_000_001),
+                   (5.75e-05, 57_500), (2.83125e-05, 28_313), (0.1, 100_000_000), (0.1 + 0.2, 300_000_000),
+                   (137.141032391, 137_141_032_391), (1.536e-06, 1_536), (1e-09, 1), (1.0000000005, 1_000_000_001),
+                   (4.2e-12, 1), (0.0, 0), ("0.0000283125", 28_313), (L.Decimal("2.83125e-05"), 28_313)]
+    for value, nanos in conversions:
+        try:
+            got = L.usd(value)
+        except Exception as e:  # noqa: BLE001
+            got = f"{type(e).__name__}: {e}"
+        check(got == nanos, f"usd({value!r}) == {nanos}, got {got}")
+    for bad in (float("nan"), float("inf"), True, "12,50", 1e10):
+        try:
+            L.usd(bad)
+            check(False, f"usd({bad!r}) raises ValueError")
+        except ValueError:
+            check(True, "")
+
+
 def main():
     directory = tempfile.mkdtemp(prefix="ledger-py-")
     lib = L.load(LIB_PATH)
+    check_errors_and_money(lib)
     try:
         ledger = L.Ledger(lib, directory, limits=ctypes.pointer(L.Limits(1024, 1024, 64)))
         check(os.path.exists(L.segment_path(directory)), "segment where expected")
@@ -118,6 +158,18 @@ def main():
         # Policy through ctypes.
         check(ledger.set_price("openai/gpt-4o-mini", L.usd("0.15"), L.usd("0.60")) == L.OK, "set_price")
         check(ledger.estimate("openai/gpt-4o-mini", 1000, 500) == (L.OK, 450_000), "estimate")
+
+        # A real OpenRouter cost (a float finer than a nano-USD) settles, rounded up.
+        check(ledger.set_budget("carol", L.usd("1"), L.DAILY) == L.OK, "carol budget")
+        code, rid = ledger.reserve("carol", L.usd("0.001"))
+        check(code == L.OK and ledger.commit(rid, L.usd(2.83125e-05)) == L.OK, "commit a float cost")
+        check(ledger.balance("carol")[1].spent_nanousd == 28_313, "float cost rounded up to the nano-USD")
+        try:
+            L.raise_for(lib, ledger.debit("nobody", 1))
+            check(False, "raise_for raises")
+        except L.UnknownAccount as e:
+            check(e.code == L.UNKNOWN_ACCOUNT, "raise_for: UnknownAccount")
+        L.raise_for(lib, L.OK)  # nothing to raise
         ledger.close()
     finally:
         segment = L.segment_path(directory)

@@ -4,6 +4,9 @@
 
 #include <catch2/catch.hpp>
 #include <boost/json.hpp>
+#include <algorithm>
+#include <filesystem>
+#include <map>
 
 #include "process.hpp"
 #include "test_util.hpp"
@@ -20,6 +23,12 @@ std::string write_config(const TempDir& dir) {
                  {"id": "alice", "parent": "team", "limit_usd": "2.50", "period": "daily"}]})");
   return path;
 }
+
+// Removes the segment of a ledger directory at the end of a test.
+struct SegmentCleanup {
+  std::string dir;
+  ~SegmentCleanup() { (void)ledger::Ledger::destroy_segment(dir); }
+};
 }  // namespace
 
 TEST_CASE("ledgerctl init, debit, status, block and their exit codes", "[cli]") {
@@ -105,4 +114,219 @@ TEST_CASE("an older segment is refused with the way out, and destroy-segment reb
   r = run({LEDGERCTL_PATH, "--config", config, "balance", "alice", "--json"});
   REQUIRE(r.exit_code == 0);
   CHECK(boost::json::parse(r.out).at("spent_nanousd").as_int64() == 1'250'000'000);  // from the store
+}
+
+// A left-out "period" is a lifetime budget (the documented default): init and status say so.
+TEST_CASE("a budget without a period is shown as a lifetime one", "[cli]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/ledger.json";
+  ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 16, "max_reservations": 16, "max_processes": 8},
+    "accounts": [{"id": "team", "limit_usd": "10", "period": "none"}, {"id": "alice", "parent": "team", "limit_usd": "2"},
+                 {"id": "bob", "parent": "team", "limit_usd": "2", "period": "daily"}]})");
+  SegmentCleanup cleanup{dir.path() + "/ledger"};
+  const auto init = run({LEDGERCTL_PATH, "--config", config, "init"});
+  INFO(init.out << init.err);
+  REQUIRE(init.exit_code == 0);
+  CHECK(init.out.find("alice: no period, lifetime budget") != std::string::npos);
+  CHECK(init.out.find("team: no period") == std::string::npos);  // "none" written out: meant so
+  CHECK(init.out.find("bob: no period") == std::string::npos);
+  const auto table = run({LEDGERCTL_PATH, "--config", config, "status"});
+  REQUIRE(table.exit_code == 0);
+  const auto line_of = [&](const std::string& account) {
+    const size_t at = table.out.find("\n" + account + " ");
+    return at == std::string::npos ? std::string() : table.out.substr(at + 1, table.out.find('\n', at + 1) - at - 1);
+  };
+  CHECK(line_of("alice").find("none (lifetime)") != std::string::npos);
+  CHECK(line_of("team").find("none (lifetime)") != std::string::npos);
+  CHECK(line_of("bob").find("daily") != std::string::npos);
+  const auto json = run({LEDGERCTL_PATH, "--config", config, "status", "--json"});
+  REQUIRE(json.exit_code == 0);
+  const auto accounts = boost::json::parse(json.out).at("accounts").as_array();
+  REQUIRE(accounts.size() == 3);
+  CHECK(accounts[1].at("account").as_string() == "alice");
+  CHECK(accounts[1].at("period").as_string() == "none");  // JSON keeps the plain name
+}
+
+// Read-only commands on a ledger that was never initialized create nothing: no directory, no
+// store, no lock file, no segment; they exit 2 and say to run init. Also when the directory exists.
+TEST_CASE("read-only commands on a ledger that does not exist create nothing", "[cli]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/ledger.json";
+  for (const bool dir_exists : {false, true}) {
+    INFO("ledger directory exists: " << dir_exists);
+    const std::string ledger_dir = dir.path() + (dir_exists ? "/empty" : "/ledger");
+    if (dir_exists) std::filesystem::create_directory(ledger_dir);
+    ledger_test::write_file(config, R"({"ledger": {"dir": ")" + ledger_dir + R"(", "max_accounts": 16},
+      "openrouter": {"base_url": "http://127.0.0.1:9/api/v1", "management_key_env": "LEDGER_TEST_UNSET_KEY"},
+      "accounts": [{"id": "alice", "limit_usd": "2", "period": "daily"}]})");
+    const std::vector<std::vector<std::string>> commands = {
+        {"status"}, {"status", "--json"}, {"balance", "alice"}, {"report"}, {"doctor"},
+        {"reconcile", "--dry-run"}, {"keys", "list"}, {"destroy-segment"}};
+    for (const auto& command : commands) {
+      std::vector<std::string> argv{LEDGERCTL_PATH, "--config", config};
+      argv.insert(argv.end(), command.begin(), command.end());
+      const auto r = run(argv);
+      INFO(command[0] << (command.size() > 1 ? " " + command[1] : "") << ": " << r.out << r.err);
+      CHECK(r.exit_code == 2);
+      CHECK((r.err + r.out).find("no ledger at " + ledger_dir + ": run ledgerctl init") != std::string::npos);
+    }
+    if (dir_exists) {
+      CHECK(std::filesystem::is_empty(ledger_dir));
+      const std::string segment = ledger::Ledger::segment_path(ledger_dir);
+      REQUIRE_FALSE(segment.empty());
+      CHECK_FALSE(std::filesystem::exists(segment));
+    } else {
+      CHECK_FALSE(std::filesystem::exists(ledger_dir));
+    }
+  }
+}
+
+TEST_CASE("doctor without a ledger says so on its ledger line and still checks the rest", "[cli]") {
+  TempDir dir;
+  const std::string config = write_config(dir);
+  const auto r = run({LEDGERCTL_PATH, "--config", config, "doctor"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.out.find("FAIL   ledger                 no ledger at " + dir.path() + "/ledger: run ledgerctl init") != std::string::npos);
+  CHECK(r.out.find("store") != std::string::npos);
+  CHECK(r.out.find("sidecar") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.path() + "/ledger"));
+}
+
+// A worker that was SIGKILLed, or exited without closing its handle, is not attached any more:
+// destroy-segment reclaims dead processes' slots before it counts. A live one still stops it.
+TEST_CASE("destroy-segment does not count dead processes as attached", "[cli]") {
+  TempDir dir;
+  const std::string config = write_config(dir);
+  const std::string ledger_dir = dir.path() + "/ledger";
+  SegmentCleanup cleanup{ledger_dir};
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "init"}).exit_code == 0);
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  auto attach = [&](bool stay) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      std::unique_ptr<ledger::Ledger> l;
+      if (!ledger::Ledger::open(ledger_dir, ledger::Options{}, &l).ok()) ::_exit(2);
+      (void)l->debit("alice", 1);
+      (void)!::write(ready[1], "x", 1);
+      while (stay) ::pause();
+      ::_exit(0);  // without closing the handle
+    }
+    char c = 0;
+    REQUIRE(::read(ready[0], &c, 1) == 1);
+    return pid;
+  };
+  const pid_t exited = attach(false);
+  int status = 0;
+  REQUIRE(::waitpid(exited, &status, 0) == exited);
+  const pid_t killed = attach(true);
+  auto r = run({LEDGERCTL_PATH, "--config", config, "destroy-segment"});
+  CHECK(r.exit_code == 2);  // the live one counts
+  CHECK(r.err.find("1 other process(es) are attached") != std::string::npos);
+  ::kill(killed, SIGKILL);
+  REQUIRE(::waitpid(killed, &status, 0) == killed);
+  r = run({LEDGERCTL_PATH, "--config", config, "destroy-segment"});
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("segment removed") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(ledger::Ledger::segment_path(ledger_dir)));
+  ::close(ready[0]);
+  ::close(ready[1]);
+  const auto b = run({LEDGERCTL_PATH, "--config", config, "balance", "alice", "--json"});
+  REQUIRE(b.exit_code == 0);
+  CHECK(boost::json::parse(b.out).at("spent_nanousd").as_int64() == 2);  // rebuilt from the store
+}
+
+// More accounts than the segment holds: init refuses before changing anything (no half-applied
+// config, no spurious tier errors) and says how to get a bigger ledger; that advice works.
+TEST_CASE("init refuses a config that does not fit the segment and changes nothing", "[cli]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/ledger.json";
+  SegmentCleanup cleanup{dir.path() + "/ledger"};
+  auto write = [&](int max_accounts, const std::string& accounts) {
+    ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": )" + std::to_string(max_accounts) +
+                                        R"(, "max_reservations": 16, "max_processes": 8},
+      "tiers": {"basic": {"models": null}},
+      "accounts": [{"id": "team", "limit_usd": "10", "period": "monthly"},
+                   {"id": "alice", "parent": "team", "tier": "basic", "limit_usd": "2", "period": "daily"})" + accounts + "]}");
+  };
+  write(4, R"(, {"id": "bob", "parent": "team", "limit_usd": "2", "period": "daily"})");
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "init"}).exit_code == 0);
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "debit", "alice", "1"}).exit_code == 0);
+  const std::string before = run({LEDGERCTL_PATH, "--config", config, "status", "--json"}).out;
+  const std::string more = R"(, {"id": "carol", "parent": "team", "tier": "basic", "limit_usd": "1", "period": "daily"},
+                               {"id": "dave", "parent": "team", "tier": "basic", "limit_usd": "1", "period": "daily"})";
+  for (const int max_accounts : {4, 8}) {  // the config's own limit too small, or only the segment's
+    INFO("ledger.max_accounts " << max_accounts);
+    write(max_accounts, more);  // bob removed (stays, blocked) + carol + dave: 5 accounts
+    const auto r = run({LEDGERCTL_PATH, "--config", config, "init"});
+    INFO(r.out << r.err);
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find("holds at most 4 accounts") != std::string::npos);
+    CHECK(r.err.find("5 are needed") != std::string::npos);
+    CHECK(r.err.find(max_accounts == 4 ? "set ledger.max_accounts to at least 5" : "ledger.max_accounts (8) is enough") != std::string::npos);
+    CHECK(r.err.find("ledgerctl destroy-segment and ledgerctl init") != std::string::npos);
+    CHECK(r.err.find("unknown account") == std::string::npos);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);  // one line
+    CHECK(run({LEDGERCTL_PATH, "--config", config, "status", "--json"}).out == before);
+  }
+  // The advice: a larger max_accounts (written above), destroy-segment, init; spend is kept.
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "destroy-segment"}).exit_code == 0);
+  const auto init = run({LEDGERCTL_PATH, "--config", config, "init"});
+  INFO(init.err);
+  REQUIRE(init.exit_code == 0);
+  const auto status = boost::json::parse(run({LEDGERCTL_PATH, "--config", config, "status", "--json"}).out);
+  std::map<std::string, boost::json::object> by_name;
+  for (const auto& a : status.at("accounts").as_array()) by_name[std::string(a.at("account").as_string())] = a.as_object();
+  CHECK(by_name.size() == 5);
+  CHECK(by_name["alice"].at("spent_nanousd").as_int64() == 1'000'000'000);
+  CHECK(by_name["bob"].at("blocked").as_bool());
+}
+
+// A model name a tier names without a price (a typo) would make every request fail with "no price
+// known": init warns, doctor flags it, each naming the key.
+TEST_CASE("init warns and doctor flags tier models that have no price", "[cli]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/ledger.json";
+  SegmentCleanup cleanup{dir.path() + "/ledger"};
+  auto write = [&](const std::string& openrouter) {
+    ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 16, "max_reservations": 16, "max_processes": 8},)" +
+                                        openrouter + R"(
+      "tiers": {"basic": {"models": ["openai/gpt-4o-mini", "openai/gpt-4o-mnii"], "fallback": "openai/gpt-4o-mnii"},
+                "pro": {"models": ["openai/gpt-4o"], "downgrade_at_percent": 90, "downgrade_to": "openai/gpt-4o-mini"},
+                "all": {"models": null}},
+      "prices": {"openai/gpt-4o-mini": {"prompt_usd_per_mtok": "0.15", "completion_usd_per_mtok": "0.60"}},
+      "accounts": [{"id": "alice", "tier": "basic", "limit_usd": "2", "period": "daily"}]})");
+  };
+  write("");
+  const auto init = run({LEDGERCTL_PATH, "--config", config, "init"});
+  INFO(init.out << init.err);
+  CHECK(init.exit_code == 0);  // a warning, not an error
+  const std::string hint = " has no price (check the spelling, or add it under \"prices\")";
+  for (const std::string key : {"tiers.basic.models[1]", "tiers.basic.fallback"})
+    CHECK(init.err.find("warning: " + key + ": \"openai/gpt-4o-mnii\"" + hint) != std::string::npos);
+  CHECK(init.err.find("warning: tiers.pro.models[0]: \"openai/gpt-4o\"" + hint) != std::string::npos);
+  CHECK(init.err.find("gpt-4o-mini\" has no price") == std::string::npos);
+  CHECK(std::count(init.err.begin(), init.err.end(), '\n') == 3);
+  auto doctor = run({LEDGERCTL_PATH, "--config", config, "doctor"});
+  CHECK(doctor.exit_code == 2);
+  CHECK(doctor.out.find("FAIL   prices                 tiers.basic.fallback: \"openai/gpt-4o-mnii\"" + hint) != std::string::npos);
+  CHECK(doctor.out.find("tiers.basic.models[1]") != std::string::npos);
+  CHECK(doctor.out.find("tiers.pro.models[0]") != std::string::npos);
+  // With an OpenRouter setup, the message says where else prices come from.
+  write(R"( "openrouter": {"base_url": "http://127.0.0.1:9/api/v1", "management_key_env": "LEDGER_TEST_UNSET_KEY"},)");
+  doctor = run({LEDGERCTL_PATH, "--config", config, "doctor"});
+  CHECK(doctor.out.find("tiers.basic.fallback: \"openai/gpt-4o-mnii\" has no price (check the spelling, or add it under \"prices\"; "
+                        "with the \"openrouter\" section the sidecar also loads prices from OpenRouter's /models") != std::string::npos);
+  // Every model priced: nothing to say.
+  write("");
+  std::string text = ledger_test::read_file(config);
+  text.replace(text.find("\"prices\": {"), 11, R"("prices": {"openai/gpt-4o-mnii": {"prompt_usd_per_mtok": 1, "completion_usd_per_mtok": 1},
+    "openai/gpt-4o": {"prompt_usd_per_mtok": "2.50", "completion_usd_per_mtok": "10"},)");
+  ledger_test::write_file(config, text);
+  const auto clean = run({LEDGERCTL_PATH, "--config", config, "init"});
+  CHECK(clean.exit_code == 0);
+  CHECK(clean.err.find("has no price") == std::string::npos);
+  doctor = run({LEDGERCTL_PATH, "--config", config, "doctor"});
+  CHECK(doctor.out.find("ok     prices                 every model the tiers name has a price") != std::string::npos);
 }

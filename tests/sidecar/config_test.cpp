@@ -48,6 +48,26 @@ TEST_CASE("amounts are exact whether strings or numbers", "[config]") {
   CHECK(c->ledger.dir == "/tmp/ledger");  // relative to the config file
 }
 
+// The systemd unit runs in /: a relative path must not depend on the current directory.
+TEST_CASE("relative paths are relative to the config file, the management key file too", "[config]") {
+  std::string error;
+  const auto c = parse_config(R"({"ledger": {"dir": "data/acme"}, "reports": {"dir": "../reports"},
+                                  "openrouter": {"management_key_file": "secrets/mgmt.key"}})",
+                              "/etc/ledger/acme.json", &error);
+  INFO(error);
+  REQUIRE(c.has_value());
+  CHECK(c->ledger.dir == "/etc/ledger/data/acme");
+  CHECK(c->reports.dir == "/etc/reports");
+  CHECK(c->openrouter.management_key_file == "/etc/ledger/secrets/mgmt.key");
+  const auto absolute = parse_config(R"({"ledger": {"dir": "x"}, "openrouter": {"management_key_file": "/run/keys/k"}})",
+                                     "/etc/ledger/acme.json", &error);
+  REQUIRE(absolute.has_value());
+  CHECK(absolute->openrouter.management_key_file == "/run/keys/k");
+  const auto none = parse_config(R"({"ledger": {"dir": "x"}, "openrouter": {}})", "/etc/ledger/acme.json", &error);
+  REQUIRE(none.has_value());
+  CHECK(none->openrouter.management_key_file.empty());  // the env variable is used
+}
+
 TEST_CASE("every bad config names what is wrong", "[config]") {
   struct Case {
     const char* name;
@@ -69,7 +89,15 @@ TEST_CASE("every bad config names what is wrong", "[config]") {
       {"bad account id", with_accounts(R"([{"id": "a b", "limit_usd": 1}])"), "accounts[0].id"},
       {"unknown parent", with_accounts(R"([{"id": "a", "parent": "z", "limit_usd": 1}])"), "parent: unknown account \"z\""},
       {"duplicate", with_accounts(R"([{"id": "a", "limit_usd": 1}, {"id": "a", "limit_usd": 2}])"), "duplicate account"},
-      {"cycle", with_accounts(R"([{"id": "a", "parent": "b", "limit_usd": 1}, {"id": "b", "parent": "a", "limit_usd": 1}])"), "cycle"},
+      {"unknown grandparent, child first", with_accounts(R"([{"id": "a", "parent": "b", "limit_usd": 1},
+                                                           {"id": "b", "parent": "ghost", "limit_usd": 1}])"),
+       "accounts[1] (\"b\").parent: unknown account \"ghost\""},
+      {"cycle", with_accounts(R"([{"id": "a", "parent": "b", "limit_usd": 1}, {"id": "b", "parent": "a", "limit_usd": 1}])"),
+       "accounts[0] (\"a\").parent: cycle: a -> b -> a"},
+      {"cycle above an account", with_accounts(R"([{"id": "x", "parent": "b", "limit_usd": 1}, {"id": "b", "parent": "c", "limit_usd": 1},
+                                                  {"id": "c", "parent": "b", "limit_usd": 1}])"),
+       "accounts[1] (\"b\").parent: cycle: b -> c -> b"},
+      {"self parent", with_accounts(R"([{"id": "a", "parent": "a", "limit_usd": 1}])"), "cycle: a -> a"},
       {"depth > 4", with_accounts(R"([{"id": "a", "limit_usd": 1}, {"id": "b", "parent": "a", "limit_usd": 1},
                                       {"id": "c", "parent": "b", "limit_usd": 1}, {"id": "d", "parent": "c", "limit_usd": 1},
                                       {"id": "e", "parent": "d", "limit_usd": 1}])"), "deeper than 4"},
@@ -78,6 +106,9 @@ TEST_CASE("every bad config names what is wrong", "[config]") {
       {"key in env name", R"({"ledger": {"dir": "x"}, "openrouter": {"management_key_env": "sk-or-v1-123"}})", "must be the NAME of an environment variable"},
       {"bad price", R"({"ledger": {"dir": "x"}, "prices": {"m/x": {"prompt_usd_per_mtok": "a", "completion_usd_per_mtok": 1}}})", "prices.m/x.prompt_usd_per_mtok"},
       {"bad metrics", R"({"ledger": {"dir": "x"}, "metrics": {"listen": "nowhere"}})", "metrics.listen"},
+      {"more accounts than max_accounts", R"({"ledger": {"dir": "x", "max_accounts": 1}, "accounts": [{"id": "a", "limit_usd": 1},
+                                                                                                  {"id": "b", "limit_usd": 1}]})",
+       "ledger.max_accounts: 1 is fewer than the 2 accounts listed"},
       {"tier without models", R"({"ledger": {"dir": "x"}, "tiers": {"free": {}}})", "tiers.free.models: required"},
   };
   for (const Case& c : cases) {
@@ -98,5 +129,23 @@ TEST_CASE("ledgerctl refuses a bad config with exit 1 and touches nothing", "[co
   const auto r = ledger_test::run({LEDGERCTL_PATH, "--config", config, "init"});
   CHECK(r.exit_code == 1);
   CHECK(r.err.find("limit_usd: must not be negative") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.path() + "/ledger"));
+}
+
+// A child listed before its parent whose own parent is unknown once crashed the chain walk.
+TEST_CASE("an unknown grandparent is exit 1 naming the key, not a crash", "[config][cli]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/bad.json";
+  ledger_test::write_file(config, R"({"ledger": {"dir": "ledger"}, "accounts": [{"id": "a", "parent": "b", "limit_usd": 1},
+                                     {"id": "b", "parent": "ghost", "limit_usd": 1}]})");
+  for (const char* command : {"init", "status", "doctor"}) {
+    INFO(command);
+    const auto r = ledger_test::run({LEDGERCTL_PATH, "--config", config, command});
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find("accounts[1] (\"b\").parent: unknown account \"ghost\"") != std::string::npos);
+  }
+  const auto sidecar = ledger_test::run({SIDECAR_PATH, "--config", config, "--once"});
+  CHECK(sidecar.exit_code == 1);
+  CHECK(sidecar.err.find("unknown account \"ghost\"") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(dir.path() + "/ledger"));
 }

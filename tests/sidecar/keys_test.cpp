@@ -2,8 +2,11 @@
 // revoke blocked and removed accounts, list with owners; a new key is printed once, to stdout only.
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
+#include <cctype>
+#include <map>
 
 #include "emulator_process.hpp"
+#include "keys.hpp"
 #include "ledger/store.hpp"
 #include "process.hpp"
 
@@ -224,4 +227,117 @@ TEST_CASE("the report's key dashboard shows owners, usage and unowned spend", "[
     unowned = unowned || (a.at("kind").as_string() == "unowned_key_spend" && a.at("account").as_string() == "stray-script");
   CHECK(unowned);
   CHECK(r.out.find("sk-or-v1-") == std::string::npos);
+}
+
+// The systemd unit runs in /: a relative management_key_file is found next to the config, whatever
+// the current directory is (the test runs ledgerctl from the build directory).
+TEST_CASE("a relative management_key_file is read from the config file's directory", "[keys]") {
+  ledger_test::EmulatorLedger s;
+  ledger_test::write_file(s.dir.path() + "/mgmt.key", ledger_test::read_file(s.emu.key_file()));
+  ledger_test::write_file(s.config, R"({"ledger": {"dir": "ledger", "max_accounts": 64, "max_reservations": 64, "max_processes": 32},
+    "openrouter": {"base_url": ")" + s.emu.base() + R"(", "management_key_file": "mgmt.key", "timeout_ms": 2000},
+    "accounts": [{"id": "team", "limit_usd": "100", "period": "monthly"}]})");
+  REQUIRE(run({LEDGERCTL_PATH, "--config", s.config, "init"}).exit_code == 0);
+  REQUIRE(std::filesystem::current_path() != std::filesystem::path(s.dir.path()));
+  const auto r = run({LEDGERCTL_PATH, "--config", s.config, "keys", "list"});
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("NAME") != std::string::npos);
+  CHECK(r.err.find("sk-or-v1-") == std::string::npos);
+}
+
+TEST_CASE("keys list --json has full hashes, amounts in nano-USD and USD, and owners", "[keys]") {
+  Setup s;
+  REQUIRE(s.keys({"provision"}).exit_code == 0);
+  openrouter::KeyInfo stray;
+  std::string secret;
+  REQUIRE_FALSE(s.client.create_key("stray-script", std::nullopt, "", &stray, &secret));
+  s.emu.admin("/__emulator/usage", R"({"hash": ")" + s.bindings().at("alice") + R"(", "cost_usd": "0.5"})");
+  const auto r = s.keys({"list", "--json"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("sk-or-v1-") == std::string::npos);
+  const boost::json::value j = boost::json::parse(r.out);
+  CHECK(j.at("version").as_int64() == 1);
+  std::map<std::string, boost::json::object> by_name;
+  for (const auto& k : j.at("keys").as_array()) by_name[std::string(k.at("name").as_string())] = k.as_object();
+  REQUIRE(by_name.size() == 4);
+  const auto& alice = by_name.at("acme:alice");
+  CHECK(alice.at("hash").as_string() == s.bindings().at("alice"));  // all 64 hex digits
+  CHECK(alice.at("owner").as_string() == "alice");
+  CHECK(alice.at("usage_nanousd").as_int64() == 500'000'000);
+  CHECK(alice.at("usage_usd").as_string() == "0.50");
+  CHECK(alice.at("limit_nanousd").as_int64() == 10'000'000'000);
+  CHECK(alice.at("limit_usd").as_string() == "10.00");
+  CHECK(alice.at("limit_reset").as_string() == "daily");
+  CHECK_FALSE(alice.at("disabled").as_bool());
+  const auto& unowned = by_name.at("stray-script");
+  CHECK(unowned.at("hash").as_string() == stray.hash);
+  CHECK(unowned.at("owner").is_null());
+  CHECK(unowned.at("limit_nanousd").is_null());
+  CHECK(unowned.at("limit_reset").is_null());
+  CHECK(s.keys({"list", "--csv"}).exit_code == 1);
+}
+
+TEST_CASE("keys delete takes the hash prefix keys list shows", "[keys]") {
+  Setup s;
+  REQUIRE(s.keys({"provision"}).exit_code == 0);
+  const std::string bob = s.bindings().at("bob");
+  const std::string shown = bob.substr(0, 12);
+  REQUIRE(s.keys({"list"}).out.find(shown + "...") != std::string::npos);
+  auto r = s.keys({"delete", shown});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("deleted key acme:bob (" + bob + ")") != std::string::npos);
+  openrouter::KeyInfo k;
+  CHECK(s.client.get_key(bob, &k).kind == openrouter::ErrorKind::kNotFound);
+  CHECK(s.bindings().count("bob") == 0);  // unbound
+  CHECK(s.bindings().count("alice") == 1);
+  // Too short, not hex: a usage error that does not echo the argument (it may be a key).
+  r = s.keys({"delete", s.bindings().at("alice").substr(0, 5)});
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("at least 6 hex digits") != std::string::npos);
+  r = s.keys({"delete", "sk-or-v1-0123456789abcdef"});
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("sk-or") == std::string::npos);
+  // A prefix no key has: said so, nothing deleted.
+  std::vector<openrouter::KeyInfo> keys;
+  REQUIRE_FALSE(s.client.list_keys(&keys));
+  std::string none = "000000";
+  for (bool taken = true; taken;) {
+    taken = false;
+    for (const auto& key : keys) taken = taken || key.hash.rfind(none, 0) == 0;
+    if (taken) none[5] = static_cast<char>(none[5] + 1);
+  }
+  r = s.keys({"delete", none});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("no key's hash starts with " + none) != std::string::npos);
+  std::vector<openrouter::KeyInfo> after;
+  REQUIRE_FALSE(s.client.list_keys(&after));
+  CHECK(after.size() == keys.size());
+  // The full hash still works, in capitals too.
+  std::string alice = s.bindings().at("alice");
+  for (char& c : alice) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  CHECK(s.keys({"delete", alice}).exit_code == 0);
+  CHECK(s.bindings().count("alice") == 0);
+}
+
+TEST_CASE("a hash prefix several keys share is refused, naming each of them", "[keys]") {
+  std::vector<openrouter::KeyInfo> keys(3);
+  keys[0].name = "acme:alice";
+  keys[0].hash = "abcdef0123" + std::string(54, '1');
+  keys[1].name = "acme:bob";
+  keys[1].hash = "abcdef4567" + std::string(54, '2');
+  keys[2].name = "ci-bot";
+  keys[2].hash = "ffffff0000" + std::string(54, '3');
+  std::string error;
+  CHECK(admin::resolve_key_prefix(keys, "abcdef", &error) == nullptr);
+  CHECK(error.find("ambiguous") != std::string::npos);
+  CHECK(error.find("acme:alice (abcdef012311...)") != std::string::npos);
+  CHECK(error.find("acme:bob (abcdef456722...)") != std::string::npos);
+  CHECK(error.find("ci-bot") == std::string::npos);
+  CHECK(admin::resolve_key_prefix(keys, "abcdef4", &error) == &keys[1]);
+  CHECK(admin::resolve_key_prefix(keys, "ffffff", &error) == &keys[2]);
+  CHECK(admin::resolve_key_prefix(keys, "123456", &error) == nullptr);
+  CHECK(error.find("no key's hash starts with 123456") != std::string::npos);
 }

@@ -214,3 +214,41 @@ TEST_CASE("SIGHUP applies budget changes, keeps spend, and blocks removed accoun
   REQUIRE(::waitpid(sidecar, &status, 0) == sidecar);
   CHECK(WEXITSTATUS(status) == 0);
 }
+
+// A config with a child listed before its parent whose own parent is unknown once crashed the chain
+// walk: a running sidecar must refuse it on SIGHUP, keep its config, and keep working.
+TEST_CASE("SIGHUP with an unknown grandparent is refused; the sidecar keeps running and its config", "[sidecar]") {
+  Setup s(60'000);  // only the final flush writes what we debit below
+  const std::string log = s.dir.path() + "/bad-hup.log";
+  const pid_t sidecar = s.start_sidecar(log);
+  REQUIRE(wait_for([&] { return ledger_test::read_file(log).find("msg=\"started\"") != std::string::npos; }));
+  ledger_test::write_file(s.config, R"({"ledger": {"dir": "ledger", "max_accounts": 64},
+    "accounts": [{"id": "a", "parent": "b", "limit_usd": 1}, {"id": "b", "parent": "ghost", "limit_usd": 1}]})");
+  ::kill(sidecar, SIGHUP);
+  REQUIRE(wait_for([&] { return ledger_test::read_file(log).find("reload refused") != std::string::npos; }));
+  const std::string text = ledger_test::read_file(log);
+  CHECK(text.find("accounts[1] (\\\"b\\\").parent: unknown account \\\"ghost\\\"") != std::string::npos);
+  CHECK(text.find("msg=\"config reloaded\"") == std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  int status = 0;
+  REQUIRE(::waitpid(sidecar, &status, WNOHANG) == 0);  // still running
+  auto l = s.open();
+  Balance alice;
+  REQUIRE(l->balance("alice", &alice) == Code::kOk);
+  CHECK(alice.limit_nanousd == 2'500'000'000);  // the running config's
+  Balance a;
+  CHECK(l->balance("a", &a) == Code::kUnknownAccount);
+  REQUIRE(l->debit("alice", kUsd) == Code::kOk);
+  ::kill(sidecar, SIGTERM);
+  REQUIRE(::waitpid(sidecar, &status, 0) == sidecar);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  std::unique_ptr<StoreReader> store;
+  REQUIRE(StoreReader::open(s.ledger_dir, &store) == Code::kOk);
+  std::vector<StoredPeriod> periods;
+  REQUIRE(store->periods(&periods) == Code::kOk);
+  int64_t stored = 0;
+  for (const auto& p : periods)
+    if (p.account == "alice") stored += p.spent_nanousd;
+  CHECK(stored == kUsd);  // the final flush of the still-working sidecar
+}
