@@ -13,11 +13,11 @@
 #include <string>
 #include <vector>
 
-#include "admin.hpp"
+#include "core/admin.hpp"
 #include "ledger/store.hpp"
-#include "keys.hpp"
-#include "reconcile.hpp"
-#include "reports.hpp"
+#include "openrouter/keys.hpp"
+#include "openrouter/reconcile.hpp"
+#include "reports/reports.hpp"
 
 using namespace ledger;
 using namespace ledger::admin;

@@ -2,6 +2,7 @@
 #include "ledger/money.hpp"
 
 #include <cmath>
+#include <limits>
 
 namespace ledger {
 
@@ -59,9 +60,17 @@ std::string format_usd(int64_t nanousd) {
 
 std::optional<int64_t> usd_double_to_nanousd(double usd) {
   if (!std::isfinite(usd)) return std::nullopt;
-  const double nanos = std::nearbyint(usd * 1e9);
-  if (std::fabs(nanos) > static_cast<double>(kAmountNanoUsdMax)) return std::nullopt;
-  return static_cast<int64_t>(nanos);
+  const long double scaled = static_cast<long double>(usd) * 1e9L;
+  if (std::fabs(scaled) > static_cast<long double>(kAmountNanoUsdMax)) return std::nullopt;
+  // Within float noise of a whole nano-USD (the double nearest to it is within two ulps of the
+  // value): that whole number. 5.75e-05 is 57,500.000000000004 nano-USD in binary: 57,500.
+  const long double nearest = std::nearbyint(scaled);
+  const double back = static_cast<double>(nearest / 1e9L);
+  const double inf = std::numeric_limits<double>::infinity();
+  const double low = std::nextafter(std::nextafter(usd, -inf), -inf), high = std::nextafter(std::nextafter(usd, inf), inf);
+  if (back >= low && back <= high) return static_cast<int64_t>(nearest);
+  // Really finer than a nano-USD (2.83125e-05): away from zero, so spend is never undercounted.
+  return static_cast<int64_t>(usd > 0 ? std::ceil(scaled) : std::floor(scaled));
 }
 
 }  // namespace ledger

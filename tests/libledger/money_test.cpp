@@ -1,4 +1,5 @@
 #include <catch2/catch.hpp>
+#include <cstdlib>
 #include <random>
 
 #include "ledger/money.hpp"
@@ -50,11 +51,27 @@ TEST_CASE("format and parse round-trip for random amounts", "[money][property]")
   }
 }
 
-TEST_CASE("USD doubles from OpenRouter round to the nearest nano-USD", "[money]") {
+TEST_CASE("every whole nano-USD amount printed as a decimal and read as a double comes back exactly", "[money][property]") {
+  // What OpenRouter sends: decimal text with up to 9 decimals, parsed as a double by any JSON parser.
+  std::mt19937_64 rng(20261201);
+  std::uniform_int_distribution<int64_t> amount(0, 10'000 * ledger::kNanoUsdPerUsd);
+  for (int i = 0; i < 200000; ++i) {
+    const int64_t value = i < 2000 ? i : amount(rng);
+    const double parsed = std::strtod(format_usd(value).c_str(), nullptr);
+    REQUIRE(ledger::usd_double_to_nanousd(parsed) == value);
+  }
+}
+
+TEST_CASE("USD doubles from OpenRouter: whole nano-USD kept, anything finer rounded up", "[money]") {
   CHECK(ledger::usd_double_to_nanousd(137.141032391) == 137'141'032'391);
   CHECK(ledger::usd_double_to_nanousd(0.000001536) == 1'536);
   CHECK(ledger::usd_double_to_nanousd(0.1) == 100'000'000);
-  CHECK(ledger::usd_double_to_nanousd(-2.5e-9) == -2);  // round half to even
+  CHECK(ledger::usd_double_to_nanousd(5.75e-05) == 57'500);    // float noise of a whole nano-USD
+  CHECK(ledger::usd_double_to_nanousd(2.83125e-05) == 28'313);  // finer than a nano-USD: rounded up
+  CHECK(ledger::usd_double_to_nanousd(0.00014) == 140'000);
+  CHECK(ledger::usd_double_to_nanousd(1e-10) == 1);
+  CHECK(ledger::usd_double_to_nanousd(-2.5e-9) == -3);  // away from zero: a negative remainder is never understated
+  CHECK(ledger::usd_double_to_nanousd(0.0) == 0);
   CHECK_FALSE(ledger::usd_double_to_nanousd(std::numeric_limits<double>::quiet_NaN()).has_value());
   CHECK_FALSE(ledger::usd_double_to_nanousd(std::numeric_limits<double>::infinity()).has_value());
   CHECK_FALSE(ledger::usd_double_to_nanousd(1e10).has_value());

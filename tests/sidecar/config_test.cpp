@@ -3,7 +3,7 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 
-#include "config.hpp"
+#include "core/config.hpp"
 #include "process.hpp"
 #include "test_util.hpp"
 

@@ -9,7 +9,7 @@
 #include <thread>
 
 #include "ledger/ledger.hpp"
-#include "openrouter.hpp"
+#include "openrouter/client.hpp"
 #include "process.hpp"
 #include "test_util.hpp"
 

@@ -6,7 +6,7 @@
 #include <map>
 
 #include "emulator_process.hpp"
-#include "keys.hpp"
+#include "openrouter/keys.hpp"
 #include "ledger/store.hpp"
 #include "process.hpp"
 

@@ -7,7 +7,7 @@
 #include <thread>
 
 #include "emulator_process.hpp"
-#include "openrouter.hpp"
+#include "openrouter/client.hpp"
 #include "process.hpp"
 #include "test_util.hpp"
 

@@ -8,7 +8,7 @@
 #include "emulator_process.hpp"
 #include "ledger/store.hpp"
 #include "process.hpp"
-#include "reconcile.hpp"
+#include "openrouter/reconcile.hpp"
 
 using namespace ledger;
 using ledger_test::EmulatorProcess;

@@ -5,7 +5,7 @@
 #include <chrono>
 
 #include "process.hpp"
-#include "reports.hpp"
+#include "reports/reports.hpp"
 #include "test_util.hpp"
 
 using namespace ledger;

@@ -22,8 +22,10 @@ std::optional<int64_t> parse_usd(std::string_view text);
 // zeros trimmed: 1500000000 -> "1.50", 1 -> "0.000000001", -250000000 -> "-0.25".
 std::string format_usd(int64_t nanousd);
 
-// Converts a USD double from an external API (OpenRouter) to nano-USD, rounding to the nearest
-// nano-USD. nullopt for NaN, infinities and magnitudes above kAmountNanoUsdMax.
+// Converts a USD double from an external API (OpenRouter) to nano-USD, once, at the edge (DESIGN 3):
+// a value within float noise of a whole nano-USD becomes that number (5.75e-05 -> 57,500); a value
+// really finer than a nano-USD rounds away from zero (2.83125e-05 -> 28,313), so spend is never
+// undercounted. nullopt only for NaN, infinities and magnitudes above kAmountNanoUsdMax.
 std::optional<int64_t> usd_double_to_nanousd(double usd);
 
 }  // namespace ledger

@@ -1,12 +1,12 @@
 // reconcile.cpp — see reconcile.hpp.
-#include "reconcile.hpp"
+#include "openrouter/reconcile.hpp"
 
 #include <fstream>
 #include <map>
 #include <set>
 
-#include "admin.hpp"
-#include "keys.hpp"
+#include "core/admin.hpp"
+#include "openrouter/keys.hpp"
 #include "ledger/store.hpp"
 
 namespace ledger::admin {

@@ -1,5 +1,5 @@
 // reports.cpp — see reports.hpp.
-#include "reports.hpp"
+#include "reports/reports.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>

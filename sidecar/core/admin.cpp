@@ -1,5 +1,5 @@
 // admin.cpp — shared by ledgerctl and ledger-sidecar.
-#include "admin.hpp"
+#include "core/admin.hpp"
 
 #include <sys/stat.h>
 #include <time.h>
@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <map>
 #include <set>
+
+#include "ledger/store.hpp"
 
 namespace ledger::admin {
 
@@ -16,7 +18,11 @@ Options options_for(const Config& config) {
   options.limits.max_reservations = config.ledger.max_reservations;
   options.limits.max_processes = config.ledger.max_processes;
   options.default_ttl_s = config.ledger.reservation_ttl_s;
+  options.tombstone_grace_s = config.ledger.tombstone_grace_s;
+  options.tombstones_max = config.ledger.max_tombstones;
   options.store_map_size_bytes = config.ledger.store_map_size_mb * 1024 * 1024;
+  options.segment_dir = config.ledger.segment_dir;
+  options.admin = true;  // ledgerctl and the sidecar use the process slots kept for admin tools
   return options;
 }
 
@@ -36,7 +42,19 @@ std::string open_error(const Config& config, Status status) {
              "flush with the old version (ledgerctl flush), then remove the segment " +
              Ledger::segment_path(config.ledger.dir) + " (ledgerctl destroy-segment): the next open rebuilds it from the store";
       break;
-    case Code::kFull: hint = "every process slot is in use (ledger.max_processes)"; break;
+    case Code::kFull: {
+      Limits limits{config.ledger.max_accounts, config.ledger.max_reservations, config.ledger.max_processes};
+      const uint64_t mib = (Ledger::segment_bytes(limits) + (1u << 20) - 1) >> 20;
+      hint = "no room for the segment (it needs " + std::to_string(mib) + " MiB in " +
+             (config.ledger.segment_dir.empty() ? std::string("/dev/shm") : config.ledger.segment_dir) +
+             ": free space there, or set ledger.segment_dir to a larger tmpfs), or every admin process slot is taken";
+      break;
+    }
+    case Code::kInvalidArgument:
+      hint = "the ledger's segment is " + Ledger::segment_path(config.ledger.dir) + ", not in ledger.segment_dir (" +
+             config.ledger.segment_dir + "); to move it: stop every process using the ledger, ledgerctl destroy-segment "
+             "with the old setting, then ledgerctl init with the new one";
+      break;
     default: hint = "see the code above"; break;
   }
   return "cannot open the ledger in " + config.ledger.dir + ": " + describe(status) + "; " + hint;
@@ -70,15 +88,8 @@ Status open_existing_ledger(const Config& config, std::unique_ptr<Ledger>* out, 
     return Code::kNotFound;
   }
   Options options = options_for(config);
-  options.create_if_missing = false;
-  Status status = Ledger::open(config.ledger.dir, options, out);
-  if (status.code() == Code::kNotFound && store_exists(config)) {
-    // The store is there but the segment is not (a reboot, destroy-segment). A libledger that
-    // rebuilds the segment from the store only when allowed to create gets that permission here:
-    // it re-creates the segment of an existing ledger, never a new ledger.
-    options.create_if_missing = true;
-    status = Ledger::open(config.ledger.dir, options, out);
-  }
+  options.create_if_missing = false;  // a store without a segment (a reboot) is rebuilt by the open
+  const Status status = Ledger::open(config.ledger.dir, options, out);
   if (status.code() == Code::kNotFound) *error = no_ledger_message(config);
   else if (!status.ok()) *error = open_error(config, status);
   return status;
@@ -162,7 +173,40 @@ ApplyReport apply_config(Ledger& ledger, const Config& config) {
     if (s.ok()) ++report.prices;
     else report.errors.push_back("price of \"" + p.model + "\": " + describe(s));
   }
+  apply_ledger_settings(ledger, config, &report);
   return report;
+}
+
+void apply_ledger_settings(Ledger& ledger, const Config& config, ApplyReport* report) {
+  const HoldPolicy holds{config.ledger.reservation_ttl_s, config.ledger.tombstone_grace_s, config.ledger.max_tombstones};
+  if (const Status s = ledger.set_hold_policy(holds); !s.ok()) report->errors.push_back("hold policy: " + describe(s));
+  if (const Status s = ledger.set_store_map_size(config.ledger.store_map_size_mb * 1024 * 1024); !s.ok())
+    report->errors.push_back("ledger.store_map_size_mb: " + describe(s));
+  apply_key_bindings(ledger, config, report);
+}
+
+std::map<std::string, std::string> key_bindings(const Config& config) {
+  std::map<std::string, std::string> out;
+  for (const auto& a : config.accounts)
+    if (!a.key_hash.empty()) out[a.id] = a.key_hash;
+  std::vector<std::pair<std::string, std::string>> stored;
+  if (store_key_bindings(config.ledger.dir, &stored).ok())
+    for (const auto& [account, hash] : stored) out[account] = hash;
+  return out;
+}
+
+void apply_key_bindings(Ledger& ledger, const Config& config, ApplyReport* report) {
+  // Which key each configured account's settlements go through when a worker does not say: the
+  // binding (provisioned or rotated, in the store) else the config's key_hash.
+  const auto bindings = key_bindings(config);
+  for (const AccountConfig& a : config.accounts) {
+    const auto it = bindings.find(a.id);
+    const std::string wanted = it == bindings.end() ? std::string() : it->second;
+    std::string bound;
+    if (!ledger.bound_key(a.id, &bound).ok() || bound == wanted) continue;
+    if (const Status s = ledger.bind_key(a.id, wanted); !s.ok())
+      report->errors.push_back("key of \"" + a.id + "\": " + describe(s));
+  }
 }
 
 std::vector<std::string> unpriced_models(const Ledger& ledger, const Config& config) {

@@ -1,5 +1,5 @@
 // openrouter.cpp — the libcurl client (see openrouter.hpp).
-#include "openrouter.hpp"
+#include "openrouter/client.hpp"
 
 #include <curl/curl.h>
 
@@ -32,6 +32,11 @@ size_t on_body(char* data, size_t size, size_t count, void* user) {
   }
   sink->body->append(data, n);
   return n;
+}
+
+// Aborts a transfer in progress once the cancel flag is set or the deadline passes.
+int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  return static_cast<const Client*>(user)->remaining_ms() > 0 ? 0 : 1;
 }
 
 size_t on_header(char* data, size_t size, size_t count, void* user) {
@@ -135,6 +140,23 @@ Client::~Client() {
   if (curl_ != nullptr) curl_easy_cleanup(static_cast<CURL*>(curl_));
 }
 
+int64_t Client::remaining_ms() const {
+  if (options_.cancel != nullptr && options_.cancel->load(std::memory_order_relaxed)) return 0;
+  if (deadline_ == std::chrono::steady_clock::time_point::max()) return INT64_MAX;
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - std::chrono::steady_clock::now()).count();
+  return left > 0 ? left : 0;
+}
+
+bool Client::pause(uint64_t ms) const {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (std::chrono::steady_clock::now() < until) {
+    if (remaining_ms() == 0) return false;
+    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(std::chrono::milliseconds(50),
+                                                                             until - std::chrono::steady_clock::now()));
+  }
+  return remaining_ms() > 0;
+}
+
 Error Client::perform_once(const std::string& method, const std::string& path, const std::string& body, Raw* out) {
   CURL* curl = static_cast<CURL*>(curl_);
   curl_easy_reset(curl);
@@ -154,8 +176,13 @@ Error Client::perform_once(const std::string& method, const std::string& path, c
     curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
     curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
   }
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(options_.timeout_ms));
-  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(std::min<uint32_t>(options_.timeout_ms, 5000)));
+  // The per-request timeout, or less when the deadline is nearer (never 0: that means "none" to curl).
+  const int64_t timeout_ms = std::max<int64_t>(1, std::min<int64_t>(options_.timeout_ms, remaining_ms()));
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_ms));
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(std::min<int64_t>(timeout_ms, 5000)));
+  curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_progress);
+  curl_easy_setopt(curl, CURLOPT_XFERINFODATA, this);
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
@@ -171,7 +198,10 @@ Error Client::perform_once(const std::string& method, const std::string& path, c
   out->status = static_cast<int>(status);
   ++status_counts_[out->status];
   Error e;
-  if (sink.too_large) {
+  if (rc == CURLE_ABORTED_BY_CALLBACK || (rc == CURLE_OPERATION_TIMEDOUT && remaining_ms() == 0)) {
+    e.kind = ErrorKind::kCancelled;
+    e.message = method + " " + path + ": stopped (the cycle's deadline passed, or the sidecar is stopping)";
+  } else if (sink.too_large) {
     e.kind = ErrorKind::kTooLarge;
     e.message = "OpenRouter's response to " + method + " " + path + " is larger than " +
                 std::to_string(options_.response_bytes_max) + " bytes";
@@ -246,6 +276,8 @@ Error Client::classify(const Raw& raw) const {
 Error Client::request(const std::string& method, const std::string& path, const std::string& body, Raw* out) {
   Error last;
   for (uint32_t attempt = 0; attempt < options_.attempts_max; ++attempt) {
+    if (remaining_ms() == 0)
+      return Error{ErrorKind::kCancelled, 0, method + " " + path + ": not sent (the cycle's deadline passed, or the sidecar is stopping)"};
     if (attempt > 0) {
       ++retries_;
       // Full jitter over a capped exponential, or what Retry-After asks (capped).
@@ -255,7 +287,11 @@ Error Client::request(const std::string& method, const std::string& path, const 
       jitter_state_ ^= jitter_state_ << 17;
       uint64_t wait_ms = cap == 0 ? 0 : jitter_state_ % (cap + 1);
       if (out->retry_after_s) wait_ms = std::min<uint64_t>(uint64_t{*out->retry_after_s} * 1000, options_.retry_after_max_ms);
-      std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
+      if (!pause(wait_ms)) {
+        last.kind = ErrorKind::kCancelled;
+        last.message += " (stopped waiting to retry: the cycle's deadline passed, or the sidecar is stopping)";
+        return last;
+      }
     }
     last = perform_once(method, path, body, out);
     if (!last) {

@@ -19,11 +19,11 @@
 #include <optional>
 #include <string>
 
-#include "admin.hpp"
-#include "keys.hpp"
-#include "metrics.hpp"
-#include "reconcile.hpp"
-#include "reports.hpp"
+#include "core/admin.hpp"
+#include "openrouter/keys.hpp"
+#include "reports/metrics.hpp"
+#include "openrouter/reconcile.hpp"
+#include "reports/reports.hpp"
 
 using namespace ledger;
 using namespace ledger::admin;

@@ -2,11 +2,12 @@
 // config to it, and structured log lines.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "config.hpp"
+#include "core/config.hpp"
 #include "ledger/ledger.hpp"
 
 namespace ledger::admin {
@@ -43,6 +44,12 @@ struct ApplyReport {
 // nothing) when the accounts already in the ledger plus the config's new ones exceed the segment's
 // capacity (Ledger::limits().max_accounts).
 ApplyReport apply_config(Ledger& ledger, const Config& config);
+// The parts of apply_config that are not accounts and policy: the hold policy (every process's
+// default TTL and tombstone rules), the LMDB map size, and each account's bound OpenRouter key.
+void apply_ledger_settings(Ledger& ledger, const Config& config, ApplyReport* report);
+void apply_key_bindings(Ledger& ledger, const Config& config, ApplyReport* report);
+// account -> key hash: bindings in the store (provisioned, rotated) win over the config's key_hash.
+std::map<std::string, std::string> key_bindings(const Config& config);
 
 // One line for every model a tier names (models, fallback, downgrade_to) that has no price in the
 // ledger (every request for it would be refused with "no price known"), naming the key:

@@ -14,8 +14,8 @@
 
 #include <map>
 
-#include "config.hpp"
-#include "openrouter.hpp"
+#include "core/config.hpp"
+#include "openrouter/client.hpp"
 #include "ledger/status.hpp"
 
 namespace ledger::admin {

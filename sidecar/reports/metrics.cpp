@@ -1,5 +1,5 @@
 // metrics.cpp — see metrics.hpp.
-#include "metrics.hpp"
+#include "reports/metrics.hpp"
 
 #include <sys/socket.h>
 

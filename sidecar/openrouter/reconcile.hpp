@@ -14,9 +14,9 @@
 #include <string>
 #include <vector>
 
-#include "config.hpp"
+#include "core/config.hpp"
 #include "ledger/ledger.hpp"
-#include "openrouter.hpp"
+#include "openrouter/client.hpp"
 
 namespace ledger::admin {
 

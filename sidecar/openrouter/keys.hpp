@@ -7,14 +7,12 @@
 #include <string>
 #include <vector>
 
-#include "config.hpp"
+#include "core/config.hpp"
 #include "ledger/ledger.hpp"
-#include "openrouter.hpp"
+#include "openrouter/client.hpp"
 
 namespace ledger::admin {
 
-// account -> key hash: bindings in the store (provisioned, rotated) win over the config's key_hash.
-std::map<std::string, std::string> key_bindings(const Config& config);
 
 // The shortest hash prefix `ledgerctl keys delete` accepts (`keys list` shows 12 hex digits).
 inline constexpr size_t kKeyPrefixMin = 6;

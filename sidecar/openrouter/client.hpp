@@ -6,9 +6,14 @@
 // honouring Retry-After (capped too). Other 4xx are not retried and become errors that say what to
 // do. The key is never logged, printed or put in an error. Parsing tolerates missing and unknown
 // fields; a missing number is unknown (nullopt), never zero. Money is converted to nano-USD once.
-// Thread safety: a Client is for one thread.
+// Bounded in time: a Client may be given a cancel flag and a deadline (set_deadline, per cycle of
+// work); every transfer, retry and backoff sleep stops at whichever comes first (a transfer in
+// progress is aborted within ~50 ms of a cancel), so a caller can promise an overall deadline.
+// Thread safety: a Client is for one thread (the cancel flag may be set from any thread).
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -29,6 +34,7 @@ struct ClientOptions {
   uint32_t retry_after_max_ms = 30000;
   size_t response_bytes_max = 16 * 1024 * 1024;
   uint32_t key_pages_max = 1000;       // 100,000 keys
+  const std::atomic<bool>* cancel = nullptr;  // when set to true: stop at once (kCancelled)
 };
 
 struct KeyInfo {
@@ -59,6 +65,7 @@ enum class ErrorKind {
   kBadRequest,     // other 4xx
   kMalformed,      // not the JSON we expect, or truncated
   kTooLarge,       // response over response_bytes_max
+  kCancelled,      // the cancel flag was set, or the deadline passed, before an answer
 };
 
 struct Error {
@@ -90,6 +97,12 @@ class Client {
   Error credits(int64_t* total_nanousd, int64_t* usage_nanousd);
   Error models(std::vector<ModelInfo>* out);
 
+  // Every request from now on stops at `deadline` (steady clock); max() = no deadline.
+  void set_deadline(std::chrono::steady_clock::time_point deadline) { deadline_ = deadline; }
+  void clear_deadline() { deadline_ = std::chrono::steady_clock::time_point::max(); }
+  // Milliseconds left before the deadline (or the cancel), 0 when it has passed.
+  int64_t remaining_ms() const;
+
   // Responses seen, by HTTP status (0 = no response), for metrics.
   const std::map<int, uint64_t>& status_counts() const { return status_counts_; }
   uint64_t retries() const { return retries_; }
@@ -103,8 +116,11 @@ class Client {
   Error request(const std::string& method, const std::string& path, const std::string& body, Raw* out);
   Error perform_once(const std::string& method, const std::string& path, const std::string& body, Raw* out);
   Error classify(const Raw& raw) const;
+  // Sleeps ms, or less when the deadline or a cancel comes first; false when it did.
+  bool pause(uint64_t ms) const;
 
   ClientOptions options_;
+  std::chrono::steady_clock::time_point deadline_ = std::chrono::steady_clock::time_point::max();
   void* curl_ = nullptr;
   std::map<int, uint64_t> status_counts_;
   uint64_t retries_ = 0;

@@ -51,6 +51,9 @@ struct Config {
     uint32_t flush_interval_ms = 1000;
     uint32_t reservation_ttl_s = 600;
     uint64_t store_map_size_mb = 1024;
+    std::string segment_dir;          // "" = as recorded for the ledger, else /dev/shm
+    uint32_t tombstone_grace_s = 86400;
+    uint32_t max_tombstones = 0;      // 0 = half of max_reservations
   } ledger;
 
   struct {

@@ -1,22 +1,12 @@
 // keys.cpp — see keys.hpp.
-#include "keys.hpp"
+#include "openrouter/keys.hpp"
 
 #include <set>
 
-#include "admin.hpp"
+#include "core/admin.hpp"
 #include "ledger/store.hpp"
 
 namespace ledger::admin {
-
-std::map<std::string, std::string> key_bindings(const Config& config) {
-  std::map<std::string, std::string> out;
-  for (const auto& a : config.accounts)
-    if (!a.key_hash.empty()) out[a.id] = a.key_hash;
-  std::vector<std::pair<std::string, std::string>> stored;
-  if (store_key_bindings(config.ledger.dir, &stored).ok())
-    for (const auto& [account, hash] : stored) out[account] = hash;
-  return out;
-}
 
 const openrouter::KeyInfo* resolve_key_prefix(const std::vector<openrouter::KeyInfo>& keys, const std::string& prefix,
                                               std::string* error) {

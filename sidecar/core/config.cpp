@@ -1,5 +1,5 @@
 // config.cpp — strict JSON config parsing with Boost.JSON.
-#include "config.hpp"
+#include "core/config.hpp"
 
 #include <boost/json.hpp>
 #include <filesystem>
@@ -120,7 +120,8 @@ bool valid_model_id(const std::string& model) {
 
 void parse_ledger(const json::value& v, Config& c) {
   const auto& o = object_with(v, "ledger", {"dir", "max_accounts", "max_reservations", "max_processes",
-                                            "flush_interval_ms", "reservation_ttl_s", "store_map_size_mb"});
+                                            "flush_interval_ms", "reservation_ttl_s", "store_map_size_mb",
+                                            "segment_dir", "tombstone_grace_s", "max_tombstones"});
   c.ledger.dir = get_string(o, "ledger", "dir", "", true);
   if (c.ledger.dir.empty()) fail("ledger.dir", "must not be empty");
   c.ledger.max_accounts = static_cast<uint32_t>(get_uint(o, "ledger", "max_accounts", 65536, 1, 1u << 24));
@@ -129,6 +130,12 @@ void parse_ledger(const json::value& v, Config& c) {
   c.ledger.flush_interval_ms = static_cast<uint32_t>(get_uint(o, "ledger", "flush_interval_ms", 1000, 10, 3'600'000));
   c.ledger.reservation_ttl_s = static_cast<uint32_t>(get_uint(o, "ledger", "reservation_ttl_s", 600, 1, kTtlMaxSeconds));
   c.ledger.store_map_size_mb = get_uint(o, "ledger", "store_map_size_mb", 1024, 1, 1u << 20);
+  c.ledger.segment_dir = get_string(o, "ledger", "segment_dir", "");
+  if (o.contains("segment_dir") && (c.ledger.segment_dir.empty() || c.ledger.segment_dir[0] != '/'))
+    fail("ledger.segment_dir", "must be an absolute directory on a tmpfs, such as \"/dev/shm\"");
+  c.ledger.tombstone_grace_s =
+      static_cast<uint32_t>(get_uint(o, "ledger", "tombstone_grace_s", 86400, 0, kTombstoneGraceMaxSeconds));
+  c.ledger.max_tombstones = static_cast<uint32_t>(get_uint(o, "ledger", "max_tombstones", 0, 1, 1u << 24));
 }
 
 void parse_openrouter(const json::value& v, Config& c) {
