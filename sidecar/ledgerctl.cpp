@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/admin.hpp"
+#include "core/sidecar_lock.hpp"
 #include "ledger/store.hpp"
 #include "openrouter/keys.hpp"
 #include "openrouter/reconcile.hpp"
@@ -228,12 +229,16 @@ int cmd_reconcile(const Config& config, bool dry_run) {
   if (!ledger && !open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   const ReconcileReport r = reconcile(*ledger, *client, config, dry_run);
   if (!r.error.empty()) return runtime_error("reconcile: " + r.error);
-  std::printf("%-24s %-14s %14s %14s %12s  %s\n", "ACCOUNT", "KEY", "LEDGER", "OPENROUTER", "ADJUSTED", "NOTE");
+  // One row per key: what the ledger recorded through it in its owner's window, against OpenRouter.
+  std::printf("%-16s %-20s %-8s %14s %14s %12s  %s\n", "KEY", "OWNER", "WINDOW", "LEDGER", "OPENROUTER", "ADJUSTED", "NOTE");
   for (const auto& row : r.rows)
-    std::printf("%-24s %-14s %14s %14s %12s  %s%s\n", row.account.c_str(), (row.key_hash.substr(0, 10) + "...").c_str(),
+    std::printf("%-16s %-20s %-8s %14s %14s %12s  %s%s%s\n", (row.key_hash.substr(0, 12) + "...").c_str(),
+                row.account.empty() ? "(none)" : row.account.c_str(), row.period.empty() ? "lifetime" : row.period.c_str(),
                 format_usd(row.ledger_nanousd).c_str(),
                 row.openrouter_nanousd ? format_usd(*row.openrouter_nanousd).c_str() : "unknown",
-                format_usd(row.adjusted_nanousd).c_str(), row.note.c_str(), row.limit_synced ? "; key limit synced" : "");
+                format_usd(row.adjusted_nanousd).c_str(), drift_text(row).c_str(), row.limit_synced ? "; key limit synced" : "",
+                row.detail.empty() || row.drift == Drift::kAdjustFailed ? "" : ("; " + row.detail).c_str());
+  for (const auto& line : unsaid_key_use(r)) std::printf("warning: %s\n", line.c_str());
   for (const auto& k : r.unowned_keys) std::printf("unowned key (no account in the config): %s\n", k.c_str());
   for (const auto& line : r.revoked) std::printf("%s\n", line.c_str());
   for (const auto& line : r.revoke_errors) std::fprintf(stderr, "ledgerctl: %s\n", line.c_str());
@@ -405,19 +410,6 @@ int cmd_report(const Config& config, const std::vector<std::string>& args) {
   if (!write_atomically(out, text, &error)) return runtime_error("report: " + error);
   std::fprintf(stderr, "wrote %s\n", out.c_str());
   return kExitOk;
-}
-
-bool sidecar_running(const std::string& dir) {
-  const int fd = ::open((dir + "/ledger.lock").c_str(), O_RDWR | O_CLOEXEC);
-  if (fd < 0) return false;
-  struct flock fl {};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = 3;  // kSidecarLockByte
-  fl.l_len = 1;
-  const bool held = ::fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
-  ::close(fd);
-  return held;
 }
 
 using DoctorLine = std::function<void(bool ok, const std::string& what, const std::string& detail)>;

@@ -1,12 +1,16 @@
 // reconcile.hpp — the ledger against OpenRouter's per-key spend (DESIGN.md 7, "reconcile").
 //
-// For every configured account bound to a key (key_hash), the key's spend in the account's current
-// window (usage_daily/weekly/monthly, or limit - limit_remaining; lifetime usage for accounts
-// without a period) is compared with the ledger's settled spend for that period. When OpenRouter's
-// figure is higher by more than the tolerance, the difference is charged to the account and its
-// ancestors as an adjustment (Ledger::adjust): never a silent overwrite. A repeated or restarted
-// reconcile compares live values again, so an adjustment is never applied twice. Drift the other
-// way is reported, not "fixed". A missing window field is unknown, never zero.
+// Per key, not per account: for every OpenRouter key bound to an account (its owner; bindings in
+// the store win over the config's key_hash), the key's spend in the owner's current window
+// (usage_daily/weekly/monthly, or limit - limit_remaining; lifetime usage for owners without a
+// period) is compared with the spend the ledger recorded *through that key* in the same window:
+// commits of holds made with the key (ledger_authorize_via names it, or the default rule picks the
+// account's own bound key, else its nearest ancestor's), debits, and earlier adjustments, from the
+// store's per-key day buckets (reconcile flushes first). When OpenRouter saw more by more than the
+// tolerance, the difference is charged to the key's owner and its ancestors as an adjustment
+// through that key (Ledger::adjust), journaled by the flush that records it; so a rerun or a
+// restart compares live values again and never charges twice. Drift the other way is reported,
+// not "fixed". A missing window field is unknown, never zero.
 #pragma once
 
 #include <memory>
@@ -20,14 +24,32 @@
 
 namespace ledger::admin {
 
+enum class Drift {
+  kWithinTolerance,
+  kAdjusted,         // OpenRouter saw more: the difference was charged to the owner through the key
+  kWouldAdjust,      // the same, in a dry run
+  kLedgerHigher,     // the ledger recorded more through the key than OpenRouter shows (yet)
+  kUnknownWindow,    // OpenRouter did not report the window's usage
+  kKeyNotFound,      // bound, but not at OpenRouter (deleted?)
+  kOwnerNotInLedger, // bound to an account the ledger does not have (run ledgerctl init)
+  kUnbound,          // the ledger recorded spend through a key no account owns: nobody to charge
+  kAdjustFailed,
+};
+
 struct DriftRow {
-  std::string account, key_hash;
-  int64_t ledger_nanousd = 0;
+  std::string key_hash, key_name;  // key_name "" when OpenRouter did not list it
+  std::string account;             // the key's owner, "" = unbound
+  std::string period;              // the window compared: "daily", "weekly", "monthly", "" = lifetime
+  int64_t ledger_nanousd = 0;      // recorded through the key in the window
   std::optional<int64_t> openrouter_nanousd;  // nullopt: OpenRouter did not say
   int64_t adjusted_nanousd = 0;
   bool limit_synced = false;
-  std::string note;  // "adjusted", "within tolerance", "ledger higher", "unknown window", an error
+  Drift drift = Drift::kWithinTolerance;
+  std::string detail;              // what failed, when something did
+  std::vector<std::string> accounts;  // whose spend the ledger recorded through the key in the window
 };
+// One line a person can act on, e.g. "adjusted: OpenRouter saw 0.0934 more than the ledger".
+std::string drift_text(const DriftRow& row);
 
 struct ReconcileReport {
   std::vector<DriftRow> rows;
@@ -47,9 +69,17 @@ std::string management_key(const Config& config, std::string* error);
 size_t refresh_prices(Ledger& ledger, openrouter::Client& client, const Config& config, std::string* error);
 
 // A client for the configured OpenRouter with its management key; nullptr and *error without one.
-std::unique_ptr<openrouter::Client> client_for(const Config& config, std::string* error);
+std::unique_ptr<openrouter::Client> client_for(const Config& config, std::string* error,
+                                               const std::atomic<bool>* cancel = nullptr);
 
 ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Config& config, bool dry_run,
                           int64_t tolerance_nanousd = kReconcileToleranceNanousd);
+
+// Keys a worker pool probably uses without saying so: a key OpenRouter shows above the ledger while
+// keys of other accounts show the ledger above OpenRouter (workers of those accounts send through
+// the first key, but the default rule attributes their spend to their own keys). One line each,
+// naming the keys, the accounts and what to do; empty when the pattern is absent.
+std::vector<std::string> unsaid_key_use(const ReconcileReport& report,
+                                        int64_t tolerance_nanousd = kReconcileToleranceNanousd);
 
 }  // namespace ledger::admin

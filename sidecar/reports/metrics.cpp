@@ -121,8 +121,10 @@ std::string render_metrics(const Ledger& ledger, const SidecarCounters& c, int64
   for (const auto& t : tallies)
     sample(out, "ledger_model_requests_total", "account=\"" + label(t.account) + "\",model=\"" + label(t.model) + "\"",
            static_cast<int64_t>(t.requests));
-  family(out, "ledger_reconcile_drift_nanousd", "gauge", "OpenRouter's window spend minus the ledger's, at the last run.");
-  for (const auto& [account, drift] : c.drift_nanousd) sample(out, "ledger_reconcile_drift_nanousd", "account=\"" + account + "\"", drift);
+  family(out, "ledger_reconcile_drift_nanousd", "gauge",
+         "Per key: OpenRouter's window spend minus what the ledger recorded through the key, at the last run.");
+  for (const auto& [owner, drift] : c.drift_nanousd)
+    sample(out, "ledger_reconcile_drift_nanousd", "account=\"" + owner.first + "\",key=\"" + owner.second + "\"", drift);
   family(out, "ledger_openrouter_responses_total", "counter", "OpenRouter HTTP responses by status (0 = no response).");
   for (const auto& [status, count] : c.openrouter_responses)
     sample(out, "ledger_openrouter_responses_total", "status=\"" + std::to_string(status) + "\"", static_cast<int64_t>(count));

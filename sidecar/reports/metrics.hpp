@@ -22,7 +22,8 @@ struct SidecarCounters {
   int64_t last_flush_unix = 0;
   uint64_t reconcile_runs = 0, reconcile_errors = 0, adjustments = 0;
   int64_t last_reconcile_success_unix = 0;
-  std::map<std::string, int64_t> drift_nanousd;   // account -> openrouter - ledger (last run)
+  // (owner account, key hash prefix) -> OpenRouter's window spend minus the ledger's through the key (last run)
+  std::map<std::pair<std::string, std::string>, int64_t> drift_nanousd;
   std::map<int, uint64_t> openrouter_responses;  // HTTP status -> count
 };
 
@@ -35,6 +36,7 @@ class MetricsServer {
   // listen = "127.0.0.1:9464" (loopback only). False with *error when it cannot listen.
   bool start(const std::string& listen, std::string* error);
   void publish(std::string text);
+  bool running() const { return thread_.joinable(); }
   void stop();
 
  private:

@@ -49,6 +49,21 @@ class EmulatorProcess {
     o.backoff_max_ms = 20;
     return o;
   }
+  // GET of an emulator admin path (e.g. /__emulator/state), the body.
+  std::string admin_get(const std::string& path) {
+    CURL* curl = curl_easy_init();
+    const std::string url = "http://127.0.0.1:" + port_ + path;
+    std::string body;
+    curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, +[](char* p, size_t s, size_t n, void* out) {
+      static_cast<std::string*>(out)->append(p, s * n);
+      return s * n;
+    });
+    REQUIRE(curl_easy_perform(curl) == CURLE_OK);
+    curl_easy_cleanup(curl);
+    return body;
+  }
   // Admin calls to the emulator itself, through a client pointed at its root.
   void admin(const std::string& path, const std::string& body) {
     CURL* curl = curl_easy_init();

@@ -144,7 +144,9 @@ TEST_CASE("the sidecar reconciles on its schedule", "[reconcile][sidecar]") {
   bool adjusted = false;
   for (int i = 0; i < 500 && !adjusted; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    adjusted = ledger_test::read_file(log).find("msg=\"reconcile: adjusted\" account=bob") != std::string::npos;
+    const std::string text = ledger_test::read_file(log);
+    const size_t at = text.find("msg=\"reconcile: adjusted");
+    adjusted = at != std::string::npos && text.find(" account=bob ", at) != std::string::npos;
   }
   CHECK(adjusted);
   ::kill(sidecar, SIGTERM);
