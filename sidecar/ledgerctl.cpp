@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <boost/json.hpp>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -413,6 +414,7 @@ int cmd_report(const Config& config, const std::vector<std::string>& args) {
 }
 
 using DoctorLine = std::function<void(bool ok, const std::string& what, const std::string& detail)>;
+constexpr int64_t kDoctorOpenRouterDeadlineMs = 20'000;
 
 // doctor's checks of an open ledger: the config's accounts are in it, the tiers' models have prices,
 // the per-model tally table has room.
@@ -441,6 +443,51 @@ void doctor_ledger(const Config& config, const Ledger& ledger, const DoctorLine&
                       "ledger.max_accounts has a larger one"));
 }
 
+// The store's own health; the reader is closed on return (one LMDB environment per process).
+void doctor_store(const Config& config, const Ledger* ledger, const DoctorLine& line) {
+  std::unique_ptr<StoreReader> store;
+  const Status read = StoreReader::open(config.ledger.dir, &store);
+  if (!read.ok()) {
+    line(false, "store", "cannot read " + config.ledger.dir + "/ledger.mdb: " + describe(read) + " (ledgerctl init creates it)");
+    return;
+  }
+  StoreStats stats;
+  (void)store->stats(&stats);
+  const double used = stats.map_size_bytes ? 100.0 * static_cast<double>(stats.used_bytes) / static_cast<double>(stats.map_size_bytes) : 0;
+  const int64_t age_s = stats.last_flush_ms ? (ledger ? ledger->now_ms() : 0) / 1000 - stats.last_flush_ms / 1000 : -1;
+  line(used < 90, "store", config.ledger.dir + "/ledger.mdb: " + std::to_string(static_cast<int>(used)) + "% of the map used, last flush " +
+                               (age_s >= 0 ? std::to_string(age_s) + " s ago" : "never"));
+}
+
+// OpenRouter: reachable, the right kind of key, credits, and keys used without saying so. All of it
+// under one overall deadline, so a rate-limiting or silent OpenRouter cannot hang doctor.
+void doctor_openrouter(const Config& config, Ledger* ledger, const DoctorLine& line) {
+  std::string key_error;
+  auto client = client_for(config, &key_error);
+  line(client != nullptr, "openrouter key", client ? "found (not shown)" : key_error);
+  if (!client) return;
+  client->set_deadline(std::chrono::steady_clock::now() + std::chrono::milliseconds(kDoctorOpenRouterDeadlineMs));
+  openrouter::KeyInfo me;
+  bool management = false;
+  const openrouter::Error e = client->current_key(&me, &management);
+  line(!e, "openrouter reach", e ? e.message : config.openrouter.base_url + " answers");
+  if (e) return;
+  line(management, "openrouter key type",
+       management ? "a management key" : "a normal API key: the sidecar needs a management key (Settings > Management keys)");
+  if (!management) return;
+  int64_t total = 0, used = 0;
+  if (!client->credits(&total, &used)) line(total - used > 0, "openrouter credits", format_usd(total - used) + " USD left of " + format_usd(total));
+  if (ledger == nullptr) return;
+  const ReconcileReport r = reconcile(*ledger, *client, config, /*dry_run=*/true);
+  if (!r.error.empty()) {
+    line(false, "key use", "cannot compare keys: " + r.error);
+    return;
+  }
+  const auto unsaid = unsaid_key_use(r);
+  for (const auto& u : unsaid) line(false, "key use", u);
+  if (unsaid.empty()) line(true, "key use", std::to_string(r.rows.size()) + " keys compared with what the ledger recorded through them");
+}
+
 int cmd_doctor(const Config& config) {
   int problems = 0;
   const DoctorLine line = [&](bool ok, const std::string& what, const std::string& detail) {
@@ -453,38 +500,11 @@ int cmd_doctor(const Config& config) {
   const Status opened = open_existing_ledger(config, &ledger, &error);
   line(opened.ok(), "ledger", opened.ok() ? Ledger::segment_path(config.ledger.dir) : error);
   if (opened.ok()) doctor_ledger(config, *ledger, line);
-  std::unique_ptr<StoreReader> store;
-  const Status read = StoreReader::open(config.ledger.dir, &store);
-  if (read.ok()) {
-    StoreStats stats;
-    (void)store->stats(&stats);
-    const double used = stats.map_size_bytes ? 100.0 * static_cast<double>(stats.used_bytes) / static_cast<double>(stats.map_size_bytes) : 0;
-    const int64_t age_s = stats.last_flush_ms ? (ledger ? ledger->now_ms() : 0) / 1000 - stats.last_flush_ms / 1000 : -1;
-    line(used < 90, "store", config.ledger.dir + "/ledger.mdb: " + std::to_string(static_cast<int>(used)) + "% of the map used, last flush " +
-                                 (age_s >= 0 ? std::to_string(age_s) + " s ago" : "never"));
-  } else {
-    line(false, "store", "cannot read " + config.ledger.dir + "/ledger.mdb: " + describe(read) + " (ledgerctl init creates it)");
-  }
+  doctor_store(config, ledger.get(), line);
   const bool sidecar = sidecar_running(config.ledger.dir);
   line(sidecar, "sidecar", sidecar ? "running" : "not running: start ledger-sidecar --config " + config.path +
                                                      " (nothing is flushed or reclaimed without it)");
-  if (config.openrouter.present) {
-    std::string key_error;
-    auto client = client_for(config, &key_error);
-    line(client != nullptr, "openrouter key", client ? "found (not shown)" : key_error);
-    if (client) {
-      openrouter::KeyInfo me;
-      bool management = false;
-      const openrouter::Error e = client->current_key(&me, &management);
-      line(!e, "openrouter reach", e ? e.message : config.openrouter.base_url + " answers");
-      if (!e)
-        line(management, "openrouter key type",
-             management ? "a management key" : "a normal API key: the sidecar needs a management key (Settings > Management keys)");
-      int64_t total = 0, used = 0;
-      if (!e && management && !client->credits(&total, &used))
-        line(total - used > 0, "openrouter credits", format_usd(total - used) + " USD left of " + format_usd(total));
-    }
-  }
+  if (config.openrouter.present) doctor_openrouter(config, ledger.get(), line);
   return problems == 0 ? kExitOk : kExitRuntime;
 }
 

@@ -239,8 +239,11 @@ static int flush_tally(const Ledger::Impl& l, FlushTxn& t, const TallyRow& row, 
     return rc;
   }
   if (row.kind != kTallyAdjustment) return 0;
-  int rc = tally_delta(t, t.env.adjustments, pair_key(account, key_hash), segment, row.word, &delta, &delta_requests);
+  const std::string key = pair_key(account, key_hash);
+  int rc = tally_delta(t, t.env.adjustments, key, segment, row.word, &delta, &delta_requests);
   if (rc != 0 || delta == 0) return rc;
+  rc = add_to_day(t, t.env.adjustment_daily, key, delta, delta_requests);
+  if (rc != 0) return rc;
   JournalValue entry{};
   entry.unix_ms = t.now_ms;
   entry.kind = static_cast<uint32_t>(JournalKind::kAdjustment);

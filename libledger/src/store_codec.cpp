@@ -96,6 +96,7 @@ Status Env::open_databases(MDB_txn* txn, bool write) {
   optional("key_tallies", &key_tallies);
   optional("key_daily", &key_daily);
   optional("adjustments", &adjustments);
+  optional("adjustment_daily", &adjustment_daily);
   if (rc == MDB_NOTFOUND) return Code::kIncompatible;  // one of the first five is missing: not ours
   return mdb_status(rc);
 }

@@ -39,7 +39,7 @@ inline constexpr uint32_t kAccountValueVersion = 2;
 inline constexpr size_t kAccountValueV1Size = 152;
 static_assert(sizeof(AccountValue) == 216);
 
-// periods, daily, model_daily, key_daily: spend and requests.
+// periods, daily, model_daily, key_daily: spend and requests; adjustment_daily: amount and count.
 struct TotalsValue {
   int64_t spent_nanousd;
   uint64_t requests;
@@ -85,7 +85,7 @@ Status mdb_status(int rc);
 struct Env {
   MDB_env* env = nullptr;
   MDB_dbi meta = 0, accounts = 0, periods = 0, daily = 0, journal = 0, keys = 0, models = 0, model_daily = 0;
-  MDB_dbi key_tallies = 0, key_daily = 0, adjustments = 0;
+  MDB_dbi key_tallies = 0, key_daily = 0, adjustments = 0, adjustment_daily = 0;
   bool locked = false;
   Env() = default;
   Env(const Env&) = delete;

@@ -185,6 +185,17 @@ Status StoreReader::key_days(int64_t first_day, int64_t last_day, std::vector<St
                            });
 }
 
+Status StoreReader::adjustment_days(int64_t first_day, int64_t last_day, std::vector<StoredAdjustmentDay>* out) const {
+  out->clear();
+  if (impl_->env.adjustment_daily == 0) return Code::kOk;  // a store from before journaled adjustments
+  return scan_number_range(impl_->env, impl_->env.adjustment_daily, first_day, last_day,
+                           [&](std::string_view prefix, int64_t day, const TotalsValue& t) {
+                             std::string_view account, key;
+                             if (!split_pair(prefix.substr(0, prefix.size() - 1), &account, &key)) return;
+                             out->push_back(StoredAdjustmentDay{std::string(account), std::string(key), day, t.spent_nanousd, t.requests});
+                           });
+}
+
 Status StoreReader::journal(uint64_t from_seq, size_t max_entries, std::vector<JournalEntry>* out) const {
   out->clear();
   MDB_val start = val(&from_seq, sizeof from_seq);

@@ -38,6 +38,24 @@ std::string format_date(int64_t day) {
   return buffer;
 }
 
+namespace {
+// Spend OpenRouter billed on a key beyond what the ledger recorded through it: charged by
+// reconciliation, and named, since somebody spent outside the ledger.
+Status add_bypass_anomalies(const StoreReader& store, int64_t from_day, int64_t to_day, Report* r) {
+  std::vector<StoredAdjustmentDay> adjustments;
+  if (const Status s = store.adjustment_days(from_day, to_day, &adjustments); !s.ok()) return s;
+  for (const auto& a : adjustments) {
+    if (a.amount_nanousd <= 0) continue;
+    const std::string key = a.key_hash.empty() ? std::string("its key") : "key " + a.key_hash.substr(0, 12) + "...";
+    r->anomalies.push_back({"bypass", a.account, a.day,
+                            format_usd(a.amount_nanousd) + " USD that OpenRouter billed on " + key +
+                                " beyond what the ledger recorded through it (spent outside the ledger; charged by " +
+                                std::to_string(a.count) + " reconciliation adjustment" + (a.count == 1 ? "" : "s") + ")"});
+  }
+  return Code::kOk;
+}
+}  // namespace
+
 Status build_report(const Config& config, int64_t from_day, int64_t to_day, int64_t now_unix, Report* out) {
   if (from_day > to_day || to_day - from_day > 366 * 5) return Code::kInvalidArgument;
   std::unique_ptr<StoreReader> store;
@@ -149,6 +167,7 @@ Status build_report(const Config& config, int64_t from_day, int64_t to_day, int6
         r.anomalies.push_back({"spike", account, day, format_usd(today->second) + " USD against a trailing median of " + format_usd(median)});
     }
   }
+  if (!(s = add_bypass_anomalies(*store, from_day, to_day, &r)).ok()) return s;
   for (const auto& a : accounts) {
     if (a.period != Period::kDaily || a.limit_nanousd <= 0) continue;
     int at_limit = 0;

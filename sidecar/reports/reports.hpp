@@ -44,7 +44,9 @@ struct ReportRow {
 };
 
 struct Anomaly {
-  std::string kind;     // "spike" (a day far above the trailing median), "at_limit" (several days)
+  // "spike" (a day far above the trailing median), "at_limit" (several days), "bypass" (OpenRouter
+  // billed a key beyond what the ledger recorded through it), "unowned_key_spend"
+  std::string kind;
   std::string account;
   int64_t day = 0;      // days since 1970-01-01
   std::string detail;

@@ -3,6 +3,8 @@
 #include "ledger/c.h"
 
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <thread>
 #include <cstring>
 #include <string>
 
@@ -10,6 +12,10 @@
 
 using ledger_test::kUsd;
 using ledger_test::TempDir;
+using ledger::Code;
+using ledger::HoldPolicy;
+using ledger::Ledger;
+using ledger::Options;
 
 namespace {
 struct Handle {
@@ -200,4 +206,28 @@ TEST_CASE("prices, estimates and authorize through the C ABI", "[c][policy]") {
   REQUIRE(ledger_balance(l, "alice", &b) == LEDGER_OK);
   CHECK(b.held_nanousd == 450'000);
   CHECK(ledger_authorize(l, "alice", "openai/gpt-4o-mini", 2 * kUsd, 0, out, sizeof out, &id) == LEDGER_DENIED_OVER_BUDGET);
+}
+
+TEST_CASE("the configured default TTL reaches a worker's ledger_reserve(ttl 0)", "[c]") {
+  ledger_test::TempDir dir;
+  ledger_t* l = nullptr;
+  REQUIRE(ledger_create(dir.path().c_str(), nullptr, &l) == LEDGER_OK);
+  REQUIRE(ledger_set_budget(l, "alice", kUsd, LEDGER_PERIOD_NONE, nullptr) == LEDGER_OK);
+  {
+    // What ledgerctl init and the sidecar do with ledger.reservation_ttl_s: set it in the segment.
+    Options admin;
+    admin.admin = true;
+    std::unique_ptr<Ledger> sidecar;
+    REQUIRE(Ledger::open(dir.path(), admin, &sidecar) == Code::kOk);
+    HoldPolicy policy = sidecar->hold_policy();
+    policy.default_ttl_s = 1;
+    REQUIRE(sidecar->set_hold_policy(policy) == Code::kOk);
+  }
+  uint64_t id = 0;
+  REQUIRE(ledger_reserve(l, "alice", 100, 0, &id) == LEDGER_OK);  // 0: the ledger's default, not 600 s
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  uint32_t reclaimed = 0;
+  REQUIRE(ledger_reclaim(l, &reclaimed) == LEDGER_OK);
+  CHECK(reclaimed == 1);
+  ledger_close(l);
 }

@@ -134,3 +134,14 @@ TEST_CASE("killing everything during an OpenRouter outage loses only the last fl
   CHECK(lost >= 0);  // never more than was acknowledged
   CHECK(lost <= last_second);  // before the fix: everything since the outage began
 }
+
+TEST_CASE("doctor has an overall deadline while OpenRouter rate limits", "[network]") {
+  Setup s(R"({"path": "/api/v1/", "status": 429, "retry_after_s": 30, "count": 1000})");
+  const auto started = Steady::now();
+  const auto doctor = run({LEDGERCTL_PATH, "--config", s.config, "doctor"});
+  const double seconds = std::chrono::duration<double>(Steady::now() - started).count();
+  INFO(doctor.out << doctor.err << "took " << seconds << " s");
+  CHECK(doctor.exit_code == 2);
+  CHECK(doctor.out.find("FAIL   openrouter reach") != std::string::npos);
+  CHECK(seconds < 60);  // 20 s of OpenRouter checks at most (it took ~90 s before the deadline)
+}

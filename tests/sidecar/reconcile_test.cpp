@@ -260,3 +260,111 @@ TEST_CASE("reconcile 10,000 keys", "[.bench]") {
   l.reset();
   (void)Ledger::destroy_segment(dir.path() + "/ledger");
 }
+
+namespace {
+
+// The team's playbook: one shared key bound to the team, one key per member, workers on the shared
+// key authorizing per member; OpenRouter bills every request to the key it was sent with.
+struct Playbook : ledger_test::EmulatorLedger {
+  std::map<std::string, std::string> hash;  // eng, alice, bob, carol -> key hash
+  Playbook() {
+    std::string accounts = R"([{"id": "eng", "limit_usd": "100", "period": "monthly", "key_hash": "HASH_eng"})";
+    for (const char* who : {"eng", "alice", "bob", "carol"}) {
+      openrouter::KeyInfo k;
+      std::string secret;
+      REQUIRE_FALSE(client.create_key(who, std::nullopt, "", &k, &secret));
+      hash[who] = k.hash;
+      if (std::string(who) != "eng")
+        accounts += R"(, {"id": ")" + std::string(who) + R"(", "parent": "eng", "limit_usd": "10", "period": "daily", "key_hash": ")" + k.hash + R"("})";
+    }
+    accounts.replace(accounts.find("HASH_eng"), 8, hash["eng"]);
+    ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 64},
+      "openrouter": {"base_url": ")" + emu.base() + R"(", "management_key_file": ")" + emu.key_file() + R"(", "timeout_ms": 2000},
+      "prices": {"vendor/model": {"prompt_usd_per_mtok": "1", "completion_usd_per_mtok": "1"}},
+      "accounts": )" + accounts + "]}");
+    const auto init = run({LEDGERCTL_PATH, "--config", config, "init"});
+    INFO(init.err);
+    REQUIRE(init.exit_code == 0);
+  }
+  // A worker's request for `member` on the shared key: authorized (saying the key or not),
+  // committed at `cost`, and billed by OpenRouter to the shared key.
+  void request(Ledger& l, const std::string& member, int64_t cost, bool say_key) {
+    std::string_view chosen;
+    ReservationId id = 0;
+    REQUIRE(l.authorize_via(member, "vendor/model", kUsd / 100, 60, say_key ? hash["eng"] : "", &chosen, &id) == Code::kOk);
+    REQUIRE(l.commit(id, cost) == Code::kOk);
+    emu.admin("/__emulator/usage", R"({"hash": ")" + hash["eng"] + R"(", "cost_usd": ")" + format_usd(cost) + R"("})");
+  }
+  void run_workers(bool say_key) {
+    std::unique_ptr<Ledger> l;
+    REQUIRE(Ledger::open(ledger_dir, Options{}, &l) == Code::kOk);
+    const char* members[] = {"alice", "bob", "carol"};
+    for (int i = 0; i < 30; ++i) request(*l, members[i % 3], 1'234'567 + i * 1'001, say_key);
+    emu.admin("/__emulator/usage", R"({"hash": ")" + hash["bob"] + R"(", "cost_usd": "0.10"})");  // bob, outside the ledger
+  }
+  // What OpenRouter shows for all the team's keys this month, and what the ledger has for the team.
+  std::pair<int64_t, int64_t> totals() {
+    std::vector<openrouter::KeyInfo> keys;
+    REQUIRE_FALSE(client.list_keys(&keys));
+    int64_t billed = 0;
+    for (const auto& k : keys) billed += k.usage_monthly_nanousd.value_or(0);
+    std::unique_ptr<Ledger> l;
+    REQUIRE(Ledger::open(ledger_dir, Options{}, &l) == Code::kOk);
+    Balance eng;
+    REQUIRE(l->balance("eng", &eng) == Code::kOk);
+    return {billed, eng.spent_nanousd};
+  }
+};
+
+}  // namespace
+
+TEST_CASE("per key: a shared team key and a bypass on a member's own key end with ledger == keys, the bypass charged to its owner", "[reconcile]") {
+  Playbook p;
+  p.run_workers(/*say_key=*/true);
+  const auto r = run({LEDGERCTL_PATH, "--config", p.config, "reconcile"});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("ledger higher") == std::string::npos);  // the members' own keys carried nothing: no false drift
+  CHECK(r.out.find("without saying so") == std::string::npos);
+  const auto [billed, ledger_total] = p.totals();
+  CHECK(ledger_total == billed);  // to the nano-USD
+  std::unique_ptr<Ledger> l;
+  REQUIRE(Ledger::open(p.ledger_dir, Options{}, &l) == Code::kOk);
+  std::vector<KeySpend> spend;
+  REQUIRE(l->key_spend(&spend) == Code::kOk);
+  int64_t bob_adjusted = 0, other_adjusted = 0;
+  for (const auto& k : spend) (k.account == "bob" && k.key_hash == p.hash["bob"] ? bob_adjusted : other_adjusted) += k.adjusted_nanousd;
+  CHECK(bob_adjusted == kUsd / 10);  // the bypass, charged to bob, through his key
+  CHECK(other_adjusted == 0);
+  l.reset();
+  // The report names it.
+  const auto report = run({LEDGERCTL_PATH, "--config", p.config, "report", "--format", "json"});
+  REQUIRE(report.exit_code == 0);
+  const auto json = boost::json::parse(report.out).as_object();
+  bool named = false;
+  for (const auto& a : json.at("anomalies").as_array()) {
+    const auto& o = a.as_object();
+    named = named || (o.at("kind").as_string() == "bypass" && o.at("account").as_string() == "bob" &&
+                      std::string(o.at("detail").as_string()).find(p.hash["bob"].substr(0, 12)) != std::string::npos);
+  }
+  CHECK(named);
+  // Reconciling again changes nothing.
+  REQUIRE(run({LEDGERCTL_PATH, "--config", p.config, "reconcile"}).exit_code == 0);
+  CHECK(p.totals().second == ledger_total);
+}
+
+TEST_CASE("per key: workers that use the team's key without saying so are named by reconcile and doctor", "[reconcile]") {
+  Playbook p;
+  p.run_workers(/*say_key=*/false);  // the default rule sends each member's spend to the member's own key
+  const auto dry = run({LEDGERCTL_PATH, "--config", p.config, "reconcile", "--dry-run"});
+  INFO(dry.out << dry.err);
+  REQUIRE(dry.exit_code == 0);
+  CHECK(dry.out.find("ledger higher") != std::string::npos);  // the members' keys: the ledger saw spend OpenRouter did not
+  CHECK(dry.out.find("without saying so") != std::string::npos);
+  const auto doctor = run({LEDGERCTL_PATH, "--config", p.config, "doctor"});
+  INFO(doctor.out);
+  CHECK(doctor.exit_code == 2);
+  CHECK(doctor.out.find("without saying so") != std::string::npos);
+  CHECK(doctor.out.find(p.hash["eng"].substr(0, 12)) != std::string::npos);
+  CHECK(doctor.out.find("sk-or-v1-") == std::string::npos);
+}

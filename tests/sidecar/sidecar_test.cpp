@@ -252,3 +252,63 @@ TEST_CASE("SIGHUP with an unknown grandparent is refused; the sidecar keeps runn
     if (p.account == "alice") stored += p.spent_nanousd;
   CHECK(stored == kUsd);  // the final flush of the still-working sidecar
 }
+
+namespace {
+size_t count_of(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+}  // namespace
+
+TEST_CASE("a full LMDB map is logged once, and raising store_map_size_mb with SIGHUP fixes it at once", "[sidecar]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/ledger.json", ledger_dir = dir.path() + "/ledger", log = dir.path() + "/sidecar.log";
+  std::string accounts = R"([{"id": "team", "limit_usd": "1000000", "period": "monthly"})";
+  for (int i = 0; i < 300; ++i)
+    accounts += R"(, {"id": "u)" + std::to_string(i) + R"(", "parent": "team", "limit_usd": "1000", "period": "daily"})";
+  const auto write_config = [&](int map_mb) {
+    ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 512, "flush_interval_ms": 50, "store_map_size_mb": )" +
+                                        std::to_string(map_mb) + R"(}, "accounts": )" + accounts + "]}");
+  };
+  write_config(1);
+  const auto init = ledger_test::run({LEDGERCTL_PATH, "--config", config, "init"});
+  INFO(init.err);
+  REQUIRE(init.exit_code == 0);
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  const pid_t sidecar = ledger_test::spawn({SIDECAR_PATH, "--config", config}, fd, fd);
+  ::close(fd);
+  std::unique_ptr<Ledger> l;
+  REQUIRE(Ledger::open(ledger_dir, Options{}, &l) == Code::kOk);
+  std::atomic<bool> stop{false};
+  std::thread worker([&] {  // every account changes between flushes: the journal grows until the map is full
+    for (int round = 0; !stop.load(); ++round)
+      for (int i = 0; i < 300 && !stop.load(); ++i) (void)l->debit("u" + std::to_string(i), 1);
+  });
+  const bool full = wait_for([&] { return ledger_test::read_file(log).find("map is full") != std::string::npos; }, 20000);
+  CHECK(full);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // ten more failing flushes
+  CHECK(count_of(ledger_test::read_file(log), "flush failed") == 1);  // once per state change
+  write_config(64);
+  ::kill(sidecar, SIGHUP);
+  CHECK(wait_for([&] { return ledger_test::read_file(log).find("flush recovered") != std::string::npos; }, 10000));
+  stop = true;
+  worker.join();
+  ::kill(sidecar, SIGTERM);
+  int status = 0;
+  REQUIRE(::waitpid(sidecar, &status, 0) == sidecar);
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));  // the final flush worked
+  std::unique_ptr<StoreReader> store;
+  REQUIRE(StoreReader::open(ledger_dir, &store) == Code::kOk);
+  std::vector<StoredPeriod> periods;
+  REQUIRE(store->periods(&periods) == Code::kOk);
+  for (const auto& p : periods)
+    if (p.account == "team") {
+      Balance team;
+      REQUIRE(l->balance("team", &team) == Code::kOk);
+      CHECK(p.spent_nanousd == team.spent_nanousd);  // nothing lost while the map was full
+    }
+  store.reset();
+  l.reset();
+  (void)Ledger::destroy_segment(ledger_dir);
+}

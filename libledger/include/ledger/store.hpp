@@ -10,6 +10,7 @@
 //   models     (name, model) -> the last per-model tally seen, with the id of its segment
 //   key_daily  (key hash, name, UTC day) -> what settled through that OpenRouter key that day
 //   key_tallies, adjustments -> the last per-key and per-adjustment tallies seen (like models)
+//   adjustment_daily (name, key hash, UTC day) -> reconciliation adjustments flushed that day
 //   journal    seq -> one entry per account and flush, and one per reconciliation adjustment,
 //              written in the same transaction as the totals it changed: the audit trail
 // A flush computes, per account and period, settled = used - live holds, and records the change
@@ -83,6 +84,15 @@ struct StoredKeyDay {
   uint64_t requests = 0;
 };
 
+// Reconciliation adjustments of one account through one key ("" = none) flushed that day.
+struct StoredAdjustmentDay {
+  std::string account;
+  std::string key_hash;
+  int64_t day = 0;
+  int64_t amount_nanousd = 0;
+  uint64_t count = 0;
+};
+
 enum class JournalKind : uint32_t { kFlush = 1, kAdjustment = 2 };  // reaches disk: never renumber
 struct JournalEntry {
   uint64_t seq = 0;
@@ -122,6 +132,7 @@ class StoreReader {
   Status days(int64_t first_day, int64_t last_day, std::vector<StoredDay>* out) const;
   Status model_days(int64_t first_day, int64_t last_day, std::vector<StoredModelDay>* out) const;
   Status key_days(int64_t first_day, int64_t last_day, std::vector<StoredKeyDay>* out) const;
+  Status adjustment_days(int64_t first_day, int64_t last_day, std::vector<StoredAdjustmentDay>* out) const;
   Status journal(uint64_t from_seq, size_t max_entries, std::vector<JournalEntry>* out) const;
   Status stats(StoreStats* out) const;
   struct Impl;
