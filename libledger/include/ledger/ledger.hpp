@@ -134,7 +134,7 @@ struct ModelSpend {
   std::string account;
   std::string model;
   int64_t spent_nanousd = 0;
-  uint64_t requests = 0;  // wraps at 2^33 like every request counter of the segment
+  uint64_t requests = 0;  // wraps at 2^32 like every request counter of the segment
 };
 
 // What settled through one OpenRouter key for one account since the segment was created: commits
