@@ -115,6 +115,11 @@ int64_t call_model(CURL* curl, const std::string& base_url, const std::string& a
     std::string_view model;
     ReservationId id = 0;
     const Status s = ledger.authorize(kUsers[u].name, kUsers[u].model, estimate, 120, &model, &id);
+    if (s.code() == Code::kUnknownModel) {  // a configuration error, not a denial: say which name has no price
+      std::fprintf(stderr, "worker: no price for \"%.*s\" (what %s's request for %s would use): add it under \"prices\"\n",
+                   static_cast<int>(model.size()), model.data(), kUsers[u].name, kUsers[u].model);
+      std::_Exit(4);
+    }
     if (!s.ok()) {
       shared.denied[u] += 1;
       std::this_thread::sleep_for(std::chrono::milliseconds(2));

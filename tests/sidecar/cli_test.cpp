@@ -330,3 +330,69 @@ TEST_CASE("init warns and doctor flags tier models that have no price", "[cli]")
   doctor = run({LEDGERCTL_PATH, "--config", config, "doctor"});
   CHECK(doctor.out.find("ok     prices                 every model the tiers name has a price") != std::string::npos);
 }
+
+namespace {
+// A small tmpfs of its own (root only; elsewhere the test says so and checks nothing).
+struct SmallTmpfs {
+  std::string path;
+  bool mounted = false;
+  explicit SmallTmpfs(const std::string& at) : path(at) {
+    std::filesystem::create_directories(path);
+    mounted = run({"/bin/mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", path}).exit_code == 0;
+  }
+  ~SmallTmpfs() {
+    if (mounted) (void)run({"/bin/umount", "-l", path});
+  }
+};
+}  // namespace
+
+TEST_CASE("a segment that does not fit its filesystem is a clear error at init; one that fits never SIGBUSes later", "[cli]") {
+  TempDir dir;
+  SmallTmpfs shm(dir.path() + "/shm");
+  if (!shm.mounted) {
+    WARN("cannot mount a tmpfs here (not root?): the RLIMIT_FSIZE case of segment_test stands in");
+    return;
+  }
+  const std::string config = dir.path() + "/ledger.json";
+  const auto write = [&](const std::string& limits) {
+    ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "segment_dir": ")" + shm.path + R"(")" + limits + R"(},
+      "accounts": [{"id": "team", "limit_usd": "10", "period": "monthly"},
+                   {"id": "alice", "parent": "team", "limit_usd": "5", "period": "daily"}]})");
+  };
+  write("");  // the default capacities need ~34 MiB
+  const auto big = run({LEDGERCTL_PATH, "--config", config, "init"});
+  INFO(big.out << big.err);
+  CHECK(big.exit_code == 2);
+  CHECK(big.err.find("no room for the segment (it needs ") != std::string::npos);
+  CHECK(big.err.find(shm.path) != std::string::npos);
+  CHECK(std::filesystem::is_empty(shm.path));  // nothing half-built left behind
+  write(R"(, "max_accounts": 64, "max_reservations": 256, "max_processes": 8)");
+  const auto small = run({LEDGERCTL_PATH, "--config", config, "init"});
+  INFO(small.err);
+  REQUIRE(small.exit_code == 0);
+  // Another tenant fills the filesystem: the segment's pages were reserved, so its users go on.
+  (void)run({"/bin/dd", "if=/dev/zero", "of=" + shm.path + "/filler", "bs=64k", "count=1000"});
+  for (int i = 0; i < 20; ++i) REQUIRE(run({LEDGERCTL_PATH, "--config", config, "debit", "alice", "0.01"}).exit_code == 0);
+  const auto status = run({LEDGERCTL_PATH, "--config", config, "status", "--json"});
+  REQUIRE(status.exit_code == 0);
+  CHECK(status.out.find("\"spent_nanousd\":200000000") != std::string::npos);
+  (void)ledger::Ledger::destroy_segment(dir.path() + "/ledger");
+}
+
+TEST_CASE("with every worker process slot taken, ledgerctl still attaches", "[cli]") {
+  TempDir dir;
+  const std::string config = write_config(dir);  // max_processes 16
+  SegmentCleanup cleanup{dir.path() + "/ledger"};
+  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "init"}).exit_code == 0);
+  std::vector<std::unique_ptr<ledger::Ledger>> workers;
+  for (int i = 0; i < 16; ++i) {
+    workers.emplace_back();
+    REQUIRE(ledger::Ledger::open(dir.path() + "/ledger", ledger::Options{}, &workers.back()) == ledger::Code::kOk);
+  }
+  std::unique_ptr<ledger::Ledger> one_more;
+  CHECK(ledger::Ledger::open(dir.path() + "/ledger", ledger::Options{}, &one_more) == ledger::Code::kFull);
+  const auto status = run({LEDGERCTL_PATH, "--config", config, "status"});
+  INFO(status.err);
+  CHECK(status.exit_code == 0);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "debit", "alice", "0.01"}).exit_code == 0);
+}
