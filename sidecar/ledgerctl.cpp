@@ -52,6 +52,7 @@ Commands:
   keys delete HASH            HASH: the full hash or a unique prefix of at least 6 hex digits
   keys provision              a key for each configured account without one (printed once)
   keys rotate ACCOUNT         new key, rebind, delete the old one
+  config-reference            every config key with its default, range and meaning (Markdown; no --config)
   report [--from DATE] [--to DATE] [--format table|json|csv|html] [--out FILE]
                               the team report (default: the last 7 days, a table on stdout)
 
@@ -557,6 +558,10 @@ int main(int argc, char** argv) {
     } else {
       args.push_back(arg);
     }
+  }
+  if (!args.empty() && args[0] == "config-reference") {  // needs no config: the table's Markdown (README)
+    std::fputs(config_reference().c_str(), stdout);
+    return kExitOk;
   }
   if (help || args.empty()) {
     std::fputs(kUsage, help ? stdout : stderr);

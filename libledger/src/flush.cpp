@@ -328,7 +328,10 @@ bool Ledger::Impl::prepare_flush_cache(uint32_t count, uint64_t store_id, uint64
 }
 
 Status Ledger::Impl::flush_store() {
-  std::lock_guard<std::mutex> local(*flush_mutex);  // one LMDB environment per process at a time
+  // A reader open on this thread: refuse before taking any lock (waiting for the flush lock while
+  // holding the store lock could deadlock with a flush in another thread waiting for the store).
+  if (store_open_on_this_thread()) return Code::kInvalidArgument;
+  std::lock_guard<std::mutex> local(*flush_mutex);
   lock_byte_wait(kFlushLockByte);
   struct Unlock {
     const Impl* impl;

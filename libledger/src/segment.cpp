@@ -29,6 +29,7 @@
 #include <thread>
 
 #include "impl.hpp"
+#include "store_codec.hpp"
 
 namespace ledger {
 namespace {
@@ -491,6 +492,9 @@ Status Ledger::open(std::string_view dir, const Options& options, std::unique_pt
   if (!limits_valid(options.limits) || !hold_policy_valid(options.default_ttl_s, options.tombstone_grace_s) ||
       (options.file_mode & ~0777u) != 0 || options.segment_dir.size() >= PATH_MAX / 2)
     return Code::kInvalidArgument;
+  // A thread that has the store open must not wait for the init lock (its holder may be waiting for
+  // the store, to rebuild a segment): open ledgers before opening a StoreReader, or after closing it.
+  if (db::store_open_on_this_thread()) return Code::kInvalidArgument;
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   std::string segment_name;

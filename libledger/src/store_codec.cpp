@@ -40,6 +40,8 @@ Status mdb_status(int rc) {
   }
 }
 
+bool store_open_on_this_thread() { return tl_store_held; }
+
 Env::~Env() {
   if (env != nullptr) mdb_env_close(env);
   if (locked) {

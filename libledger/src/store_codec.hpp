@@ -80,6 +80,10 @@ struct HoldsValue {
 
 Status mdb_status(int rc);
 
+// True when this thread has an Env open already. Callers that take their own locks before opening
+// an Env check it first, so that no thread ever waits on one of them while holding the store lock.
+bool store_open_on_this_thread();
+
 // An LMDB environment with the ledger's databases, open for one flush, rebuild or read, holding
 // the process-wide store lock while it exists.
 struct Env {

@@ -40,49 +40,53 @@ struct AccountConfig {
   bool period_given = false;  // false: "period" was left out, so the budget is a lifetime one (none)
 };
 
+// The sections, one struct each. Their defaults are not here: every scalar field has one row in the
+// config table (core/config_table.cpp) with its default, range and meaning, and parsing fills each
+// field from it, present or not.
+struct LedgerSection {
+  std::string dir;
+  uint32_t max_accounts{}, max_reservations{}, max_processes{};
+  uint32_t flush_interval_ms{};
+  uint32_t reservation_ttl_s{};
+  uint64_t store_map_size_mb{};
+  std::string segment_dir;            // "" = as recorded for the ledger, else /dev/shm
+  uint32_t tombstone_grace_s{};
+  uint32_t max_tombstones{};          // 0 = half of max_reservations
+};
+
+struct OpenRouterSection {
+  bool present = false;               // the config has an "openrouter" section
+  std::string base_url;
+  std::string management_key_env;
+  std::string management_key_file;    // relative to the config file; absolute after loading
+  uint32_t reconcile_interval_s{};
+  uint32_t timeout_ms{};
+  bool sync_key_limits{};
+  std::string revoke;                 // what happens to the key of a blocked or removed account: disable | delete
+  bool disable_unowned_keys{};        // key sprawl: disable keys no account owns
+  std::string app_url;
+  std::string app_title;
+};
+
+struct ReportsSection {
+  std::string dir;                    // relative to the config file; absolute after loading
+  uint32_t interval_s{};
+  std::vector<std::string> formats;
+};
+
+struct MetricsSection {
+  std::string listen;                 // "" = no metrics endpoint
+};
+
 struct Config {
   std::string path;  // the file it was read from
-
-  struct {
-    std::string dir;
-    uint32_t max_accounts = 65536;
-    uint32_t max_reservations = 65536;
-    uint32_t max_processes = 256;
-    uint32_t flush_interval_ms = 1000;
-    uint32_t reservation_ttl_s = 600;
-    uint64_t store_map_size_mb = 1024;
-    std::string segment_dir;          // "" = as recorded for the ledger, else /dev/shm
-    uint32_t tombstone_grace_s = 86400;
-    uint32_t max_tombstones = 0;      // 0 = half of max_reservations
-  } ledger;
-
-  struct {
-    bool present = false;
-    std::string base_url = "https://openrouter.ai/api/v1";
-    std::string management_key_env = "OPENROUTER_MGMT_KEY";
-    std::string management_key_file;  // relative to the config file; absolute after loading
-    uint32_t reconcile_interval_s = 60;
-    uint32_t timeout_ms = 10000;
-    bool sync_key_limits = false;
-    std::string revoke = "disable";
-    bool disable_unowned_keys = false;  // key sprawl: disable keys no account owns  // what happens to the key of a blocked or removed account: disable | delete
-    std::string app_url;
-    std::string app_title;
-  } openrouter;
-
+  LedgerSection ledger;
+  OpenRouterSection openrouter;
   std::vector<TierConfig> tiers;
   std::vector<PriceConfig> prices;
   std::vector<AccountConfig> accounts;  // parents before children
-
-  struct {
-    std::string dir = "reports";  // relative to the config file; absolute after loading
-    uint32_t interval_s = 300;
-    std::vector<std::string> formats{"json", "csv", "html"};
-  } reports;
-
-  struct {
-    std::string listen;  // "" = no metrics endpoint
-  } metrics;
+  ReportsSection reports;
+  MetricsSection metrics;
 };
 
 // Reads and validates a config file. On failure returns nullopt and a one-line error that starts
@@ -90,5 +94,8 @@ struct Config {
 std::optional<Config> load_config(const std::string& path, std::string* error);
 // The same from text (path is used for messages and relative paths).
 std::optional<Config> parse_config(const std::string& text, const std::string& path, std::string* error);
+// The configuration reference (a Markdown table, every key with its default, range and meaning),
+// made from the config table: the README's section between its config-reference markers is this.
+std::string config_reference();
 
 }  // namespace ledger::admin

@@ -149,3 +149,31 @@ TEST_CASE("an unknown grandparent is exit 1 naming the key, not a crash", "[conf
   CHECK(sidecar.err.find("unknown account \"ghost\"") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(dir.path() + "/ledger"));
 }
+
+TEST_CASE("the README's configuration reference is the config table's", "[config]") {
+  const std::string readme = ledger_test::read_file(std::string(LEDGER_SOURCE_DIR) + "/README.md");
+  const size_t begin_marker = readme.find("<!-- config-reference begin");
+  const size_t end = readme.find("<!-- config-reference end -->");
+  REQUIRE(begin_marker != std::string::npos);
+  REQUIRE(end != std::string::npos);
+  const size_t begin = readme.find('\n', begin_marker) + 1;
+  INFO("refresh it with scripts/config-reference.sh");
+  CHECK(readme.substr(begin, end - begin) == ledger::admin::config_reference());
+}
+
+TEST_CASE("every key of the table is read, with its default when absent", "[config]") {
+  std::string error;
+  const auto c = ledger::admin::parse_config(R"({"ledger": {"dir": "x"}})", "/tmp/c.json", &error);
+  INFO(error);
+  REQUIRE(c.has_value());
+  CHECK(c->ledger.max_accounts == 65536);
+  CHECK(c->ledger.flush_interval_ms == 1000);
+  CHECK(c->ledger.tombstone_grace_s == 86400);
+  CHECK(c->openrouter.base_url == "https://openrouter.ai/api/v1");
+  CHECK(c->openrouter.management_key_env == "OPENROUTER_MGMT_KEY");
+  CHECK(c->openrouter.revoke == "disable");
+  CHECK(c->openrouter.timeout_ms == 10000);
+  CHECK(c->reports.formats == std::vector<std::string>{"json", "csv", "html"});
+  CHECK(c->reports.interval_s == 300);
+  CHECK_FALSE(c->openrouter.present);
+}

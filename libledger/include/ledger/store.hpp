@@ -23,7 +23,9 @@
 // same directory (or another StoreReader of it): LMDB allows one environment per file per process,
 // because closing one drops the process's file locks for all of them. Open, read, close.
 // The library enforces that rule: every LMDB environment of a process takes one process-wide lock
-// while it is open, so threads take turns; a thread that opens a second one gets kInvalidArgument.
+// while it is open, so threads take turns; a thread that has a StoreReader open gets
+// kInvalidArgument from a second StoreReader::open, Ledger::flush and Ledger::open (any of them could
+// otherwise wait for a thread that waits for the store).
 #pragma once
 
 #include <cstdint>
