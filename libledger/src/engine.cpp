@@ -38,7 +38,7 @@ inline uint64_t word_location(uint32_t account, uint32_t parity) {
 
 // The admission rule for one level: the word's period (or a rollover to `tag`), then
 // used + delta <= limit. False when denied. *tag becomes the period actually charged.
-bool plan_admission(const Account& account, PeriodWord current, uint32_t wanted_tag, int64_t delta,
+bool plan_admission(const Ledger::Impl& l, uint32_t index, PeriodWord current, uint32_t wanted_tag, int64_t delta,
                     int32_t delta_requests, uint32_t stamp, PeriodWord* desired, uint32_t* tag) {
   const uint32_t found_tag = meta_tag(current.meta);
   PeriodWord base = current;
@@ -49,8 +49,7 @@ bool plan_admission(const Account& account, PeriodWord current, uint32_t wanted_
     else base = PeriodWord{0, 0};  // rollover: this period starts empty
   }
   int64_t used;
-  const int64_t limit = load(account.limit_nanousd, memory_order_relaxed);
-  if (__builtin_add_overflow(base.used, delta, &used) || used > limit) return false;
+  if (__builtin_add_overflow(base.used, delta, &used) || used > l.admission_limit(index, *tag)) return false;
   *desired = PeriodWord{used, make_meta(meta_requests(base.meta) + static_cast<uint64_t>(delta_requests), *tag, stamp)};
   return true;
 }
@@ -279,7 +278,7 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
     uint32_t tag = spec.tag;
     const uint32_t found_tag = meta_tag(current.meta);
     if (admit) {
-      if (!plan_admission(account, current, spec.tag, spec.delta, spec.delta_requests, op->lane_id, &desired, &tag))
+      if (!plan_admission(*this, spec.account, current, spec.tag, spec.delta, spec.delta_requests, op->lane_id, &desired, &tag))
         return Code::kDeniedOverBudget;
     } else {
       const bool same = found_tag == spec.tag && tag_kind(spec.tag) == kind;
@@ -380,7 +379,7 @@ static Code debit_root(Ledger::Impl& l, uint32_t index, int64_t amount) {
   for (;;) {
     PeriodWord desired{};
     uint32_t tag = wanted;
-    if (!plan_admission(account, current, wanted, amount, 1, 0, &desired, &tag)) return l.count_denial(Code::kDeniedOverBudget);
+    if (!plan_admission(l, index, current, wanted, amount, 1, 0, &desired, &tag)) return l.count_denial(Code::kDeniedOverBudget);
     const uint32_t stamp = meta_lane(current.meta);
     if (stamp != 0) l.help(stamp, word_location(index, parity), current);
     if (period_word_cas(word, current, desired)) return Code::kOk;

@@ -123,13 +123,14 @@ using FlushCache = Ledger::Impl::FlushCache;
 static int flush_account_config(const Ledger::Impl& l, const FlushTxn& t, uint32_t i, uint32_t count, FlushCache::Entry& known) {
   const Account& a = l.accounts[i];
   const FlushCache::Config now{load(a.limit_nanousd), load(a.parent), load(a.period_kind), load(a.blocked),
-                               load(a.tier), 1, load(a.key)};
+                               load(a.tier), 1, load(a.key), load(a.global)};
   if (known.config == now) return 0;
   AccountValue config{};
   config.version = kAccountValueVersion;
   config.blocked = now.blocked;
   config.limit_nanousd = now.limit;
   config.period = now.period;
+  config.flags = now.global != 0 ? kAccountGlobal : 0;
   if (now.parent >= 0 && static_cast<uint32_t>(now.parent) < count)
     copy_name(config.parent, sizeof config.parent, l.account_name(static_cast<uint32_t>(now.parent)));
   copy_name(config.tier, sizeof config.tier, l.tier_name(now.tier));

@@ -196,6 +196,7 @@ struct Ledger::Impl {
   detail::Policy* policy = nullptr;
   detail::Tally* tallies = nullptr;
   detail::KeyEntry* keys = nullptr;
+  detail::AccountLeases* leases = nullptr;
   uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0, process_slots = 0;
   uint32_t hash_mask = 0, tally_mask = 0, key_mask = 0;
 
@@ -222,6 +223,7 @@ struct Ledger::Impl {
       int32_t parent = -1;
       uint8_t period = 0, blocked = 0, tier = 0, valid = 0;
       uint32_t key = 0;
+      uint8_t global = 0;
       bool operator==(const Config&) const = default;
     };
     struct Totals {
@@ -259,6 +261,17 @@ struct Ledger::Impl {
   void unlock_byte(off_t byte) const;
   bool byte_locked_by_other(off_t byte) const;  // by another open file description
   bool admin_lock_held() const;  // by any other open file description (a live admin writer)
+
+  // ---- leases.cpp (global mode) ----------------------------------------------------------------
+  // The limit admission applies to account `index` for period `tag`: its own limit for a local
+  // account; for a global one, this host's lease for that period while it is valid, else 0.
+  int64_t admission_limit(uint32_t index, uint32_t tag) const {
+    const detail::Account& a = accounts[index];
+    if (detail::load(a.global, detail::memory_order_relaxed) == 0) [[likely]]
+      return detail::load(a.limit_nanousd, detail::memory_order_relaxed);
+    return lease_limit(index, tag);
+  }
+  int64_t lease_limit(uint32_t index, uint32_t tag) const;
 
   // ---- keys.cpp -------------------------------------------------------------------------------
   // The key a text names (64 hex, or a unique prefix of >= 12): its index + 1 in *key. A full hash

@@ -9,6 +9,7 @@
 // Segment = Header | ProcessSlot[process_slots] | Lane[process_slots * kLanesPerProcess]
 //         | Account[max_accounts] | uint32 hash[hash_mask + 1] | Reservation[max_reservations]
 //         | Price[kModelsMax] | Policy | Tally[tally_mask + 1] | KeyEntry[key_mask + 1]
+//         | AccountLeases[max_accounts]
 // process_slots = max_processes (for workers) + kAdminProcessSlots (kept for the sidecar and
 // ledgerctl, so that a pool that takes every worker slot cannot lock the admin side out).
 #pragma once
@@ -66,7 +67,8 @@ struct alignas(64) Account {
   uint32_t name_length;
   uint32_t name_hash;
   uint32_t key;          // the bound OpenRouter key: KeyEntry index + 1, 0 = none (admin lock)
-  uint32_t reserved0;
+  uint8_t global;        // 1: a global account (global mode): admits only against this host's lease
+  uint8_t reserved0[3];
   char name[64];
 };
 static_assert(sizeof(Account) == 128 && alignof(Account) == 64);
@@ -261,6 +263,28 @@ struct alignas(64) KeyEntry {
 static_assert(sizeof(KeyEntry) == 64);
 
 // ---------------------------------------------------------------------------------------------
+// Leases (global mode, DESIGN 11): what this host may admit for a global account, per period word
+// (by the parity of the period index, like Account::words, so the next window's lease can be in
+// place before the boundary). Written by the sidecar only (it holds the one-sidecar lock) under a
+// seqlock (odd `seq` while rewriting; a writer that died there leaves it odd, and the next one
+// rounds it up); read lock-free by admission. A global account admits into period tag T only while
+// the lease word of T's parity carries tag T and its deadline (CLOCK_MONOTONIC ms, the same clock
+// for every process) has not passed; no lease, an old one, a passed deadline or a write in progress
+// all deny: fail closed.
+struct alignas(32) LeaseWord {
+  uint32_t seq;
+  uint32_t tag;             // the period the lease is for (0 = none)
+  int64_t limit_nanousd;    // this host's grants for that window, in total (its spend counts against it)
+  int64_t deadline_ms;      // CLOCK_MONOTONIC: admit only before it (grant time + ttl - skew margin)
+  uint64_t reserved;
+};
+static_assert(sizeof(LeaseWord) == 32);
+struct alignas(64) AccountLeases {
+  LeaseWord words[2];
+};
+static_assert(sizeof(AccountLeases) == 64);
+
+// ---------------------------------------------------------------------------------------------
 struct alignas(64) Header {
   uint64_t magic;                // written last at creation: a segment without it is incomplete
   uint32_t format_version;
@@ -299,7 +323,8 @@ struct alignas(64) Header {
   uint32_t tombstones_max;       // at most this many tombstones; the oldest beyond it are dropped
   uint32_t reserved3;
   uint64_t tombstones_dropped;   // tombstones dropped before their grace ended (count or a full table)
-  uint8_t reserved1[3320];
+  uint64_t offset_leases;        // AccountLeases[max_accounts]
+  uint8_t reserved1[3312];
 };
 static_assert(sizeof(Header) == 4096);
 static_assert(offsetof(Header, dir) == 128);

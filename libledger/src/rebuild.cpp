@@ -105,6 +105,8 @@ Status Ledger::Impl::rebuild_from_store() {
     const int32_t index = create_account_record(name, a.limit_nanousd, static_cast<Period>(a.period & 3));
     if (index < 0) return Code::kFull;
     store(accounts[index].blocked, static_cast<uint8_t>(a.blocked != 0));
+    // A global account comes back global, with no lease: it denies until the sidecar has leases.
+    store(accounts[index].global, static_cast<uint8_t>((a.flags & kAccountGlobal) != 0));
   }
   // Policy before tiers of accounts: no worker attaching after a reboot gets a ledger without it.
   if (status = rebuild_policy(txn.txn, env); !status.ok()) return status;

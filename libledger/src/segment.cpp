@@ -120,7 +120,7 @@ Status record_segment_dir(const std::string& dir, const std::string& segment_dir
 
 struct SegmentGeometry {
   uint64_t offset_processes, offset_lanes, offset_accounts, offset_hash, offset_reservations,
-      offset_prices, offset_policy, offset_tallies, offset_keys, total;
+      offset_prices, offset_policy, offset_tallies, offset_keys, offset_leases, total;
   uint32_t hash_mask, tally_mask, key_mask, process_slots;
 };
 
@@ -149,7 +149,8 @@ SegmentGeometry geometry_for(const Limits& limits) {
   const uint32_t keys = power_of_two_at_least(uint64_t{limits.max_accounts} * 2, 1024, kKeysMax);
   g.key_mask = keys - 1;
   g.offset_keys = align_up(g.offset_tallies + uint64_t{tallies} * sizeof(Tally), 64);
-  g.total = align_up(g.offset_keys + uint64_t{keys} * sizeof(KeyEntry), 4096);
+  g.offset_leases = align_up(g.offset_keys + uint64_t{keys} * sizeof(KeyEntry), 64);
+  g.total = align_up(g.offset_leases + uint64_t{limits.max_accounts} * sizeof(AccountLeases), 4096);
   return g;
 }
 
@@ -165,6 +166,7 @@ bool header_matches(const Header& h, uint64_t file_size) {
          g.offset_accounts == h.offset_accounts && g.offset_hash == h.offset_hash &&
          g.offset_reservations == h.offset_reservations && g.offset_prices == h.offset_prices &&
          g.offset_policy == h.offset_policy && g.offset_tallies == h.offset_tallies && g.offset_keys == h.offset_keys &&
+         g.offset_leases == h.offset_leases &&
          g.hash_mask == h.hash_mask && g.tally_mask == h.tally_mask && g.key_mask == h.key_mask &&
          g.process_slots == h.process_slots && load(h.account_count) <= limits.max_accounts &&
          load(h.key_count) <= (g.key_mask + 1) / 2 && load(h.model_count) <= kModelsMax / 2;
@@ -317,6 +319,7 @@ Status Ledger::Impl::create_segment(int fd, const Limits& limits) {
   h->tally_mask = g.tally_mask;
   h->offset_keys = g.offset_keys;
   h->key_mask = g.key_mask;
+  h->offset_leases = g.offset_leases;
   h->segment_id = random_segment_id();
   h->default_ttl_s = options.default_ttl_s;
   h->tombstone_grace_s = options.tombstone_grace_s;
@@ -340,6 +343,7 @@ void Ledger::Impl::map_tables() {
   policy = reinterpret_cast<Policy*>(b + header->offset_policy);
   tallies = reinterpret_cast<Tally*>(b + header->offset_tallies);
   keys = reinterpret_cast<KeyEntry*>(b + header->offset_keys);
+  leases = reinterpret_cast<AccountLeases*>(b + header->offset_leases);
   tally_mask = header->tally_mask;
   key_mask = header->key_mask;
   max_accounts = header->max_accounts;

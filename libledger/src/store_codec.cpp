@@ -138,7 +138,8 @@ bool decode_account(const MDB_val& v, AccountValue* out) {
   if (v.mv_size == sizeof(AccountValue)) {
     std::memcpy(out, v.mv_data, sizeof *out);
   } else if (v.mv_size == kAccountValueV1Size) {
-    std::memcpy(out, v.mv_data, kAccountValueV1Size);  // no key field
+    std::memcpy(out, v.mv_data, kAccountValueV1Size);  // no key field; its flags field was reserved (0)
+    out->flags = 0;
   } else {
     return false;
   }

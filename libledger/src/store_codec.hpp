@@ -30,11 +30,12 @@ struct AccountValue {
   uint32_t blocked;
   int64_t limit_nanousd;
   int32_t period;
-  uint32_t reserved;
+  uint32_t flags;     // kAccountGlobal (v2; 0 in v1)
   char parent[64];
   char tier[64];
   char key_hash[64];  // hex, "" = no key bound (v2)
 };
+inline constexpr uint32_t kAccountGlobal = 1;  // global mode: admits only against leases
 inline constexpr uint32_t kAccountValueVersion = 2;
 inline constexpr size_t kAccountValueV1Size = 152;
 static_assert(sizeof(AccountValue) == 216);

@@ -76,7 +76,8 @@ Status StoreReader::accounts(std::vector<StoredAccount>* out) const {
                                  std::string(a.parent, strnlen(a.parent, sizeof a.parent)), a.limit_nanousd,
                                  static_cast<Period>(a.period & 3), a.blocked != 0,
                                  std::string(a.tier, strnlen(a.tier, sizeof a.tier)),
-                                 std::string(a.key_hash, strnlen(a.key_hash, sizeof a.key_hash))});
+                                 std::string(a.key_hash, strnlen(a.key_hash, sizeof a.key_hash)),
+                                 (a.flags & kAccountGlobal) != 0});
     return true;
   });
 }

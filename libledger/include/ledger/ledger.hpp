@@ -147,6 +147,18 @@ struct KeySpend {
   int64_t adjusted_nanousd = 0;  // the part that reconciliation adjustments added
 };
 
+// One account's use of one window (period index of its period kind) on this host, and the lease
+// it admits against there (global mode).
+struct WindowUsage {
+  int64_t used_nanousd = 0;    // spent + held in the window
+  int64_t spent_nanousd = 0;   // settled
+  int64_t held_nanousd = 0;    // live holds admitted into it
+  uint64_t requests = 0;
+  bool global = false;         // the account admits only against its lease
+  int64_t lease_limit_nanousd = 0;  // this host's lease for the window (0 = none)
+  int64_t lease_deadline_ms = 0;    // CLOCK_MONOTONIC (Ledger::monotonic_ms)
+};
+
 // True for an OpenRouter key hash (64 hex digits) or a prefix of one of at least 12 hex digits.
 bool valid_key_reference(std::string_view text);
 
@@ -226,6 +238,21 @@ class Ledger {
   Status bound_key(std::string_view account, std::string* key_hash) const;
   // Per (account, key) tallies (one pass over the tally table), in table order.
   Status key_spend(std::vector<KeySpend>* out) const;
+  // ---- global mode (DESIGN 11): budgets shared by hosts through leases ------------------------
+  // A global account admits only against this host's lease for the window being charged: no
+  // lease, or one whose deadline passed, denies (kDeniedOverBudget / kDeniedParentOverBudget): the
+  // host fails closed when it cannot reach the shared store. Its configured limit stays the global
+  // one (balance() shows it); commits and adjustments are never denied, as everywhere.
+  Status set_scope(std::string_view account, bool global);
+  // The sidecar's lease worker: this host may admit up to limit_nanousd in total (its spend in the
+  // window counts against it) into the account's window period_index (0 for a lifetime budget)
+  // until deadline_monotonic_ms (Ledger::monotonic_ms). Readers see the old lease or the new one,
+  // never a mix. REQUIRES: one writer per ledger (the sidecar holds the one-sidecar lock).
+  Status set_lease(std::string_view account, int64_t period_index, int64_t limit_nanousd, int64_t deadline_monotonic_ms);
+  Status window_usage(std::string_view account, int64_t period_index, WindowUsage* out) const;
+  // CLOCK_MONOTONIC_COARSE in ms: the same clock in every process of the machine.
+  static int64_t monotonic_ms();
+
   // Changes how holds expire, for every process of the segment, at once.
   Status set_hold_policy(const HoldPolicy& policy);
   HoldPolicy hold_policy() const;

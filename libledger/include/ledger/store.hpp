@@ -49,6 +49,7 @@ struct StoredAccount {
   bool blocked = false;
   std::string tier;  // "" = inherits
   std::string key_hash;  // the OpenRouter key bound to the account, "" = none
+  bool global = false;   // global mode: admits only against this host's leases
 };
 
 struct StoredPeriod {
