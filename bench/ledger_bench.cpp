@@ -33,6 +33,13 @@ struct Fixture {
     (void)ledger->set_budget("team", kAmountNanoUsdMax, Period::kMonthly, "org");
     (void)ledger->set_budget("user", kAmountNanoUsdMax, Period::kDaily, "team");
     (void)ledger->set_budget("flat", kAmountNanoUsdMax, Period::kDaily, "");
+    // Global mode: the same account shape, admitting against this host's lease (today and tomorrow,
+    // so that a run across midnight still measures admission, not denials).
+    (void)ledger->set_budget("global-flat", kAmountNanoUsdMax, Period::kDaily, "");
+    (void)ledger->set_scope("global-flat", true);
+    const int64_t today = period_index(Period::kDaily, ledger->now_ms() / 1000);
+    for (int64_t day = today; day <= today + 1; ++day)
+      (void)ledger->set_lease("global-flat", day, kAmountNanoUsdMax, Ledger::monotonic_ms() + 86'400'000);
     (void)ledger->set_price("openai/gpt-4o-mini", 150'000'000, 600'000'000, 0);
     (void)ledger->set_price("openai/gpt-4o", 2'500'000'000, 10'000'000'000, 0);
     std::vector<TierSpec> tiers(1);
@@ -63,6 +70,17 @@ void BM_DebitFlatByHandle(benchmark::State& state) {
   report(state, sample([&] { benchmark::DoNotOptimize(f.ledger->debit(ref, 1)); }));
 }
 BENCHMARK(BM_DebitFlatByHandle);
+
+// The same debit on a global account (DESIGN 11): the hot path must not notice the store.
+void BM_DebitFlatGlobalByHandle(benchmark::State& state) {
+  Fixture f;
+  AccountRef ref;
+  (void)f.ledger->find("global-flat", &ref);
+  if (!f.ledger->debit(ref, 1).ok()) std::abort();  // admitted against the lease, not denied
+  for (auto _ : state) benchmark::DoNotOptimize(f.ledger->debit(ref, 1));
+  report(state, sample([&] { benchmark::DoNotOptimize(f.ledger->debit(ref, 1)); }));
+}
+BENCHMARK(BM_DebitFlatGlobalByHandle);
 
 void BM_DebitFlatByName(benchmark::State& state) {
   Fixture f;
