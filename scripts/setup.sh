@@ -10,6 +10,7 @@ packages=(
   libcurl4-openssl-dev
   libbenchmark-dev catch2
   chromium fonts-dejavu-core   # the HTML report is rendered in headless Chromium by a test
+  postgresql-15 libpq-dev      # global mode: the tests start a private server of their own
 )
 
 missing=()

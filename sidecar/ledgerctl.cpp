@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <time.h>
+
 #include <boost/json.hpp>
 #include <chrono>
 #include <cstdio>
@@ -16,6 +18,8 @@
 
 #include "core/admin.hpp"
 #include "core/sidecar_lock.hpp"
+#include "global/lease_worker.hpp"
+#include "global/protocol.hpp"
 #include "ledger/store.hpp"
 #include "openrouter/keys.hpp"
 #include "openrouter/reconcile.hpp"
@@ -52,6 +56,8 @@ Commands:
   keys delete HASH            HASH: the full hash or a unique prefix of at least 6 hex digits
   keys provision              a key for each configured account without one (printed once)
   keys rotate ACCOUNT         new key, rebind, delete the old one
+  global status [--json]      global mode: per global account its limit, spend across hosts, what is
+                              leased, and each host's lease and last report
   config-reference            every config key with its default, range and meaning (Markdown; no --config)
   report [--from DATE] [--to DATE] [--format table|json|csv|html] [--out FILE]
                               the team report (default: the last 7 days, a table on stdout)
@@ -111,9 +117,67 @@ void print_table(const std::vector<AccountBalance>& rows) {
   }
 }
 
+// Global mode: the schema, then the config's global accounts, in the shared store, before anything
+// changes locally (a store that cannot be written changes no budget anywhere).
+int cmd_global(const Config& config, const std::vector<std::string>& args) {
+  const bool as_json = args.size() == 3 && args[2] == "--json";
+  if (args.size() < 2 || args[1] != "status" || (args.size() == 3 && !as_json) || args.size() > 3)
+    return usage_error("global: expected `global status [--json]`");
+  if (!config.global.present) return usage_error("global: the config has no \"global\" section");
+  global::PgOptions options;
+  std::string error;
+  if (!global::store_options(config, &options, &error)) return runtime_error("global status: " + error);
+  global::PgConnection pg(options);
+  global::PgError e;
+  std::vector<global::AccountStatus> rows;
+  const int64_t now = ::time(nullptr);
+  if (!global::read_status(pg, now, &rows, &e)) return runtime_error("global status: " + e.message);
+  json::array accounts;
+  for (const auto& a : rows) {
+    json::array hosts;
+    for (const auto& h : a.hosts)
+      hosts.push_back(json::object{{"host_id", h.host_id}, {"leased_nanousd", h.leased_nanousd}, {"reported_nanousd", h.reported_nanousd},
+                                   {"expires_unix", h.expires_unix}, {"expired", h.expired}});
+    accounts.push_back(json::object{{"id", a.id}, {"period", std::string(period_name(a.period))}, {"limit_nanousd", a.limit_nanousd},
+                                    {"spent_nanousd", a.spent_nanousd}, {"leased_nanousd", a.leased_nanousd}, {"blocked", a.blocked},
+                                    {"hosts", std::move(hosts)}});
+    if (as_json) continue;
+    std::printf("%-20s %-8s limit %14s spent %14s leased %14s%s\n", a.id.c_str(), std::string(period_name(a.period)).c_str(),
+                format_usd(a.limit_nanousd).c_str(), format_usd(a.spent_nanousd).c_str(), format_usd(a.leased_nanousd).c_str(),
+                a.blocked ? " BLOCKED" : "");
+    for (const auto& h : a.hosts)
+      std::printf("    %-24s leased %14s reported %14s %s\n", h.host_id.c_str(), format_usd(h.leased_nanousd).c_str(),
+                  format_usd(h.reported_nanousd).c_str(), h.expired ? "EXPIRED (charged in full)" : "");
+  }
+  if (as_json) std::printf("%s\n", json::serialize(json::object{{"version", 1}, {"accounts", std::move(accounts)}}).c_str());
+  return kExitOk;
+}
+
+bool publish_global(const Config& config, std::string* error) {
+  global::PgOptions options;
+  if (!global::store_options(config, &options, error)) return false;
+  global::PgConnection pg(options);
+  global::PgError e;
+  if (!global::ensure_schema(pg, &e)) {
+    *error = "the global store: " + e.message;
+    return false;
+  }
+  std::vector<global::GlobalAccount> accounts;
+  for (const auto& a : config.accounts)
+    if (a.global) accounts.push_back(global::GlobalAccount{a.id, a.parent, a.limit_nanousd, a.period, false});
+  int changed = 0;
+  if (!global::publish_accounts(pg, accounts, &changed, &e)) {
+    *error = "publishing the global accounts: " + e.message;
+    return false;
+  }
+  std::printf("global: %zu accounts in the store (%d changed), host %s\n", accounts.size(), changed, config.global.host_id.c_str());
+  return true;
+}
+
 int cmd_init(const Config& config) {
   std::unique_ptr<Ledger> ledger;
   std::string error;
+  if (config.global.present && !publish_global(config, &error)) return runtime_error("init: " + error + "; nothing was changed");
   if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   const ApplyReport r = apply_config(*ledger, config);
   for (const auto& e : r.errors) std::fprintf(stderr, "ledgerctl: init: %s\n", e.c_str());
@@ -615,5 +679,6 @@ int main(int argc, char** argv) {
   if (command == "keys") return cmd_keys(*config, args);
   if (command == "destroy-segment") return want(1, "destroy-segment") ? cmd_destroy_segment(*config) : kExitUsage;
   if (command == "report") return cmd_report(*config, args);
+  if (command == "global") return cmd_global(*config, args);
   return usage_error("unknown command \"" + command + "\"");
 }

@@ -39,7 +39,7 @@ inline uint64_t word_location(uint32_t account, uint32_t parity) {
 // The admission rule for one level: the word's period (or a rollover to `tag`), then
 // used + delta <= limit. False when denied. *tag becomes the period actually charged.
 bool plan_admission(const Ledger::Impl& l, uint32_t index, PeriodWord current, uint32_t wanted_tag, int64_t delta,
-                    int32_t delta_requests, uint32_t stamp, PeriodWord* desired, uint32_t* tag) {
+                    int32_t delta_requests, uint32_t stamp, PeriodWord* desired, uint32_t* tag, uint32_t* lease_seq) {
   const uint32_t found_tag = meta_tag(current.meta);
   PeriodWord base = current;
   *tag = wanted_tag;
@@ -49,7 +49,7 @@ bool plan_admission(const Ledger::Impl& l, uint32_t index, PeriodWord current, u
     else base = PeriodWord{0, 0};  // rollover: this period starts empty
   }
   int64_t used;
-  if (__builtin_add_overflow(base.used, delta, &used) || used > l.admission_limit(index, *tag)) return false;
+  if (__builtin_add_overflow(base.used, delta, &used) || used > l.admission_limit(index, *tag, lease_seq)) return false;
   *desired = PeriodWord{used, make_meta(meta_requests(base.meta) + static_cast<uint64_t>(delta_requests), *tag, stamp)};
   return true;
 }
@@ -236,7 +236,7 @@ void Ledger::Impl::help(uint32_t lane_id, uint64_t location, PeriodWord current)
 // Applies target j of `op`. Admission targets may be denied (kDeniedOverBudget); forced ones always
 // land. Writes the attempt into the lane before every CAS, and helps the previous writer.
 Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const Now& now,
-                         uint32_t* effective_tag, bool spec_written) {
+                         uint32_t* effective_tag, bool spec_written, bool* landed) {
   assert(j < kTargetsMax);
   Target& entry = op->lane->targets[j];
   const bool admit = (spec.flags & kTargetAdmit) != 0;
@@ -275,10 +275,10 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
     PeriodWord* word = &account.words[parity];
     PeriodWord current = period_word_guess(*word);
     PeriodWord desired{};
-    uint32_t tag = spec.tag;
+    uint32_t tag = spec.tag, lease_seq = 0;
     const uint32_t found_tag = meta_tag(current.meta);
     if (admit) {
-      if (!plan_admission(*this, spec.account, current, spec.tag, spec.delta, spec.delta_requests, op->lane_id, &desired, &tag))
+      if (!plan_admission(*this, spec.account, current, spec.tag, spec.delta, spec.delta_requests, op->lane_id, &desired, &tag, &lease_seq))
         return Code::kDeniedOverBudget;
     } else {
       const bool same = found_tag == spec.tag && tag_kind(spec.tag) == kind;
@@ -333,6 +333,14 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
     if (period_word_cas(*word, current, desired)) {
       LEDGER_CRASH_POINT();  // CAS landed, nothing else knows yet
       if (effective_tag != nullptr) *effective_tag = tag;
+      // A global account's lease rewritten while this admission was in flight (a give-back or a
+      // recall lowers it before the store hears of it): the level must fit the new lease, or it is
+      // undone like a denial. The CAS is a full barrier: a lowering this missed was not yet published.
+      if (admit && lease_seq != 0 && lease_moved(spec.account, tag, lease_seq) &&
+          desired.used > lease_limit(spec.account, tag, nullptr)) {
+        if (landed != nullptr) *landed = true;
+        return Code::kDeniedOverBudget;
+      }
       return Code::kOk;
     }
   }
@@ -379,7 +387,8 @@ static Code debit_root(Ledger::Impl& l, uint32_t index, int64_t amount) {
   for (;;) {
     PeriodWord desired{};
     uint32_t tag = wanted;
-    if (!plan_admission(l, index, current, wanted, amount, 1, 0, &desired, &tag)) return l.count_denial(Code::kDeniedOverBudget);
+    uint32_t lease_seq = 0;
+    if (!plan_admission(l, index, current, wanted, amount, 1, 0, &desired, &tag, &lease_seq)) return l.count_denial(Code::kDeniedOverBudget);
     const uint32_t stamp = meta_lane(current.meta);
     if (stamp != 0) l.help(stamp, word_location(index, parity), current);
     if (period_word_cas(word, current, desired)) return Code::kOk;
@@ -448,7 +457,9 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
   Chain chain;
   if (const Code code = resolve_chain(*this, account, &chain); code != Code::kOk) return code;
   if (key != 0) chain.key = key;
-  if (kind == kOpDebit && chain.depth == 1 && chain.key == 0) return debit_root(*this, chain.accounts[0], amount);
+  // (Not for a global account: a level it admits may have to be undone when its lease moves.)
+  if (kind == kOpDebit && chain.depth == 1 && chain.key == 0 && load(accounts[chain.accounts[0]].global, memory_order_relaxed) == 0)
+    return debit_root(*this, chain.accounts[0], amount);
 
   const Now now = this->now();
   OpScope op;
@@ -499,7 +510,11 @@ Code Ledger::Impl::admit_levels(OpScope* op, const uint32_t* chain, uint32_t dep
     spec.delta = amount;
     spec.delta_requests = kind == kOpDebit ? 1 : 0;
     spec.flags = kTargetAdmit;
-    if (apply(op, applied, spec, now, &tags[applied], false) != Code::kOk) break;
+    bool landed = false;
+    if (apply(op, applied, spec, now, &tags[applied], false, &landed) != Code::kOk) {
+      if (landed) ++applied;  // its CAS landed: undone below with the levels before it
+      break;
+    }
   }
   if (applied == depth) return Code::kOk;
   for (uint32_t level = applied; level-- > 0;) {

@@ -265,13 +265,20 @@ struct Ledger::Impl {
   // ---- leases.cpp (global mode) ----------------------------------------------------------------
   // The limit admission applies to account `index` for period `tag`: its own limit for a local
   // account; for a global one, this host's lease for that period while it is valid, else 0.
-  int64_t admission_limit(uint32_t index, uint32_t tag) const {
+  // *lease_seq: the lease's seqlock value read (0 for a local account), for lease_moved().
+  int64_t admission_limit(uint32_t index, uint32_t tag, uint32_t* lease_seq) const {
     const detail::Account& a = accounts[index];
-    if (detail::load(a.global, detail::memory_order_relaxed) == 0) [[likely]]
+    if (detail::load(a.global, detail::memory_order_relaxed) == 0) [[likely]] {
+      *lease_seq = 0;
       return detail::load(a.limit_nanousd, detail::memory_order_relaxed);
-    return lease_limit(index, tag);
+    }
+    return lease_limit(index, tag, lease_seq);
   }
-  int64_t lease_limit(uint32_t index, uint32_t tag) const;
+  int64_t lease_limit(uint32_t index, uint32_t tag, uint32_t* seq_read) const;
+  // True when the lease of (index, tag) was rewritten since it was read at `seq`.
+  bool lease_moved(uint32_t index, uint32_t tag, uint32_t seq) const {
+    return detail::load(leases[index].words[detail::tag_parity(tag)].seq) != seq;
+  }
 
   // ---- keys.cpp -------------------------------------------------------------------------------
   // The key a text names (64 hex, or a unique prefix of >= 12): its index + 1 in *key. A full hash
@@ -308,8 +315,9 @@ struct Ledger::Impl {
   void write_spec(detail::OpScope* op, uint32_t j, const detail::TargetSpec& spec);
   // Applies target j. spec_written: the entry's spec is already in the lane (settlement, repair);
   // otherwise the first attempt writes spec and attempt in one pass (admission).
+  // *landed (admission only): the CAS landed but the level must be undone (a lease lowered meanwhile).
   Code apply(detail::OpScope* op, uint32_t j, const detail::TargetSpec& spec, const detail::Now& now,
-             uint32_t* effective_tag, bool spec_written);
+             uint32_t* effective_tag, bool spec_written, bool* landed = nullptr);
   void help(uint32_t lane_id, uint64_t location, detail::PeriodWord current) const;
   // The word a Target::location names; nullptr when out of range.
   detail::PeriodWord* word_at(uint64_t location) const;

@@ -15,7 +15,7 @@ int64_t Ledger::monotonic_ms() {
   return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
 }
 
-int64_t Ledger::Impl::lease_limit(uint32_t index, uint32_t tag) const {
+int64_t Ledger::Impl::lease_limit(uint32_t index, uint32_t tag, uint32_t* seq_read) const {
   const LeaseWord& w = leases[index].words[tag_parity(tag)];
   for (int attempt = 0; attempt < 16; ++attempt) {
     const uint32_t before = load(w.seq);
@@ -25,9 +25,11 @@ int64_t Ledger::Impl::lease_limit(uint32_t index, uint32_t tag) const {
     const int64_t deadline = load(w.deadline_ms, memory_order_relaxed);
     fence_acquire();
     if (load(w.seq, memory_order_relaxed) != before) continue;
+    if (seq_read != nullptr) *seq_read = before;
     if (lease_tag != tag || Ledger::monotonic_ms() >= deadline) return 0;  // no lease for this window, or lapsed
     return limit;
   }
+  if (seq_read != nullptr) *seq_read = UINT32_MAX;  // never a stable value: a re-check will look again
   return 0;  // fail closed
 }
 
@@ -62,6 +64,9 @@ Status Ledger::set_lease(std::string_view account, int64_t period_index, int64_t
   store(w.deadline_ms, deadline_monotonic_ms, memory_order_relaxed);
   LEDGER_CRASH_POINT();  // a writer killed here leaves seq odd: admission denies until the next write
   store(w.seq, seq + 1);
+  // Before the caller reads how much of the lease is used (to give the rest back): an admission that
+  // lands after this point sees the new lease on its re-check (see Impl::apply).
+  boost::atomic_thread_fence(boost::memory_order_seq_cst);
   return Code::kOk;
 }
 

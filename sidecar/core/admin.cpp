@@ -183,6 +183,10 @@ void apply_ledger_settings(Ledger& ledger, const Config& config, ApplyReport* re
   if (const Status s = ledger.set_store_map_size(config.ledger.store_map_size_mb * 1024 * 1024); !s.ok())
     report->errors.push_back("ledger.store_map_size_mb: " + describe(s));
   apply_key_bindings(ledger, config, report);
+  // Global mode: a global account admits only against this host's leases (see global/lease_worker.hpp).
+  for (const AccountConfig& a : config.accounts)
+    if (const Status s = ledger.set_scope(a.id, a.global); !s.ok() && s.code() != Code::kUnknownAccount)
+      report->errors.push_back("scope of \"" + a.id + "\": " + describe(s));
 }
 
 std::map<std::string, std::string> key_bindings(const Config& config) {

@@ -8,6 +8,8 @@
 #include <set>
 #include <sstream>
 
+#include <unistd.h>
+
 #include "core/config_json.hpp"
 #include "core/config_table.hpp"
 #include "ledger/ledger.hpp"
@@ -74,7 +76,7 @@ void parse_prices(const json::value& v, Config& c) {
 
 AccountConfig parse_account(const json::value& v, size_t i, std::map<std::string, size_t>& seen) {
   const std::string where = "accounts[" + std::to_string(i) + "]";
-  const auto& o = object_with(v, where, {"id", "parent", "tier", "limit_usd", "period", "key_hash"});
+  const auto& o = object_with(v, where, {"id", "parent", "tier", "limit_usd", "period", "key_hash", "scope"});
   AccountConfig a;
   a.id = get_string(o, where, "id", "", true, 256);
   if (!valid_account_name(a.id)) fail(where + ".id", "\"" + a.id + "\" is not an account id (1-63 characters of [A-Za-z0-9._:@-])");
@@ -98,6 +100,9 @@ AccountConfig parse_account(const json::value& v, size_t i, std::map<std::string
   const auto p = parse_period(period);
   if (!p) fail(named + ".period", "expected none, daily, weekly or monthly, got \"" + period + "\"");
   a.period = *p;
+  const std::string scope = get_string(o, named, "scope", "global");
+  if (scope != "global" && scope != "local") fail(named + ".scope", "expected \"global\" or \"local\", got \"" + scope + "\"");
+  a.global = scope == "global";  // meaningful only with a "global" section (see parse_config)
   return a;
 }
 
@@ -144,6 +149,21 @@ void parse_accounts(const json::value& v, Config& c) {
   c.accounts = std::move(accounts);
 }
 
+std::string absolute(const std::string& path, const std::string& config_path);
+
+// Global mode: the host id defaults to the hostname; without a "global" section no account is global.
+void finish_global(Config& c, const std::string& path) {
+  for (auto& a : c.accounts) a.global = a.global && c.global.present;
+  if (!c.global.present) return;
+  if (c.global.host_id.empty()) {
+    char name[256] = {};
+    if (::gethostname(name, sizeof name - 1) != 0 || !valid_account_name(name))
+      fail("global.host_id", "required here: the hostname is not a valid host id (1-63 characters of [A-Za-z0-9._:@-])");
+    c.global.host_id = name;
+  }
+  if (!c.global.store_password_file.empty()) c.global.store_password_file = absolute(c.global.store_password_file, path);
+}
+
 std::string absolute(const std::string& path, const std::string& config_path) {
   std::filesystem::path p(path);
   if (p.is_absolute()) return p.lexically_normal().string();
@@ -164,10 +184,12 @@ std::optional<Config> parse_config(const std::string& text, const std::string& p
   try {
     Config c;
     c.path = path;
-    const auto& o = object_with(root, "", {"ledger", "openrouter", "tiers", "prices", "accounts", "reports", "metrics"});
+    const auto& o = object_with(root, "", {"ledger", "openrouter", "tiers", "prices", "accounts", "reports", "metrics", "global"});
     if (o.if_contains("ledger") == nullptr) fail("ledger", "required (at least {\"dir\": \"...\"})");
     c.openrouter.present = o.if_contains("openrouter") != nullptr;
+    c.global.present = o.if_contains("global") != nullptr;
     for (const char* section : {"ledger", "openrouter", "reports", "metrics"}) read_section(section, o.if_contains(section), c);
+    if (c.global.present) read_section("global", o.if_contains("global"), c);
     if (const auto* v = o.if_contains("tiers")) parse_tiers(*v, c);
     if (const auto* v = o.if_contains("prices")) parse_prices(*v, c);
     if (const auto* v = o.if_contains("accounts")) parse_accounts(*v, c);
@@ -183,6 +205,7 @@ std::optional<Config> parse_config(const std::string& text, const std::string& p
     c.reports.dir = absolute(c.reports.dir, path);
     if (!c.openrouter.management_key_file.empty())
       c.openrouter.management_key_file = absolute(c.openrouter.management_key_file, path);
+    finish_global(c, path);
     return c;
   } catch (const ConfigError& e) {
     *error = path + ": " + e.message;

@@ -38,6 +38,7 @@ struct AccountConfig {
   int64_t limit_nanousd = 0;
   Period period = Period::kNone;
   bool period_given = false;  // false: "period" was left out, so the budget is a lifetime one (none)
+  bool global = false;        // with a "global" section: every account unless it says "scope": "local"
 };
 
 // The sections, one struct each. Their defaults are not here: every scalar field has one row in the
@@ -78,6 +79,17 @@ struct MetricsSection {
   std::string listen;                 // "" = no metrics endpoint
 };
 
+// Global mode (DESIGN 11): budgets shared by the hosts through leases from PostgreSQL.
+struct GlobalSection {
+  bool present = false;               // the config has a "global" section
+  std::string store;                  // a libpq URI without a password
+  std::string store_password_env;
+  std::string store_password_file;    // relative to the config file; absolute after loading
+  std::string host_id;                // default: the hostname
+  uint32_t lease_ttl_s{};
+  uint32_t refresh_interval_ms{};
+};
+
 struct Config {
   std::string path;  // the file it was read from
   LedgerSection ledger;
@@ -87,6 +99,7 @@ struct Config {
   std::vector<AccountConfig> accounts;  // parents before children
   ReportsSection reports;
   MetricsSection metrics;
+  GlobalSection global;
 };
 
 // Reads and validates a config file. On failure returns nullopt and a one-line error that starts

@@ -185,7 +185,7 @@ std::vector<ConfigKey> other_keys() {
       doc_key("accounts[]", "", "none",
               "`id`, `limit_usd`, `period` (none/daily/weekly/monthly; left out = none, a lifetime budget, which `init` points out "
               "per account and `status` shows as `none (lifetime)`), `parent`, `tier`, `key_hash` (the account's own OpenRouter "
-              "key: see \"Reconciliation per key\")"),
+              "key: see \"Reconciliation per key\"), `scope` (`\"global\"`, the default with a `global` section, or `\"local\"`)"),
       string_key("reports", "dir", &Config::reports, &R::dir, "reports", "`reports`", "where the sidecar writes the team report; relative to the config file"),
       uint_key("reports", "interval_s", &Config::reports, &R::interval_s, 300, 10, 86400 * 7, "s", "how often the sidecar writes it"),
       formats_key(),
@@ -194,12 +194,49 @@ std::vector<ConfigKey> other_keys() {
   };
 }
 
+void check_store_uri(const std::string& value, const std::string& where) {
+  if (value.rfind("postgresql://", 0) != 0 && value.rfind("postgres://", 0) != 0)
+    fail(where, "expected a libpq URI such as \"postgresql:///ledger?host=/run/postgresql\"");
+  const size_t at = value.find('@'), scheme_end = value.find("://") + 3;
+  const size_t colon = value.find(':', scheme_end);
+  if (at != std::string::npos && colon != std::string::npos && colon < at)
+    fail(where, "holds a password: put it in the variable named by store_password_env (or store_password_file), never in the config");
+  if (value.find("password=") != std::string::npos)
+    fail(where, "holds a password: put it in the variable named by store_password_env (or store_password_file), never in the config");
+}
+
+void check_host_id(const std::string& value, const std::string& where) {
+  if (!valid_account_name(value)) fail(where, "a host id is 1-63 characters of [A-Za-z0-9._:@-]");
+}
+
+std::vector<ConfigKey> global_keys() {
+  using G = GlobalSection;
+  const auto G_ = &Config::global;
+  return {
+      string_key("global", "store", G_, &G::store, "", "required",
+                 "global mode: the PostgreSQL (15+) that holds the global budgets, as a libpq URI without a password; with this "
+                 "section every account is global unless it says `\"scope\": \"local\"`",
+                 check_store_uri),
+      string_key("global", "store_password_env", G_, &G::store_password_env, "LEDGER_STORE_PASSWORD", "`LEDGER_STORE_PASSWORD`",
+                 "the environment variable that holds the store's password (unset = no password)", check_env_name, 128),
+      string_key("global", "store_password_file", G_, &G::store_password_file, "", "none",
+                 "a file that holds the store's password instead; relative to the config file"),
+      string_key("global", "host_id", G_, &G::host_id, "", "the hostname",
+                 "this host's name in the store; two live hosts cannot share one", check_host_id, 63),
+      uint_key("global", "lease_ttl_s", G_, &G::lease_ttl_s, 30, 5, 3600, "s",
+               "how long a lease lasts without a renewal: a host that cannot reach the store admits against its leases until "
+               "then (less a skew margin), then denies; a dead host's leases are charged in full after it"),
+      uint_key("global", "refresh_interval_ms", G_, &G::refresh_interval_ms, 500, 50, 60000, "ms",
+               "how often the sidecar reports, renews, grows and gives back its leases"),
+  };
+}
+
 }  // namespace
 
 const std::vector<ConfigKey>& config_keys() {
   static const std::vector<ConfigKey> keys = [] {
     std::vector<ConfigKey> all = ledger_keys();
-    for (auto&& part : {openrouter_keys(), other_keys()}) all.insert(all.end(), part.begin(), part.end());
+    for (auto&& part : {openrouter_keys(), other_keys(), global_keys()}) all.insert(all.end(), part.begin(), part.end());
     return all;
   }();
   return keys;

@@ -93,6 +93,12 @@ int Sidecar::init(const std::string& config_path, bool once) {
   }
   network_ = std::make_unique<NetworkWorker>(*ledger_, counters_);
   if (!once) network_->start(config_);
+  if (config_->global.present && !once) {
+    leases_ = std::make_unique<global::LeaseWorker>(*ledger_);
+    leases_->start(config_);
+    log_line("info", "global mode", "host_id=" + config_->global.host_id +
+                                        " refresh_interval_ms=" + std::to_string(config_->global.refresh_interval_ms));
+  }
   return kExitOk;
 }
 
@@ -126,6 +132,7 @@ void Sidecar::run() {
 int Sidecar::shutdown() {
   const int64_t started = monotonic_ms();
   if (network_) network_->stop();  // cancels OpenRouter work in flight: bounded, whatever OpenRouter does
+  if (leases_) leases_->stop();    // a last report and every unused grant back: bounded by the store's timeouts
   const bool flushed = flush_now();
   log_line("info", "stopped", "flushes=" + std::to_string(flushes_) + " reclaimed=" + std::to_string(reclaimed_) +
                                   " last_flush_ok=" + (flushed ? "true" : "false") +
@@ -142,8 +149,10 @@ void Sidecar::reload() {
     log_line("error", "reload refused, keeping the running config: " + error);
     return;
   }
-  if (fresh->ledger.dir != config_->ledger.dir || fresh->ledger.segment_dir != config_->ledger.segment_dir) {
-    log_line("error", "reload refused: ledger.dir and ledger.segment_dir cannot change while running (restart the sidecar)");
+  if (fresh->ledger.dir != config_->ledger.dir || fresh->ledger.segment_dir != config_->ledger.segment_dir ||
+      fresh->global.present != config_->global.present || fresh->global.host_id != config_->global.host_id) {
+    log_line("error", "reload refused: ledger.dir, ledger.segment_dir, the global section's presence and global.host_id "
+                      "cannot change while running (restart the sidecar)");
     return;
   }
   const ApplyReport r = apply_config(*ledger_, *fresh);
@@ -154,6 +163,7 @@ void Sidecar::reload() {
   log_apply(r, "config reloaded");
   config_ = std::make_shared<const Config>(std::move(*fresh));
   network_->update(config_);
+  if (leases_) leases_->update(config_);
   flush_now();
 }
 

@@ -4,7 +4,9 @@
 // second), flush (every ledger.flush_interval_ms), metrics (every second), and config reloads on
 // SIGHUP. It never waits on the network: OpenRouter work (prices, reconcile, revocation, the
 // report's key dashboard) is the NetworkWorker's, under per-cycle deadlines. Signal handlers only
-// set flags. SIGTERM/SIGINT: the worker is cancelled (bounded), then a final flush, then exit.
+// set flags. In global mode a third thread, the LeaseWorker, keeps this host's leases from the shared
+// store (global/lease_worker.hpp). SIGTERM/SIGINT: the network worker is cancelled (bounded), the
+// lease worker reports a last time and gives back what is unused, then a final flush, then exit.
 #pragma once
 
 #include <memory>
@@ -13,6 +15,7 @@
 #include "core/admin.hpp"
 #include "core/sidecar_lock.hpp"
 #include "daemon/network.hpp"
+#include "global/lease_worker.hpp"
 #include "reports/metrics.hpp"
 
 namespace ledger::admin {
@@ -41,6 +44,7 @@ class Sidecar {
   SidecarLock lock_;
   SharedCounters counters_;
   std::unique_ptr<NetworkWorker> network_;
+  std::unique_ptr<global::LeaseWorker> leases_;  // global mode only
   MetricsServer metrics_;
   // The last flush's outcome: a failure is logged when it starts or changes, not once per flush.
   Code last_flush_code_ = Code::kOk;

@@ -1,0 +1,352 @@
+// lease_worker.cpp — see lease_worker.hpp.
+#include "global/lease_worker.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+
+#include "core/admin.hpp"
+
+namespace ledger::global {
+
+using admin::AccountConfig;
+using admin::Config;
+
+namespace {
+
+constexpr int64_t kReportsPerExpiry = 10;  // expire dead hosts' leases every tenth cycle
+
+std::string read_first_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+// The global accounts of the chain of `a` (itself first), by the config.
+std::vector<const AccountConfig*> global_chain(const Config& config, const AccountConfig& a) {
+  std::vector<const AccountConfig*> chain;
+  for (const AccountConfig* at = &a; at != nullptr && chain.size() < 4;) {
+    if (at->global) chain.push_back(at);
+    const AccountConfig* parent = nullptr;
+    for (const auto& c : config.accounts)
+      if (c.id == at->parent) parent = &c;
+    at = parent;
+  }
+  return chain;
+}
+
+int64_t window_of(const AccountConfig& a, int64_t now_s) { return period_index(a.period, now_s); }
+
+int64_t skew_margin_ms(const Config& config) {
+  return std::max<int64_t>(1000, int64_t{config.global.lease_ttl_s} * 100);  // a tenth of the ttl, at least 1 s
+}
+
+}  // namespace
+
+bool store_options(const Config& config, PgOptions* out, std::string* error) {
+  *out = PgOptions{};
+  out->uri = config.global.store;
+  if (!config.global.store_password_file.empty()) {
+    std::ifstream in(config.global.store_password_file);
+    if (!std::getline(in, out->password)) {
+      *error = "cannot read the store's password file " + config.global.store_password_file;
+      return false;
+    }
+  } else if (const char* env = std::getenv(config.global.store_password_env.c_str()); env != nullptr) {
+    out->password = env;
+  }
+  out->statement_timeout_ms = std::clamp<uint32_t>(config.global.refresh_interval_ms * 4, 1000, 10000);
+  out->connect_timeout_ms = out->statement_timeout_ms;
+  return true;
+}
+
+std::string instance_id(const Config& config) {
+  std::string machine = read_first_line("/etc/machine-id");
+  if (machine.empty()) machine = read_first_line("/proc/sys/kernel/random/boot_id");
+  return machine + ":" + config.ledger.dir;
+}
+
+std::string LeaseWorker::next_request_id() {
+  return instance_ + ":" + std::to_string(::getpid()) + ":" + std::to_string(Ledger::monotonic_ms()) + ":" +
+         std::to_string(++request_counter_);
+}
+
+void LeaseWorker::start(std::shared_ptr<const Config> config) {
+  config_ = std::move(config);
+  instance_ = instance_id(*config_);
+  thread_ = std::thread([this] { loop(); });
+}
+
+void LeaseWorker::update(std::shared_ptr<const Config> config) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  config_ = std::move(config);
+}
+
+void LeaseWorker::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+LeaseCounters LeaseWorker::counters() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return counters_;
+}
+
+void LeaseWorker::loop() {
+  for (;;) {
+    std::shared_ptr<const Config> config;
+    bool final = false;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      config = config_;
+      final = stopping_;
+    }
+    const bool ok = cycle(*config, final);
+    if (final) return;
+    std::unique_lock<std::mutex> lock(mutex_);
+    ++counters_.cycles;
+    if (!ok) ++counters_.store_errors;
+    wake_.wait_for(lock, std::chrono::milliseconds(config->global.refresh_interval_ms), [this] { return stopping_; });
+  }
+}
+
+bool LeaseWorker::cycle(const Config& config, bool final) {
+  if (!pg_) {
+    PgOptions options;
+    std::string error;
+    if (!store_options(config, &options, &error)) {
+      if (error != last_error_) admin::log_line("error", "global: " + error);
+      last_error_ = error;
+      return false;
+    }
+    pg_ = std::make_unique<PgConnection>(options);
+  }
+  const int64_t now_s = ledger_.now_ms() / 1000;
+  if (!report_and_read(config, now_s)) return false;
+  if (final) {
+    give_back_surplus(config, now_s, /*everything=*/true);
+    return true;
+  }
+  grow(config, now_s);
+  give_back_surplus(config, now_s, false);
+  take_next_windows(config, now_s);
+  publish(config, now_s);
+  return true;
+}
+
+namespace {
+const AccountConfig* find_account(const Config& config, const std::string& id) {
+  for (const auto& a : config.accounts)
+    if (a.id == id) return &a;
+  return nullptr;
+}
+}  // namespace
+
+bool LeaseWorker::report_and_read(const Config& config, int64_t now_s) {
+  PgError error;
+  const auto fail = [&](const std::string& what) {
+    const std::string message = what + ": " + error.message;
+    if (message != last_error_) admin::log_line("error", "global: " + message + " (leases are not renewed: this host denies once they lapse)");
+    last_error_ = message;
+    return false;
+  };
+  bool claimed = false;
+  std::string holder;
+  if (!host_claimed_ && !ensure_schema(*pg_, &error)) return fail("the store's schema");
+  if (!claim_host(*pg_, config.global.host_id, instance_, int64_t{config.global.lease_ttl_s} * 2, &claimed, &holder, &error))
+    return fail("cannot claim host_id " + config.global.host_id);
+  if (!claimed) {
+    error.message = "another live host uses it (" + holder + "): give each host its own global.host_id";
+    return fail("host_id \"" + config.global.host_id + "\"");
+  }
+  host_claimed_ = true;
+  std::vector<Usage> usage;
+  for (const auto& [key, lease] : leases_) {
+    const AccountConfig* a = find_account(config, key.first);
+    WindowUsage u;
+    if (a == nullptr || !ledger_.window_usage(key.first, key.second, &u).ok()) continue;
+    usage.push_back(Usage{key.first, a->period, key.second, u.used_nanousd, u.spent_nanousd});
+  }
+  const int64_t started = Ledger::monotonic_ms();
+  const int64_t seq = ledger_.now_ms() * 1000 + static_cast<int64_t>(++request_counter_ % 1000);
+  std::vector<LeaseView> views;
+  std::vector<GlobalAccount> accounts;
+  if (!report(*pg_, config.global.host_id, seq, usage, config.global.lease_ttl_s, &error)) return fail("report");
+  renewed_mono_ms_ = started;  // the store renewed the leases no earlier than this
+  uint64_t expired = 0;
+  if (counters_.cycles % kReportsPerExpiry == 0 && expire_leases(*pg_, &expired, &error) && expired > 0) {
+    admin::log_line("warn", "global: leases of hosts that stopped reporting expired (their remainder is charged as spent)",
+                    "count=" + std::to_string(expired));
+    std::lock_guard<std::mutex> lock(mutex_);
+    counters_.expiries += expired;
+  }
+  if (!read_leases(*pg_, config.global.host_id, &views, &error) || !read_accounts(*pg_, &accounts, &error)) return fail("read");
+  if (!last_error_.empty()) admin::log_line("info", "global: the store answers again");
+  last_error_.clear();
+  for (const auto& v : views) leases_[{v.account, v.window}] = Lease{v.granted_nanousd, v.window_granted_nanousd, v.limit_nanousd, v.blocked};
+  for (const auto& g : accounts) {
+    const AccountConfig* a = find_account(config, g.id);
+    if (a == nullptr || !a->global) continue;
+    Lease& lease = leases_[{g.id, window_of(*a, now_s)}];
+    lease.limit = g.limit_nanousd;
+    lease.blocked = g.blocked;
+    Balance b;
+    if (ledger_.balance(g.id, &b).ok() && b.blocked != g.blocked) (void)ledger_.block(g.id, g.blocked);  // blocks are global
+  }
+  measure_demand(config, now_s);
+  std::lock_guard<std::mutex> lock(mutex_);
+  counters_.last_round_trip_us = pg_->last_round_trip_us();
+  return true;
+}
+
+void LeaseWorker::measure_demand(const Config& config, int64_t now_s) {
+  const int64_t now_ms = Ledger::monotonic_ms();
+  for (const auto& a : config.accounts) {
+    if (!a.global) continue;
+    WindowUsage u;
+    if (!ledger_.window_usage(a.id, window_of(a, now_s), &u).ok()) continue;
+    Demand& d = demand_[a.id];
+    if (d.last_used >= 0 && now_ms > d.last_ms && u.used_nanousd >= d.last_used) {
+      const double rate = static_cast<double>(u.used_nanousd - d.last_used) * 1000.0 / static_cast<double>(now_ms - d.last_ms);
+      d.rate_per_s = 0.5 * d.rate_per_s + 0.5 * rate;  // a short memory: idle hosts shrink quickly
+    }
+    d.used = u.used_nanousd;
+    d.spent = u.spent_nanousd;
+    d.last_used = u.used_nanousd;
+    d.last_ms = now_ms;
+  }
+}
+
+int64_t LeaseWorker::headroom(const AccountConfig& a, const Lease& lease, const Demand& d, const Config& config) const {
+  (void)a;
+  if (lease.blocked || lease.window_granted > lease.limit) return 0;  // blocked, or the limit was lowered: recall
+  const int64_t min_slice = std::max<int64_t>(1, lease.limit / 1000);
+  const double sized = d.rate_per_s * 4.0 * static_cast<double>(config.global.refresh_interval_ms) / 1000.0;
+  return std::clamp<int64_t>(static_cast<int64_t>(sized), min_slice, std::max(min_slice, lease.limit / 10));
+}
+
+void LeaseWorker::grow(const Config& config, int64_t now_s) {
+  std::map<std::string, bool> granted_now;
+  for (auto it = config.accounts.rbegin(); it != config.accounts.rend(); ++it) {  // the deepest first
+    if (!it->global) continue;
+    std::vector<LevelAmount> levels, single;
+    for (const AccountConfig* level : global_chain(config, *it)) {
+      if (granted_now[level->id]) continue;
+      const int64_t window = window_of(*level, now_s);
+      const Lease& lease = leases_[{level->id, window}];
+      const Demand& d = demand_[level->id];
+      const int64_t room = headroom(*level, lease, d, config);
+      const int64_t missing = d.used + room - lease.granted;
+      if (room == 0 || missing <= room / 2) continue;  // enough left (or nothing to be had)
+      levels.push_back(LevelAmount{level->id, level->period, window, missing});
+      single.push_back(LevelAmount{level->id, level->period, window, std::min(missing, std::max<int64_t>(1, lease.limit / 1000))});
+    }
+    if (levels.empty()) continue;
+    GrantOutcome outcome = GrantOutcome::kDenied;
+    std::string denied_at;
+    PgError error;
+    bool ok = grant(*pg_, config.global.host_id, next_request_id(), levels, config.global.lease_ttl_s, &outcome, &denied_at, &error);
+    if (ok && outcome == GrantOutcome::kDenied) {  // near exhaustion: single-request slices
+      levels = single;
+      ok = grant(*pg_, config.global.host_id, next_request_id(), levels, config.global.lease_ttl_s, &outcome, &denied_at, &error);
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!ok) ++counters_.store_errors;
+    if (outcome != GrantOutcome::kGranted) {
+      counters_.grant_denials += ok ? 1 : 0;
+      continue;
+    }
+    ++counters_.grants;
+    for (const auto& l : levels) {
+      leases_[{l.account, l.window}].granted += l.amount_nanousd;
+      granted_now[l.account] = true;
+    }
+  }
+}
+
+void LeaseWorker::give_back_surplus(const Config& config, int64_t now_s, bool everything) {
+  for (auto& [key, lease] : leases_) {
+    const AccountConfig* a = find_account(config, key.first);
+    if (a == nullptr || !a->global) continue;
+    const int64_t current = window_of(*a, now_s);
+    if (key.second > current) continue;  // the next window's: kept for the boundary
+    const bool old = key.second < current;
+    const int64_t room = old || everything ? 0 : headroom(*a, lease, demand_[a->id], config);
+    WindowUsage u;
+    if (!ledger_.window_usage(key.first, key.second, &u).ok()) continue;
+    const int64_t surplus = lease.granted - u.used_nanousd - 2 * room;  // beyond twice the headroom
+    if (surplus <= 0 || (!old && !everything && room > 0 && surplus < room)) continue;
+    // Lower the local lease first, then see what is used under it: an admission that raced the
+    // lowering either shows in that second look or is undone by its own re-check.
+    const int64_t lowered = lease.granted - surplus;
+    if (!ledger_.set_lease(key.first, key.second, lowered, u.lease_deadline_ms).ok()) continue;
+    WindowUsage after;
+    if (!ledger_.window_usage(key.first, key.second, &after).ok()) continue;
+    const int64_t amount = lease.granted - std::max(lowered, after.used_nanousd);
+    if (amount <= 0) continue;
+    PgError error;
+    const bool ok = give_back(*pg_, config.global.host_id, next_request_id(),
+                              {LevelAmount{key.first, a->period, key.second, amount}}, &error);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!ok) {
+      ++counters_.store_errors;  // the local lease stays lowered until the next publish: safe
+      continue;
+    }
+    lease.granted -= amount;
+    ++counters_.returns;
+    if (room == 0 && !old && !everything) ++counters_.recalls;
+  }
+}
+
+void LeaseWorker::take_next_windows(const Config& config, int64_t now_s) {
+  const int64_t lead_s = std::max<int64_t>(2, 4 * int64_t{config.global.refresh_interval_ms} / 1000);
+  for (const auto& a : config.accounts) {
+    if (!a.global || a.period == Period::kNone) continue;
+    const int64_t current = window_of(a, now_s), end_s = period_end_unix(a.period, current);
+    if (end_s - now_s > lead_s || leases_[{a.id, current + 1}].granted > 0) continue;
+    std::vector<LevelAmount> levels;
+    for (const AccountConfig* level : global_chain(config, a)) {
+      const int64_t next = window_of(*level, end_s);
+      if (next == window_of(*level, now_s) || leases_[{level->id, next}].granted > 0) continue;  // its window goes on
+      const Lease& lease = leases_[{level->id, window_of(*level, now_s)}];
+      levels.push_back(LevelAmount{level->id, level->period, next, headroom(*level, lease, demand_[level->id], config)});
+    }
+    if (levels.empty()) continue;
+    GrantOutcome outcome = GrantOutcome::kDenied;
+    std::string denied_at;
+    PgError error;
+    if (grant(*pg_, config.global.host_id, next_request_id(), levels, config.global.lease_ttl_s, &outcome, &denied_at, &error) &&
+        outcome == GrantOutcome::kGranted)
+      for (const auto& l : levels) leases_[{l.account, l.window}].granted += l.amount_nanousd;
+  }
+}
+
+void LeaseWorker::publish(const Config& config, int64_t now_s) {
+  const int64_t deadline = renewed_mono_ms_ + int64_t{config.global.lease_ttl_s} * 1000 - skew_margin_ms(config);
+  std::map<std::string, int64_t> leased;
+  for (auto it = leases_.begin(); it != leases_.end();) {
+    const AccountConfig* a = find_account(config, it->first.first);
+    const int64_t current = a != nullptr ? window_of(*a, now_s) : 0;
+    if (a == nullptr || !a->global || it->first.second < current - 1) {  // gone, or long over
+      it = leases_.erase(it);
+      continue;
+    }
+    // Only the current and the next window: an old one's word is the next one's (same parity).
+    if (it->first.second >= current) (void)ledger_.set_lease(a->id, it->first.second, it->second.granted, deadline);
+    if (it->first.second == current) leased[a->id] = it->second.granted;
+    ++it;
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  counters_.leased_nanousd = std::move(leased);
+}
+
+}  // namespace ledger::global

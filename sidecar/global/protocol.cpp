@@ -1,0 +1,343 @@
+// protocol.cpp — see protocol.hpp.
+#include "global/protocol.hpp"
+
+#include <map>
+
+namespace ledger::global {
+
+namespace {
+
+const char* const kTables[] = {
+    "CREATE TABLE IF NOT EXISTS ledger_schema (id INT PRIMARY KEY CHECK (id = 1), version INT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ledger_accounts (id TEXT PRIMARY KEY, parent TEXT NOT NULL, limit_nanousd BIGINT NOT NULL, "
+    "period SMALLINT NOT NULL, blocked BOOLEAN NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    "CREATE TABLE IF NOT EXISTS ledger_windows (account TEXT NOT NULL, period SMALLINT NOT NULL, window_index BIGINT NOT NULL, "
+    "granted_nanousd BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (account, period, window_index))",
+    "CREATE TABLE IF NOT EXISTS ledger_leases (host_id TEXT NOT NULL, account TEXT NOT NULL, period SMALLINT NOT NULL, "
+    "window_index BIGINT NOT NULL, granted_nanousd BIGINT NOT NULL DEFAULT 0, used_nanousd BIGINT NOT NULL DEFAULT 0, "
+    "spent_nanousd BIGINT NOT NULL DEFAULT 0, report_seq BIGINT NOT NULL DEFAULT 0, expires_at TIMESTAMPTZ NOT NULL, "
+    "expired BOOLEAN NOT NULL DEFAULT false, PRIMARY KEY (host_id, account, period, window_index))",
+    "CREATE TABLE IF NOT EXISTS ledger_requests (request_id TEXT PRIMARY KEY, host_id TEXT NOT NULL, "
+    "at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    "CREATE TABLE IF NOT EXISTS ledger_hosts (host_id TEXT PRIMARY KEY, instance TEXT NOT NULL, seen_at TIMESTAMPTZ NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ledger_leaders (role TEXT PRIMARY KEY, host_id TEXT NOT NULL, instance TEXT NOT NULL, "
+    "expires_at TIMESTAMPTZ NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ledger_journal (id UUID PRIMARY KEY DEFAULT gen_random_uuid(), at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+    "kind TEXT NOT NULL, account TEXT NOT NULL, detail TEXT NOT NULL)",
+};
+
+// Columns each table must have: a table of the same name without them is not ours.
+const std::map<std::string, std::vector<std::string>>& expected_columns() {
+  static const std::map<std::string, std::vector<std::string>> columns = {
+      {"ledger_schema", {"id", "version"}},
+      {"ledger_accounts", {"id", "parent", "limit_nanousd", "period", "blocked"}},
+      {"ledger_windows", {"account", "period", "window_index", "granted_nanousd"}},
+      {"ledger_leases", {"host_id", "account", "period", "window_index", "granted_nanousd", "used_nanousd", "spent_nanousd",
+                         "report_seq", "expires_at", "expired"}},
+      {"ledger_requests", {"request_id", "host_id"}},
+      {"ledger_hosts", {"host_id", "instance", "seen_at"}},
+      {"ledger_leaders", {"role", "host_id", "instance", "expires_at"}},
+      {"ledger_journal", {"id", "at", "kind", "account", "detail"}},
+  };
+  return columns;
+}
+
+std::string i64(int64_t v) { return std::to_string(v); }
+std::string period_text(Period p) { return std::to_string(static_cast<int>(p)); }
+std::string seconds(int64_t s) { return std::to_string(s) + " seconds"; }
+int64_t as_i64(const std::optional<std::string>& v) { return v ? std::stoll(*v) : 0; }
+bool as_bool(const std::optional<std::string>& v) { return v && (*v == "t" || *v == "true"); }
+
+bool check_foreign_tables(PgConnection& pg, PgError* error) {
+  PgResult r;
+  if (!pg.exec("SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+               "AND table_name LIKE 'ledger\\_%'",
+               {}, &r, error))
+    return false;
+  std::map<std::string, std::vector<std::string>> found;
+  for (const auto& row : r.rows) found[row[0].value_or("")].push_back(row[1].value_or(""));
+  for (const auto& [table, needed] : expected_columns()) {
+    const auto it = found.find(table);
+    if (it == found.end()) continue;
+    for (const auto& column : needed) {
+      bool has = false;
+      for (const auto& c : it->second) has = has || c == column;
+      if (has) continue;
+      *error = PgError{"", "the store already has a table " + table + " that is not this ledger's (no column " + column +
+                               "): point global.store at a database (or schema) of its own", false};
+      return false;
+    }
+  }
+  return true;
+}
+
+bool journal(PgConnection& pg, const std::string& kind, const std::string& account, const std::string& detail, PgError* error) {
+  PgResult r;
+  return pg.exec("INSERT INTO ledger_journal (kind, account, detail) VALUES ($1, $2, $3)", {kind, account, detail}, &r, error);
+}
+
+}  // namespace
+
+bool ensure_schema(PgConnection& pg, PgError* error) {
+  return pg.transaction(
+      [](PgConnection& c, PgError* e) {
+        if (!check_foreign_tables(c, e)) return false;
+        PgResult r;
+        for (const char* sql : kTables)
+          if (!c.exec(sql, {}, &r, e)) return false;
+        if (!c.exec("INSERT INTO ledger_schema (id, version) VALUES (1, $1) ON CONFLICT (id) DO NOTHING", {i64(kSchemaVersion)}, &r, e) ||
+            !c.exec("SELECT version FROM ledger_schema WHERE id = 1", {}, &r, e))
+          return false;
+        const int64_t version = r.rows.empty() ? 0 : as_i64(r.rows[0][0]);
+        if (version > kSchemaVersion) {
+          *e = PgError{"", "the store's schema is version " + i64(version) + ", newer than this ledger's (" + i64(kSchemaVersion) +
+                               "): upgrade ledgerctl and ledger-sidecar on this host first; nothing was changed", false};
+          return false;
+        }
+        return true;
+      },
+      error);
+}
+
+bool publish_accounts(PgConnection& pg, const std::vector<GlobalAccount>& accounts, int* changed, PgError* error) {
+  *changed = 0;
+  return pg.transaction(
+      [&](PgConnection& c, PgError* e) {
+        *changed = 0;
+        for (const auto& a : accounts) {
+          PgResult r;
+          const std::vector<std::string> p{a.id, a.parent, i64(a.limit_nanousd), period_text(a.period), a.blocked ? "true" : "false"};
+          if (!c.exec("INSERT INTO ledger_accounts (id, parent, limit_nanousd, period, blocked) VALUES ($1, $2, $3, $4, $5) "
+                      "ON CONFLICT (id) DO UPDATE SET parent = EXCLUDED.parent, limit_nanousd = EXCLUDED.limit_nanousd, "
+                      "period = EXCLUDED.period, blocked = EXCLUDED.blocked, updated_at = now() "
+                      "WHERE ledger_accounts.parent <> EXCLUDED.parent OR ledger_accounts.limit_nanousd <> EXCLUDED.limit_nanousd "
+                      "OR ledger_accounts.period <> EXCLUDED.period OR ledger_accounts.blocked <> EXCLUDED.blocked",
+                      p, &r, e))
+            return false;
+          if (r.affected == 0) continue;
+          ++*changed;
+          if (!journal(c, "account", a.id, "limit_nanousd=" + i64(a.limit_nanousd) + " period=" + period_text(a.period) +
+                                               " parent=" + a.parent + " blocked=" + (a.blocked ? "true" : "false"), e))
+            return false;
+        }
+        return true;
+      },
+      error);
+}
+
+bool set_blocked(PgConnection& pg, const std::string& account, bool blocked, PgError* error) {
+  return pg.transaction(
+      [&](PgConnection& c, PgError* e) {
+        PgResult r;
+        return c.exec("UPDATE ledger_accounts SET blocked = $2, updated_at = now() WHERE id = $1", {account, blocked ? "true" : "false"}, &r, e) &&
+               journal(c, blocked ? "block" : "unblock", account, "", e);
+      },
+      error);
+}
+
+namespace {
+
+// One level of a grant inside its transaction: the window grows only while it stays within the
+// account's limit (one conditional UPDATE decides), then the host's lease grows by the same.
+bool grant_level(PgConnection& c, const std::string& host, const LevelAmount& l, int64_t ttl_s, bool* granted, PgError* e) {
+  PgResult r;
+  const std::vector<std::string> key{l.account, period_text(l.period), i64(l.window)};
+  if (!c.exec("INSERT INTO ledger_windows (account, period, window_index) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", key, &r, e))
+    return false;
+  if (!c.exec("UPDATE ledger_windows SET granted_nanousd = ledger_windows.granted_nanousd + $4 FROM ledger_accounts a "
+              "WHERE ledger_windows.account = $1 AND ledger_windows.period = $2 AND ledger_windows.window_index = $3 "
+              "AND a.id = $1 AND a.period = $2 AND NOT a.blocked AND ledger_windows.granted_nanousd + $4 <= a.limit_nanousd",
+              {l.account, period_text(l.period), i64(l.window), i64(l.amount_nanousd)}, &r, e))
+    return false;
+  *granted = r.affected == 1;
+  if (!*granted) return true;
+  return c.exec("INSERT INTO ledger_leases (host_id, account, period, window_index, granted_nanousd, expires_at) "
+                "VALUES ($1, $2, $3, $4, $5, now() + $6::interval) ON CONFLICT (host_id, account, period, window_index) DO UPDATE "
+                "SET granted_nanousd = ledger_leases.granted_nanousd + EXCLUDED.granted_nanousd, expires_at = EXCLUDED.expires_at",
+                {host, l.account, period_text(l.period), i64(l.window), i64(l.amount_nanousd), seconds(ttl_s)}, &r, e);
+}
+
+// True when request_id is new (and now recorded); false when it was applied before.
+bool first_time(PgConnection& c, const std::string& host, const std::string& request_id, bool* fresh, PgError* e) {
+  PgResult r;
+  if (!c.exec("INSERT INTO ledger_requests (request_id, host_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", {request_id, host}, &r, e))
+    return false;
+  *fresh = r.affected == 1;
+  return true;
+}
+
+}  // namespace
+
+bool grant(PgConnection& pg, const std::string& host, const std::string& request_id, const std::vector<LevelAmount>& levels,
+           int64_t ttl_s, GrantOutcome* outcome, std::string* denied_at, PgError* error) {
+  *outcome = GrantOutcome::kDenied;
+  return pg.transaction(
+      [&](PgConnection& c, PgError* e) {
+        bool fresh = false;
+        if (!first_time(c, host, request_id, &fresh, e)) return false;
+        if (!fresh) {
+          *outcome = GrantOutcome::kAlreadyApplied;
+          return true;
+        }
+        for (const LevelAmount& l : levels) {
+          bool granted = false;
+          if (!grant_level(c, host, l, ttl_s, &granted, e)) return false;
+          if (!granted) {
+            *outcome = GrantOutcome::kDenied;
+            *denied_at = l.account;
+            return false;  // all levels or none: roll back
+          }
+        }
+        *outcome = GrantOutcome::kGranted;
+        return true;
+      },
+      error) ||
+         (*outcome == GrantOutcome::kDenied && error->message.empty());
+}
+
+bool give_back(PgConnection& pg, const std::string& host, const std::string& request_id, const std::vector<LevelAmount>& levels,
+               PgError* error) {
+  return pg.transaction(
+      [&](PgConnection& c, PgError* e) {
+        bool fresh = false;
+        if (!first_time(c, host, request_id, &fresh, e)) return false;
+        if (!fresh) return true;
+        for (const LevelAmount& l : levels) {
+          PgResult r;
+          const std::vector<std::string> key{host, l.account, period_text(l.period), i64(l.window)};
+          if (!c.exec("SELECT granted_nanousd, used_nanousd FROM ledger_leases WHERE host_id = $1 AND account = $2 AND period = $3 "
+                      "AND window_index = $4 FOR UPDATE",
+                      key, &r, e))
+            return false;
+          if (r.rows.empty()) continue;
+          const int64_t amount = std::min(l.amount_nanousd, as_i64(r.rows[0][0]) - as_i64(r.rows[0][1]));
+          if (amount <= 0) continue;
+          if (!c.exec("UPDATE ledger_leases SET granted_nanousd = granted_nanousd - $5 WHERE host_id = $1 AND account = $2 "
+                      "AND period = $3 AND window_index = $4",
+                      {host, l.account, period_text(l.period), i64(l.window), i64(amount)}, &r, e) ||
+              !c.exec("UPDATE ledger_windows SET granted_nanousd = granted_nanousd - $4 WHERE account = $1 AND period = $2 "
+                      "AND window_index = $3",
+                      {l.account, period_text(l.period), i64(l.window), i64(amount)}, &r, e))
+            return false;
+        }
+        return true;
+      },
+      error);
+}
+
+namespace {
+
+// One lease's report: used and spent replace the last ones (only a newer report does); the lease is
+// renewed; its grant never stays below what it used (a commit overrun is recorded, not denied), and
+// an expired one is cut back to it (the rest returns to the budget).
+bool report_one(PgConnection& c, const std::string& host, int64_t seq, const Usage& u, int64_t ttl_s, PgError* e) {
+  PgResult r;
+  const std::vector<std::string> key{host, u.account, period_text(u.period), i64(u.window)};
+  if (!c.exec("SELECT granted_nanousd, expired, report_seq FROM ledger_leases WHERE host_id = $1 AND account = $2 "
+              "AND period = $3 AND window_index = $4 FOR UPDATE",
+              key, &r, e))
+    return false;
+  if (r.rows.empty() || as_i64(r.rows[0][2]) >= seq) return true;  // no lease here, or an old report: nothing
+  const int64_t granted = as_i64(r.rows[0][0]);
+  const bool expired = as_bool(r.rows[0][1]);
+  const int64_t now_granted = expired ? u.used_nanousd : std::max(granted, u.used_nanousd);
+  if (!c.exec("UPDATE ledger_leases SET used_nanousd = $5, spent_nanousd = $6, report_seq = $7, granted_nanousd = $8, "
+              "expired = false, expires_at = now() + $9::interval WHERE host_id = $1 AND account = $2 AND period = $3 AND window_index = $4",
+              {host, u.account, period_text(u.period), i64(u.window), i64(u.used_nanousd), i64(u.spent_nanousd), i64(seq),
+               i64(now_granted), seconds(ttl_s)},
+              &r, e))
+    return false;
+  if (now_granted == granted) return true;
+  return c.exec("UPDATE ledger_windows SET granted_nanousd = granted_nanousd + $4 WHERE account = $1 AND period = $2 AND window_index = $3",
+                {u.account, period_text(u.period), i64(u.window), i64(now_granted - granted)}, &r, e);
+}
+
+}  // namespace
+
+bool report(PgConnection& pg, const std::string& host, int64_t seq, const std::vector<Usage>& usage, int64_t ttl_s, PgError* error) {
+  return pg.transaction(
+      [&](PgConnection& c, PgError* e) {
+        for (const Usage& u : usage)
+          if (!report_one(c, host, seq, u, ttl_s, e)) return false;
+        return true;
+      },
+      error);
+}
+
+bool expire_leases(PgConnection& pg, uint64_t* expired, PgError* error) {
+  PgResult r;
+  if (!pg.exec("UPDATE ledger_leases SET expired = true WHERE NOT expired AND expires_at < now()", {}, &r, error)) return false;
+  *expired = r.affected;
+  return true;
+}
+
+bool read_leases(PgConnection& pg, const std::string& host, std::vector<LeaseView>* out, PgError* error) {
+  PgResult r;
+  if (!pg.exec("SELECT l.account, l.period, l.window_index, l.granted_nanousd, l.used_nanousd, a.limit_nanousd, a.blocked, "
+               "w.granted_nanousd, l.expired FROM ledger_leases l JOIN ledger_accounts a ON a.id = l.account "
+               "JOIN ledger_windows w ON w.account = l.account AND w.period = l.period AND w.window_index = l.window_index "
+               "WHERE l.host_id = $1",
+               {host}, &r, error))
+    return false;
+  out->clear();
+  for (const auto& row : r.rows)
+    out->push_back(LeaseView{row[0].value_or(""), static_cast<Period>(as_i64(row[1]) & 3), as_i64(row[2]), as_i64(row[3]),
+                             as_i64(row[4]), as_i64(row[5]), as_i64(row[7]), as_bool(row[6]), as_bool(row[8])});
+  return true;
+}
+
+bool read_accounts(PgConnection& pg, std::vector<GlobalAccount>* out, PgError* error) {
+  PgResult r;
+  if (!pg.exec("SELECT id, parent, limit_nanousd, period, blocked FROM ledger_accounts ORDER BY id", {}, &r, error)) return false;
+  out->clear();
+  for (const auto& row : r.rows)
+    out->push_back(GlobalAccount{row[0].value_or(""), row[1].value_or(""), as_i64(row[2]), static_cast<Period>(as_i64(row[3]) & 3),
+                                 as_bool(row[4])});
+  return true;
+}
+
+bool claim_host(PgConnection& pg, const std::string& host, const std::string& instance, int64_t stale_s, bool* claimed,
+                std::string* holder, PgError* error) {
+  *claimed = false;
+  return pg.transaction(
+      [&](PgConnection& c, PgError* e) {
+        PgResult r;
+        if (!c.exec("INSERT INTO ledger_hosts (host_id, instance, seen_at) VALUES ($1, $2, now()) ON CONFLICT (host_id) DO UPDATE "
+                    "SET instance = EXCLUDED.instance, seen_at = now() WHERE ledger_hosts.instance = EXCLUDED.instance "
+                    "OR ledger_hosts.seen_at < now() - $3::interval",
+                    {host, instance, seconds(stale_s)}, &r, e))
+          return false;
+        *claimed = r.affected == 1;
+        if (*claimed) return true;
+        if (!c.exec("SELECT instance, EXTRACT(EPOCH FROM now() - seen_at)::BIGINT FROM ledger_hosts WHERE host_id = $1", {host}, &r, e))
+          return false;
+        if (!r.rows.empty()) *holder = "instance " + r.rows[0][0].value_or("?") + ", seen " + r.rows[0][1].value_or("?") + " s ago";
+        return true;
+      },
+      error);
+}
+
+bool read_status(PgConnection& pg, int64_t now_unix, std::vector<AccountStatus>* out, PgError* error) {
+  std::vector<GlobalAccount> accounts;
+  if (!read_accounts(pg, &accounts, error)) return false;
+  out->clear();
+  for (const auto& a : accounts) {
+    AccountStatus s{a.id, a.period, period_index(a.period, now_unix), a.limit_nanousd, 0, 0, a.blocked, {}};
+    PgResult r;
+    if (!pg.exec("SELECT host_id, granted_nanousd, used_nanousd, spent_nanousd, EXTRACT(EPOCH FROM expires_at)::BIGINT, expired "
+                 "FROM ledger_leases WHERE account = $1 AND period = $2 AND window_index = $3 ORDER BY host_id",
+                 {a.id, period_text(a.period), i64(s.window)}, &r, error))
+      return false;
+    for (const auto& row : r.rows) {
+      HostShare h{row[0].value_or(""), as_i64(row[1]), as_i64(row[2]), as_i64(row[4]), as_bool(row[5])};
+      s.leased_nanousd += h.leased_nanousd;
+      // An expired lease counts whole: its unreported remainder is charged as spent.
+      s.spent_nanousd += h.expired ? h.leased_nanousd : as_i64(row[3]);
+      s.hosts.push_back(std::move(h));
+    }
+    out->push_back(std::move(s));
+  }
+  return true;
+}
+
+}  // namespace ledger::global

@@ -1,0 +1,109 @@
+// protocol.hpp — global budgets in the shared store (DESIGN 11): the SQL of the lease protocol.
+//
+// Tables (schema version kSchemaVersion, created or migrated by ensure_schema):
+//   ledger_accounts  the global accounts: limit, period, parent, blocked (published by ledgerctl init)
+//   ledger_windows   per (account, period, window): granted = what all hosts' leases hold, in total
+//   ledger_leases    per (host, account, period, window): granted (grants less returns), used and
+//                    spent as last reported (cumulative, with a sequence), expires_at, expired
+//   ledger_requests  request ids of grants and returns already applied (a retry or replay is a no-op)
+//   ledger_hosts     which instance holds each host_id (two live hosts cannot share one)
+//   ledger_leaders   the leader lease per role (one reconciler at a time)
+//   ledger_journal   what changed budgets, and why
+// Invariants, per (account, window): windows.granted == sum of leases.granted, and it only grows by
+// a grant that keeps it <= the account's limit (a conditional UPDATE: a single statement decides),
+// or by a report of a commit overrun (used above granted), which is recorded, never denied. A host
+// admits locally against its own leases only, so the hosts together never pass the limit (G1).
+// An expired lease keeps its whole grant (the unreported remainder is charged as spent, G3); its
+// host's later report of the true use gives the difference back. All statements are plain SQL that
+// CockroachDB and YugabyteDB run too; no advisory locks, no LISTEN/NOTIFY.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "global/pg.hpp"
+#include "ledger/period.hpp"
+
+namespace ledger::global {
+
+inline constexpr int kSchemaVersion = 1;
+
+// Creates the tables (first use) or checks them: a newer schema, or a table of the same name that
+// is not ours, is an error naming it; nothing is changed then.
+bool ensure_schema(PgConnection& pg, PgError* error);
+
+struct GlobalAccount {
+  std::string id, parent;
+  int64_t limit_nanousd = 0;
+  Period period = Period::kNone;
+  bool blocked = false;
+};
+// Publishes the config's global accounts (one transaction, journaled per change).
+bool publish_accounts(PgConnection& pg, const std::vector<GlobalAccount>& accounts, int* changed, PgError* error);
+bool set_blocked(PgConnection& pg, const std::string& account, bool blocked, PgError* error);
+
+// One level of a chain request: account, its window, and an amount (> 0).
+struct LevelAmount {
+  std::string account;
+  Period period = Period::kNone;
+  int64_t window = 0;
+  int64_t amount_nanousd = 0;
+};
+
+enum class GrantOutcome { kGranted, kAlreadyApplied, kDenied };
+// Grants every level of a chain, all or none, each only while its window stays within its limit.
+// *denied_at names the first level that could not be granted.
+bool grant(PgConnection& pg, const std::string& host, const std::string& request_id, const std::vector<LevelAmount>& levels,
+           int64_t ttl_s, GrantOutcome* outcome, std::string* denied_at, PgError* error);
+// Gives unused grants back (each at most what the lease holds above its reported use).
+bool give_back(PgConnection& pg, const std::string& host, const std::string& request_id, const std::vector<LevelAmount>& levels,
+               PgError* error);
+
+struct Usage {
+  std::string account;
+  Period period = Period::kNone;
+  int64_t window = 0;
+  int64_t used_nanousd = 0, spent_nanousd = 0;
+};
+// Reports this host's cumulative use of its leases and renews them; a report older than the last
+// one (by `seq`) changes nothing. An expired lease is cut back to what it used.
+bool report(PgConnection& pg, const std::string& host, int64_t seq, const std::vector<Usage>& usage, int64_t ttl_s, PgError* error);
+// Marks leases whose expiry passed as expired (any host may do it; it is idempotent).
+bool expire_leases(PgConnection& pg, uint64_t* expired, PgError* error);
+
+// This host's leases with their accounts' limits and windows' totals.
+struct LeaseView {
+  std::string account;
+  Period period = Period::kNone;
+  int64_t window = 0;
+  int64_t granted_nanousd = 0, used_nanousd = 0;
+  int64_t limit_nanousd = 0, window_granted_nanousd = 0;
+  bool blocked = false, expired = false;
+};
+bool read_leases(PgConnection& pg, const std::string& host, std::vector<LeaseView>* out, PgError* error);
+// Every global account (for the limits and blocks of accounts without a lease yet).
+bool read_accounts(PgConnection& pg, std::vector<GlobalAccount>* out, PgError* error);
+
+// Claims host_id for this process's instance id; false with *holder when another live instance
+// (seen within stale_s) has it.
+bool claim_host(PgConnection& pg, const std::string& host, const std::string& instance, int64_t stale_s, bool* claimed,
+                std::string* holder, PgError* error);
+
+// ledgerctl global status: per account, its current window across hosts.
+struct HostShare {
+  std::string host_id;
+  int64_t leased_nanousd = 0, reported_nanousd = 0, expires_unix = 0;
+  bool expired = false;
+};
+struct AccountStatus {
+  std::string id;
+  Period period = Period::kNone;
+  int64_t window = 0;
+  int64_t limit_nanousd = 0, spent_nanousd = 0, leased_nanousd = 0;
+  bool blocked = false;
+  std::vector<HostShare> hosts;
+};
+bool read_status(PgConnection& pg, int64_t now_unix, std::vector<AccountStatus>* out, PgError* error);
+
+}  // namespace ledger::global

@@ -1,0 +1,198 @@
+// Global mode against a real PostgreSQL (started by the test, as an unprivileged user, on a Unix
+// socket in a temp dir): bad stores are one clear error and change no budget; hosts that each admit
+// locally against leases never pass the shared limit together, and after the drain the store's
+// spend is exactly what every worker acknowledged.
+#include <sys/mman.h>
+
+#include <atomic>
+#include <boost/json.hpp>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include "global/pg.hpp"
+#include "pg_server.hpp"
+#include "process.hpp"
+#include "test_util.hpp"
+
+using namespace ledger;
+using ledger_test::kUsd;
+using ledger_test::PgServer;
+using ledger_test::run;
+using ledger_test::TempDir;
+
+namespace {
+
+// One simulated host: its own ledger directory (so its own segment), config and sidecar.
+struct Host {
+  std::string name, dir, config, log;
+  pid_t sidecar = -1;
+  Host(const TempDir& root, const std::string& host_id, const std::string& store, const std::string& accounts, int refresh_ms = 100)
+      : name(host_id), dir(root.path() + "/" + host_id), config(root.path() + "/" + host_id + ".json"),
+        log(root.path() + "/" + host_id + ".log") {
+    ledger_test::write_file(config, R"({"ledger": {"dir": ")" + dir + R"(", "max_accounts": 64, "flush_interval_ms": 100},
+      "global": {"store": ")" + store + R"(", "store_password_env": "LEDGER_TEST_PG_PASSWORD", "host_id": ")" + host_id +
+                                        R"(", "lease_ttl_s": 5, "refresh_interval_ms": )" + std::to_string(refresh_ms) + R"(},
+      "accounts": )" + accounts + "}");
+  }
+  ~Host() {
+    stop_sidecar();
+    (void)Ledger::destroy_segment(dir);
+  }
+  ledger_test::Result init() const { return run({LEDGERCTL_PATH, "--config", config, "init"}); }
+  void start_sidecar() {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    sidecar = ledger_test::spawn({SIDECAR_PATH, "--config", config}, fd, fd);
+    ::close(fd);
+    REQUIRE(sidecar > 0);
+  }
+  int stop_sidecar() {
+    if (sidecar <= 0) return 0;
+    ::kill(sidecar, SIGTERM);
+    int status = 0;
+    ::waitpid(sidecar, &status, 0);
+    sidecar = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+};
+
+constexpr const char* kChain = R"([{"id": "org", "limit_usd": "2", "period": "monthly"},
+  {"id": "team", "parent": "org", "limit_usd": "1.5", "period": "monthly"},
+  {"id": "alice", "parent": "team", "limit_usd": "1", "period": "daily"}])";
+
+struct Setup {
+  PgServer pg;
+  TempDir root;
+  Setup() { ::setenv("LEDGER_TEST_PG_PASSWORD", PgServer::password().c_str(), 1); }
+  boost::json::object status(const Host& h) {
+    const auto r = run({LEDGERCTL_PATH, "--config", h.config, "global", "status", "--json"});
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    return boost::json::parse(r.out).as_object();
+  }
+  static boost::json::object account(const boost::json::object& status, const std::string& id) {
+    for (const auto& a : status.at("accounts").as_array())
+      if (a.as_object().at("id").as_string() == id) return a.as_object();
+    FAIL("no account " << id << " in global status");
+    return {};
+  }
+};
+
+int64_t num(const boost::json::object& o, const char* key) { return o.at(key).to_number<int64_t>(); }
+
+}  // namespace
+
+TEST_CASE("a bad store is one clear error and changes no budget", "[global]") {
+  Setup s;
+  SECTION("unreachable") {
+    Host h(s.root, "h1", "postgresql:///ledger?host=" + s.root.path() + "/nowhere&user=ledger", kChain);
+    const auto r = h.init();
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find("cannot connect to the store postgresql:///ledger?host=") != std::string::npos);
+    CHECK(r.err.find("nothing was changed") != std::string::npos);
+    CHECK(run({LEDGERCTL_PATH, "--config", h.config, "status"}).exit_code == 2);  // no ledger was made
+  }
+  SECTION("wrong credentials") {
+    Host h(s.root, "h1", s.pg.uri(), kChain);
+    ::setenv("LEDGER_TEST_PG_PASSWORD", "not-the-password", 1);
+    const auto r = h.init();
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find("password") != std::string::npos);
+    CHECK(r.err.find("not-the-password") == std::string::npos);  // never echoed
+    CHECK(r.out.find("not-the-password") == std::string::npos);
+  }
+  SECTION("a newer schema") {
+    Host h(s.root, "h1", s.pg.uri(), kChain);
+    REQUIRE(h.init().exit_code == 0);
+    global::PgConnection pg(global::PgOptions{s.pg.uri(), PgServer::password()});
+    global::PgResult ignored;
+    global::PgError e;
+    REQUIRE(pg.exec("UPDATE ledger_schema SET version = 99", {}, &ignored, &e));
+    const auto r = h.init();
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find("schema is version 99, newer than this ledger's (1)") != std::string::npos);
+  }
+  SECTION("a foreign table of the same name") {
+    global::PgConnection pg(global::PgOptions{s.pg.uri(), PgServer::password()});
+    global::PgResult ignored;
+    global::PgError e;
+    REQUIRE(pg.exec("CREATE TABLE ledger_accounts (name TEXT, balance INT)", {}, &ignored, &e));
+    Host h(s.root, "h1", s.pg.uri(), kChain);
+    const auto r = h.init();
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find("table ledger_accounts that is not this ledger's") != std::string::npos);
+  }
+  SECTION("a host_id used by two live hosts at once") {
+    Host a(s.root, "same", s.pg.uri(), kChain);
+    REQUIRE(a.init().exit_code == 0);
+    a.start_sidecar();
+    TempDir other;  // another "machine": another ledger directory with the same host_id
+    Host b(other, "same", s.pg.uri(), kChain);
+    REQUIRE(b.init().exit_code == 0);
+    b.start_sidecar();
+    bool refused = false;
+    for (int i = 0; i < 300 && !refused; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      refused = ledger_test::read_file(b.log).find("another live host uses it") != std::string::npos;
+    }
+    CHECK(refused);
+    std::unique_ptr<Ledger> l;
+    REQUIRE(Ledger::open(b.dir, Options{}, &l) == Code::kOk);
+    CHECK(l->debit("alice", 1) == Code::kDeniedOverBudget);  // no leases for the impostor: it denies
+  }
+}
+
+TEST_CASE("4 hosts x 2 workers drain one global chain: never over, and the store's spend is exact", "[global]") {
+  Setup s;
+  std::vector<std::unique_ptr<Host>> hosts;
+  for (int h = 0; h < 4; ++h) hosts.push_back(std::make_unique<Host>(s.root, "host-" + std::to_string(h), s.pg.uri(), kChain));
+  for (auto& h : hosts) {
+    const auto r = h->init();
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    h->start_sidecar();
+  }
+  // Each worker process debits alice (chain alice -> team -> org) until the budget is gone, and
+  // writes what it was granted to shared memory.
+  auto* acknowledged = static_cast<std::atomic<int64_t>*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  for (int i = 0; i < 8; ++i) new (&acknowledged[i]) std::atomic<int64_t>(0);
+  std::vector<pid_t> workers;
+  for (int w = 0; w < 8; ++w) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      std::unique_ptr<Ledger> l;
+      if (!Ledger::open(hosts[w / 2]->dir, Options{}, &l).ok()) ::_exit(2);
+      std::mt19937_64 rng(static_cast<uint64_t>(w) * 7919);
+      for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(6); std::chrono::steady_clock::now() < until;) {
+        const int64_t amount = 100'000 + static_cast<int64_t>(rng() % 4'900'000);  // $0.0001 - $0.005
+        if (l->debit("alice", amount).ok()) acknowledged[w] += amount;
+        else std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      ::_exit(0);
+    }
+    workers.push_back(pid);
+  }
+  for (pid_t pid : workers) {
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  }
+  int64_t total = 0;
+  for (int i = 0; i < 8; ++i) total += acknowledged[i].load();
+  for (auto& h : hosts) CHECK(h->stop_sidecar() == 0);  // each reports a last time and gives back what is unused
+  const auto status = s.status(*hosts[0]);
+  const auto alice = Setup::account(status, "alice"), team = Setup::account(status, "team"), org = Setup::account(status, "org");
+  INFO("acknowledged " << total << " alice spent " << num(alice, "spent_nanousd") << " leased " << num(alice, "leased_nanousd"));
+  std::printf("4 hosts x 2 workers: acknowledged %lld of a %lld limit; the store says spent %lld, leased %lld\n",
+              static_cast<long long>(total), static_cast<long long>(kUsd), static_cast<long long>(num(alice, "spent_nanousd")),
+              static_cast<long long>(num(alice, "leased_nanousd")));
+  CHECK(total <= kUsd);            // alice's limit binds: the hosts together never passed it
+  CHECK(total >= kUsd * 95 / 100);  // and it was drained (nothing much stranded)
+  CHECK(num(alice, "spent_nanousd") == total);  // the store's spend: exactly what the workers acknowledged
+  CHECK(num(team, "spent_nanousd") == total);
+  CHECK(num(org, "spent_nanousd") == total);
+  CHECK(num(alice, "leased_nanousd") == total);  // every unused grant came back
+  CHECK(alice.at("hosts").as_array().size() == 4);
+}
