@@ -136,8 +136,8 @@ int cmd_global(const Config& config, const std::vector<std::string>& args) {
   for (const auto& a : rows) {
     json::array hosts;
     for (const auto& h : a.hosts)
-      hosts.push_back(json::object{{"host_id", h.host_id}, {"leased_nanousd", h.leased_nanousd}, {"reported_nanousd", h.reported_nanousd},
-                                   {"expires_unix", h.expires_unix}, {"expired", h.expired}});
+      hosts.push_back(json::object{{"host_id", h.host_id}, {"incarnation", h.incarnation}, {"leased_nanousd", h.leased_nanousd},
+                                   {"reported_nanousd", h.reported_nanousd}, {"expires_unix", h.expires_unix}, {"expired", h.expired}});
     accounts.push_back(json::object{{"id", a.id}, {"period", std::string(period_name(a.period))}, {"limit_nanousd", a.limit_nanousd},
                                     {"spent_nanousd", a.spent_nanousd}, {"leased_nanousd", a.leased_nanousd}, {"blocked", a.blocked},
                                     {"hosts", std::move(hosts)}});

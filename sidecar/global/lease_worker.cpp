@@ -1,6 +1,7 @@
 // lease_worker.cpp — see lease_worker.hpp.
 #include "global/lease_worker.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -70,6 +71,22 @@ std::string instance_id(const Config& config) {
   return machine + ":" + config.ledger.dir;
 }
 
+std::string incarnation_id(const Config& config) {
+  const std::string path = config.ledger.dir + "/ledger.incarnation";
+  std::string id = read_first_line(path);
+  if (id.size() == 32) return id;
+  unsigned char bytes[16] = {};
+  if (::getentropy(bytes, sizeof bytes) != 0) return "unknown";
+  static constexpr char kDigits[] = "0123456789abcdef";
+  id.clear();
+  for (unsigned char b : bytes) id += std::string{kDigits[b >> 4], kDigits[b & 15]};
+  const std::string temp = path + ".tmp";
+  { std::ofstream(temp, std::ios::trunc) << id << "\n"; }
+  ::chmod(temp.c_str(), 0600);
+  if (::rename(temp.c_str(), path.c_str()) != 0) return read_first_line(path);
+  return id;
+}
+
 std::string LeaseWorker::next_request_id() {
   return instance_ + ":" + std::to_string(::getpid()) + ":" + std::to_string(Ledger::monotonic_ms()) + ":" +
          std::to_string(++request_counter_);
@@ -78,6 +95,7 @@ std::string LeaseWorker::next_request_id() {
 void LeaseWorker::start(std::shared_ptr<const Config> config) {
   config_ = std::move(config);
   instance_ = instance_id(*config_);
+  owner_ = config_->global.host_id + "/" + incarnation_id(*config_);
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -180,7 +198,7 @@ bool LeaseWorker::report_and_read(const Config& config, int64_t now_s) {
   const int64_t seq = ledger_.now_ms() * 1000 + static_cast<int64_t>(++request_counter_ % 1000);
   std::vector<LeaseView> views;
   std::vector<GlobalAccount> accounts;
-  if (!report(*pg_, config.global.host_id, seq, usage, config.global.lease_ttl_s, &error)) return fail("report");
+  if (!report(*pg_, owner_, seq, usage, config.global.lease_ttl_s, &error)) return fail("report");
   renewed_mono_ms_ = started;  // the store renewed the leases no earlier than this
   uint64_t expired = 0;
   if (counters_.cycles % kReportsPerExpiry == 0 && expire_leases(*pg_, &expired, &error) && expired > 0) {
@@ -189,10 +207,11 @@ bool LeaseWorker::report_and_read(const Config& config, int64_t now_s) {
     std::lock_guard<std::mutex> lock(mutex_);
     counters_.expiries += expired;
   }
-  if (!read_leases(*pg_, config.global.host_id, &views, &error) || !read_accounts(*pg_, &accounts, &error)) return fail("read");
+  if (!read_leases(*pg_, owner_, &views, &error) || !read_accounts(*pg_, &accounts, &error)) return fail("read");
   if (!last_error_.empty()) admin::log_line("info", "global: the store answers again");
   last_error_.clear();
-  for (const auto& v : views) leases_[{v.account, v.window}] = Lease{v.granted_nanousd, v.window_granted_nanousd, v.limit_nanousd, v.blocked};
+  for (const auto& v : views)
+    leases_[{v.account, v.window}] = Lease{v.granted_nanousd, v.window_granted_nanousd, v.limit_nanousd, v.spent_nanousd, v.blocked};
   for (const auto& g : accounts) {
     const AccountConfig* a = find_account(config, g.id);
     if (a == nullptr || !a->global) continue;
@@ -254,10 +273,10 @@ void LeaseWorker::grow(const Config& config, int64_t now_s) {
     GrantOutcome outcome = GrantOutcome::kDenied;
     std::string denied_at;
     PgError error;
-    bool ok = grant(*pg_, config.global.host_id, next_request_id(), levels, config.global.lease_ttl_s, &outcome, &denied_at, &error);
+    bool ok = grant(*pg_, owner_, next_request_id(), levels, config.global.lease_ttl_s, &outcome, &denied_at, &error);
     if (ok && outcome == GrantOutcome::kDenied) {  // near exhaustion: single-request slices
       levels = single;
-      ok = grant(*pg_, config.global.host_id, next_request_id(), levels, config.global.lease_ttl_s, &outcome, &denied_at, &error);
+      ok = grant(*pg_, owner_, next_request_id(), levels, config.global.lease_ttl_s, &outcome, &denied_at, &error);
     }
     std::lock_guard<std::mutex> lock(mutex_);
     if (!ok) ++counters_.store_errors;
@@ -294,7 +313,7 @@ void LeaseWorker::give_back_surplus(const Config& config, int64_t now_s, bool ev
     const int64_t amount = lease.granted - std::max(lowered, after.used_nanousd);
     if (amount <= 0) continue;
     PgError error;
-    const bool ok = give_back(*pg_, config.global.host_id, next_request_id(),
+    const bool ok = give_back(*pg_, owner_, next_request_id(),
                               {LevelAmount{key.first, a->period, key.second, amount}}, &error);
     std::lock_guard<std::mutex> lock(mutex_);
     if (!ok) {
@@ -324,7 +343,7 @@ void LeaseWorker::take_next_windows(const Config& config, int64_t now_s) {
     GrantOutcome outcome = GrantOutcome::kDenied;
     std::string denied_at;
     PgError error;
-    if (grant(*pg_, config.global.host_id, next_request_id(), levels, config.global.lease_ttl_s, &outcome, &denied_at, &error) &&
+    if (grant(*pg_, owner_, next_request_id(), levels, config.global.lease_ttl_s, &outcome, &denied_at, &error) &&
         outcome == GrantOutcome::kGranted)
       for (const auto& l : levels) leases_[{l.account, l.window}].granted += l.amount_nanousd;
   }
@@ -341,7 +360,13 @@ void LeaseWorker::publish(const Config& config, int64_t now_s) {
       continue;
     }
     // Only the current and the next window: an old one's word is the next one's (same parity).
-    if (it->first.second >= current) (void)ledger_.set_lease(a->id, it->first.second, it->second.granted, deadline);
+    // Spend the store has on record but this segment does not (it was rebuilt from a store that
+    // lost its last flush interval) is not admitted again: it comes off the lease.
+    WindowUsage u;
+    int64_t unseen = 0;
+    if (ledger_.window_usage(a->id, it->first.second, &u).ok()) unseen = std::max<int64_t>(0, it->second.reported_spent - u.spent_nanousd);
+    if (it->first.second >= current)
+      (void)ledger_.set_lease(a->id, it->first.second, std::max<int64_t>(0, it->second.granted - unseen), deadline);
     if (it->first.second == current) leased[a->id] = it->second.granted;
     ++it;
   }

@@ -43,6 +43,8 @@ bool store_options(const admin::Config& config, PgOptions* out, std::string* err
 // Who this host is to the store: the machine's id and the ledger directory (a restarted sidecar is
 // the same instance; another machine with the same host_id is not).
 std::string instance_id(const admin::Config& config);
+// This ledger directory's incarnation: random, kept in <dir>/ledger.incarnation (made when missing).
+std::string incarnation_id(const admin::Config& config);
 
 class LeaseWorker {
  public:
@@ -59,6 +61,7 @@ class LeaseWorker {
  private:
   struct Lease {  // one (account, window) of this host, as the store last said
     int64_t granted = 0, window_granted = 0, limit = 0;
+    int64_t reported_spent = 0;  // the store's record of this host's spend (never decreases)
     bool blocked = false;
   };
   struct Demand {  // what this host used of one account's current window, and how fast
@@ -81,6 +84,7 @@ class LeaseWorker {
   Ledger& ledger_;
   std::unique_ptr<PgConnection> pg_;
   std::string instance_;
+  std::string owner_;  // "host_id/incarnation": whose leases these are
   bool host_claimed_ = false;
   std::map<Key, Lease> leases_;
   std::map<std::string, Demand> demand_;

@@ -1,6 +1,7 @@
 // protocol.cpp — see protocol.hpp.
 #include "global/protocol.hpp"
 
+#include <algorithm>
 #include <map>
 
 namespace ledger::global {
@@ -205,7 +206,8 @@ bool give_back(PgConnection& pg, const std::string& host, const std::string& req
         for (const LevelAmount& l : levels) {
           PgResult r;
           const std::vector<std::string> key{host, l.account, period_text(l.period), i64(l.window)};
-          if (!c.exec("SELECT granted_nanousd, used_nanousd FROM ledger_leases WHERE host_id = $1 AND account = $2 AND period = $3 "
+          // Never below what it used or is on record as spent (spend in the store never goes down).
+          if (!c.exec("SELECT granted_nanousd, GREATEST(used_nanousd, spent_nanousd) FROM ledger_leases WHERE host_id = $1 AND account = $2 AND period = $3 "
                       "AND window_index = $4 FOR UPDATE",
                       key, &r, e))
             return false;
@@ -233,15 +235,18 @@ namespace {
 bool report_one(PgConnection& c, const std::string& host, int64_t seq, const Usage& u, int64_t ttl_s, PgError* e) {
   PgResult r;
   const std::vector<std::string> key{host, u.account, period_text(u.period), i64(u.window)};
-  if (!c.exec("SELECT granted_nanousd, expired, report_seq FROM ledger_leases WHERE host_id = $1 AND account = $2 "
+  if (!c.exec("SELECT granted_nanousd, expired, report_seq, spent_nanousd FROM ledger_leases WHERE host_id = $1 AND account = $2 "
               "AND period = $3 AND window_index = $4 FOR UPDATE",
               key, &r, e))
     return false;
   if (r.rows.empty() || as_i64(r.rows[0][2]) >= seq) return true;  // no lease here, or an old report: nothing
   const int64_t granted = as_i64(r.rows[0][0]);
   const bool expired = as_bool(r.rows[0][1]);
-  const int64_t now_granted = expired ? u.used_nanousd : std::max(granted, u.used_nanousd);
-  if (!c.exec("UPDATE ledger_leases SET used_nanousd = $5, spent_nanousd = $6, report_seq = $7, granted_nanousd = $8, "
+  const int64_t used = std::max({u.used_nanousd, u.spent_nanousd, as_i64(r.rows[0][3])});  // spend on record stays
+  const int64_t now_granted = expired ? used : std::max(granted, used);
+  // Spend never goes down in the store: a host whose segment was rebuilt from a store that lost the
+  // last flush interval must not give back spend it already reported.
+  if (!c.exec("UPDATE ledger_leases SET used_nanousd = $5, spent_nanousd = GREATEST(spent_nanousd, $6), report_seq = $7, granted_nanousd = $8, "
               "expired = false, expires_at = now() + $9::interval WHERE host_id = $1 AND account = $2 AND period = $3 AND window_index = $4",
               {host, u.account, period_text(u.period), i64(u.window), i64(u.used_nanousd), i64(u.spent_nanousd), i64(seq),
                i64(now_granted), seconds(ttl_s)},
@@ -274,7 +279,7 @@ bool expire_leases(PgConnection& pg, uint64_t* expired, PgError* error) {
 bool read_leases(PgConnection& pg, const std::string& host, std::vector<LeaseView>* out, PgError* error) {
   PgResult r;
   if (!pg.exec("SELECT l.account, l.period, l.window_index, l.granted_nanousd, l.used_nanousd, a.limit_nanousd, a.blocked, "
-               "w.granted_nanousd, l.expired FROM ledger_leases l JOIN ledger_accounts a ON a.id = l.account "
+               "w.granted_nanousd, l.expired, l.spent_nanousd FROM ledger_leases l JOIN ledger_accounts a ON a.id = l.account "
                "JOIN ledger_windows w ON w.account = l.account AND w.period = l.period AND w.window_index = l.window_index "
                "WHERE l.host_id = $1",
                {host}, &r, error))
@@ -282,7 +287,7 @@ bool read_leases(PgConnection& pg, const std::string& host, std::vector<LeaseVie
   out->clear();
   for (const auto& row : r.rows)
     out->push_back(LeaseView{row[0].value_or(""), static_cast<Period>(as_i64(row[1]) & 3), as_i64(row[2]), as_i64(row[3]),
-                             as_i64(row[4]), as_i64(row[5]), as_i64(row[7]), as_bool(row[6]), as_bool(row[8])});
+                             as_i64(row[4]), as_i64(row[9]), as_i64(row[5]), as_i64(row[7]), as_bool(row[6]), as_bool(row[8])});
   return true;
 }
 
@@ -329,7 +334,11 @@ bool read_status(PgConnection& pg, int64_t now_unix, std::vector<AccountStatus>*
                  {a.id, period_text(a.period), i64(s.window)}, &r, error))
       return false;
     for (const auto& row : r.rows) {
-      HostShare h{row[0].value_or(""), as_i64(row[1]), as_i64(row[2]), as_i64(row[4]), as_bool(row[5])};
+      // Lease rows belong to "host_id/incarnation" (a host that lost its ledger directory is a new one).
+      const std::string owner = row[0].value_or("");
+      const size_t slash = owner.find('/');
+      HostShare h{owner.substr(0, slash), slash == std::string::npos ? "" : owner.substr(slash + 1), as_i64(row[1]), as_i64(row[2]),
+                  as_i64(row[4]), as_bool(row[5])};
       s.leased_nanousd += h.leased_nanousd;
       // An expired lease counts whole: its unreported remainder is charged as spent.
       s.spent_nanousd += h.expired ? h.leased_nanousd : as_i64(row[3]);

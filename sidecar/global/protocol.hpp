@@ -9,6 +9,9 @@
 //   ledger_hosts     which instance holds each host_id (two live hosts cannot share one)
 //   ledger_leaders   the leader lease per role (one reconciler at a time)
 //   ledger_journal   what changed budgets, and why
+// A lease belongs to a host's incarnation ("host_id/incarnation", the incarnation kept in the ledger
+// directory): a host that loses its directory comes back as a new incarnation, so its old leases are
+// never renewed, expire, and stay charged in full (G3); one that keeps it reports its true use.
 // Invariants, per (account, window): windows.granted == sum of leases.granted, and it only grows by
 // a grant that keeps it <= the account's limit (a conditional UPDATE: a single statement decides),
 // or by a report of a commit overrun (used above granted), which is recorded, never denied. A host
@@ -77,7 +80,7 @@ struct LeaseView {
   std::string account;
   Period period = Period::kNone;
   int64_t window = 0;
-  int64_t granted_nanousd = 0, used_nanousd = 0;
+  int64_t granted_nanousd = 0, used_nanousd = 0, spent_nanousd = 0;  // used, spent: as last reported
   int64_t limit_nanousd = 0, window_granted_nanousd = 0;
   bool blocked = false, expired = false;
 };
@@ -93,6 +96,7 @@ bool claim_host(PgConnection& pg, const std::string& host, const std::string& in
 // ledgerctl global status: per account, its current window across hosts.
 struct HostShare {
   std::string host_id;
+  std::string incarnation;  // a host that lost its ledger directory comes back as a new incarnation
   int64_t leased_nanousd = 0, reported_nanousd = 0, expires_unix = 0;
   bool expired = false;
 };

@@ -8,10 +8,13 @@
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <map>
+#include <set>
 #include <random>
 #include <thread>
 
 #include "global/pg.hpp"
+#include "global/protocol.hpp"
 #include "pg_server.hpp"
 #include "process.hpp"
 #include "test_util.hpp"
@@ -195,4 +198,131 @@ TEST_CASE("4 hosts x 2 workers drain one global chain: never over, and the store
   CHECK(num(org, "spent_nanousd") == total);
   CHECK(num(alice, "leased_nanousd") == total);  // every unused grant came back
   CHECK(alice.at("hosts").as_array().size() == 4);
+}
+
+namespace {
+
+// A worker process on one host: debits alice until told to stop, counting what was acknowledged.
+pid_t start_worker(const std::string& dir, std::atomic<int64_t>* acknowledged, std::atomic<int>* stop, uint64_t seed) {
+  const pid_t pid = ::fork();
+  if (pid != 0) return pid;
+  std::unique_ptr<Ledger> l;
+  if (!Ledger::open(dir, Options{}, &l).ok()) ::_exit(2);
+  std::mt19937_64 rng(seed);
+  while (stop->load() == 0) {
+    const int64_t amount = 100'000 + static_cast<int64_t>(rng() % 900'000);  // $0.0001 - $0.001
+    if (l->debit("alice", amount).ok()) *acknowledged += amount;
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+  ::_exit(0);
+}
+
+}  // namespace
+
+// Faults while workers run: a sidecar SIGKILLed and restarted, a whole host dying with its ledger
+// directory (segment, store and incarnation gone; it comes back as a new incarnation), the store
+// restarted with -m immediate, and the store paused (SIGSTOP/SIGCONT: a partition). Afterwards no
+// limit was passed, every dead incarnation's leases expired and stay charged in full, and every live
+// host's store spend is exactly what its workers acknowledged. LEDGER_GLOBAL_FAULTS sets the count.
+TEST_CASE("faults of hosts and of the store: no overspend, nothing lost, nothing counted twice", "[global][torture]") {
+  const char* env = std::getenv("LEDGER_GLOBAL_FAULTS");
+  const int faults = env != nullptr ? std::max(1, std::atoi(env)) : 20;
+  Setup s;
+  constexpr int kHosts = 3;
+  const std::string accounts = R"([{"id": "org", "limit_usd": "1000", "period": "monthly"},
+    {"id": "team", "parent": "org", "limit_usd": "1000", "period": "monthly"},
+    {"id": "alice", "parent": "team", "limit_usd": "4", "period": "daily"}])";
+  std::vector<std::unique_ptr<Host>> hosts;
+  std::vector<std::unique_ptr<TempDir>> roots;  // one per incarnation of a host
+  auto* shared = static_cast<std::atomic<int64_t>*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  auto* stop = reinterpret_cast<std::atomic<int>*>(shared + 500);
+  new (stop) std::atomic<int>(0);
+  for (int i = 0; i < 400; ++i) new (&shared[i]) std::atomic<int64_t>(0);
+  std::vector<pid_t> workers(kHosts, -1);
+  std::vector<int> slot(kHosts);  // which acknowledged counter the host's current incarnation writes
+  int next_slot = 0;
+  std::vector<int> dead_slots;
+  const auto boot = [&](int h) {
+    roots.push_back(std::make_unique<TempDir>());
+    hosts[h] = std::make_unique<Host>(*roots.back(), "host-" + std::to_string(h), s.pg.uri(), accounts);
+    const auto r = hosts[h]->init();
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    hosts[h]->start_sidecar();
+    slot[h] = next_slot++;
+    workers[h] = start_worker(hosts[h]->dir, &shared[slot[h]], stop, static_cast<uint64_t>(slot[h]) + 1);
+  };
+  hosts.resize(kHosts);
+  for (int h = 0; h < kHosts; ++h) boot(h);
+  std::mt19937 rng(20261201);
+  std::map<std::string, int> done;
+  for (int f = 0; f < faults; ++f) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 400));
+    const int h = static_cast<int>(rng() % kHosts);
+    switch (rng() % 4) {
+      case 0:  // the sidecar dies and comes back; the workers go on
+        ::kill(hosts[h]->sidecar, SIGKILL);
+        ::waitpid(hosts[h]->sidecar, nullptr, 0);
+        hosts[h]->start_sidecar();
+        ++done["sidecar SIGKILL"];
+        break;
+      case 1: {  // the whole host dies with its disk: it comes back as a new incarnation
+        ::kill(workers[h], SIGKILL);
+        ::waitpid(workers[h], nullptr, 0);
+        ::kill(hosts[h]->sidecar, SIGKILL);
+        ::waitpid(hosts[h]->sidecar, nullptr, 0);
+        hosts[h]->sidecar = -1;
+        dead_slots.push_back(slot[h]);
+        boot(h);
+        ++done["host death"];
+        break;
+      }
+      case 2:
+        s.pg.restart_immediate();
+        ++done["store restart -m immediate"];
+        break;
+      default:
+        s.pg.pause();
+        std::this_thread::sleep_for(std::chrono::milliseconds(500 + rng() % 1500));
+        s.pg.resume();
+        ++done["store partition"];
+    }
+  }
+  stop->store(1);
+  for (pid_t w : workers) ::waitpid(w, nullptr, 0);
+  for (auto& h : hosts) CHECK(h->stop_sidecar() == 0);  // final reports of the live incarnations
+  // Long enough for every lease of a dead incarnation to lapse, then expire them.
+  std::this_thread::sleep_for(std::chrono::seconds(6));
+  global::PgConnection pg(global::PgOptions{s.pg.uri(), PgServer::password()});
+  global::PgError e;
+  uint64_t expired = 0;
+  REQUIRE(global::expire_leases(pg, &expired, &e));
+  global::PgResult r;
+  REQUIRE(pg.exec("SELECT count(*) FROM ledger_leases WHERE NOT expired AND expires_at < now()", {}, &r, &e));
+  CHECK(r.rows[0][0].value_or("?") == "0");  // no lease left active without an owner once the ttl passed
+  int64_t acknowledged = 0, acknowledged_dead = 0;
+  for (int i = 0; i < next_slot; ++i) acknowledged += shared[i].load();
+  for (int i : dead_slots) acknowledged_dead += shared[i].load();
+  const auto alice = Setup::account(s.status(*hosts[0]), "alice");
+  std::set<std::string> live;  // the incarnations still running at the end
+  for (const auto& h : hosts) live.insert(ledger_test::read_file(h->dir + "/ledger.incarnation").substr(0, 32));
+  int64_t live_spent = 0, dead_charged = 0;
+  for (const auto& host : alice.at("hosts").as_array()) {
+    const auto& o = host.as_object();
+    const bool mine = live.count(std::string(o.at("incarnation").as_string())) != 0;
+    if (mine) live_spent += num(o, "reported_nanousd");  // given back to its use at SIGTERM: leased == reported
+    else dead_charged += num(o, "leased_nanousd");
+    if (!mine) CHECK(o.at("expired").as_bool());
+  }
+  std::string summary;
+  for (const auto& [kind, n] : done) summary += kind + " x" + std::to_string(n) + ", ";
+  std::printf("global fault torture: %s%lld nano-USD acknowledged (%lld by dead incarnations), store spent %lld\n", summary.c_str(),
+              static_cast<long long>(acknowledged), static_cast<long long>(acknowledged_dead),
+              static_cast<long long>(num(alice, "spent_nanousd")));
+  INFO(summary);
+  CHECK(acknowledged <= 4 * kUsd);                               // no overspend across hosts (G1)
+  CHECK(num(alice, "spent_nanousd") <= 4 * kUsd);
+  CHECK(live_spent == acknowledged - acknowledged_dead);         // live hosts: exact, nothing lost or doubled (G2)
+  CHECK(dead_charged >= acknowledged_dead);                      // dead incarnations: charged in full (G3)
+  CHECK(num(alice, "spent_nanousd") == live_spent + dead_charged);
 }
