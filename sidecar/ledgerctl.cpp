@@ -9,6 +9,7 @@
 #include <boost/json.hpp>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -553,6 +554,38 @@ void doctor_openrouter(const Config& config, Ledger* ledger, const DoctorLine& l
   if (unsaid.empty()) line(true, "key use", std::to_string(r.rows.size()) + " keys compared with what the ledger recorded through them");
 }
 
+// Global mode: the store reachable, its schema, its clock against ours, hosts that stopped renewing.
+void doctor_global(const Config& config, const DoctorLine& line) {
+  global::PgOptions options;
+  std::string error;
+  if (!global::store_options(config, &options, &error)) {
+    line(false, "global store", error);
+    return;
+  }
+  global::PgConnection pg(options);
+  global::PgError e;
+  int64_t store_ms = 0;
+  if (!global::store_now_ms(pg, &store_ms, &e)) {
+    line(false, "global store", e.message);
+    return;
+  }
+  line(true, "global store", options.uri + " answers (host " + config.global.host_id + ")");
+  line(global::ensure_schema(pg, &e), "global schema", e.message.empty() ? "version " + std::to_string(global::kSchemaVersion) : e.message);
+  const int64_t skew_ms = store_ms - ::time(nullptr) * 1000;
+  const int64_t margin_ms = std::max<int64_t>(1000, int64_t{config.global.lease_ttl_s} * 100);
+  line(std::llabs(skew_ms) < margin_ms, "global clock skew",
+       std::to_string(skew_ms) + " ms against the store (leases keep a margin of " + std::to_string(margin_ms) +
+           " ms; beyond it, fix NTP on this host or the store's)");
+  std::vector<std::string> lapsed;
+  if (global::lapsed_hosts(pg, &lapsed, &e)) {
+    std::string names;
+    for (const auto& h : lapsed) names += (names.empty() ? "" : ", ") + h;
+    line(lapsed.empty(), "global hosts",
+         lapsed.empty() ? "every host's leases are being renewed"
+                        : "leases not renewed (charged in full until their host reports again): " + names);
+  }
+}
+
 int cmd_doctor(const Config& config) {
   int problems = 0;
   const DoctorLine line = [&](bool ok, const std::string& what, const std::string& detail) {
@@ -569,6 +602,7 @@ int cmd_doctor(const Config& config) {
   const bool sidecar = sidecar_running(config.ledger.dir);
   line(sidecar, "sidecar", sidecar ? "running" : "not running: start ledger-sidecar --config " + config.path +
                                                      " (nothing is flushed or reclaimed without it)");
+  if (config.global.present) doctor_global(config, line);
   if (config.openrouter.present) doctor_openrouter(config, ledger.get(), line);
   return problems == 0 ? kExitOk : kExitRuntime;
 }

@@ -6,6 +6,8 @@
 #include <filesystem>
 
 #include "core/admin.hpp"
+#include "global/lease_worker.hpp"
+#include "global/protocol.hpp"
 #include "openrouter/reconcile.hpp"
 #include "reports/reports.hpp"
 
@@ -38,7 +40,32 @@ int64_t NetworkWorker::reconcile_deadline_ms(const Config& config) {
   return std::clamp<int64_t>(int64_t{config.openrouter.reconcile_interval_s} * 1000, 5'000, 300'000);
 }
 
+// Global mode: one reconciler per team at a time (G5), so a drift is adjusted once, not once per
+// host. The leader lease lasts three reconcile intervals and is renewed by each of its cycles.
+bool NetworkWorker::leads_reconcile(const Config& config) {
+  if (!config.global.present) return true;
+  global::PgOptions options;
+  std::string error;
+  if (!global::store_options(config, &options, &error)) {
+    log_line("warn", "reconcile skipped: " + error);
+    return false;
+  }
+  global::PgConnection pg(options);
+  global::PgError e;
+  bool leader = false;
+  const int64_t ttl_s = std::max<int64_t>(10, int64_t{config.openrouter.reconcile_interval_s} * 3);
+  if (!global::lead(pg, "reconcile", config.global.host_id, global::instance_id(config), ttl_s, &leader, &e)) {
+    log_line("warn", "reconcile skipped: cannot reach the global store to take the reconciler's lease: " + e.message);
+    return false;
+  }
+  if (leader != was_leader_)
+    log_line("info", leader ? "global: this host is the team's reconciler" : "global: another host reconciles the team");
+  was_leader_ = leader;
+  return leader;
+}
+
 void NetworkWorker::reconcile_cycle(const Config& config) {
+  if (!leads_reconcile(config)) return;
   std::string error;
   auto client = client_for(config, &error, &cancel_);
   if (!client) {
@@ -51,7 +78,10 @@ void NetworkWorker::reconcile_cycle(const Config& config) {
   const size_t prices = refresh_prices(ledger_, *client, config, &price_error);
   if (!price_error.empty()) log_line("warn", "price refresh: " + price_error + " (keeping the prices we have)");
   else if (prices > 0) log_line("debug", "prices refreshed", "models=" + std::to_string(prices));
-  const ReconcileReport r = reconcile(ledger_, *client, config, false);
+  // Global mode: the per-key spend this host's ledger knows is its own, while a key's usage at
+  // OpenRouter is every host's; until per-key spend is kept in the global store, the reconciler
+  // reports drift there and adjusts nothing (an adjustment would charge other hosts' spend again).
+  const ReconcileReport r = reconcile(ledger_, *client, config, /*dry_run=*/config.global.present);
   const int64_t now_unix = ledger_.now_ms() / 1000;
   counters_.update([&](SidecarCounters& c) {
     ++c.reconcile_runs;

@@ -62,6 +62,7 @@ class NetworkWorker {
  private:
   void loop();
   void reconcile_cycle(const Config& config);
+  bool leads_reconcile(const Config& config);
   void reports_cycle(const Config& config);
 
   Ledger& ledger_;
@@ -72,6 +73,7 @@ class NetworkWorker {
   std::shared_ptr<const Config> config_;  // guarded by mutex_
   bool config_changed_ = false;           // guarded by mutex_
   std::thread thread_;
+  bool was_leader_ = false;  // for logging a change of reconciler
 };
 
 }  // namespace ledger::admin

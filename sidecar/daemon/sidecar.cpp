@@ -203,7 +203,20 @@ void Sidecar::reclaim_now() {
 
 void Sidecar::publish_metrics() {
   if (!metrics_.running()) return;
-  metrics_.publish(render_metrics(*ledger_, counters_.copy(), ledger_->now_ms() / 1000));
+  SidecarCounters c = counters_.copy();
+  if (leases_) {
+    const global::LeaseCounters g = leases_->counters();
+    c.global = true;
+    c.lease_grants = g.grants;
+    c.lease_grant_denials = g.grant_denials;
+    c.lease_returns = g.returns;
+    c.lease_expiries = g.expiries;
+    c.lease_recalls = g.recalls;
+    c.store_errors = g.store_errors;
+    c.store_round_trip_us = g.last_round_trip_us;
+    c.leased_nanousd = g.leased_nanousd;
+  }
+  metrics_.publish(render_metrics(*ledger_, c, ledger_->now_ms() / 1000));
 }
 
 }  // namespace ledger::admin

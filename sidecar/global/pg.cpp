@@ -68,7 +68,10 @@ bool PgConnection::ensure_connected(PgError* error) {
   const int64_t deadline = now_ms() + options_.connect_timeout_ms;
   for (PostgresPollingStatusType state = PGRES_POLLING_WRITING; conn_ != nullptr;) {
     if (PQstatus(conn_) == CONNECTION_BAD) break;
-    if (state == PGRES_POLLING_OK) return true;
+    if (state == PGRES_POLLING_OK) {
+      PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);  // NOTICEs ("already exists, skipping") are not ours to print
+      return true;
+    }
     if (state == PGRES_POLLING_FAILED) break;
     if (!wait_socket(conn_, state == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline)) {
       *error = PgError{"08000", "the store did not answer within " + std::to_string(options_.connect_timeout_ms) +

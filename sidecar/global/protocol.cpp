@@ -322,6 +322,33 @@ bool claim_host(PgConnection& pg, const std::string& host, const std::string& in
       error);
 }
 
+bool lead(PgConnection& pg, const std::string& role, const std::string& host, const std::string& instance, int64_t ttl_s,
+          bool* leader, PgError* error) {
+  PgResult r;
+  if (!pg.exec("INSERT INTO ledger_leaders (role, host_id, instance, expires_at) VALUES ($1, $2, $3, now() + $4::interval) "
+               "ON CONFLICT (role) DO UPDATE SET host_id = EXCLUDED.host_id, instance = EXCLUDED.instance, expires_at = EXCLUDED.expires_at "
+               "WHERE ledger_leaders.expires_at < now() OR (ledger_leaders.host_id = EXCLUDED.host_id AND ledger_leaders.instance = EXCLUDED.instance)",
+               {role, host, instance, seconds(ttl_s)}, &r, error))
+    return false;
+  *leader = r.affected == 1;
+  return true;
+}
+
+bool store_now_ms(PgConnection& pg, int64_t* now_ms, PgError* error) {
+  PgResult r;
+  if (!pg.exec("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT", {}, &r, error) || r.rows.empty()) return false;
+  *now_ms = as_i64(r.rows[0][0]);
+  return true;
+}
+
+bool lapsed_hosts(PgConnection& pg, std::vector<std::string>* hosts, PgError* error) {
+  PgResult r;
+  if (!pg.exec("SELECT DISTINCT host_id FROM ledger_leases WHERE expires_at < now() ORDER BY host_id", {}, &r, error)) return false;
+  hosts->clear();
+  for (const auto& row : r.rows) hosts->push_back(row[0].value_or(""));
+  return true;
+}
+
 bool read_status(PgConnection& pg, int64_t now_unix, std::vector<AccountStatus>* out, PgError* error) {
   std::vector<GlobalAccount> accounts;
   if (!read_accounts(pg, &accounts, error)) return false;

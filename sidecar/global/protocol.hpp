@@ -93,6 +93,14 @@ bool read_accounts(PgConnection& pg, std::vector<GlobalAccount>* out, PgError* e
 bool claim_host(PgConnection& pg, const std::string& host, const std::string& instance, int64_t stale_s, bool* claimed,
                 std::string* holder, PgError* error);
 
+// The leader lease of `role` (one reconciler per team, G5): taken when free or lapsed, renewed while
+// held; *leader says whether this host holds it now.
+bool lead(PgConnection& pg, const std::string& role, const std::string& host, const std::string& instance, int64_t ttl_s,
+          bool* leader, PgError* error);
+// For doctor: the store's clock (Unix ms) and the hosts whose leases lapsed without a renewal.
+bool store_now_ms(PgConnection& pg, int64_t* now_ms, PgError* error);
+bool lapsed_hosts(PgConnection& pg, std::vector<std::string>* hosts, PgError* error);
+
 // ledgerctl global status: per account, its current window across hosts.
 struct HostShare {
   std::string host_id;

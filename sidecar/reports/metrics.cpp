@@ -44,6 +44,22 @@ void sample(std::string& out, const std::string& name, const std::string& labels
 }
 }  // namespace
 
+// Global mode: the lease worker's work against the shared store.
+static void render_global(std::string& out, const SidecarCounters& c) {
+  const std::pair<const char*, uint64_t> counters[] = {
+      {"ledger_global_grants_total", c.lease_grants},           {"ledger_global_grant_denials_total", c.lease_grant_denials},
+      {"ledger_global_returns_total", c.lease_returns},         {"ledger_global_expiries_total", c.lease_expiries},
+      {"ledger_global_recalls_total", c.lease_recalls},         {"ledger_global_store_errors_total", c.store_errors}};
+  for (const auto& [name, value] : counters) {
+    family(out, name, "counter", "Global mode: lease work with the shared store (see the README's global budgets).");
+    sample(out, name, "", static_cast<int64_t>(value));
+  }
+  family(out, "ledger_global_store_round_trip_seconds", "gauge", "The last store statement's round trip.");
+  out += "ledger_global_store_round_trip_seconds " + std::to_string(static_cast<double>(c.store_round_trip_us) / 1e6) + "\n";
+  family(out, "ledger_global_leased_nanousd", "gauge", "This host's lease for the account's current window.");
+  for (const auto& [account, leased] : c.leased_nanousd) sample(out, "ledger_global_leased_nanousd", "account=\"" + label(account) + "\"", leased);
+}
+
 std::string render_metrics(const Ledger& ledger, const SidecarCounters& c, int64_t now_unix) {
   std::string out;
   std::vector<AccountBalance> accounts;
@@ -125,6 +141,7 @@ std::string render_metrics(const Ledger& ledger, const SidecarCounters& c, int64
          "Per key: OpenRouter's window spend minus what the ledger recorded through the key, at the last run.");
   for (const auto& [owner, drift] : c.drift_nanousd)
     sample(out, "ledger_reconcile_drift_nanousd", "account=\"" + owner.first + "\",key=\"" + owner.second + "\"", drift);
+  if (c.global) render_global(out, c);
   family(out, "ledger_openrouter_responses_total", "counter", "OpenRouter HTTP responses by status (0 = no response).");
   for (const auto& [status, count] : c.openrouter_responses)
     sample(out, "ledger_openrouter_responses_total", "status=\"" + std::to_string(status) + "\"", static_cast<int64_t>(count));

@@ -25,6 +25,12 @@ struct SidecarCounters {
   // (owner account, key hash prefix) -> OpenRouter's window spend minus the ledger's through the key (last run)
   std::map<std::pair<std::string, std::string>, int64_t> drift_nanousd;
   std::map<int, uint64_t> openrouter_responses;  // HTTP status -> count
+  // Global mode (the lease worker's counters; absent when `global` is false).
+  bool global = false;
+  uint64_t lease_grants = 0, lease_grant_denials = 0, lease_returns = 0, lease_expiries = 0, lease_recalls = 0;
+  uint64_t store_errors = 0;
+  int64_t store_round_trip_us = 0;
+  std::map<std::string, int64_t> leased_nanousd;  // account -> this host's lease for its current window
 };
 
 std::string render_metrics(const Ledger& ledger, const SidecarCounters& counters, int64_t now_unix);

@@ -15,6 +15,8 @@
 
 #include "global/pg.hpp"
 #include "global/protocol.hpp"
+#include "global/lease_worker.hpp"
+#include "core/config.hpp"
 #include "pg_server.hpp"
 #include "process.hpp"
 #include "test_util.hpp"
@@ -325,4 +327,61 @@ TEST_CASE("faults of hosts and of the store: no overspend, nothing lost, nothing
   CHECK(live_spent == acknowledged - acknowledged_dead);         // live hosts: exact, nothing lost or doubled (G2)
   CHECK(dead_charged >= acknowledged_dead);                      // dead incarnations: charged in full (G3)
   CHECK(num(alice, "spent_nanousd") == live_spent + dead_charged);
+}
+
+namespace {
+// A clock the test moves (read by the lease worker's thread too, hence atomic).
+struct AtomicClock {
+  std::atomic<int64_t> now_ms{0};
+  static int64_t read(void* self) { return static_cast<AtomicClock*>(self)->now_ms.load(); }
+};
+}  // namespace
+
+// The lease worker in this process, on a ledger whose clock the test drives across midnight UTC:
+// the next day's lease is taken before the boundary, so debits right after midnight are admitted
+// (no wave of denials), and each day's spend is reported into its own window.
+TEST_CASE("a day boundary under load: no denial burst, and each day's spend lands in its own window", "[global]") {
+  Setup s;
+  TempDir root;
+  Host h(root, "clock-host", s.pg.uri(), R"([{"id": "org", "limit_usd": "100", "period": "monthly"},
+    {"id": "alice", "parent": "org", "limit_usd": "10", "period": "daily"}])", 50);
+  REQUIRE(h.init().exit_code == 0);
+  std::string error;
+  const auto config = admin::load_config(h.config, &error);
+  REQUIRE(config.has_value());
+  AtomicClock clock;
+  const int64_t midnight_ms = ledger_test::utc(2026, 12, 2) * 1000;
+  clock.now_ms = midnight_ms - 3000;
+  Options options;
+  options.admin = true;
+  options.clock = Clock{&AtomicClock::read, &clock};
+  std::unique_ptr<Ledger> l;
+  REQUIRE(Ledger::open(h.dir, options, &l) == Code::kOk);
+  global::LeaseWorker worker(*l);
+  worker.start(std::make_shared<const admin::Config>(*config));
+  int64_t before = 0, after = 0, denied_after = 0;
+  // Until the first lease is there (the worker's first cycles), then across midnight at 50 fake ms
+  // per real ms: each real millisecond, the clock moves on and alice spends 0.0001 USD.
+  for (int i = 0; i < 2000 && !l->debit("alice", 0).ok(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  while (clock.now_ms.load() < midnight_ms + 3000) {
+    const bool past = clock.now_ms.load() >= midnight_ms;
+    if (l->debit("alice", 100'000).ok()) (past ? after : before) += 100'000;
+    else if (past) ++denied_after;
+    std::this_thread::sleep_for(std::chrono::microseconds(1000));
+    clock.now_ms += 10;
+  }
+  worker.stop();  // a last report
+  INFO("before " << before << " after " << after << " denied after midnight " << denied_after);
+  CHECK(before > 0);
+  CHECK(after > 0);
+  CHECK(denied_after == 0);  // the next day's lease was in place before midnight
+  global::PgConnection pg(global::PgOptions{s.pg.uri(), PgServer::password()});
+  global::PgResult r;
+  global::PgError e;
+  const int64_t day = period_index(Period::kDaily, midnight_ms / 1000 - 1);
+  REQUIRE(pg.exec("SELECT window_index, spent_nanousd FROM ledger_leases WHERE account = 'alice' ORDER BY window_index", {}, &r, &e));
+  std::map<int64_t, int64_t> spent;
+  for (const auto& row : r.rows) spent[std::stoll(*row[0])] += std::stoll(*row[1]);
+  CHECK(spent[day] == before);     // each window's spend in its own window
+  CHECK(spent[day + 1] == after);
 }
