@@ -88,9 +88,10 @@ void session(tcp::socket socket, emulator::Emulator& emu) {
       continue;
     }
     if (r.truncate) {
-      // Promise the whole body, send half, hang up.
-      std::string raw = "HTTP/1.1 " + std::to_string(r.status) + " X\r\nContent-Type: application/json\r\nContent-Length: " +
-                        std::to_string(r.body.size()) + "\r\nConnection: close\r\n\r\n" + r.body.substr(0, r.body.size() / 2);
+      // Promise the whole body (with the response's headers, X-Generation-Id among them), send half, hang up.
+      std::string raw = "HTTP/1.1 " + std::to_string(r.status) + " X\r\nContent-Type: application/json\r\n";
+      for (const auto& [name, value] : r.headers) raw += name + ": " + value + "\r\n";
+      raw += "Content-Length: " + std::to_string(r.body.size()) + "\r\nConnection: close\r\n\r\n" + r.body.substr(0, r.body.size() / 2);
       net::write(socket, net::buffer(raw), ec);
       break;
     }

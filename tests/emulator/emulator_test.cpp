@@ -468,6 +468,11 @@ TEST_CASE("the emulator binary streams with chunked transfer, and cuts a truncat
   CHECK(r.find("\"usage\"") == std::string::npos);                 // then the connection closed:
   CHECK(r.find("[DONE]") == std::string::npos);                    // no usage, no [DONE],
   CHECK(r.find("\r\n0\r\n\r\n") == std::string::npos);             // no last chunk
+  // A truncated plain reply still carries its headers (the generation id to look its cost up by).
+  r = raw_exchange(port, post("/__emulator/faults", "", R"({"path": "/api/v1/chat/completions", "body": "truncated"})"));
+  r = raw_exchange(port, post("/api/v1/chat/completions", key, "{" + kChat + "}"));
+  CHECK(r.find("X-Generation-Id: gen-") != std::string::npos);
+  CHECK(r.find("\"usage\"") == std::string::npos);
   ::kill(pid, SIGTERM);
   int status = 0;
   REQUIRE(::waitpid(pid, &status, 0) == pid);
