@@ -19,13 +19,12 @@ this package; ``decimal.Decimal`` is USD, exact. Three conversions:
     amount a float can tell apart (below 2**52 nano-USD, about 4.5 million USD).
 
 The float rule is the one libledger's ``usd_double_to_nanousd`` applies in C++ (the sidecar uses it
-for OpenRouter's figures), written here with exact rational arithmetic.
+for OpenRouter's figures), written here in exact integer arithmetic.
 """
 from __future__ import annotations
 
 import math
 from decimal import ROUND_CEILING, Decimal, InvalidOperation, localcontext
-from fractions import Fraction
 from typing import Union
 
 __all__ = ["NANOUSD_PER_USD", "AMOUNT_NANOUSD_MAX", "UsdAmount", "usd", "cost_nanousd", "to_usd"]
@@ -39,17 +38,18 @@ UsdAmount = Union[str, int, Decimal, float]
 def _float_to_nanousd(value: float) -> int:
     if not math.isfinite(value):
         raise ValueError(f"{value!r} is not a USD amount")
-    exact = Fraction(value) * NANOUSD_PER_USD  # the double's exact binary value, in nano-USD
-    if abs(exact) > AMOUNT_NANOUSD_MAX:
+    numerator, denominator = value.as_integer_ratio()  # the double's exact binary value
+    whole, rest = divmod(numerator * NANOUSD_PER_USD, denominator)  # nano-USD = whole + rest/denominator
+    if abs(whole) > AMOUNT_NANOUSD_MAX or (whole == AMOUNT_NANOUSD_MAX and rest):
         raise ValueError(f"{value!r} USD is above the largest amount (one billion USD)")
-    nearest = round(exact)  # half to even, like nearbyint
-    back = float(Fraction(nearest, NANOUSD_PER_USD))  # the double nearest to that whole nano-USD
+    nearest = whole + (1 if 2 * rest > denominator or (2 * rest == denominator and whole % 2) else 0)  # half to even
+    back = nearest / NANOUSD_PER_USD  # int / int: the double nearest to that whole nano-USD
     low = math.nextafter(math.nextafter(value, -math.inf), -math.inf)
     high = math.nextafter(math.nextafter(value, math.inf), math.inf)
     if low <= back <= high:
         return nearest
     # Really finer than a nano-USD: away from zero, so spend is never undercounted.
-    return math.ceil(exact) if value > 0 else math.floor(exact)
+    return whole + (1 if rest else 0) if value > 0 else whole
 
 
 def _decimal_to_nanousd(value: Decimal, original: object) -> int:
