@@ -25,9 +25,10 @@ For each ``POST .../chat/completions`` the transport
      by. A stream that ends early or without usage, or a reply without a cost, is looked up at
      ``GET {base}/generation?id=...`` (``generation_lookups`` tries, ``generation_lookup_interval_s``
      apart, 1 s by default); when no cost comes, the hold is committed in full (never undercount).
-     An upstream error status (or a 200 carrying only an ``error``) before any output releases the
-     hold, as does an error in connecting or sending; a read timeout or read error after the
-     request was sent commits in full (OpenRouter may bill it, and there is no id to ask about).
+     An upstream error status before any output releases the hold, as do an error in connecting
+     or sending and a server that closes without answering; any other failure after the request
+     was sent (a read timeout, a read error, a cancellation) commits in full: OpenRouter may bill
+     it, and there is no id to ask about.
 
 Costs are converted by ``ledger.cost_nanousd`` (2.83125e-05 -> 28,313 nano-USD). Requests other
 than chat completions pass through (only ``X-Ledger-Account`` is removed). Keys (the
@@ -238,6 +239,8 @@ class _StreamWatch:
         if data.strip() == b"[DONE]":
             self.done = True
             return
+        if self.settlement.generation_id is not None and b'"usage"' not in data:
+            return  # a content chunk: nothing to learn from it (and JSON parsing is the cost here)
         try:
             chunk = json.loads(data)
         except ValueError:
@@ -264,6 +267,8 @@ class _Core:
             raise ValueError("max_tokens_default must be a positive int")
         if generation_lookups < 0 or generation_lookup_interval_s < 0:
             raise ValueError("generation_lookups and generation_lookup_interval_s must be >= 0")
+        if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or not 0 <= ttl_seconds <= _UINT32_MAX:
+            raise ValueError("ttl_seconds must be an int in 0..2**32-1 (0: the ledger's default)")
         self.ledger, self.account, self.key_hash = ledger, account, key_hash
         self.app_url, self.app_title = app_url, app_title
         self.max_tokens_default, self.ttl_seconds = max_tokens_default, ttl_seconds
@@ -373,9 +378,8 @@ class _Core:
         except (ValueError, AttributeError, KeyError, TypeError):
             return None
 
-    def reply(self, settlement: _Settlement, response: httpx.Response, raw: Optional[bytes]) -> Optional[str]:
-        """Settles from a whole reply when its body says enough; else returns what to do: "lookup"
-        (then in full) or "lookup-or-release" (a 200 that carries only an error)."""
+    def settled_by_reply(self, settlement: _Settlement, response: httpx.Response, raw: Optional[bytes]) -> bool:
+        """Commits the cost of a whole reply when its body has one (else the caller looks it up)."""
         settlement.generation_id = response.headers.get("x-generation-id")
         body = _Reply.decode(raw, response.headers.get("content-encoding", "")) if raw is not None else None
         reply: Any = None
@@ -390,16 +394,13 @@ class _Core:
             cost = _Reply.cost_of(reply.get("usage"))
             if cost is not None:
                 settlement.commit(cost)
-                return None
-            if "error" in reply and not reply.get("choices"):
-                return "lookup-or-release"
-        return "lookup"
+                return True
+        return False
 
-    def after_lookup(self, settlement: _Settlement, cost: Optional[int], plan: str, why: str) -> None:
+    @staticmethod
+    def after_lookup(settlement: _Settlement, cost: Optional[int], why: str) -> None:
         if cost is not None:
             settlement.commit(cost)
-        elif plan == "lookup-or-release":
-            settlement.release()
         else:
             settlement.commit_in_full(why)
 
@@ -461,9 +462,8 @@ class LedgerTransport(httpx.BaseTransport):
             failure = e
         finally:
             response.close()
-        plan = self._core.reply(settlement, response, raw)
-        if plan is not None:
-            self._core.after_lookup(settlement, self._lookup(settlement), plan, "no cost in the reply")
+        if not self._core.settled_by_reply(settlement, response, raw):
+            self._core.after_lookup(settlement, self._lookup(settlement), "no cost in the reply")
         if failure is not None:
             raise failure
         return httpx.Response(response.status_code, headers=response.headers, stream=httpx.ByteStream(raw or b""),
@@ -493,7 +493,7 @@ class LedgerTransport(httpx.BaseTransport):
         if settlement.done:
             return
         why = "a stream that ended without usage" if watch.done else "a stream closed early"
-        self._core.after_lookup(settlement, self._lookup(settlement), "lookup", why)
+        self._core.after_lookup(settlement, self._lookup(settlement), why)
 
     def close(self) -> None:
         self._transport.close()
@@ -565,9 +565,8 @@ class AsyncLedgerTransport(httpx.AsyncBaseTransport):
         finally:
             await response.aclose()
         raw = b"".join(parts) if failure is None else None
-        plan = self._core.reply(settlement, response, raw)
-        if plan is not None:
-            self._core.after_lookup(settlement, await self._lookup(settlement), plan, "no cost in the reply")
+        if not self._core.settled_by_reply(settlement, response, raw):
+            self._core.after_lookup(settlement, await self._lookup(settlement), "no cost in the reply")
         if failure is not None:
             raise failure
         return httpx.Response(response.status_code, headers=response.headers, stream=httpx.ByteStream(raw or b""),
@@ -599,7 +598,7 @@ class AsyncLedgerTransport(httpx.AsyncBaseTransport):
         if settlement.done:
             return
         why = "a stream that ended without usage" if watch.done else "a stream closed early"
-        self._core.after_lookup(settlement, await self._lookup(settlement), "lookup", why)
+        self._core.after_lookup(settlement, await self._lookup(settlement), why)
 
     async def aclose(self) -> None:
         await self._transport.aclose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import logging
 import math
 import os
@@ -335,6 +336,31 @@ class Denials(Base):
         self.assertEqual((b.spent_nanousd, b.requests, b.held_nanousd), (ledger.cost_nanousd(reply["usage"]["cost"]), 1, 0))
         self.assert_ledger_is_the_key()
 
+    def test_threads_sharing_a_client_until_the_budget_bites(self) -> None:
+        self.led.set_budget("bob", ledger.usd("0.0005"), ledger.DAILY, "eng")
+        c = self.client(account="bob")
+        outcomes: List[int] = []
+
+        def worker() -> None:
+            for _ in range(200):
+                r = c.post("/chat/completions", json={"model": MINI, "messages": MESSAGES, "max_tokens": 50})
+                outcomes.append(r.status_code)
+                if r.status_code == 429:
+                    return
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(set(outcomes), {200, 429})
+        self.assertEqual(outcomes.count(429), 8)
+        b = self.led.balance("bob")
+        self.assertEqual(b.requests, outcomes.count(200))
+        self.assertLessEqual(b.spent_nanousd, b.limit_nanousd)
+        self.assertLess(b.available_nanousd, self.led.estimate(MINI, 60, 50))  # spent to the last request
+        self.assert_ledger_is_the_key()
+
     def test_model_not_allowed_and_blocked_are_403s(self) -> None:
         client = self.openai(account="fay")
         with self.assertRaises(PermissionDeniedError) as e:
@@ -453,6 +479,31 @@ class Streams(Base):
             self.client().post("/chat/completions", json={"model": MINI, "messages": MESSAGES})
         self.assertEqual(self.led.balance("alice").requests, 1)
         self.assert_ledger_is_the_key()
+
+
+    def test_a_malformed_reply_or_chunk_is_still_settled_to_the_nano_usd(self) -> None:
+        self.emu.fault(path="/api/v1/chat/completions", body="malformed")  # a reply that is not JSON
+        r = self.client().post("/chat/completions", json={"model": MINI, "messages": MESSAGES})
+        self.assertEqual(r.status_code, 200)
+        with self.assertRaises(ValueError):
+            r.json()
+        self.assertEqual(self.led.balance("alice").requests, 1)  # its cost came from /generation
+        self.assert_ledger_is_the_key()
+        self.emu.fault(path="/api/v1/chat/completions", body="malformed")  # a chunk mid-stream that is not JSON
+        with self.client().stream("POST", "/chat/completions", json=self.stream_body()) as s:
+            text = b"".join(s.iter_raw()).decode()
+        self.assertIn('data: {"id": oops', text)  # passed through as it came
+        self.assertEqual(self.led.balance("alice").requests, 2)
+        self.assertEqual(len([u for u in self.upstream.requests if "/generation" in str(u.url)]), 1)  # the usage chunk did
+        self.assert_ledger_is_the_key()
+
+    def test_settings_are_checked(self) -> None:
+        for bad in ({"max_tokens_default": 0}, {"max_tokens_default": 2**32}, {"ttl_seconds": -1},
+                    {"generation_lookups": -1}, {"generation_lookup_interval_s": -0.5}):
+            with self.assertRaises(ValueError, msg=repr(bad)):
+                LedgerTransport(self.led, **bad)
+        with self.assertRaises(TypeError):
+            LedgerTransport(object())  # type: ignore[arg-type]
 
 
 class Async(Base):
