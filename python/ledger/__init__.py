@@ -13,13 +13,13 @@ a ``LedgerError`` subclass carrying ``.code`` (BudgetExceeded is 1, ... UnknownM
 ``ledger.httpx`` has ``LedgerTransport`` and ``AsyncLedgerTransport`` for httpx (and so the openai
 SDK). libledger.so is found through $LEDGER_LIBRARY, the install prefix or a checkout's build tree.
 """
-from ._library import Library, LibraryNotFoundError, load_library
+from ._library import Library, load_library
 from ._ledger import (Authorization, Balance, Cost, Hold, Ledger, Money, Period, destroy_segment,
                       segment_path)
 from .errors import (AccountBlocked, AlreadySettled, BudgetExceeded, Code, Denied, Incompatible,
                      InvalidArgument, LedgerError, LedgerFull, LedgerIOError, LedgerNotFound,
                      ModelNotAllowed, ParentBudgetExceeded, PermissionDenied, RateLimited,
-                     UnknownAccount, UnknownModel, UnknownReservation, error_for)
+                     UnknownAccount, UnknownModel, UnknownReservation, LibraryNotFoundError, error_for)
 from .money import AMOUNT_NANOUSD_MAX, NANOUSD_PER_USD, cost_nanousd, to_usd, usd
 
 __version__ = "0.1.0"

@@ -19,7 +19,8 @@ import threading
 import weakref
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Dict, NamedTuple, Optional, Tuple, Union
+from types import TracebackType
+from typing import Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 from ._library import MODEL_NAME_BYTES_MAX, BalanceStruct, Library, Limits, load_library
 from .errors import Code, InvalidArgument, LedgerError, error_for
@@ -205,7 +206,7 @@ class Ledger:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[[str, str], "Ledger"], Tuple[str, str]]:
         # Another process (spawn, a Pool's arguments): the same ledger, reopened there by directory.
         return (_reopen, (self._directory, self._lib.path))
 
@@ -434,7 +435,7 @@ class Hold:
                                                     ttl_seconds=self._ttl, key_hash=self._key_hash)
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
         if self._authorization is None or self.settled is not None:
             return
         try:

@@ -15,7 +15,7 @@ import os
 import sysconfig
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import LibraryNotFoundError
 
@@ -72,6 +72,27 @@ _OPTIONAL_SIGNATURES = {
 
 class Library:
     """A loaded libledger: the CDLL with every signature set, and where it came from."""
+
+    # The C functions, bound with their restype and argtypes (c.h); the optional ones are None
+    # when the library does not export them.
+    ledger_strerror: Callable[..., Optional[bytes]]
+    ledger_create: Callable[..., int]
+    ledger_open: Callable[..., int]
+    ledger_close: Callable[..., None]
+    ledger_set_budget: Callable[..., int]
+    ledger_block: Callable[..., int]
+    ledger_debit: Callable[..., int]
+    ledger_reserve: Callable[..., int]
+    ledger_commit: Callable[..., int]
+    ledger_release: Callable[..., int]
+    ledger_balance: Callable[..., int]
+    ledger_reclaim: Callable[..., int]
+    ledger_flush: Callable[..., int]
+    ledger_set_price: Callable[..., int]
+    ledger_estimate: Callable[..., int]
+    ledger_authorize: Callable[..., int]
+    ledger_authorize_via: Callable[..., int]
+    ledger_commit_usage: Optional[Callable[..., int]]
 
     def __init__(self, path: str, cdll: ctypes.CDLL) -> None:
         self.path = path
@@ -149,7 +170,8 @@ def load_library(path: Optional[str] = None) -> Library:
     """The libledger at `path`, else the first one found (see the module); loaded once per path."""
     with _lock:
         if path is not None:
-            candidates, notes = [str(path)], []
+            candidates: List[str] = [str(path)]
+            notes: List[str] = []
         else:
             candidates, notes = library_candidates()
         failures: List[str] = []

@@ -6,7 +6,7 @@ the library has rate limits) are ``Denied``: do not send the request.
 from __future__ import annotations
 
 import enum
-from typing import Dict, Optional, Type
+from typing import Dict, Optional, Tuple, Type
 
 __all__ = [
     "Code", "LedgerError", "Denied", "BudgetExceeded", "ParentBudgetExceeded", "ModelNotAllowed",
@@ -67,7 +67,7 @@ class LedgerError(Exception):
         text = f"ledger error {self.code}: {self.message}"
         return f"{text} ({self.detail})" if self.detail else text
 
-    def __reduce__(self):  # picklable across multiprocessing, subclass kept
+    def __reduce__(self) -> Tuple[Type["LedgerError"], Tuple[object, ...]]:  # picklable, subclass kept
         return (type(self), (self.code, self.message, self.detail))
 
 
@@ -107,7 +107,7 @@ class RateLimited(Denied):
         super().__init__(code, message, detail)
         self.retry_after_ms = retry_after_ms
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Type["LedgerError"], Tuple[object, ...]]:
         return (type(self), (self.code, self.message, self.detail, self.retry_after_ms))
 
 
@@ -161,10 +161,11 @@ class UnknownModel(LedgerError):
     code = 14
 
 
-ERRORS: Dict[int, Type[LedgerError]] = {cls.code: cls for cls in (
+_CLASSES: Tuple[Type[LedgerError], ...] = (
     BudgetExceeded, ParentBudgetExceeded, ModelNotAllowed, AccountBlocked, UnknownAccount,
     UnknownReservation, AlreadySettled, InvalidArgument, LedgerFull, Incompatible, LedgerIOError,
-    PermissionDenied, LedgerNotFound, UnknownModel, RateLimited)}
+    PermissionDenied, LedgerNotFound, UnknownModel, RateLimited)
+ERRORS: Dict[int, Type[LedgerError]] = {cls.code: cls for cls in _CLASSES}
 
 
 def error_for(code: int, message: str = "", detail: str = "") -> LedgerError:

@@ -45,7 +45,7 @@ import math
 import threading
 import time
 import zlib
-from typing import Any, Dict, Iterator, AsyncIterator, List, Optional, Tuple, Union
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple, Union, cast
 
 import httpx
 
@@ -151,7 +151,7 @@ class _Settlement:
         if self._claim("released"):
             self._settle(lambda: self.ledger.release(self.reservation_id))
 
-    def _settle(self, call) -> None:
+    def _settle(self, call: Callable[[], None]) -> None:
         try:
             call()
         except LedgerError as e:  # e.g. the hold expired and its tombstone was dropped
@@ -405,12 +405,21 @@ class _Core:
             settlement.commit_in_full(why)
 
 
+def _sync_stream(response: httpx.Response) -> httpx.SyncByteStream:
+    """The raw bytes of a transport's response (still in their content encoding)."""
+    return cast(httpx.SyncByteStream, response.stream)
+
+
+def _async_stream(response: httpx.Response) -> httpx.AsyncByteStream:
+    return cast(httpx.AsyncByteStream, response.stream)
+
+
 def _stream_encoding(response: httpx.Response) -> str:
-    return response.headers.get("content-encoding", "")
+    return str(response.headers.get("content-encoding", ""))
 
 
 def _is_event_stream(response: httpx.Response) -> bool:
-    return response.headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream"
+    return str(response.headers.get("content-type", "")).split(";")[0].strip().lower() == "text/event-stream"
 
 
 class LedgerTransport(httpx.BaseTransport):
@@ -457,7 +466,7 @@ class LedgerTransport(httpx.BaseTransport):
         raw: Optional[bytes] = None
         failure: Optional[BaseException] = None
         try:
-            raw = b"".join(response.stream)
+            raw = b"".join(_sync_stream(response))
         except Exception as e:  # noqa: BLE001 - a truncated reply: settle, then let the caller see it
             failure = e
         finally:
@@ -478,7 +487,7 @@ class LedgerTransport(httpx.BaseTransport):
             try:
                 response = self._transport.handle_request(self._core.generation_request(settlement))
                 try:
-                    raw = b"".join(response.stream)
+                    raw = b"".join(_sync_stream(response))
                 finally:
                     response.close()
             except httpx.HTTPError:
@@ -507,7 +516,7 @@ class _SyncTap(httpx.SyncByteStream):
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._upstream.stream:
+        for chunk in _sync_stream(self._upstream):
             self._watch.feed(chunk)
             yield chunk
 
@@ -558,7 +567,7 @@ class AsyncLedgerTransport(httpx.AsyncBaseTransport):
         parts: List[bytes] = []
         failure: Optional[BaseException] = None
         try:
-            async for part in response.stream:  # type: ignore[union-attr]
+            async for part in _async_stream(response):
                 parts.append(part)
         except Exception as e:  # noqa: BLE001
             failure = e
@@ -580,9 +589,9 @@ class AsyncLedgerTransport(httpx.AsyncBaseTransport):
                 await asyncio.sleep(self._core.generation_lookup_interval_s)
             try:
                 response = await self._transport.handle_async_request(self._core.generation_request(settlement))
-                parts = []
+                parts: List[bytes] = []
                 try:
-                    async for part in response.stream:  # type: ignore[union-attr]
+                    async for part in _async_stream(response):
                         parts.append(part)
                 finally:
                     await response.aclose()
@@ -610,7 +619,7 @@ class _AsyncTap(httpx.AsyncByteStream):
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._upstream.stream:  # type: ignore[union-attr]
+        async for chunk in _async_stream(self._upstream):
             self._watch.feed(chunk)
             yield chunk
 

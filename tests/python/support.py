@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import unittest
 from typing import Any, Dict, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
