@@ -61,6 +61,8 @@ log = logging.getLogger("ledger.httpx")
 ACCOUNT_HEADER = "X-Ledger-Account"
 PROMPT_BYTES_PER_TOKEN = 3
 _UINT32_MAX = 2**32 - 1
+# A /generation lookup waits at most this long per phase, unless the request had its own limits.
+_LOOKUP_TIMEOUT: Dict[str, Optional[float]] = {"connect": 10.0, "read": 10.0, "write": 10.0, "pool": 10.0}
 # Errors that happen before the request can have reached the server: nothing can be billed.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol,
              httpx.LocalProtocolError, httpx.WriteError, httpx.WriteTimeout, httpx.ProxyError)
@@ -120,6 +122,7 @@ class _Settlement:
         self.reservation_id, self.estimate_nanousd = reservation_id, estimate_nanousd
         self.generation_url, self.authorization = generation_url, authorization
         self.generation_id: Optional[str] = None
+        self.timeout: Dict[str, Optional[float]] = dict(_LOOKUP_TIMEOUT)  # the request's, for its lookups
         self.outcome: Optional[str] = None     # "committed", "released", "committed in full"
         self.committed_nanousd: Optional[int] = None
         self._lock = threading.Lock()
@@ -353,6 +356,9 @@ class _Core:
         base = base[: -len("/chat/completions")]
         settlement = _Settlement(self.ledger, account, granted.model, granted.reservation_id, estimate,
                                  base + "/generation", request.headers.get("authorization"))
+        timeout = request.extensions.get("timeout")
+        if isinstance(timeout, dict) and all(timeout.get(k) is not None for k in _LOOKUP_TIMEOUT):
+            settlement.timeout = dict(timeout)  # the client's own limits (never "wait forever")
         return forwarded, settlement
 
     def settle_failed_send(self, settlement: _Settlement, error: BaseException) -> None:
@@ -366,7 +372,7 @@ class _Core:
         if settlement.authorization:
             headers["authorization"] = settlement.authorization
         return httpx.Request("GET", httpx.URL(settlement.generation_url, params={"id": settlement.generation_id}),
-                             headers=headers)
+                             headers=headers, extensions={"timeout": settlement.timeout})
 
     @staticmethod
     def generation_cost(status: int, raw: bytes) -> Optional[int]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import logging
 import math
 import os
 import shutil
 import tempfile
+import threading
+import time
 import unittest
 from typing import Any, Callable, Dict, List, Optional
 
@@ -457,6 +458,24 @@ class Streams(Base):
         self.assertEqual((b.spent_nanousd, b.requests, b.held_nanousd), (held[0], 1, 0))  # the whole hold
         self.assertGreaterEqual(b.spent_nanousd, self.emu.key_usage_nanousd(self.key_hash))  # never under
         self.assertTrue(any("committing the hold in full" in line for line in LOGS.lines))
+
+    def test_lookups_wait_no_longer_than_the_client_allows(self) -> None:
+        self.emu.fault(path="/api/v1/chat/completions", body="truncated")
+        self.emu.fault(path="/api/v1/generation", delay_ms=2000, count=3)  # OpenRouter silent on /generation
+        transport = self.transport(generation_lookups=3)
+        c = httpx.Client(transport=transport, base_url=self.emu.base, timeout=0.3,
+                         headers={"Authorization": f"Bearer {self.key}"})
+        self.clients.append(c)
+        start = time.monotonic()
+        with self.assertRaises(httpx.RemoteProtocolError):
+            with c.stream("POST", "/chat/completions", json=self.stream_body()) as r:
+                for _ in r.iter_bytes():
+                    pass
+        elapsed = time.monotonic() - start
+        self.assertLess(elapsed, 1.9)  # 3 lookups of at most 0.3 s each, 0.05 s apart
+        b = self.led.balance("alice")
+        self.assertEqual((b.requests, b.held_nanousd), (1, 0))  # committed in full, not left hanging
+        self.assertGreaterEqual(b.spent_nanousd, self.emu.key_usage_nanousd(self.key_hash))
 
     def test_an_upstream_500_releases_the_hold(self) -> None:
         self.emu.fault(path="/api/v1/chat/completions", status=500, count=1)
