@@ -3,6 +3,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <boost/json.hpp>
 #include <cstdio>
 #include <random>
@@ -33,6 +34,12 @@ std::string finish(std::string text) {
 template <class T>
 std::string finish_json(const T& v) { return finish(boost::json::serialize(v)); }
 json::string money(int64_t nanousd) { return json::string(std::string(kNumberMark) + usd_number(nanousd)); }
+
+// A completion's usage, the same in a reply and in a stream's last chunk.
+json::object usage_json(int64_t prompt_tokens, int64_t completion_tokens, int64_t cost_nanousd) {
+  return json::object{{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens},
+                      {"total_tokens", prompt_tokens + completion_tokens}, {"cost", money(cost_nanousd)}};
+}
 
 
 int64_t system_now_ms() {
@@ -229,6 +236,12 @@ Response Emulator::handle(const Request& request) {
     r.delay_ms = f.delay_ms;
     if (f.body == "malformed") r.body = "{\"data\": [ {\"hash\": \"abc\", oops";
     if (f.body == "truncated") r.truncate = true;
+    if (r.stream && !r.events.empty()) {
+      // A stream is cut mid-way (no usage chunk, no [DONE], no last HTTP chunk), or one of its
+      // chunks in the middle is not JSON. The generation stays recorded with its real cost.
+      if (f.body == "malformed") r.events[r.events.size() / 2].data = "data: {\"id\": oops\n\n";
+      if (f.body == "truncated") r.events.resize(r.events.size() / 2);
+    }
     return r;
   }
   return route(request, path, query);
@@ -254,7 +267,7 @@ Response Emulator::route(const Request& request, const std::string& path, const 
   }
   if (p == "/chat/completions" && m == "POST") {
     if (caller->management) return error(401, "Management keys cannot be used for completions", "authentication");
-    return completion(*caller, request.body);
+    return completion(*caller, request);
   }
   if (p == "/models" && m == "GET") {
     json::array data;
@@ -274,7 +287,8 @@ Response Emulator::route(const Request& request, const std::string& path, const 
     const Generation& g = it->second;
     json::object data{{"id", g.id}, {"model", g.model}, {"total_cost", money(g.cost)},
                       {"tokens_prompt", g.prompt_tokens}, {"tokens_completion", g.completion_tokens},
-                      {"external_user", g.user}, {"streamed", false}, {"cancelled", false}};
+                      {"external_user", g.user}, {"http_referer", g.http_referer}, {"streamed", g.streamed},
+                      {"cancelled", false}};
     return Response{200, finish_json(json::object{{"data", std::move(data)}}), {}, 0, false};
   }
   // Everything below is for management keys only.
@@ -387,9 +401,9 @@ Response Emulator::route(const Request& request, const std::string& path, const 
   return error(405, "Method not allowed");
 }
 
-Response Emulator::completion(Key& key, const std::string& body) {
+Response Emulator::completion(Key& key, const Request& request) {
   std::error_code ec;
-  json::value v = json::parse(body, ec);
+  json::value v = json::parse(request.body, ec);
   if (ec || !v.is_object()) return error(400, "Invalid JSON body");
   const auto& o = v.get_object();
   const json::value* model_value = o.if_contains("model");
@@ -398,6 +412,16 @@ Response Emulator::completion(Key& key, const std::string& body) {
   for (const auto& m : models_)
     if (m.id == model) price = &m;
   if (price == nullptr) return error(400, model + " is not a valid model ID");
+  // "stream" is a boolean; "stream_options" ({"include_usage": bool}) is accepted and changes
+  // nothing: OpenRouter sends the usage chunk of a stream whether it was asked for or not.
+  const json::value* stream_value = o.if_contains("stream");
+  if (stream_value != nullptr && !stream_value->is_bool() && !stream_value->is_null()) return error(400, "stream must be a boolean");
+  const bool stream = stream_value != nullptr && stream_value->is_bool() && stream_value->get_bool();
+  if (const json::value* options = o.if_contains("stream_options"); options != nullptr && !options->is_null()) {
+    const json::value* include = options->is_object() ? options->get_object().if_contains("include_usage") : nullptr;
+    if (!options->is_object() || (include != nullptr && !include->is_bool()))
+      return error(400, "stream_options must be an object such as {\"include_usage\": true}");
+  }
   roll_windows(key, now_ms_());
   if (key.limit && *key.limit - window_usage(key) <= 0) {
     if (limit_exceeded_status_ == 403)
@@ -416,7 +440,8 @@ Response Emulator::completion(Key& key, const std::string& body) {
   int64_t completion_tokens = 20 + prompt_tokens % 40;
   if (const json::value* max = o.if_contains("max_tokens"); max != nullptr && max->is_int64() && max->get_int64() > 0)
     completion_tokens = std::min(completion_tokens, max->get_int64());
-  // Cost rounded up to the nano-USD, as a provider bills.
+  // Cost rounded up to the nano-USD, as a provider bills. Charged once, when the request is
+  // accepted, the same for a stream (also one that is cut off later: the provider billed it).
   const int64_t cost = (prompt_tokens * price->prompt_nanousd_per_mtok + completion_tokens * price->completion_nanousd_per_mtok + 999'999) /
                            1'000'000 + price->request_nanousd;
   charge(key, cost);
@@ -428,14 +453,54 @@ Response Emulator::completion(Key& key, const std::string& body) {
   g.prompt_tokens = prompt_tokens;
   g.completion_tokens = completion_tokens;
   g.created_ms = now_ms_();
+  g.streamed = stream;
+  g.http_referer = request.http_referer;
   if (const json::value* user = o.if_contains("user"); user != nullptr && user->is_string()) g.user = std::string(user->get_string());
   generations_[g.id] = g;
-  json::object usage{{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens},
-                     {"total_tokens", prompt_tokens + completion_tokens}, {"cost", money(cost)}};
-  json::object message{{"role", "assistant"}, {"content", "Emulated reply (" + std::to_string(completion_tokens) + " tokens) from " + model + "."}};
+  const std::string content = "Emulated reply (" + std::to_string(completion_tokens) + " tokens) from " + model + ".";
+  if (stream) return completion_stream(g, content);
+  json::object message{{"role", "assistant"}, {"content", content}};
   json::array choices{json::object{{"index", 0}, {"message", std::move(message)}, {"finish_reason", "stop"}}};
-  json::object reply{{"id", g.id}, {"object", "chat.completion"}, {"model", model}, {"choices", std::move(choices)}, {"usage", std::move(usage)}};
+  json::object reply{{"id", g.id}, {"object", "chat.completion"}, {"created", g.created_ms / 1000}, {"model", model},
+                     {"choices", std::move(choices)}, {"usage", usage_json(g.prompt_tokens, g.completion_tokens, g.cost)}};
   Response r{200, finish_json(reply), {{"X-Generation-Id", g.id}}, 0, false};
+  return r;
+}
+
+// The stream of one generation, as OpenRouter sends it: a processing comment, the content in
+// word-sized deltas (the first after the time to first token, the others paced at the generation
+// speed), a chunk with the finish reason, the usage chunk with empty choices, then [DONE].
+Response Emulator::completion_stream(const Generation& g, const std::string& content) const {
+  std::vector<std::string> pieces;
+  for (size_t at = 0; at < content.size();) {
+    const size_t space = content.find(' ', at + 1);
+    const size_t end = space == std::string::npos ? content.size() : space;
+    pieces.push_back(content.substr(at, end - at));
+    at = end;
+  }
+  const int64_t created_s = g.created_ms / 1000;
+  auto chunk = [&](json::value delta, json::value finish_reason) {
+    json::object choice{{"index", 0}, {"delta", std::move(delta)}, {"finish_reason", finish_reason},
+                        {"native_finish_reason", finish_reason}, {"logprobs", nullptr}};
+    json::object c{{"id", g.id}, {"provider", "Emulator"}, {"model", g.model}, {"object", "chat.completion.chunk"},
+                   {"created", created_s}, {"choices", json::array{std::move(choice)}}};
+    return "data: " + finish_json(c) + "\n\n";
+  };
+  // Microseconds per piece at the configured speed: the whole reply takes completion_tokens / tps.
+  const int64_t piece_us = tokens_per_second_ > 0
+      ? static_cast<int64_t>(static_cast<double>(g.completion_tokens) * 1e6 / tokens_per_second_ / static_cast<double>(pieces.size()))
+      : 0;
+  Response r;
+  r.stream = true;
+  r.headers = {{"X-Generation-Id", g.id}, {"Cache-Control", "no-cache"}};
+  r.events.push_back({": OPENROUTER PROCESSING\n\n", 0});
+  for (size_t i = 0; i < pieces.size(); ++i)
+    r.events.push_back({chunk(json::object{{"role", "assistant"}, {"content", pieces[i]}}, nullptr), i == 0 ? ttft_ms_ * 1000 : piece_us});
+  r.events.push_back({chunk(json::object{{"role", "assistant"}, {"content", ""}}, "stop"), 0});
+  json::object last{{"id", g.id}, {"provider", "Emulator"}, {"model", g.model}, {"object", "chat.completion.chunk"},
+                    {"created", created_s}, {"choices", json::array{}}, {"usage", usage_json(g.prompt_tokens, g.completion_tokens, g.cost)}};
+  r.events.push_back({"data: " + finish_json(last) + "\n\n", 0});
+  r.events.push_back({"data: [DONE]\n\n", 0});
   return r;
 }
 
@@ -471,6 +536,10 @@ Response Emulator::admin(const Request& request, const std::string& path) {
     page_size_ = static_cast<int>(std::clamp<int64_t>(integer("page_size", page_size_), 1, 1000));
     limit_exceeded_status_ = integer("limit_exceeded_status", limit_exceeded_status_) == 403 ? 403 : 402;
     generation_not_ready_ms_ = static_cast<int>(integer("generation_not_ready_ms", generation_not_ready_ms_));
+    // Streaming pace: time to first token and tokens per second (0 = as fast as possible).
+    ttft_ms_ = std::clamp<int64_t>(integer("ttft_ms", ttft_ms_), 0, 600'000);
+    if (const json::value* x = o.if_contains("tokens_per_second"); x && (x->is_number()))
+      tokens_per_second_ = std::clamp(x->to_number<double>(), 0.0, 1e6);
     if (const json::value* x = o.if_contains("omit_newer_fields"); x && x->is_bool()) omit_newer_fields_ = x->get_bool();
     if (const json::value* x = o.if_contains("extra_fields"); x && x->is_bool()) extra_fields_ = x->get_bool();
     return Response{200, "{\"ok\":true}", {}, 0, false};

@@ -5,6 +5,9 @@
 // and /chat/completions, with per-key usage in all-time, UTC day, Monday week and calendar month
 // buckets and limit enforcement. Money is kept in integer nano-USD and emitted as JSON numbers with
 // up to 9 decimals. Faults are injected through /__emulator/* (loopback only, no auth: a test tool).
+// A completion with "stream": true is answered as OpenRouter streams: server-sent events, one HTTP
+// chunk each (`events`), the usage chunk last before `data: [DONE]`; the transport sends them as
+// produced, after each event's delay (time to first token and generation speed, both 0 by default).
 // Thread safety: handle() may be called from many connection threads; one mutex guards the state.
 #pragma once
 
@@ -22,6 +25,14 @@ struct Request {
   std::string target;         // path and query
   std::string authorization;  // the Authorization header
   std::string body;
+  std::string http_referer{}; // the HTTP-Referer header (attribution; shown by /generation)
+};
+
+// One server-sent event of a streamed response: its bytes on the wire ("data: {...}\n\n" or the
+// comment ": OPENROUTER PROCESSING\n\n"), sent as one HTTP chunk after waiting delay_us.
+struct StreamEvent {
+  std::string data;
+  int64_t delay_us = 0;
 };
 
 struct Response {
@@ -29,7 +40,9 @@ struct Response {
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;
   int delay_ms = 0;
-  bool truncate = false;      // send half the body, then close
+  bool truncate = false;      // send half the body (a stream: half its events, no last chunk), then close
+  bool stream = false;        // text/event-stream with chunked transfer: `events`, `body` unused
+  std::vector<StreamEvent> events{};
 };
 
 struct ModelPrice {
@@ -65,8 +78,9 @@ class Emulator {
     std::string body;          // "", "truncated", "malformed"
   };
   struct Generation {
-    std::string id, model, key_hash, user;
+    std::string id, model, key_hash, user, http_referer;
     int64_t cost = 0, prompt_tokens = 0, completion_tokens = 0, created_ms = 0;
+    bool streamed = false;
   };
 
   Response route(const Request& request, const std::string& path, const std::map<std::string, std::string>& query);
@@ -76,7 +90,8 @@ class Emulator {
   void charge(Key& key, int64_t nanousd);
   int64_t window_usage(const Key& key) const;
   std::string key_json(const Key& key, bool newer_fields) const;
-  Response completion(Key& key, const std::string& body);
+  Response completion(Key& key, const Request& request);
+  Response completion_stream(const Generation& g, const std::string& content) const;
   std::string now_iso() const;
 
   std::mutex mutex_;
@@ -92,6 +107,8 @@ class Emulator {
   bool extra_fields_ = false;
   int limit_exceeded_status_ = 402;
   int generation_not_ready_ms_ = 0;
+  int64_t ttft_ms_ = 0;              // streams: wait before the first content chunk
+  double tokens_per_second_ = 0;     // streams: generation speed; 0 = as fast as possible
   uint64_t requests_served_ = 0;
 };
 

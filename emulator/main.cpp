@@ -6,6 +6,9 @@
 // The management key is read from FILE (0600), or generated into it when FILE does not exist; it
 // is never printed. The base URL to configure is printed on stdout: http://127.0.0.1:PORT/api/v1
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -38,6 +41,30 @@ std::atomic<int> g_connections{0};
 std::mutex g_sessions_mutex;
 std::set<int> g_session_fds;
 
+// A streamed response: the header, then each event as its own HTTP chunk once its delay has
+// passed (sent as produced, no buffering), then the last chunk. A truncated stream ends without
+// the last chunk and closes the connection. Returns whether the connection may be reused.
+bool send_stream(tcp::socket& socket, const http::request<http::string_body>& req, const emulator::Response& r) {
+  http::response<http::empty_body> res{static_cast<http::status>(r.status), req.version()};
+  res.set(http::field::server, "openrouter-emulator");
+  res.set(http::field::content_type, "text/event-stream");
+  for (const auto& [name, value] : r.headers) res.set(name, value);
+  res.keep_alive(req.keep_alive() && !r.truncate);
+  res.chunked(true);
+  http::response_serializer<http::empty_body> serializer{res};
+  beast::error_code ec;
+  http::write_header(socket, serializer, ec);
+  if (ec) return false;
+  for (const auto& event : r.events) {
+    if (event.delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(event.delay_us));
+    net::write(socket, http::make_chunk(net::buffer(event.data)), ec);
+    if (ec) return false;  // the client hung up: the generation is billed all the same
+  }
+  if (r.truncate) return false;
+  net::write(socket, http::make_chunk_last(), ec);
+  return !ec && res.keep_alive();
+}
+
 void session(tcp::socket socket, emulator::Emulator& emu) {
   {
     std::lock_guard<std::mutex> lock(g_sessions_mutex);
@@ -45,7 +72,13 @@ void session(tcp::socket socket, emulator::Emulator& emu) {
   }
   beast::flat_buffer buffer;
   beast::error_code ec;
+  // Small writes go out at once (a stream's events, one chunk each), and the client's request is
+  // acknowledged at once: a client that writes its headers and its body separately (httpx does)
+  // would otherwise wait out the 40 ms delayed ACK on every POST, its body held back by Nagle.
+  socket.set_option(tcp::no_delay(true), ec);
+  const int one = 1;
   for (;;) {
+    ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);  // not sticky: each time
     http::request_parser<http::string_body> parser;
     parser.body_limit(kBodyBytesMax);
     http::read(socket, buffer, parser, ec);
@@ -56,12 +89,18 @@ void session(tcp::socket socket, emulator::Emulator& emu) {
     request.target = std::string(req.target());
     request.authorization = std::string(req[http::field::authorization]);
     request.body = req.body();
+    request.http_referer = std::string(req["HTTP-Referer"]);
     const emulator::Response r = emu.handle(request);
     if (r.delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(r.delay_ms));
+    if (r.stream) {
+      if (!send_stream(socket, req, r)) break;
+      continue;
+    }
     if (r.truncate) {
-      // Promise the whole body, send half, hang up.
-      std::string raw = "HTTP/1.1 " + std::to_string(r.status) + " X\r\nContent-Type: application/json\r\nContent-Length: " +
-                        std::to_string(r.body.size()) + "\r\nConnection: close\r\n\r\n" + r.body.substr(0, r.body.size() / 2);
+      // Promise the whole body (with the response's headers, X-Generation-Id among them), send half, hang up.
+      std::string raw = "HTTP/1.1 " + std::to_string(r.status) + " X\r\nContent-Type: application/json\r\n";
+      for (const auto& [name, value] : r.headers) raw += name + ": " + value + "\r\n";
+      raw += "Content-Length: " + std::to_string(r.body.size()) + "\r\nConnection: close\r\n\r\n" + r.body.substr(0, r.body.size() / 2);
       net::write(socket, net::buffer(raw), ec);
       break;
     }

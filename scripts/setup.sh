@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config python3
+  python3-httpx python3-venv python3-setuptools python3-wheel   # the Python package's transport and install tests
   libboost1.81-dev libboost-json1.81-dev
   liblmdb-dev lmdb-utils
   libcurl4-openssl-dev

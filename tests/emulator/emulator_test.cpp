@@ -207,6 +207,160 @@ TEST_CASE("faults: statuses N times, Retry-After, malformed, truncated, delays",
 }
 
 namespace {
+// The JSON chunks of a stream (the "data: " events before [DONE]); comments and [DONE] counted apart.
+struct ParsedStream {
+  std::vector<json::object> chunks;
+  int comments = 0;
+  bool done = false;      // "data: [DONE]" came last
+  bool malformed = false; // a data event that is not JSON
+};
+ParsedStream parse_stream(const Response& r) {
+  ParsedStream out;
+  for (const auto& event : r.events) {
+    REQUIRE(event.data.size() >= 2);
+    REQUIRE(event.data.substr(event.data.size() - 2) == "\n\n");  // one whole event per chunk
+    CHECK_FALSE(out.done);                                        // nothing after [DONE]
+    if (event.data.rfind(": ", 0) == 0) {
+      CHECK(event.data == ": OPENROUTER PROCESSING\n\n");
+      ++out.comments;
+      continue;
+    }
+    REQUIRE(event.data.rfind("data: ", 0) == 0);
+    const std::string payload = event.data.substr(6, event.data.size() - 8);
+    if (payload == "[DONE]") {
+      out.done = true;
+      continue;
+    }
+    std::error_code ec;
+    json::value v = json::parse(payload, ec);
+    if (ec || !v.is_object()) {
+      out.malformed = true;
+      continue;
+    }
+    out.chunks.push_back(v.as_object());
+  }
+  return out;
+}
+std::string streamed_content(const ParsedStream& s) {
+  std::string text;
+  for (const auto& c : s.chunks)
+    for (const auto& choice : c.at("choices").as_array()) text += std::string(choice.at("delta").at("content").as_string());
+  return text;
+}
+const std::string kChat = R"("model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hello there, how are you doing today?"}], "max_tokens": 50, "user": "alice")";
+}  // namespace
+
+TEST_CASE("streams: OpenRouter's chunks, the same content and usage as without, billed once, then [DONE]", "[emulator][stream]") {
+  Client c;
+  const auto plain_key = c.created(R"({"name": "plain"})"), stream_key = c.created(R"({"name": "stream"})");
+  const Response plain = c.call("POST", "/api/v1/chat/completions", std::string(plain_key.at("key").as_string()), "{" + kChat + "}");
+  REQUIRE(plain.status == 200);
+  CHECK_FALSE(plain.stream);
+  const auto reply = json::parse(plain.body).as_object();
+  const std::string secret(stream_key.at("key").as_string()), hash(stream_key.at("data").at("hash").as_string());
+  const Response r = c.call("POST", "/api/v1/chat/completions", secret,
+                            "{" + kChat + R"(, "stream": true, "stream_options": {"include_usage": true}})");
+  REQUIRE(r.status == 200);
+  REQUIRE(r.stream);
+  CHECK_FALSE(r.truncate);
+  const ParsedStream s = parse_stream(r);
+  CHECK(s.comments == 1);
+  CHECK(s.done);
+  CHECK_FALSE(s.malformed);
+  REQUIRE(s.chunks.size() >= 4);
+  const std::string id(s.chunks[0].at("id").as_string());
+  CHECK(r.headers[0] == std::make_pair(std::string("X-Generation-Id"), id));
+  for (const auto& chunk : s.chunks) {
+    CHECK(chunk.at("id").as_string() == id);
+    CHECK(chunk.at("object").as_string() == "chat.completion.chunk");
+    CHECK(chunk.at("model").as_string() == "openai/gpt-4o");
+  }
+  // The pieces add up to the reply a non-streaming request gets; the finish reason comes last.
+  CHECK(streamed_content(s) == reply.at("choices").at(0).at("message").at("content").as_string());
+  const auto& finish = s.chunks[s.chunks.size() - 2].at("choices").at(0).as_object();
+  CHECK(finish.at("finish_reason").as_string() == "stop");
+  // The last chunk: empty choices and the same usage, cost written the same way, as the reply.
+  const auto& last = s.chunks.back();
+  CHECK(last.at("choices").as_array().empty());
+  CHECK(json::serialize(last.at("usage")) == json::serialize(reply.at("usage")));
+  CHECK(r.events[r.events.size() - 2].data.find("\"cost\":0.000325") != std::string::npos);
+  // Counted into the key once, exactly what the non-streaming request cost.
+  Response k = c.call("GET", "/api/v1/keys/" + hash);
+  CHECK(k.body.find("\"usage\":0.000325,") != std::string::npos);
+  CHECK(k.body.find("\"usage_daily\":0.000325,") != std::string::npos);
+  k = c.call("GET", "/api/v1/generation?id=" + id, secret);
+  REQUIRE(k.status == 200);
+  CHECK(k.body.find("\"total_cost\":0.000325") != std::string::npos);
+  CHECK(json::parse(k.body).at("data").at("streamed").as_bool());
+  CHECK(json::parse(c.call("GET", "/__emulator/state").body).at("generations").as_int64() == 2);
+
+  // include_usage false is accepted and changes nothing (OpenRouter always sends usage); a
+  // stream of "false" is a plain reply; wrong types are refused before anything is billed.
+  const ParsedStream quiet = parse_stream(c.call("POST", "/api/v1/chat/completions", secret,
+                                                 "{" + kChat + R"(, "stream": true, "stream_options": {"include_usage": false}})"));
+  CHECK(quiet.chunks.back().at("usage").at("cost").to_number<double>() == Approx(0.000325));
+  CHECK_FALSE(c.call("POST", "/api/v1/chat/completions", secret, "{" + kChat + R"(, "stream": false})").stream);
+  CHECK(c.call("POST", "/api/v1/chat/completions", secret, "{" + kChat + R"(, "stream": "yes"})").status == 400);
+  CHECK(c.call("POST", "/api/v1/chat/completions", secret, "{" + kChat + R"(, "stream": true, "stream_options": 1})").status == 400);
+  CHECK(c.call("POST", "/api/v1/chat/completions", secret,
+               "{" + kChat + R"(, "stream": true, "stream_options": {"include_usage": "yes"}})").status == 400);
+  CHECK(c.call("GET", "/api/v1/keys/" + hash).body.find("\"usage\":0.000975,") != std::string::npos);  // 2 streams, 1 reply
+  // A stream over the key's limit is refused like any completion: an error status, no stream.
+  REQUIRE(c.call("PATCH", "/api/v1/keys/" + hash, kMgmt, R"({"limit": 0.0005})").status == 200);
+  const Response refused = c.call("POST", "/api/v1/chat/completions", secret, "{" + kChat + R"(, "stream": true})");
+  CHECK(refused.status == 402);
+  CHECK_FALSE(refused.stream);
+}
+
+TEST_CASE("streams are paced only when asked: time to first token, tokens per second", "[emulator][stream]") {
+  Client c;
+  const std::string secret(c.created(R"({"name": "s"})").at("key").as_string());
+  const std::string body = "{" + kChat + R"(, "stream": true})";
+  Response r = c.call("POST", "/api/v1/chat/completions", secret, body);
+  for (const auto& event : r.events) CHECK(event.delay_us == 0);  // the default: as fast as possible
+  REQUIRE(c.call("POST", "/__emulator/settings", "", R"({"ttft_ms": 250, "tokens_per_second": 100})").status == 200);
+  r = c.call("POST", "/api/v1/chat/completions", secret, body);
+  REQUIRE(r.events.size() > 3);
+  CHECK(r.events[0].delay_us == 0);        // the processing comment at once,
+  CHECK(r.events[1].delay_us == 250'000);  // the first token after 250 ms,
+  int64_t rest_us = 0;
+  for (size_t i = 2; i < r.events.size(); ++i) rest_us += r.events[i].delay_us;
+  // ... and the whole reply (30 tokens) at 100 tokens/s: 0.3 s for all its pieces (the first
+  // piece's share is inside the 250 ms), to within rounding.
+  const int64_t pieces = static_cast<int64_t>(r.events.size()) - 4;
+  CHECK(rest_us == Approx(300'000.0 * static_cast<double>(pieces - 1) / static_cast<double>(pieces)).margin(10));
+  REQUIRE(c.call("POST", "/__emulator/settings", "", R"({"ttft_ms": 0, "tokens_per_second": 0})").status == 200);
+  r = c.call("POST", "/api/v1/chat/completions", secret, body);
+  for (const auto& event : r.events) CHECK(event.delay_us == 0);
+}
+
+TEST_CASE("a truncated stream stops mid-way, yet its generation keeps its real cost", "[emulator][stream]") {
+  Client c;
+  const auto k = c.created(R"({"name": "t"})");
+  const std::string secret(k.at("key").as_string()), hash(k.at("data").at("hash").as_string());
+  REQUIRE(c.call("POST", "/__emulator/faults", "", R"({"path": "/api/v1/chat/completions", "body": "truncated"})").status == 200);
+  const Response r = c.call("POST", "/api/v1/chat/completions", secret, "{" + kChat + R"(, "stream": true})");
+  REQUIRE(r.stream);
+  CHECK(r.truncate);
+  const ParsedStream s = parse_stream(r);
+  CHECK_FALSE(s.done);  // no [DONE]
+  REQUIRE_FALSE(s.chunks.empty());
+  for (const auto& chunk : s.chunks) CHECK_FALSE(chunk.contains("usage"));  // no usage chunk
+  CHECK_FALSE(streamed_content(s).empty());  // but some content came
+  const std::string id(s.chunks[0].at("id").as_string());
+  const Response g = c.call("GET", "/api/v1/generation?id=" + id, secret);
+  REQUIRE(g.status == 200);
+  CHECK(g.body.find("\"total_cost\":0.000325") != std::string::npos);
+  CHECK(c.call("GET", "/api/v1/keys/" + hash).body.find("\"usage\":0.000325,") != std::string::npos);
+  // The fault is used up; a malformed one breaks one chunk in the middle of the stream.
+  CHECK(parse_stream(c.call("POST", "/api/v1/chat/completions", secret, "{" + kChat + R"(, "stream": true})")).done);
+  REQUIRE(c.call("POST", "/__emulator/faults", "", R"({"path": "/api/v1/chat/completions", "body": "malformed"})").status == 200);
+  const ParsedStream broken = parse_stream(c.call("POST", "/api/v1/chat/completions", secret, "{" + kChat + R"(, "stream": true})"));
+  CHECK(broken.malformed);
+  CHECK(broken.done);
+}
+
+namespace {
 // The emulator binary, started in `dir`; the caller stops it (its exit status is what some tests check).
 struct Spawned {
   pid_t pid = -1;
@@ -260,6 +414,65 @@ TEST_CASE("the emulator binary serves real HTTP on loopback, and truncates for r
   REQUIRE(header_end != std::string::npos);
   const size_t promised = std::stoul(r.substr(r.find("Content-Length: ") + 16));
   CHECK(r.size() - header_end - 4 < promised);  // fewer bytes than promised, then EOF
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+}
+
+namespace {
+// One HTTP/1.1 exchange on a fresh connection to the emulator binary, everything it sent until EOF.
+std::string raw_exchange(const std::string& port, const std::string& request) {
+  namespace net = boost::asio;
+  net::io_context io;
+  net::ip::tcp::socket socket(io);
+  socket.connect({net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(std::stoi(port))});
+  net::write(socket, net::buffer(request));
+  std::string response;
+  boost::system::error_code ec;
+  char buffer[4096];
+  for (size_t n; (n = socket.read_some(net::buffer(buffer), ec)) > 0 || !ec;) response.append(buffer, n);
+  return response;
+}
+std::string post(const std::string& path, const std::string& key, const std::string& body) {
+  return "POST " + path + " HTTP/1.1\r\nHost: x\r\n" + (key.empty() ? "" : "Authorization: Bearer " + key + "\r\n") +
+         "Content-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+}
+}  // namespace
+
+TEST_CASE("the emulator binary streams with chunked transfer, and cuts a truncated stream for real", "[emulator][process][stream]") {
+  ledger_test::TempDir dir;
+  const auto [pid, key_file, port] = spawn_emulator(dir);
+  const std::string mgmt = ledger_test::read_file(key_file).substr(0, 73);
+  std::string r = raw_exchange(port, post("/api/v1/keys", mgmt, R"({"name": "worker"})"));
+  REQUIRE(r.rfind("HTTP/1.1 201", 0) == 0);
+  const std::string key(json::parse(r.substr(r.find("\r\n\r\n") + 4)).at("key").as_string());
+  const std::string body = "{" + kChat + R"(, "stream": true})";
+  r = raw_exchange(port, post("/api/v1/chat/completions", key, body));
+  REQUIRE(r.rfind("HTTP/1.1 200", 0) == 0);
+  const std::string head = r.substr(0, r.find("\r\n\r\n"));
+  CHECK(head.find("Content-Type: text/event-stream") != std::string::npos);
+  CHECK(head.find("Transfer-Encoding: chunked") != std::string::npos);
+  CHECK(head.find("X-Generation-Id: gen-") != std::string::npos);
+  CHECK(r.find("\r\n19\r\n: OPENROUTER PROCESSING\n\n\r\n") != std::string::npos);  // one event, one chunk
+  CHECK(r.find("\"cost\":0.000325}}\n\n\r\n") != std::string::npos);
+  const std::string tail = "\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n";  // [DONE], then the last chunk
+  CHECK(r.size() > tail.size());
+  CHECK(r.substr(r.size() - tail.size()) == tail);
+
+  r = raw_exchange(port, post("/__emulator/faults", "", R"({"path": "/api/v1/chat/completions", "body": "truncated"})"));
+  REQUIRE(r.rfind("HTTP/1.1 200", 0) == 0);
+  r = raw_exchange(port, post("/api/v1/chat/completions", key, body));
+  REQUIRE(r.rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(r.find("\"content\":\"Emulated\"") != std::string::npos);  // content came,
+  CHECK(r.find("\"usage\"") == std::string::npos);                 // then the connection closed:
+  CHECK(r.find("[DONE]") == std::string::npos);                    // no usage, no [DONE],
+  CHECK(r.find("\r\n0\r\n\r\n") == std::string::npos);             // no last chunk
+  // A truncated plain reply still carries its headers (the generation id to look its cost up by).
+  r = raw_exchange(port, post("/__emulator/faults", "", R"({"path": "/api/v1/chat/completions", "body": "truncated"})"));
+  r = raw_exchange(port, post("/api/v1/chat/completions", key, "{" + kChat + "}"));
+  CHECK(r.find("X-Generation-Id: gen-") != std::string::npos);
+  CHECK(r.find("\"usage\"") == std::string::npos);
   ::kill(pid, SIGTERM);
   int status = 0;
   REQUIRE(::waitpid(pid, &status, 0) == pid);
