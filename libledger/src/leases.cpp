@@ -81,16 +81,16 @@ Status Ledger::window_usage(std::string_view account, int64_t period_index, Wind
   const PeriodWord word = period_word_guess(a.words[tag_parity(tag)]);
   *out = WindowUsage{};
   out->global = load(a.global) != 0;
-  if (meta_tag(word.meta) != tag) return Code::kOk;  // nothing in that window (yet, or any more)
+  const LeaseWord& w = l.leases[index].words[tag_parity(tag)];
+  if (load(w.tag) == tag) {  // a lease may be there before anything was spent (the next window's)
+    out->lease_limit_nanousd = load(w.limit_nanousd);
+    out->lease_deadline_ms = load(w.deadline_ms);
+  }
+  if (meta_tag(word.meta) != tag) return Code::kOk;  // nothing spent in that window (yet, or any more)
   out->held_nanousd = l.held_in(static_cast<uint32_t>(index), tag);
   out->used_nanousd = word.used;
   out->spent_nanousd = word.used - out->held_nanousd;
   out->requests = meta_requests(word.meta);
-  const LeaseWord& w = l.leases[index].words[tag_parity(tag)];
-  if (load(w.tag) == tag) {
-    out->lease_limit_nanousd = load(w.limit_nanousd);
-    out->lease_deadline_ms = load(w.deadline_ms);
-  }
   return Code::kOk;
 }
 

@@ -137,7 +137,7 @@ TEST_CASE("a bad store is one clear error and changes no budget", "[global]") {
     REQUIRE(b.init().exit_code == 0);
     b.start_sidecar();
     bool refused = false;
-    for (int i = 0; i < 300 && !refused; ++i) {
+    for (int i = 0; i < 1000 && !refused; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
       refused = ledger_test::read_file(b.log).find("another live host uses it") != std::string::npos;
     }
@@ -170,7 +170,14 @@ TEST_CASE("4 hosts x 2 workers drain one global chain: never over, and the store
       std::unique_ptr<Ledger> l;
       if (!Ledger::open(hosts[w / 2]->dir, Options{}, &l).ok()) ::_exit(2);
       std::mt19937_64 rng(static_cast<uint64_t>(w) * 7919);
-      for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(6); std::chrono::steady_clock::now() < until;) {
+      // Until the hosts together have 99% of the limit (what draining means), at most 60 s.
+      const auto sum = [&] {
+        int64_t total = 0;
+        for (int i = 0; i < 8; ++i) total += acknowledged[i].load();
+        return total;
+      };
+      for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+           std::chrono::steady_clock::now() < until && sum() < kUsd * 99 / 100;) {
         const int64_t amount = 100'000 + static_cast<int64_t>(rng() % 4'900'000);  // $0.0001 - $0.005
         if (l->debit("alice", amount).ok()) acknowledged[w] += amount;
         else std::this_thread::sleep_for(std::chrono::microseconds(200));
@@ -363,13 +370,24 @@ TEST_CASE("a day boundary under load: no denial burst, and each day's spend land
   // Until the first lease is there (the worker's first cycles), then across midnight at 50 fake ms
   // per real ms: each real millisecond, the clock moves on and alice spends 0.0001 USD.
   for (int i = 0; i < 2000 && !l->debit("alice", 0).ok(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  while (clock.now_ms.load() < midnight_ms + 3000) {
-    const bool past = clock.now_ms.load() >= midnight_ms;
-    if (l->debit("alice", 100'000).ok()) (past ? after : before) += 100'000;
-    else if (past) ++denied_after;
-    std::this_thread::sleep_for(std::chrono::microseconds(1000));
-    clock.now_ms += 10;
-  }
+  const auto spend_until = [&](int64_t until_ms) {
+    while (clock.now_ms.load() < until_ms) {
+      const bool past = clock.now_ms.load() >= midnight_ms;
+      if (l->debit("alice", 100'000).ok()) (past ? after : before) += 100'000;
+      else if (past) ++denied_after;
+      std::this_thread::sleep_for(std::chrono::microseconds(1000));
+      clock.now_ms += 10;
+    }
+  };
+  spend_until(midnight_ms - 1500);
+  // Within the lead time before the boundary the worker takes tomorrow's slices: wait for them (a
+  // slow machine may need several of its cycles), then cross midnight.
+  const int64_t tomorrow = period_index(Period::kDaily, midnight_ms / 1000);
+  WindowUsage next;
+  for (int i = 0; i < 2000 && (!l->window_usage("alice", tomorrow, &next).ok() || next.lease_limit_nanousd == 0); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(next.lease_limit_nanousd > 0);  // in place before the boundary
+  spend_until(midnight_ms + 3000);
   worker.stop();  // a last report
   INFO("before " << before << " after " << after << " denied after midnight " << denied_after);
   CHECK(before > 0);
