@@ -118,15 +118,9 @@ int32_t Ledger::Impl::create_account_record(std::string_view name, int64_t limit
 }
 
 Status Ledger::block(std::string_view account, bool blocked) {
-  Impl& l = *impl_;
-  if (!valid_account_name(account)) return Code::kInvalidArgument;
-  Status status = l.ensure_registered();
-  if (!status.ok()) return status;
-  AdminGuard lock(l);
-  const int32_t index = l.find_index(account);
-  if (index < 0) return Code::kUnknownAccount;
-  store(l.accounts[index].blocked, static_cast<uint8_t>(blocked ? 1 : 0));
-  return Code::kOk;
+  return change_account(*impl_, account, [&](uint32_t index) {
+    store(impl_->accounts[index].blocked, static_cast<uint8_t>(blocked ? 1 : 0));
+  });
 }
 
 Status Ledger::find(std::string_view account, AccountRef* out) const {

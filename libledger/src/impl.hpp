@@ -428,4 +428,18 @@ class AdminGuard {
   std::lock_guard<std::mutex> lock_;
 };
 
+// An admin change of one account's field: the name checked, the handle registered, the admin lock
+// held, the account found; `change` gets its index. (block, set_scope.)
+template <class Change>
+Status change_account(Ledger::Impl& l, std::string_view account, Change&& change) {
+  if (!valid_account_name(account)) return Code::kInvalidArgument;
+  Status status = l.ensure_registered();
+  if (!status.ok()) return status;
+  AdminGuard lock(l);
+  const int32_t index = l.find_index(account);
+  if (index < 0) return Code::kUnknownAccount;
+  change(static_cast<uint32_t>(index));
+  return Code::kOk;
+}
+
 }  // namespace ledger

@@ -34,15 +34,9 @@ int64_t Ledger::Impl::lease_limit(uint32_t index, uint32_t tag, uint32_t* seq_re
 }
 
 Status Ledger::set_scope(std::string_view account, bool global) {
-  Impl& l = *impl_;
-  if (!valid_account_name(account)) return Code::kInvalidArgument;
-  Status status = l.ensure_registered();
-  if (!status.ok()) return status;
-  AdminGuard lock(l);
-  const int32_t index = l.find_index(account);
-  if (index < 0) return Code::kUnknownAccount;
-  store(l.accounts[index].global, static_cast<uint8_t>(global ? 1 : 0));
-  return Code::kOk;
+  return change_account(*impl_, account, [&](uint32_t index) {
+    store(impl_->accounts[index].global, static_cast<uint8_t>(global ? 1 : 0));
+  });
 }
 
 Status Ledger::set_lease(std::string_view account, int64_t period_index, int64_t limit_nanousd, int64_t deadline_monotonic_ms) {
