@@ -178,17 +178,6 @@ Status Ledger::adjust(std::string_view account, int64_t amount_nanousd, std::str
 }
 
 namespace {
-int64_t sub_saturating(int64_t a, int64_t b) {
-  int64_t r;
-  if (__builtin_sub_overflow(a, b, &r)) return b > 0 ? INT64_MIN : INT64_MAX;
-  return r;
-}
-int64_t add_saturating(int64_t a, int64_t b) {
-  int64_t r;
-  if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
-  return r;
-}
-
 Balance balance_of(Ledger::Impl& l, uint32_t index, const Now& now, int64_t held) {
   Account& a = l.accounts[index];
   Balance b;

@@ -55,12 +55,6 @@ bool plan_admission(const Account& account, PeriodWord current, uint32_t wanted_
   return true;
 }
 
-int64_t add_saturating(int64_t a, int64_t b) {
-  int64_t r;
-  if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
-  return r;
-}
-
 }  // namespace
 
 bool valid_account_name(std::string_view name) {
@@ -769,7 +763,7 @@ int64_t Ledger::Impl::held_in(uint32_t account, uint32_t tag) const {
     for (uint32_t level = 0; level < kChainDepthMax; ++level) {
       if (load(r.chain[level], memory_order_relaxed) == static_cast<int32_t>(account) &&
           load(r.tags[level], memory_order_relaxed) == tag) {
-        held += load(r.amount_nanousd, memory_order_relaxed);
+        held = add_saturating(held, load(r.amount_nanousd, memory_order_relaxed));  // as balances() sums
         break;
       }
     }

@@ -21,6 +21,7 @@
 using namespace ledger;
 using ledger::detail::Account;
 using ledger::detail::Header;
+using ledger::detail::Reservation;
 using ledger_test::kUsd;
 using ledger_test::ManualClock;
 using ledger_test::TempDir;
@@ -89,6 +90,40 @@ TEST_CASE("a damaged period word gives wrong numbers, never undefined arithmetic
   if (used == INT64_MAX) CHECK(ledger->debit("alice", kUsd) == Code::kDeniedOverBudget);  // checked, not wrapped
   patch<int64_t>(segment, word, 0);
   CHECK(ledger->debit("alice", kUsd) == Code::kOk);
+}
+
+// Found by fuzz/fuzz_segment: the flush (and flush_pending, and balance()'s sum of holds) did its
+// arithmetic on damaged words and hold amounts unchecked, a signed overflow; now it saturates as
+// balances() does, and a damaged segment writes wrong numbers, never undefined behaviour.
+TEST_CASE("damaged words and holds at the extremes: balance, flush_pending and flush saturate", "[segment]") {
+  TempDir dir;
+  auto ledger = open_with(dir.path());
+  REQUIRE(ledger->set_budget("alice", 5 * kUsd, Period::kNone, "") == Code::kOk);
+  REQUIRE(ledger->debit("alice", kUsd) == Code::kOk);
+  REQUIRE(ledger->flush() == Code::kOk);  // the store has alice's period and day
+  const std::string segment = ledger->segment_file();
+  const auto offset_reservations = peek<uint64_t>(segment, offsetof(Header, offset_reservations));
+  for (int i = 0; i < 10; ++i) {  // ten holds whose amounts, clamped to the largest legal one, still overflow a sum
+    ReservationId id = 0;
+    REQUIRE(ledger->reserve("alice", 1, 0, &id) == Code::kOk);
+    const uint64_t slot = (id & 0xFFFFFFFFu) - 1;
+    patch<int64_t>(segment, offset_reservations + slot * sizeof(Reservation) + offsetof(Reservation, amount_nanousd), INT64_MAX);
+  }
+  const size_t word = peek<uint64_t>(segment, offsetof(Header, offset_accounts)) + offsetof(Account, words);
+  for (const int64_t used : {INT64_MIN, INT64_MAX, INT64_MIN}) {
+    INFO("used " << used);
+    patch<int64_t>(segment, word, used);
+    Balance b;
+    REQUIRE(ledger->balance("alice", &b) == Code::kOk);  // under UBSan: no signed overflow reported
+    CHECK(b.held_nanousd == INT64_MAX);                   // saturated, like balances()
+    std::vector<AccountBalance> all;
+    REQUIRE(ledger->balances(&all) == Code::kOk);
+    REQUIRE(all.size() == 1);
+    CHECK(all[0].balance.held_nanousd == b.held_nanousd);
+    uint64_t pending = 0;
+    CHECK(ledger->flush_pending(&pending) == Code::kOk);
+    CHECK(ledger->flush() == Code::kOk);
+  }
 }
 
 TEST_CASE("the segment's pages are reserved at creation", "[segment]") {
