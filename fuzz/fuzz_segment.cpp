@@ -11,10 +11,13 @@
 // kNotFound or kFull (every process slot taken), nothing else.
 //
 // Input: byte 0 = flags, bytes 1-4 = a u32 parameter, then 13-byte patches
-//   (u8 where: region in bits 0-3, width 1/2/4/8 bytes in bits 4-5; u32 offset; u64 value).
+//   (u8 where: region in bits 0-3, width 1/2/4/8 bytes in bits 4-5, repeat in bits 6-7; u32 offset;
+//   u64 value).
 // A patch's offset is taken modulo its region (header, process slots, lanes, accounts, hash,
 // reservations, prices, policy, tallies, keys; region >= 10 is the whole file), so that most
-// patches land on the fields that matter.
+// patches land on the fields that matter. Repeat 1 writes the same field of the next 8 entries of
+// the region's table, repeat 2 of all of them (every lane of a process slot, every hold), repeat 3
+// of every other one.
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -58,7 +61,7 @@ struct State {
   std::vector<char> pristine, pristine_store;
   std::vector<ledger::ReservationId> ids;  // live holds, a settled one, a tombstone
   struct Region {
-    uint64_t offset, size;
+    uint64_t offset, size, entry;  // entry: the size of one table entry
   } regions[10];
   int64_t now_ms = kCreatedMs;
 };
@@ -162,7 +165,10 @@ void map_regions() {
   const uint64_t bounds[] = {0, h.offset_processes, h.offset_lanes, h.offset_accounts, h.offset_hash,
                              h.offset_reservations, h.offset_prices, h.offset_policy, h.offset_tallies,
                              h.offset_keys, h.total_size};
-  for (int r = 0; r < 10; ++r) g->regions[r] = {bounds[r], bounds[r + 1] - bounds[r]};
+  namespace d = ledger::detail;
+  const uint64_t entries[] = {sizeof(d::Header), sizeof(d::ProcessSlot), sizeof(d::Lane), sizeof(d::Account), sizeof(uint32_t),
+                              sizeof(d::Reservation), sizeof(d::Price), sizeof(d::Tier), sizeof(d::Tally), sizeof(d::KeyEntry)};
+  for (int r = 0; r < 10; ++r) g->regions[r] = {bounds[r], bounds[r + 1] - bounds[r], entries[r]};
 }
 
 int64_t clock_for(uint8_t flags, uint32_t param) {
@@ -178,18 +184,23 @@ void apply_patches(std::vector<char>& file, const uint8_t* data, size_t size) {
   for (; size >= 13; data += 13, size -= 13) {
     const uint32_t region = data[0] & 0xF;
     const uint32_t width = 1u << ((data[0] >> 4) & 3);
+    const uint32_t repeat = data[0] >> 6;
     uint32_t offset;
     uint64_t value;
     std::memcpy(&offset, data + 1, sizeof offset);
     std::memcpy(&value, data + 5, sizeof value);
-    uint64_t base = 0, span = file.size();
+    uint64_t base = 0, span = file.size(), entry = 8;
     if (region < 10) {
       base = g->regions[region].offset;
       span = g->regions[region].size;
+      entry = g->regions[region].entry;
     }
     if (span < width || base + span > file.size()) continue;
-    const uint64_t at = base + offset % (span - width + 1);
-    std::memcpy(file.data() + at, &value, width);  // little-endian: the low bytes
+    uint64_t at = offset % (span - width + 1);
+    const uint64_t count = repeat == 0 ? 1 : repeat == 1 ? 8 : span / entry;
+    const uint64_t stride = repeat == 3 ? 2 * entry : entry;
+    for (uint64_t k = 0; k < count && at + width <= span; ++k, at += stride)
+      std::memcpy(file.data() + base + at, &value, width);  // little-endian: the low bytes
   }
 }
 
