@@ -126,6 +126,46 @@ TEST_CASE("damaged words and holds at the extremes: balance, flush_pending and f
   }
 }
 
+// Found by fuzz/fuzz_segment: a free process slot whose lanes were damaged into ACTIVE or OWNED
+// made the next handle registered there spin forever in its first operation (acquire() waits for a
+// lane of its own slot to come free). Registration now repairs such lanes as it repairs a dead
+// owner's, or takes another slot when it has no free lane to do that with.
+TEST_CASE("a free process slot with damaged lanes: the next handle's operations never wait forever", "[segment]") {
+  namespace d = ledger::detail;
+  const bool every_lane = GENERATE(false, true);  // true: no lane left to repair with, so slot 1 is taken
+  INFO("every lane damaged: " << every_lane);
+  TempDir dir;
+  {
+    auto ledger = open_with(dir.path());
+    REQUIRE(ledger->set_budget("alice", 5 * kUsd, Period::kNone, "") == Code::kOk);
+  }
+  const std::string segment = Ledger::segment_path(dir.path());
+  const auto offset_lanes = peek<uint64_t>(segment, offsetof(Header, offset_lanes));
+  for (uint32_t k = 0; k < d::kLanesPerProcess; ++k) {  // the lanes of process slot 0, the first a worker takes
+    const uint64_t phase = every_lane || k + 1 < d::kLanesPerProcess ? d::kPhaseActive : d::kPhaseOwned;
+    patch<uint64_t>(segment, offset_lanes + k * sizeof(d::Lane) + offsetof(d::LaneHeader, ctl),
+                    (uint64_t{5} << 32) | (uint64_t{d::kOpReserve} << 12) | (phase << 8));
+  }
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::alarm(20);  // a regression hangs: SIGALRM fails the test instead
+    std::unique_ptr<Ledger> ledger;
+    if (Ledger::open(dir.path(), Options{}, &ledger) != Code::kOk) ::_exit(2);
+    ReservationId id = 0;
+    if (ledger->debit("alice", kUsd) != Code::kOk || ledger->reserve("alice", kUsd, 0, &id) != Code::kOk ||
+        ledger->commit(id, kUsd) != Code::kOk)
+      ::_exit(3);
+    uint32_t reclaimed = 0;
+    ::_exit(ledger->reclaim(&reclaimed) == Code::kOk ? 0 : 4);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));  // not killed by the alarm
+  CHECK(WEXITSTATUS(status) == 0);
+  auto ledger = open_with(dir.path());
+  CHECK(balance_of(*ledger, "alice").spent_nanousd == 2 * kUsd);
+}
+
 TEST_CASE("the segment's pages are reserved at creation", "[segment]") {
   TempDir dir;
   auto ledger = open_with(dir.path());
