@@ -391,6 +391,8 @@ struct Ledger::Impl {
   // REQUIRES: the caller holds the slot's lock byte. op == nullptr: borrow one of its idle lanes.
   bool reclaim_dead_process(uint32_t slot, detail::OpScope* op);
   bool process_alive_for(uint32_t owner_slot, uint32_t owner_generation) const;
+  // True when no lane of process slot `slot` is ACTIVE or OWNED (as every lane of a free slot is).
+  bool lanes_idle(uint32_t slot) const;
   // Repairs every dead process's lanes and frees its slot (the first half of Ledger::reclaim).
   Status reclaim_dead_processes();
   // Drops tombstones past their grace, then the oldest beyond tombstones_max.

@@ -430,12 +430,7 @@ bool Ledger::Impl::try_claim_process_slot(uint32_t slot, bool adopt_dead) {
   state = load(processes[slot].state);
   // A free slot's lanes are free. One that is not (a damaged segment: no process runs an operation
   // on it) is repaired like a dead owner's, or acquire() would wait forever for it.
-  bool lanes_free = true;
-  for (uint32_t k = 0; k < kLanesPerProcess; ++k) {
-    const uint32_t phase = ctl_phase(load(lanes[slot * kLanesPerProcess + k].header.ctl));
-    lanes_free = lanes_free && phase != kPhaseActive && phase != kPhaseOwned;
-  }
-  if (proc_status(state) == kProcActive || !lanes_free) {
+  if (proc_status(state) == kProcActive || !lanes_idle(slot)) {
     // Dead owner: repair its lanes with one of its own idle lanes, then take the slot.
     if ((proc_status(state) == kProcActive && !adopt_dead) || !reclaim_dead_process(slot, nullptr)) {
       unlock_byte(kSlotLockBase + slot);

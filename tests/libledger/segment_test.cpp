@@ -166,6 +166,48 @@ TEST_CASE("a free process slot with damaged lanes: the next handle's operations 
   CHECK(balance_of(*ledger, "alice").spent_nanousd == 2 * kUsd);
 }
 
+// A hold damaged into "being expired by lane L" (kResSettling stamped with a lane whose header says
+// it expires that slot) where no process will ever finish that expiry: L's process slot is free, so
+// no reclaim looked at it, and once repaired L stays "resolved" while the slot never moves. A commit
+// of the hold waited for that expiry forever. Now a free slot's busy lanes are repaired like a dead
+// owner's, a resolved expiry counts as in progress only while its resolver is still at it, and the
+// commit answers (kAlreadySettled: the hold is in no state a commit can settle).
+TEST_CASE("a commit never waits forever for an expiry that no process will finish", "[segment]") {
+  namespace d = ledger::detail;
+  TempDir dir;
+  ReservationId id = 0;
+  {
+    auto ledger = open_with(dir.path());
+    REQUIRE(ledger->set_budget("alice", 5 * kUsd, Period::kNone, "") == Code::kOk);
+    REQUIRE(ledger->reserve("alice", kUsd, 0, &id) == Code::kOk);
+  }
+  const std::string segment = Ledger::segment_path(dir.path());
+  const uint32_t slot = static_cast<uint32_t>(id & 0xFFFFFFFFu) - 1, generation = static_cast<uint32_t>(id >> 32);
+  const uint32_t lane = d::kLanesPerProcess + 1;  // the first lane of process slot 1 (free)
+  const auto offset_lanes = peek<uint64_t>(segment, offsetof(Header, offset_lanes));
+  const uint64_t lane_at = offset_lanes + (lane - 1) * sizeof(d::Lane);
+  patch<uint64_t>(segment, lane_at + offsetof(d::LaneHeader, ctl),
+                  (uint64_t{1} << 32) | (uint64_t{d::kOpExpire} << 12) | (uint64_t{d::kPhaseActive} << 8));
+  patch<uint32_t>(segment, lane_at + offsetof(d::LaneHeader, reservation_slot), slot + 1);
+  const auto offset_reservations = peek<uint64_t>(segment, offsetof(Header, offset_reservations));
+  patch<uint64_t>(segment, offset_reservations + slot * sizeof(Reservation) + offsetof(Reservation, state),
+                  (uint64_t{generation} << 32) | (uint64_t{lane} << 4) | d::kResSettling);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::alarm(20);  // a regression hangs: SIGALRM fails the test instead
+    std::unique_ptr<Ledger> ledger;
+    if (Ledger::open(dir.path(), Options{}, &ledger) != Code::kOk) ::_exit(2);
+    if (ledger->commit(id, kUsd) != Code::kAlreadySettled) ::_exit(3);
+    uint32_t reclaimed = 0;
+    if (ledger->reclaim(&reclaimed) != Code::kOk) ::_exit(4);
+    ::_exit(ledger->commit(id, kUsd) == Code::kAlreadySettled ? 0 : 5);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));  // not killed by the alarm
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
 TEST_CASE("the segment's pages are reserved at creation", "[segment]") {
   TempDir dir;
   auto ledger = open_with(dir.path());
