@@ -70,12 +70,13 @@ for t in "${targets[@]}"; do
   mkdir -p "$corpus" "$artifacts"
   cp -n fuzz/corpus/"$t"/* "$corpus"/ 2>/dev/null || true
   before=$(ls -d /dev/shm/ledger-fuzz-segment.* 2>/dev/null || true)
-  started=$(date +%s)
   rc=0
+  # The run's own time starts once the lock is held (the start is written from inside it).
   locked env ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}" \
+    bash -c 'date +%s >"$0.start"; exec "$@"' "$log" \
     "$build/fuzz/$t" "$corpus" -max_total_time="$seconds" -max_len="$(max_len "$t")" -timeout=20 \
     -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1 || rc=$?
-  elapsed=$(($(date +%s) - started))
+  elapsed=$(($(date +%s) - $(cat "$log.start")))
   # A crashed segment run leaves its temporary ledger behind: remove those this run made.
   for d in $(ls -d /dev/shm/ledger-fuzz-segment.* 2>/dev/null || true); do
     case " $(echo $before) " in *" $d "*) ;; *) rm -rf "$d" ;; esac
