@@ -5,7 +5,8 @@
 // debits, live holds, a settled hold, a tombstone and an adjustment, flushes it and keeps the
 // segment file's bytes (and the store's). Each input restores those bytes, damages them, opens the
 // ledger and, when that succeeds, calls what workers, ledgerctl and the sidecar call: balance,
-// balances, stats, model_spend, key_spend, debit, reserve, authorize, commit, release, adjust,
+// balances, stats, model_spend, key_spend, debit, reserve, authorize, commit, release, adjust, the
+// admin calls of init (set_budget, block, set_price, set_tiers, set_account_tier, bind_key),
 // reclaim, flush_pending, and rarely flush (the store is restored afterwards). Wrong numbers are
 // fine; a crash, undefined behaviour, a leak or a hang is not. Open must say kOk, kIncompatible,
 // kNotFound or kFull (every process slot taken), nothing else.
@@ -234,6 +235,18 @@ void exercise(Ledger& l, uint32_t param) {
   (void)l.estimate("openai/gpt-4o", 1000, 500, &estimate);
   (void)l.adjust("team", 77, kKeyB);
   (void)l.adjust("org", 5);
+  // What ledgerctl init and a SIGHUP do to an existing ledger.
+  const int64_t usd = ledger::kNanoUsdPerUsd;
+  (void)l.set_budget("dave", 2 * usd, ledger::Period::kWeekly, "alice");  // an existing account, re-parented
+  (void)l.set_budget("alice", 9 * usd, ledger::Period::kDaily, "team");
+  (void)l.set_budget("erin", usd, ledger::Period::kMonthly, "carol");     // a new one
+  (void)l.block("bob", (param & 1) != 0);
+  (void)l.set_price(kModel, 160'000'000, 610'000'000, 0);
+  (void)l.set_tiers({ledger::TierSpec{"basic", false, {kModel, "openai/gpt-4o"}, kModel, 90, kModel}});
+  (void)l.set_account_tier("carol", "basic");
+  (void)l.bind_key("carol", kKeyB);
+  std::string bound;
+  (void)l.bound_key("bob", &bound);
   for (size_t i = 0; i < g->ids.size(); ++i) {
     if (i % 2 == 0) (void)l.commit(g->ids[i], 3000);
     else (void)l.release(g->ids[i]);

@@ -88,7 +88,7 @@ for t in "${targets[@]}"; do
   else
     failed=1
     input=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
-    what=$(grep -m1 -oE "ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer): [a-z -]+|runtime error: .*|fuzz_[a-z]+: .*" "$log" || true)
+    what=$(grep -m1 -oE "ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer): [A-Za-z -]+|runtime error: .*|fuzz_[a-z]+: .*" "$log" || true)
     echo "$t: FAILED after ${runs:-?} runs in $elapsed s: ${what:-exit $rc}"
     echo "  input: ${input:-none written} (reproduce: $build/fuzz/$t ${input:-}); log: $log"
   fi
