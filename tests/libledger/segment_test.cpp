@@ -208,6 +208,38 @@ TEST_CASE("a commit never waits forever for an expiry that no process will finis
   CHECK(WEXITSTATUS(status) == 0);
 }
 
+// Found by fuzz/fuzz_segment: set_budget walked the account's descendants through parent links it
+// had not checked (an out-of-range link: SIGSEGV), and set_tiers read tier names up to a damaged
+// tier_count. A damaged chain now makes set_budget refuse (or end that walk), and the count is
+// bounded by the table, as every reader of it already did.
+TEST_CASE("admin calls on a damaged chain or tier table refuse or work, never crash", "[segment]") {
+  namespace d = ledger::detail;
+  TempDir dir;
+  auto ledger = open_with(dir.path());
+  REQUIRE(ledger->set_budget("org", 9 * kUsd, Period::kNone, "") == Code::kOk);     // account 0
+  REQUIRE(ledger->set_budget("team", 8 * kUsd, Period::kNone, "org") == Code::kOk);  // 1
+  REQUIRE(ledger->set_budget("alice", kUsd, Period::kNone, "team") == Code::kOk);    // 2
+  REQUIRE(ledger->set_tiers({TierSpec{"basic", true, {}, "", 0, ""}}) == Code::kOk);
+  const std::string segment = ledger->segment_file();
+  const auto offset_accounts = peek<uint64_t>(segment, offsetof(Header, offset_accounts));
+  const auto parent_of = [&](uint32_t account) { return offset_accounts + account * sizeof(Account) + offsetof(Account, parent); };
+  patch<int32_t>(segment, parent_of(1), INT32_MAX);  // team's parent: far past the table
+  CHECK(ledger->set_budget("alice", 2 * kUsd, Period::kNone, "team") == Code::kInvalidArgument);
+  CHECK(ledger->set_budget("bob", kUsd, Period::kNone, "team") == Code::kInvalidArgument);
+  CHECK(ledger->set_budget("org", 7 * kUsd, Period::kNone, "") == Code::kOk);  // walks up from team: ends there
+  patch<int32_t>(segment, parent_of(1), 2);  // team <-> alice: a cycle
+  CHECK(ledger->set_budget("bob", kUsd, Period::kNone, "alice") == Code::kInvalidArgument);
+  CHECK(ledger->set_budget("org", 6 * kUsd, Period::kNone, "") == Code::kOk);
+  patch<int32_t>(segment, parent_of(2), -7);
+  patch<int32_t>(segment, parent_of(1), 0);
+  CHECK(ledger->set_budget("org", 5 * kUsd, Period::kNone, "") == Code::kOk);
+  const auto tier_count = peek<uint64_t>(segment, offsetof(Header, offset_policy)) + offsetof(d::Policy, tier_count);
+  patch<uint32_t>(segment, tier_count, UINT32_MAX);
+  CHECK(ledger->set_tiers({TierSpec{"basic", true, {}, "", 0, ""}}) == Code::kOk);  // found among the 64 names
+  CHECK(ledger->set_tiers({TierSpec{"pro", true, {}, "", 0, ""}}) == Code::kFull);  // no room past them
+  CHECK(ledger->set_account_tier("alice", "basic") == Code::kOk);
+}
+
 TEST_CASE("the segment's pages are reserved at creation", "[segment]") {
   TempDir dir;
   auto ledger = open_with(dir.path());
