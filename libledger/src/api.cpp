@@ -60,6 +60,9 @@ Status Ledger::set_budget(std::string_view account, int64_t limit_nanousd, Perio
     if (parent_index < 0) return Code::kUnknownAccount;
   }
   const uint32_t parent_length = parent_index < 0 ? 0 : chain_length(l, parent_index);
+  // Too deep, a cycle or a link out of range (a damaged segment): no account can go below it, and
+  // the walks below may follow only a chain that chain_length has checked.
+  if (parent_length > kChainDepthMax) return Code::kInvalidArgument;
   int32_t index = l.find_index(account);
   if (index >= 0) {
     // The new parent must not be the account itself or one of its descendants, and every chain
@@ -70,7 +73,8 @@ Status Ledger::set_budget(std::string_view account, int64_t limit_nanousd, Perio
     const uint32_t count = load(l.header->account_count);
     for (uint32_t d = 0; d < count; ++d) {
       uint32_t steps = 0;
-      for (int32_t a = static_cast<int32_t>(d); a >= 0 && steps <= kChainDepthMax;
+      // A link out of range (damaged) ends the walk: nothing above it is reached through it.
+      for (int32_t a = static_cast<int32_t>(d); a >= 0 && static_cast<uint32_t>(a) < l.max_accounts && steps <= kChainDepthMax;
            a = load(l.accounts[a].parent, memory_order_relaxed), ++steps) {
         if (a == index) {
           below = std::max(below, steps);
@@ -172,17 +176,6 @@ Status Ledger::adjust(std::string_view account, int64_t amount_nanousd, std::str
 }
 
 namespace {
-int64_t sub_saturating(int64_t a, int64_t b) {
-  int64_t r;
-  if (__builtin_sub_overflow(a, b, &r)) return b > 0 ? INT64_MIN : INT64_MAX;
-  return r;
-}
-int64_t add_saturating(int64_t a, int64_t b) {
-  int64_t r;
-  if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
-  return r;
-}
-
 Balance balance_of(Ledger::Impl& l, uint32_t index, const Now& now, int64_t held) {
   Account& a = l.accounts[index];
   Balance b;

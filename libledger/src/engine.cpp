@@ -54,12 +54,6 @@ bool plan_admission(const Ledger::Impl& l, uint32_t index, PeriodWord current, u
   return true;
 }
 
-int64_t add_saturating(int64_t a, int64_t b) {
-  int64_t r;
-  if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
-  return r;
-}
-
 }  // namespace
 
 bool valid_account_name(std::string_view name) {
@@ -595,14 +589,19 @@ Status Ledger::Impl::settle(ReservationId id, bool commit, int64_t actual) {
     const uint64_t state = load(r.state);
     if (res_generation(state) != generation) return done(Code::kUnknownReservation);
     const uint32_t status = res_status(state);
-    if (commit && status == kResSettling && expiring(res_lane(state), slot)) {
-      // The hold is being expired (TTL passed): this commit is a late commit of its tombstone, so
-      // wait for the expiry to end rather than lose the cost. An expiry is a few CASes; one whose
-      // reclaimer died is finished by repairing it, which this thread does itself when it can.
-      (void)done(Code::kOk);
-      in_op = false;
-      wait_for_expiry(slot, state);
-      continue;
+    if (commit && status == kResSettling) {
+      if (expiring(res_lane(state), slot)) {
+        // The hold is being expired (TTL passed): this commit is a late commit of its tombstone, so
+        // wait for the expiry to end rather than lose the cost. An expiry is a few CASes; one whose
+        // reclaimer died is finished by repairing it, which this thread does itself when it can.
+        (void)done(Code::kOk);
+        in_op = false;
+        wait_for_expiry(slot, state);
+        continue;
+      }
+      // Not being expired, or no longer: an expiry that ended since `state` was read has moved the
+      // slot (to a tombstone this commit must charge), so only an unmoved slot is "already settled".
+      if (load(r.state) != state) continue;
     }
     if (status == kResFree || status == kResSettling) return done(Code::kAlreadySettled);
     if (status == kResReserving) return done(Code::kUnknownReservation);  // not issued yet: nobody can hold this id
@@ -705,20 +704,34 @@ bool Ledger::Impl::expiring(uint32_t lane_id, uint32_t slot) const {
   if (lane_id == 0 || lane_id > lanes_total()) return false;
   const LaneHeader& h = lane_by_id(lane_id).header;
   const uint64_t ctl = load(h.ctl);
-  return ctl_kind(ctl) == kOpExpire && (ctl_phase(ctl) == kPhaseActive || ctl_phase(ctl) == kPhaseResolved) &&
-         load(h.reservation_slot, memory_order_relaxed) == slot + 1;
+  if (ctl_kind(ctl) != kOpExpire || load(h.reservation_slot, memory_order_relaxed) != slot + 1) return false;
+  if (ctl_phase(ctl) == kPhaseActive) return true;
+  if (ctl_phase(ctl) != kPhaseResolved) return false;
+  // Resolved by a reclaimer: in progress while that reclaimer's repair of this op runs (the repair
+  // moves the slot before it ends; a reclaimer that died is itself repaired, see repair_lane).
+  const uint32_t resolver = ctl_resolver(ctl);
+  if (resolver == 0 || resolver > lanes_total()) return false;
+  const LaneHeader& r = lane_by_id(resolver).header;
+  const uint64_t rctl = load(r.ctl);
+  return ctl_phase(rctl) == kPhaseActive && ctl_kind(rctl) == kOpRepair &&
+         load(r.repair_lane, memory_order_relaxed) == lane_id && load(r.repair_seq, memory_order_relaxed) == ctl_seq(ctl);
 }
 
 void Ledger::Impl::wait_for_expiry(uint32_t slot, uint64_t state) {
-  const uint32_t expirer_slot = (res_lane(state) - 1) / kLanesPerProcess;
+  const uint32_t lane = res_lane(state);
+  const uint32_t expirer_slot = (lane - 1) / kLanesPerProcess;
   for (uint32_t spins = 0; load(reservations[slot].state) == state; ++spins) {
     if (spins < 64) continue;
     std::this_thread::yield();
-    if (spins % 1024 == 0 && expirer_slot != process_slot && try_lock_byte(kSlotLockBase + expirer_slot)) {
+    if (spins % 1024 != 0) continue;
+    if (expirer_slot != process_slot && try_lock_byte(kSlotLockBase + expirer_slot)) {
       // Its process is gone (we got its lock byte): repair it, which rolls the expiry forward.
       unlock_byte(kSlotLockBase + expirer_slot);
       (void)reclaim_dead_processes();
     }
+    // Nobody is at the expiry any more (it ended, or a repair resolved it without moving the slot,
+    // as for a damaged segment): the caller decides again rather than wait for nothing.
+    if (!expiring(lane, slot)) return;
   }
 }
 
@@ -783,7 +796,7 @@ int64_t Ledger::Impl::held_in(uint32_t account, uint32_t tag) const {
     for (uint32_t level = 0; level < kChainDepthMax; ++level) {
       if (load(r.chain[level], memory_order_relaxed) == static_cast<int32_t>(account) &&
           load(r.tags[level], memory_order_relaxed) == tag) {
-        held += load(r.amount_nanousd, memory_order_relaxed);
+        held = add_saturating(held, load(r.amount_nanousd, memory_order_relaxed));  // as balances() sums
         break;
       }
     }

@@ -86,7 +86,7 @@ void Ledger::Impl::snapshot_words(uint32_t count, std::vector<PeriodWord>* words
       if (a < 0 || static_cast<uint32_t>(a) >= count) break;
       const uint32_t tag = load(res.tags[level], memory_order_relaxed);
       const uint32_t w = static_cast<uint32_t>(a) * 2 + tag_parity(tag);
-      if (meta_tag((*words)[w].meta) == tag) (*held)[w] += amount;
+      if (meta_tag((*words)[w].meta) == tag) (*held)[w] = add_saturating((*held)[w], amount);
     }
   }
 }
@@ -104,7 +104,7 @@ uint64_t Ledger::Impl::flush_pending() {
     for (uint32_t p = 0; p < 2; ++p) {
       const PeriodWord w = words[i * 2 + p];
       if (w.used == 0 && meta_requests(w.meta) == 0) continue;  // never used: nothing to write
-      const int64_t settled = w.used - held[i * 2 + p];
+      const int64_t settled = sub_saturating(w.used, held[i * 2 + p]);
       const FlushCache::Totals* last = known && i < flush_cache.entries.size() ? &flush_cache.entries[i].words[p] : nullptr;
       if (last != nullptr && last->valid && last->tag == meta_tag(w.meta))
         pending += last->spent == settled && last->requests == meta_requests(w.meta) ? 0 : 1;
@@ -154,7 +154,8 @@ static int flush_account_word(const Ledger::Impl& l, FlushTxn& t, uint32_t i, ui
                               FlushCache::Entry& known, std::string* key, std::string* day_key) {
   if (w.used == 0 && meta_requests(w.meta) == 0) return 0;  // never used
   const uint32_t tag = meta_tag(w.meta);
-  const TotalsValue now{w.used - held, meta_requests(w.meta)};
+  // Saturating, like every sum over the segment's words: a damaged word writes a wrong number.
+  const TotalsValue now{sub_saturating(w.used, held), meta_requests(w.meta)};
   FlushCache::Totals& known_word = known.words[p];
   if (known_word.valid && known_word.tag == tag && known_word.spent == now.spent_nanousd && known_word.requests == now.requests)
     return 0;  // unchanged since our last flush: no read, no write
@@ -164,7 +165,7 @@ static int flush_account_word(const Ledger::Impl& l, FlushTxn& t, uint32_t i, ui
   if (known_word.valid && known_word.tag == tag) before = TotalsValue{known_word.spent, known_word.requests};
   else (void)get_struct(t.txn, t.env.periods, *key, &before);
   known_word = FlushCache::Totals{tag, true, now.spent_nanousd, now.requests};
-  const int64_t delta = now.spent_nanousd - before.spent_nanousd;
+  const int64_t delta = sub_saturating(now.spent_nanousd, before.spent_nanousd);
   const int64_t delta_requests = wrapped_requests_delta(now.requests, before.requests);
   if (delta == 0 && delta_requests == 0) return 0;
   MDB_val k = val(*key), v = val(&now, sizeof now);
@@ -175,7 +176,7 @@ static int flush_account_word(const Ledger::Impl& l, FlushTxn& t, uint32_t i, ui
   TotalsValue day{0, 0};
   if (known_day.valid && known_day.tag == static_cast<uint32_t>(t.day)) day = TotalsValue{known_day.spent, known_day.requests};
   else (void)get_struct(t.txn, t.env.daily, *day_key, &day);
-  day.spent_nanousd += delta;
+  day.spent_nanousd = add_saturating(day.spent_nanousd, delta);
   day.requests += static_cast<uint64_t>(delta_requests);
   known_day = FlushCache::Totals{static_cast<uint32_t>(t.day), true, day.spent_nanousd, day.requests};
   MDB_val dk = val(*day_key), dv = val(&day, sizeof day);
@@ -201,7 +202,7 @@ int tally_delta(const FlushTxn& t, MDB_dbi snapshots, const std::string& key, ui
   const TallySnapshotValue now{segment, word.used, meta_requests(word.meta)};
   TallySnapshotValue before{0, 0, 0};
   if (!get_struct(t.txn, snapshots, key, &before) || before.segment_id != segment) before = TallySnapshotValue{segment, 0, 0};
-  *delta = now.spent_nanousd - before.spent_nanousd;
+  *delta = sub_saturating(now.spent_nanousd, before.spent_nanousd);
   *delta_requests = wrapped_requests_delta(now.requests, before.requests);
   if (*delta == 0 && *delta_requests == 0) return 0;
   MDB_val k = val(key), v = val(&now, sizeof now);
@@ -212,7 +213,7 @@ int add_to_day(const FlushTxn& t, MDB_dbi days, std::string_view prefix, int64_t
   const std::string key = day_key(prefix, t.day);
   TotalsValue day{0, 0};
   (void)get_struct(t.txn, days, key, &day);
-  day.spent_nanousd += delta;
+  day.spent_nanousd = add_saturating(day.spent_nanousd, delta);
   day.requests += static_cast<uint64_t>(delta_requests);
   MDB_val k = val(key), v = val(&day, sizeof day);
   return mdb_put(t.txn, days, &k, &v, 0);

@@ -100,6 +100,19 @@ inline uint32_t tally_key_kind(uint64_t key) { return static_cast<uint32_t>(key 
 // The id (model index, key index); UINT32_MAX for "none" (an adjustment without a key).
 inline uint32_t tally_key_id(uint64_t key) { return (static_cast<uint32_t>(key) & 0x0FFFFFFFu) - 1; }
 
+// Arithmetic on values read from the segment saturates: a damaged word or hold must give a wrong
+// number, never undefined behaviour. (Settlements saturate too, so INT64_MAX is a legal word.)
+inline int64_t add_saturating(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
+  return r;
+}
+inline int64_t sub_saturating(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_sub_overflow(a, b, &r)) return b > 0 ? INT64_MIN : INT64_MAX;
+  return r;
+}
+
 inline uint64_t make_proc_state(uint32_t generation, uint32_t status) {
   return (uint64_t{generation} << 32) | status;
 }
@@ -399,6 +412,8 @@ struct Ledger::Impl {
   // REQUIRES: the caller holds the slot's lock byte. op == nullptr: borrow one of its idle lanes.
   bool reclaim_dead_process(uint32_t slot, detail::OpScope* op);
   bool process_alive_for(uint32_t owner_slot, uint32_t owner_generation) const;
+  // True when no lane of process slot `slot` is ACTIVE or OWNED (as every lane of a free slot is).
+  bool lanes_idle(uint32_t slot) const;
   // Repairs every dead process's lanes and frees its slot (the first half of Ledger::reclaim).
   Status reclaim_dead_processes();
   // Drops tombstones past their grace, then the oldest beyond tombstones_max.

@@ -139,7 +139,7 @@ Status Ledger::Impl::write_tiers(const std::vector<TierSpec>& tiers) {
   // Stable indices by name; then the next table, written whole; then one version bump publishes it.
   std::vector<uint32_t> index(tiers.size());
   for (size_t i = 0; i < tiers.size(); ++i) {
-    const uint32_t count = load(p.tier_count);
+    const uint32_t count = std::min(load(p.tier_count), kTiersMax);  // a damaged count indexes nothing past the names
     uint32_t found = count;
     for (uint32_t k = 0; k < count && found == count; ++k)
       if (std::strncmp(p.tier_names[k], tiers[i].name.c_str(), 64) == 0) found = k;

@@ -250,6 +250,14 @@ bool Ledger::Impl::reclaim_dead_process(uint32_t slot, OpScope* op) {
   return true;
 }
 
+bool Ledger::Impl::lanes_idle(uint32_t slot) const {
+  for (uint32_t k = 0; k < kLanesPerProcess; ++k) {
+    const uint32_t phase = ctl_phase(load(lanes[slot * kLanesPerProcess + k].header.ctl));
+    if (phase == kPhaseActive || phase == kPhaseOwned) return false;
+  }
+  return true;
+}
+
 bool Ledger::Impl::process_alive_for(uint32_t owner_slot, uint32_t owner_generation) const {
   if (owner_slot >= process_slots) return false;
   const uint64_t state = load(processes[owner_slot].state);
@@ -260,11 +268,15 @@ Status Ledger::Impl::reclaim_dead_processes() {
   OpScope op;
   Status status = acquire(&op);
   if (!status.ok()) return status;
+  // A dead owner's slot; or a free slot whose lanes are busy, which no process can have left (a
+  // damaged segment), repaired alike so that nothing waits for its lanes.
+  const auto needs_repair = [&](uint32_t slot) {
+    return proc_status(load(processes[slot].state)) == kProcActive || !lanes_idle(slot);
+  };
   for (uint32_t slot = 0; slot < process_slots; ++slot) {
-    if (slot == process_slot) continue;
-    if (proc_status(load(processes[slot].state)) != kProcActive) continue;
+    if (slot == process_slot || !needs_repair(slot)) continue;
     if (!try_lock_byte(kSlotLockBase + slot)) continue;  // alive (or being reclaimed)
-    if (proc_status(load(processes[slot].state)) == kProcActive) (void)reclaim_dead_process(slot, &op);
+    if (needs_repair(slot)) (void)reclaim_dead_process(slot, &op);
     unlock_byte(kSlotLockBase + slot);
   }
   release(&op);

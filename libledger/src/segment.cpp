@@ -432,9 +432,11 @@ bool Ledger::Impl::try_claim_process_slot(uint32_t slot, bool adopt_dead) {
   if (!adopt_dead && proc_status(state) != kProcFree) return false;
   if (!try_lock_byte(kSlotLockBase + slot)) return false;  // a live process owns it
   state = load(processes[slot].state);
-  if (proc_status(state) == kProcActive) {
+  // A free slot's lanes are free. One that is not (a damaged segment: no process runs an operation
+  // on it) is repaired like a dead owner's, or acquire() would wait forever for it.
+  if (proc_status(state) == kProcActive || !lanes_idle(slot)) {
     // Dead owner: repair its lanes with one of its own idle lanes, then take the slot.
-    if (!adopt_dead || !reclaim_dead_process(slot, nullptr)) {
+    if ((proc_status(state) == kProcActive && !adopt_dead) || !reclaim_dead_process(slot, nullptr)) {
       unlock_byte(kSlotLockBase + slot);
       return false;
     }

@@ -218,27 +218,27 @@ Error Client::perform_once(const std::string& method, const std::string& path, c
   return e;
 }
 
-Error Client::classify(const Raw& raw) const {
+Error classify_response(int status, std::string_view body, const std::string& key_source) {
   Error e;
-  e.http_status = raw.status;
-  if (raw.status >= 200 && raw.status < 300) return e;
+  e.http_status = status;
+  if (status >= 200 && status < 300) return e;
   std::string message;
   std::error_code ec;
-  const json::value v = json::parse(raw.body, ec);
+  const json::value v = json::parse(body, ec);
   if (!ec && v.is_object())
     if (const json::value* err = v.get_object().if_contains("error"); err != nullptr && err->is_object())
       message = text(err->get_object(), "message");
   if (message.size() > 300) message.resize(300);
   const std::string said = message.empty() ? "" : " (\"" + message + "\")";
-  switch (raw.status) {
+  switch (status) {
     case 401:
       e.kind = ErrorKind::kAuth;
-      e.message = "OpenRouter refused " + options_.key_source + said + ": it is missing, wrong, disabled or deleted; "
+      e.message = "OpenRouter refused " + key_source + said + ": it is missing, wrong, disabled or deleted; "
                   "put a valid management key there";
       break;
     case 402: {
       // 402 is credits unless OpenRouter names the key limit (metadata.limit_source).
-      const bool key_limit = raw.body.find("openrouter_key_limit") != std::string::npos;
+      const bool key_limit = body.find("openrouter_key_limit") != std::string_view::npos;
       e.kind = key_limit ? ErrorKind::kKeyLimit : ErrorKind::kCredits;
       e.message = key_limit ? "OpenRouter says the key's limit is exhausted" + said
                             : "OpenRouter says the account's credits are exhausted" + said + "; add credits";
@@ -250,7 +250,7 @@ Error Client::classify(const Raw& raw) const {
         e.message = "OpenRouter says the key's limit is exhausted" + said;
       } else if (message.find("management key") != std::string::npos) {
         e.kind = ErrorKind::kWrongKeyType;
-        e.message = options_.key_source + " is a normal API key, but this needs a management key" + said +
+        e.message = key_source + " is a normal API key, but this needs a management key" + said +
                     "; create one under Settings > Management keys (older name: provisioning keys)";
       } else {
         e.kind = ErrorKind::kForbidden;
@@ -263,12 +263,12 @@ Error Client::classify(const Raw& raw) const {
       break;
     case 408:
     case 429:
-      e.kind = raw.status == 429 ? ErrorKind::kRateLimited : ErrorKind::kTimeout;
-      e.message = raw.status == 429 ? "OpenRouter is rate limiting us" + said + "; backing off" : "OpenRouter timed out (408)";
+      e.kind = status == 429 ? ErrorKind::kRateLimited : ErrorKind::kTimeout;
+      e.message = status == 429 ? "OpenRouter is rate limiting us" + said + "; backing off" : "OpenRouter timed out (408)";
       break;
     default:
-      e.kind = raw.status >= 500 ? ErrorKind::kServer : ErrorKind::kBadRequest;
-      e.message = "OpenRouter answered " + std::to_string(raw.status) + said;
+      e.kind = status >= 500 ? ErrorKind::kServer : ErrorKind::kBadRequest;
+      e.message = "OpenRouter answered " + std::to_string(status) + said;
   }
   return e;
 }
@@ -295,7 +295,7 @@ Error Client::request(const std::string& method, const std::string& path, const 
     }
     last = perform_once(method, path, body, out);
     if (!last) {
-      last = classify(*out);
+      last = classify_response(out->status, out->body, options_.key_source);
       if (!last) {
         // A 2xx must carry JSON; a truncated or malformed one is retried like a network fault.
         std::error_code ec;
@@ -315,90 +315,65 @@ Error Client::request(const std::string& method, const std::string& path, const 
   return last;
 }
 
-Error Client::list_keys(std::vector<KeyInfo>* out) {
-  out->clear();
-  for (uint32_t page = 0; page < options_.key_pages_max; ++page) {
-    Raw raw;
-    Error e = request("GET", "/keys?include_disabled=true&offset=" + std::to_string(page * 100), "", &raw);
-    if (e) return e;
-    const json::value v = json::parse(raw.body);
-    const json::value* data = v.is_object() ? v.get_object().if_contains("data") : nullptr;
-    if (data == nullptr || !data->is_array()) return Error{ErrorKind::kMalformed, raw.status, "GET /keys: no \"data\" array"};
-    for (const auto& item : data->get_array()) {
-      KeyInfo k;
-      if (parse_key(item, &k) && !k.hash.empty()) out->push_back(std::move(k));
-    }
-    if (data->get_array().size() < 100) return Error{};
-  }
-  return Error{ErrorKind::kTooLarge, 0, "more than " + std::to_string(options_.key_pages_max * 100) + " keys"};
-}
-
 namespace {
-Error parse_data_key(const std::string& body, int status, const char* what, KeyInfo* out) {
-  const json::value v = json::parse(body);
-  const json::value* data = v.is_object() ? v.get_object().if_contains("data") : nullptr;
-  if (data == nullptr || !parse_key(*data, out) || out->hash.empty())
-    return Error{ErrorKind::kMalformed, status, std::string(what) + ": no key object in the response"};
-  return Error{};
+// The body as JSON (a Client has already refused a 2xx that is not JSON, so only a direct caller
+// of the parsers sees this error).
+bool parse_json(std::string_view body, const char* what, json::value* out, Error* error) {
+  std::error_code ec;
+  *out = json::parse(body, ec);
+  if (!ec) return true;
+  *error = Error{ErrorKind::kMalformed, 0, std::string(what) + ": OpenRouter's response is not valid JSON (" + ec.message() + ")"};
+  return false;
 }
-std::string limit_json(std::optional<int64_t> limit_nanousd) {
-  return limit_nanousd ? format_usd(*limit_nanousd) : std::string("null");
+const json::value* data_of(const json::value& v) { return v.is_object() ? v.get_object().if_contains("data") : nullptr; }
+// The response's status on a parser's error (the parsers do not know it).
+Error with_status(Error e, int status) {
+  if (e) e.http_status = status;
+  return e;
 }
 }  // namespace
 
-Error Client::get_key(const std::string& hash, KeyInfo* out) {
-  Raw raw;
-  if (Error e = request("GET", "/keys/" + hash, "", &raw)) return e;
-  return parse_data_key(raw.body, raw.status, "GET /keys/{hash}", out);
-}
-
-Error Client::create_key(const std::string& name, std::optional<int64_t> limit_nanousd, const std::string& reset,
-                         KeyInfo* out, std::string* secret) {
-  json::object body{{"name", name}};
-  std::string text_body = json::serialize(body);
-  text_body.pop_back();
-  text_body += ",\"limit\":" + limit_json(limit_nanousd);
-  text_body += reset.empty() ? "}" : ",\"limit_reset\":\"" + reset + "\"}";
-  Raw raw;
-  if (Error e = request("POST", "/keys", text_body, &raw)) return e;
-  if (Error e = parse_data_key(raw.body, raw.status, "POST /keys", out)) return e;
-  const json::value v = json::parse(raw.body);
-  *secret = text(v.get_object(), "key");
-  if (secret->empty()) return Error{ErrorKind::kMalformed, raw.status, "POST /keys: the new key is missing from the response"};
+Error parse_keys_page(std::string_view body, std::vector<KeyInfo>* out, size_t* entries) {
+  *entries = 0;
+  json::value v;
+  Error e;
+  if (!parse_json(body, "GET /keys", &v, &e)) return e;
+  const json::value* data = data_of(v);
+  if (data == nullptr || !data->is_array()) return Error{ErrorKind::kMalformed, 0, "GET /keys: no \"data\" array"};
+  for (const auto& item : data->get_array()) {
+    KeyInfo k;
+    if (parse_key(item, &k) && !k.hash.empty()) out->push_back(std::move(k));
+  }
+  *entries = data->get_array().size();
   return Error{};
 }
 
-Error Client::set_limit(const std::string& hash, std::optional<int64_t> limit_nanousd, const std::string& reset, KeyInfo* out) {
-  const std::string body = "{\"limit\":" + limit_json(limit_nanousd) + ",\"limit_reset\":" +
-                           (reset.empty() ? std::string("null") : "\"" + reset + "\"") + "}";
-  Raw raw;
-  if (Error e = request("PATCH", "/keys/" + hash, body, &raw)) return e;
-  return parse_data_key(raw.body, raw.status, "PATCH /keys/{hash}", out);
+Error parse_key_response(std::string_view body, const char* what, KeyInfo* out) {
+  json::value v;
+  Error e;
+  if (!parse_json(body, what, &v, &e)) return e;
+  const json::value* data = data_of(v);
+  if (data == nullptr || !parse_key(*data, out) || out->hash.empty())
+    return Error{ErrorKind::kMalformed, 0, std::string(what) + ": no key object in the response"};
+  return Error{};
 }
 
-Error Client::set_disabled(const std::string& hash, bool disabled, KeyInfo* out) {
-  Raw raw;
-  if (Error e = request("PATCH", "/keys/" + hash, disabled ? "{\"disabled\":true}" : "{\"disabled\":false}", &raw)) return e;
-  return parse_data_key(raw.body, raw.status, "PATCH /keys/{hash}", out);
+Error parse_created_key(std::string_view body, KeyInfo* out, std::string* secret) {
+  if (Error e = parse_key_response(body, "POST /keys", out)) return e;
+  json::value v;
+  Error e;
+  if (!parse_json(body, "POST /keys", &v, &e)) return e;
+  *secret = text(v.get_object(), "key");  // an object: parse_key_response found its "data"
+  if (secret->empty()) return Error{ErrorKind::kMalformed, 0, "POST /keys: the new key is missing from the response"};
+  return Error{};
 }
 
-Error Client::rename(const std::string& hash, const std::string& name, KeyInfo* out) {
-  Raw raw;
-  if (Error e = request("PATCH", "/keys/" + hash, json::serialize(json::object{{"name", name}}), &raw)) return e;
-  return parse_data_key(raw.body, raw.status, "PATCH /keys/{hash}", out);
-}
-
-Error Client::delete_key(const std::string& hash) {
-  Raw raw;
-  return request("DELETE", "/keys/" + hash, "", &raw);
-}
-
-Error Client::current_key(KeyInfo* out, bool* is_management) {
-  Raw raw;
-  if (Error e = request("GET", "/key", "", &raw)) return e;
-  const json::value v = json::parse(raw.body);
-  const json::value* data = v.is_object() ? v.get_object().if_contains("data") : nullptr;
-  if (data == nullptr || !parse_key(*data, out)) return Error{ErrorKind::kMalformed, raw.status, "GET /key: no key object"};
+Error parse_current_key(std::string_view body, KeyInfo* out, bool* is_management) {
+  json::value v;
+  Error e;
+  if (!parse_json(body, "GET /key", &v, &e)) return e;
+  const json::value* data = data_of(v);
+  if (data == nullptr || !parse_key(*data, out)) return Error{ErrorKind::kMalformed, 0, "GET /key: no key object"};
   const auto& o = data->get_object();
   const json::value* m = o.if_contains("is_management_key");
   if (m == nullptr || !m->is_bool()) m = o.if_contains("is_provisioning_key");  // the older name
@@ -406,27 +381,26 @@ Error Client::current_key(KeyInfo* out, bool* is_management) {
   return Error{};
 }
 
-Error Client::credits(int64_t* total, int64_t* usage) {
-  Raw raw;
-  if (Error e = request("GET", "/credits", "", &raw)) return e;
-  const json::value v = json::parse(raw.body);
-  const json::value* data = v.is_object() ? v.get_object().if_contains("data") : nullptr;
-  if (data == nullptr || !data->is_object()) return Error{ErrorKind::kMalformed, raw.status, "GET /credits: no data"};
+Error parse_credits(std::string_view body, int64_t* total, int64_t* usage) {
+  json::value v;
+  Error e;
+  if (!parse_json(body, "GET /credits", &v, &e)) return e;
+  const json::value* data = data_of(v);
+  if (data == nullptr || !data->is_object()) return Error{ErrorKind::kMalformed, 0, "GET /credits: no data"};
   const auto t = money(data->get_object(), "total_credits");
   const auto u = money(data->get_object(), "total_usage");
-  if (!t || !u) return Error{ErrorKind::kMalformed, raw.status, "GET /credits: total_credits or total_usage missing"};
+  if (!t || !u) return Error{ErrorKind::kMalformed, 0, "GET /credits: total_credits or total_usage missing"};
   *total = *t;
   *usage = *u;
   return Error{};
 }
 
-Error Client::models(std::vector<ModelInfo>* out) {
-  out->clear();
-  Raw raw;
-  if (Error e = request("GET", "/models", "", &raw)) return e;
-  const json::value v = json::parse(raw.body);
-  const json::value* data = v.is_object() ? v.get_object().if_contains("data") : nullptr;
-  if (data == nullptr || !data->is_array()) return Error{ErrorKind::kMalformed, raw.status, "GET /models: no data array"};
+Error parse_models(std::string_view body, std::vector<ModelInfo>* out) {
+  json::value v;
+  Error e;
+  if (!parse_json(body, "GET /models", &v, &e)) return e;
+  const json::value* data = data_of(v);
+  if (data == nullptr || !data->is_array()) return Error{ErrorKind::kMalformed, 0, "GET /models: no data array"};
   for (const auto& item : data->get_array()) {
     if (!item.is_object()) continue;
     ModelInfo m;
@@ -439,6 +413,88 @@ Error Client::models(std::vector<ModelInfo>* out) {
     if (!m.id.empty()) out->push_back(std::move(m));
   }
   return Error{};
+}
+
+Error Client::list_keys(std::vector<KeyInfo>* out) {
+  out->clear();
+  for (uint32_t page = 0; page < options_.key_pages_max; ++page) {
+    Raw raw;
+    Error e = request("GET", "/keys?include_disabled=true&offset=" + std::to_string(page * 100), "", &raw);
+    if (e) return e;
+    size_t entries = 0;
+    e = parse_keys_page(raw.body, out, &entries);
+    if (e) return with_status(e, raw.status);
+    if (entries < 100) return Error{};
+  }
+  return Error{ErrorKind::kTooLarge, 0, "more than " + std::to_string(options_.key_pages_max * 100) + " keys"};
+}
+
+namespace {
+std::string limit_json(std::optional<int64_t> limit_nanousd) {
+  return limit_nanousd ? format_usd(*limit_nanousd) : std::string("null");
+}
+}  // namespace
+
+Error Client::get_key(const std::string& hash, KeyInfo* out) {
+  Raw raw;
+  if (Error e = request("GET", "/keys/" + hash, "", &raw)) return e;
+  return with_status(parse_key_response(raw.body, "GET /keys/{hash}", out), raw.status);
+}
+
+Error Client::create_key(const std::string& name, std::optional<int64_t> limit_nanousd, const std::string& reset,
+                         KeyInfo* out, std::string* secret) {
+  json::object body{{"name", name}};
+  std::string text_body = json::serialize(body);
+  text_body.pop_back();
+  text_body += ",\"limit\":" + limit_json(limit_nanousd);
+  text_body += reset.empty() ? "}" : ",\"limit_reset\":\"" + reset + "\"}";
+  Raw raw;
+  if (Error e = request("POST", "/keys", text_body, &raw)) return e;
+  return with_status(parse_created_key(raw.body, out, secret), raw.status);
+}
+
+Error Client::set_limit(const std::string& hash, std::optional<int64_t> limit_nanousd, const std::string& reset, KeyInfo* out) {
+  const std::string body = "{\"limit\":" + limit_json(limit_nanousd) + ",\"limit_reset\":" +
+                           (reset.empty() ? std::string("null") : "\"" + reset + "\"") + "}";
+  Raw raw;
+  if (Error e = request("PATCH", "/keys/" + hash, body, &raw)) return e;
+  return with_status(parse_key_response(raw.body, "PATCH /keys/{hash}", out), raw.status);
+}
+
+Error Client::set_disabled(const std::string& hash, bool disabled, KeyInfo* out) {
+  Raw raw;
+  if (Error e = request("PATCH", "/keys/" + hash, disabled ? "{\"disabled\":true}" : "{\"disabled\":false}", &raw)) return e;
+  return with_status(parse_key_response(raw.body, "PATCH /keys/{hash}", out), raw.status);
+}
+
+Error Client::rename(const std::string& hash, const std::string& name, KeyInfo* out) {
+  Raw raw;
+  if (Error e = request("PATCH", "/keys/" + hash, json::serialize(json::object{{"name", name}}), &raw)) return e;
+  return with_status(parse_key_response(raw.body, "PATCH /keys/{hash}", out), raw.status);
+}
+
+Error Client::delete_key(const std::string& hash) {
+  Raw raw;
+  return request("DELETE", "/keys/" + hash, "", &raw);
+}
+
+Error Client::current_key(KeyInfo* out, bool* is_management) {
+  Raw raw;
+  if (Error e = request("GET", "/key", "", &raw)) return e;
+  return with_status(parse_current_key(raw.body, out, is_management), raw.status);
+}
+
+Error Client::credits(int64_t* total, int64_t* usage) {
+  Raw raw;
+  if (Error e = request("GET", "/credits", "", &raw)) return e;
+  return with_status(parse_credits(raw.body, total, usage), raw.status);
+}
+
+Error Client::models(std::vector<ModelInfo>* out) {
+  out->clear();
+  Raw raw;
+  if (Error e = request("GET", "/models", "", &raw)) return e;
+  return with_status(parse_models(raw.body, out), raw.status);
 }
 
 }  // namespace ledger::openrouter

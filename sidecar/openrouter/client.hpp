@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ledger::openrouter {
@@ -115,7 +116,6 @@ class Client {
   };
   Error request(const std::string& method, const std::string& path, const std::string& body, Raw* out);
   Error perform_once(const std::string& method, const std::string& path, const std::string& body, Raw* out);
-  Error classify(const Raw& raw) const;
   // Sleeps ms, or less when the deadline or a cancel comes first; false when it did.
   bool pause(uint64_t ms) const;
 
@@ -126,6 +126,24 @@ class Client {
   uint64_t retries_ = 0;
   uint64_t jitter_state_;
 };
+
+// The response parsers the Client uses, public so that they can be tested and fuzzed on their own
+// (fuzz/fuzz_openrouter.cpp). Each takes a body as OpenRouter sent it (any bytes), never throws, and
+// on failure returns kMalformed with a message naming the request (http_status 0: the Client fills
+// it in). Unknown fields are ignored; a missing money field is nullopt, never zero.
+// A page of GET /keys: appends each key that has a hash to *out; *entries = the page's length.
+Error parse_keys_page(std::string_view body, std::vector<KeyInfo>* out, size_t* entries);
+// {"data": {key}} (GET and PATCH /keys/{hash}); `what` names the request in the error.
+Error parse_key_response(std::string_view body, const char* what, KeyInfo* out);
+// POST /keys: the key object and the new key's secret (top-level "key").
+Error parse_created_key(std::string_view body, KeyInfo* out, std::string* secret);
+// GET /key: the calling key, and whether it is a management (older name: provisioning) key.
+Error parse_current_key(std::string_view body, KeyInfo* out, bool* is_management);
+Error parse_credits(std::string_view body, int64_t* total_nanousd, int64_t* usage_nanousd);
+Error parse_models(std::string_view body, std::vector<ModelInfo>* out);
+// A response's status and body as an Error: kNone for a 2xx, else the kind and a message that
+// says what to do (key_source names where the key came from; the key itself is never in it).
+Error classify_response(int status, std::string_view body, const std::string& key_source);
 
 // Window spend of a key for a ledger period ("daily", "weekly", "monthly", "" = all-time): the
 // matching usage_* field, else limit - limit_remaining when the key's own reset matches; nullopt

@@ -21,6 +21,7 @@
 using namespace ledger;
 using ledger::detail::Account;
 using ledger::detail::Header;
+using ledger::detail::Reservation;
 using ledger_test::kUsd;
 using ledger_test::ManualClock;
 using ledger_test::TempDir;
@@ -89,6 +90,154 @@ TEST_CASE("a damaged period word gives wrong numbers, never undefined arithmetic
   if (used == INT64_MAX) CHECK(ledger->debit("alice", kUsd) == Code::kDeniedOverBudget);  // checked, not wrapped
   patch<int64_t>(segment, word, 0);
   CHECK(ledger->debit("alice", kUsd) == Code::kOk);
+}
+
+// Found by fuzz/fuzz_segment: the flush (and flush_pending, and balance()'s sum of holds) did its
+// arithmetic on damaged words and hold amounts unchecked, a signed overflow; now it saturates as
+// balances() does, and a damaged segment writes wrong numbers, never undefined behaviour.
+TEST_CASE("damaged words and holds at the extremes: balance, flush_pending and flush saturate", "[segment]") {
+  TempDir dir;
+  auto ledger = open_with(dir.path());
+  REQUIRE(ledger->set_budget("alice", 5 * kUsd, Period::kNone, "") == Code::kOk);
+  REQUIRE(ledger->debit("alice", kUsd) == Code::kOk);
+  REQUIRE(ledger->flush() == Code::kOk);  // the store has alice's period and day
+  const std::string segment = ledger->segment_file();
+  const auto offset_reservations = peek<uint64_t>(segment, offsetof(Header, offset_reservations));
+  for (int i = 0; i < 10; ++i) {  // ten holds whose amounts, clamped to the largest legal one, still overflow a sum
+    ReservationId id = 0;
+    REQUIRE(ledger->reserve("alice", 1, 0, &id) == Code::kOk);
+    const uint64_t slot = (id & 0xFFFFFFFFu) - 1;
+    patch<int64_t>(segment, offset_reservations + slot * sizeof(Reservation) + offsetof(Reservation, amount_nanousd), INT64_MAX);
+  }
+  const size_t word = peek<uint64_t>(segment, offsetof(Header, offset_accounts)) + offsetof(Account, words);
+  for (const int64_t used : {INT64_MIN, INT64_MAX, INT64_MIN}) {
+    INFO("used " << used);
+    patch<int64_t>(segment, word, used);
+    Balance b;
+    REQUIRE(ledger->balance("alice", &b) == Code::kOk);  // under UBSan: no signed overflow reported
+    CHECK(b.held_nanousd == INT64_MAX);                   // saturated, like balances()
+    std::vector<AccountBalance> all;
+    REQUIRE(ledger->balances(&all) == Code::kOk);
+    REQUIRE(all.size() == 1);
+    CHECK(all[0].balance.held_nanousd == b.held_nanousd);
+    uint64_t pending = 0;
+    CHECK(ledger->flush_pending(&pending) == Code::kOk);
+    CHECK(ledger->flush() == Code::kOk);
+  }
+}
+
+// Found by fuzz/fuzz_segment: a free process slot whose lanes were damaged into ACTIVE or OWNED
+// made the next handle registered there spin forever in its first operation (acquire() waits for a
+// lane of its own slot to come free). Registration now repairs such lanes as it repairs a dead
+// owner's, or takes another slot when it has no free lane to do that with.
+TEST_CASE("a free process slot with damaged lanes: the next handle's operations never wait forever", "[segment]") {
+  namespace d = ledger::detail;
+  const bool every_lane = GENERATE(false, true);  // true: no lane left to repair with, so slot 1 is taken
+  INFO("every lane damaged: " << every_lane);
+  TempDir dir;
+  {
+    auto ledger = open_with(dir.path());
+    REQUIRE(ledger->set_budget("alice", 5 * kUsd, Period::kNone, "") == Code::kOk);
+  }
+  const std::string segment = Ledger::segment_path(dir.path());
+  const auto offset_lanes = peek<uint64_t>(segment, offsetof(Header, offset_lanes));
+  for (uint32_t k = 0; k < d::kLanesPerProcess; ++k) {  // the lanes of process slot 0, the first a worker takes
+    const uint64_t phase = every_lane || k + 1 < d::kLanesPerProcess ? d::kPhaseActive : d::kPhaseOwned;
+    patch<uint64_t>(segment, offset_lanes + k * sizeof(d::Lane) + offsetof(d::LaneHeader, ctl),
+                    (uint64_t{5} << 32) | (uint64_t{d::kOpReserve} << 12) | (phase << 8));
+  }
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::alarm(20);  // a regression hangs: SIGALRM fails the test instead
+    std::unique_ptr<Ledger> ledger;
+    if (Ledger::open(dir.path(), Options{}, &ledger) != Code::kOk) ::_exit(2);
+    ReservationId id = 0;
+    if (ledger->debit("alice", kUsd) != Code::kOk || ledger->reserve("alice", kUsd, 0, &id) != Code::kOk ||
+        ledger->commit(id, kUsd) != Code::kOk)
+      ::_exit(3);
+    uint32_t reclaimed = 0;
+    ::_exit(ledger->reclaim(&reclaimed) == Code::kOk ? 0 : 4);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));  // not killed by the alarm
+  CHECK(WEXITSTATUS(status) == 0);
+  auto ledger = open_with(dir.path());
+  CHECK(balance_of(*ledger, "alice").spent_nanousd == 2 * kUsd);
+}
+
+// A hold damaged into "being expired by lane L" (kResSettling stamped with a lane whose header says
+// it expires that slot) where no process will ever finish that expiry: L's process slot is free, so
+// no reclaim looked at it, and once repaired L stays "resolved" while the slot never moves. A commit
+// of the hold waited for that expiry forever. Now a free slot's busy lanes are repaired like a dead
+// owner's, a resolved expiry counts as in progress only while its resolver is still at it, and the
+// commit answers (kAlreadySettled: the hold is in no state a commit can settle).
+TEST_CASE("a commit never waits forever for an expiry that no process will finish", "[segment]") {
+  namespace d = ledger::detail;
+  TempDir dir;
+  ReservationId id = 0;
+  {
+    auto ledger = open_with(dir.path());
+    REQUIRE(ledger->set_budget("alice", 5 * kUsd, Period::kNone, "") == Code::kOk);
+    REQUIRE(ledger->reserve("alice", kUsd, 0, &id) == Code::kOk);
+  }
+  const std::string segment = Ledger::segment_path(dir.path());
+  const uint32_t slot = static_cast<uint32_t>(id & 0xFFFFFFFFu) - 1, generation = static_cast<uint32_t>(id >> 32);
+  const uint32_t lane = d::kLanesPerProcess + 1;  // the first lane of process slot 1 (free)
+  const auto offset_lanes = peek<uint64_t>(segment, offsetof(Header, offset_lanes));
+  const uint64_t lane_at = offset_lanes + (lane - 1) * sizeof(d::Lane);
+  patch<uint64_t>(segment, lane_at + offsetof(d::LaneHeader, ctl),
+                  (uint64_t{1} << 32) | (uint64_t{d::kOpExpire} << 12) | (uint64_t{d::kPhaseActive} << 8));
+  patch<uint32_t>(segment, lane_at + offsetof(d::LaneHeader, reservation_slot), slot + 1);
+  const auto offset_reservations = peek<uint64_t>(segment, offsetof(Header, offset_reservations));
+  patch<uint64_t>(segment, offset_reservations + slot * sizeof(Reservation) + offsetof(Reservation, state),
+                  (uint64_t{generation} << 32) | (uint64_t{lane} << 4) | d::kResSettling);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::alarm(20);  // a regression hangs: SIGALRM fails the test instead
+    std::unique_ptr<Ledger> ledger;
+    if (Ledger::open(dir.path(), Options{}, &ledger) != Code::kOk) ::_exit(2);
+    if (ledger->commit(id, kUsd) != Code::kAlreadySettled) ::_exit(3);
+    uint32_t reclaimed = 0;
+    if (ledger->reclaim(&reclaimed) != Code::kOk) ::_exit(4);
+    ::_exit(ledger->commit(id, kUsd) == Code::kAlreadySettled ? 0 : 5);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));  // not killed by the alarm
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
+// Found by fuzz/fuzz_segment: set_budget walked the account's descendants through parent links it
+// had not checked (an out-of-range link: SIGSEGV), and set_tiers read tier names up to a damaged
+// tier_count. A damaged chain now makes set_budget refuse (or end that walk), and the count is
+// bounded by the table, as every reader of it already did.
+TEST_CASE("admin calls on a damaged chain or tier table refuse or work, never crash", "[segment]") {
+  namespace d = ledger::detail;
+  TempDir dir;
+  auto ledger = open_with(dir.path());
+  REQUIRE(ledger->set_budget("org", 9 * kUsd, Period::kNone, "") == Code::kOk);     // account 0
+  REQUIRE(ledger->set_budget("team", 8 * kUsd, Period::kNone, "org") == Code::kOk);  // 1
+  REQUIRE(ledger->set_budget("alice", kUsd, Period::kNone, "team") == Code::kOk);    // 2
+  REQUIRE(ledger->set_tiers({TierSpec{"basic", true, {}, "", 0, ""}}) == Code::kOk);
+  const std::string segment = ledger->segment_file();
+  const auto offset_accounts = peek<uint64_t>(segment, offsetof(Header, offset_accounts));
+  const auto parent_of = [&](uint32_t account) { return offset_accounts + account * sizeof(Account) + offsetof(Account, parent); };
+  patch<int32_t>(segment, parent_of(1), INT32_MAX);  // team's parent: far past the table
+  CHECK(ledger->set_budget("alice", 2 * kUsd, Period::kNone, "team") == Code::kInvalidArgument);
+  CHECK(ledger->set_budget("bob", kUsd, Period::kNone, "team") == Code::kInvalidArgument);
+  CHECK(ledger->set_budget("org", 7 * kUsd, Period::kNone, "") == Code::kOk);  // walks up from team: ends there
+  patch<int32_t>(segment, parent_of(1), 2);  // team <-> alice: a cycle
+  CHECK(ledger->set_budget("bob", kUsd, Period::kNone, "alice") == Code::kInvalidArgument);
+  CHECK(ledger->set_budget("org", 6 * kUsd, Period::kNone, "") == Code::kOk);
+  patch<int32_t>(segment, parent_of(2), -7);
+  patch<int32_t>(segment, parent_of(1), 0);
+  CHECK(ledger->set_budget("org", 5 * kUsd, Period::kNone, "") == Code::kOk);
+  const auto tier_count = peek<uint64_t>(segment, offsetof(Header, offset_policy)) + offsetof(d::Policy, tier_count);
+  patch<uint32_t>(segment, tier_count, UINT32_MAX);
+  CHECK(ledger->set_tiers({TierSpec{"basic", true, {}, "", 0, ""}}) == Code::kOk);  // found among the 64 names
+  CHECK(ledger->set_tiers({TierSpec{"pro", true, {}, "", 0, ""}}) == Code::kFull);  // no room past them
+  CHECK(ledger->set_account_tier("alice", "basic") == Code::kOk);
 }
 
 TEST_CASE("the segment's pages are reserved at creation", "[segment]") {

@@ -122,6 +122,32 @@ TEST_CASE("every bad config names what is wrong", "[config]") {
   }
 }
 
+// Found by fuzz/fuzz_config: JSON escapes put any character into a key or a value, and the error
+// quoted it raw, so "ope\nrouter" made the one-line error two lines (and \r or an escape sequence
+// could rewrite the terminal line or the sidecar's log line).
+TEST_CASE("an error that quotes the file's text is still one printable line", "[config]") {
+  struct Case {
+    std::string text;
+    const char* expected;
+  };
+  const std::vector<Case> cases = {
+      {R"({"ledger": {"dir": "x"}, "ope\nrouter": {}})", "ope\\nrouter: unknown key"},
+      {R"({"ledger": {"dir": "x", "flush\r_ms": 5}})", "ledger.flush\\r_ms: unknown key"},
+      {with_accounts(R"([{"id": "a\tb", "limit_usd": 1}])"), "\"a\\tb\" is not an account id"},
+      {with_accounts(R"([{"id": "a", "limit_usd": 1, "period": "dai\u001b[2Kly"}])"), "got \"dai\\x1b[2Kly\""},
+      {with_accounts(R"([{"id": "a", "tier": "g\u0085", "limit_usd": 1}])"), "unknown tier \"g\\u0085\""},
+      {R"({"ledger": {"dir": "x"}, "tiers": {"x\u007fy": {"models": null}}})", "tiers.x\\x7fy"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.text);
+    std::string error;
+    CHECK_FALSE(parse_config(c.text, "/etc/ledger/acme.json", &error).has_value());
+    INFO(error);
+    CHECK(error.find(c.expected) != std::string::npos);
+    for (const char ch : error) CHECK((static_cast<unsigned char>(ch) >= 0x20 && ch != 0x7f));
+  }
+}
+
 TEST_CASE("ledgerctl refuses a bad config with exit 1 and touches nothing", "[config][cli]") {
   TempDir dir;
   const std::string config = dir.path() + "/bad.json";
