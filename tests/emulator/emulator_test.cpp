@@ -381,6 +381,26 @@ Spawned spawn_emulator(const ledger_test::TempDir& dir) {
 }
 }  // namespace
 
+namespace {
+// One HTTP/1.1 exchange on a fresh connection to the emulator binary, everything it sent until EOF.
+std::string raw_exchange(const std::string& port, const std::string& request) {
+  namespace net = boost::asio;
+  net::io_context io;
+  net::ip::tcp::socket socket(io);
+  socket.connect({net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(std::stoi(port))});
+  net::write(socket, net::buffer(request));
+  std::string response;
+  boost::system::error_code ec;
+  char buffer[4096];
+  for (size_t n; (n = socket.read_some(net::buffer(buffer), ec)) > 0 || !ec;) response.append(buffer, n);
+  return response;
+}
+std::string post(const std::string& path, const std::string& key, const std::string& body) {
+  return "POST " + path + " HTTP/1.1\r\nHost: x\r\n" + (key.empty() ? "" : "Authorization: Bearer " + key + "\r\n") +
+         "Content-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+}
+}  // namespace
+
 TEST_CASE("the emulator binary serves real HTTP on loopback, and truncates for real", "[emulator][process]") {
   ledger_test::TempDir dir;
   const auto [pid, key_file, port] = spawn_emulator(dir);
@@ -388,18 +408,7 @@ TEST_CASE("the emulator binary serves real HTTP on loopback, and truncates for r
   REQUIRE(::stat(key_file.c_str(), &st) == 0);
   CHECK((st.st_mode & 0777) == 0600);
   const std::string key = ledger_test::read_file(key_file).substr(0, 73);
-  namespace net = boost::asio;
-  auto raw = [&](const std::string& request) {
-    net::io_context io;
-    net::ip::tcp::socket socket(io);
-    socket.connect({net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(std::stoi(port))});
-    net::write(socket, net::buffer(request));
-    std::string response;
-    boost::system::error_code ec;
-    char buffer[4096];
-    for (size_t n; (n = socket.read_some(net::buffer(buffer), ec)) > 0 || !ec;) response.append(buffer, n);
-    return response;
-  };
+  auto raw = [&](const std::string& request) { return raw_exchange(port, request); };
   std::string r = raw("GET /api/v1/keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
   CHECK(r.rfind("HTTP/1.1 401", 0) == 0);
   r = raw("GET /api/v1/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key + "\r\nConnection: close\r\n\r\n");
@@ -420,25 +429,6 @@ TEST_CASE("the emulator binary serves real HTTP on loopback, and truncates for r
   CHECK(WIFEXITED(status));
 }
 
-namespace {
-// One HTTP/1.1 exchange on a fresh connection to the emulator binary, everything it sent until EOF.
-std::string raw_exchange(const std::string& port, const std::string& request) {
-  namespace net = boost::asio;
-  net::io_context io;
-  net::ip::tcp::socket socket(io);
-  socket.connect({net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(std::stoi(port))});
-  net::write(socket, net::buffer(request));
-  std::string response;
-  boost::system::error_code ec;
-  char buffer[4096];
-  for (size_t n; (n = socket.read_some(net::buffer(buffer), ec)) > 0 || !ec;) response.append(buffer, n);
-  return response;
-}
-std::string post(const std::string& path, const std::string& key, const std::string& body) {
-  return "POST " + path + " HTTP/1.1\r\nHost: x\r\n" + (key.empty() ? "" : "Authorization: Bearer " + key + "\r\n") +
-         "Content-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
-}
-}  // namespace
 
 TEST_CASE("the emulator binary streams with chunked transfer, and cuts a truncated stream for real", "[emulator][process][stream]") {
   ledger_test::TempDir dir;
