@@ -4,7 +4,8 @@ Where the library is looked for, in order (the first that loads wins):
   1. ``$LEDGER_LIBRARY``: the path of libledger.so. When it is set, nothing else is tried.
   2. The install prefixes: /usr/local/lib, /usr/lib (and their multiarch and lib64 directories).
   3. When this package is imported from a checkout of the repository (python/ledger/ beside
-     libledger/): ``build/*/libledger/libledger.so``, the most recently built first.
+     libledger/): ``build/*/libledger/libledger.so``, the most recently built first, passing over
+     sanitizer builds (loading one without its runtime preloaded ends the process).
 A library that exists but does not load (another architecture, a sanitizer build without its
 runtime preloaded) is passed over, and the error names it with the reason.
 """
@@ -138,6 +139,16 @@ def _install_dirs() -> List[str]:
     return dirs
 
 
+def _sanitized(path: Path) -> bool:
+    """True for a libledger built with ASan or TSan whose runtime this process has not preloaded."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    process = ctypes.CDLL(None)
+    return any(name in data and not hasattr(process, name.decode()) for name in (b"__asan_init", b"__tsan_init"))
+
+
 def library_candidates() -> Tuple[List[str], List[str]]:
     """(paths to try in order, notes on places that had nothing), without loading anything."""
     env = os.environ.get(ENV_VARIABLE, "")
@@ -155,7 +166,11 @@ def library_candidates() -> Tuple[List[str], List[str]]:
         notes.append("not imported from a checkout of the repository (no build tree to look in)")
     else:
         built = sorted(root.glob("build/*/libledger/libledger.so"), key=lambda p: p.stat().st_mtime, reverse=True)
-        paths.extend(str(p) for p in built)
+        for p in built:
+            if _sanitized(p):  # loading it would end the process: not an error to catch
+                notes.append(f"{p}: a sanitizer build, passed over (set ${ENV_VARIABLE} to it, runtime preloaded)")
+            else:
+                paths.append(str(p))
         if not built:
             notes.append(f"{root}/build/*/libledger/libledger.so: none (build it: cmake --preset debug && "
                          f"cmake --build --preset debug --target ledger)")

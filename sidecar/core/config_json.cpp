@@ -3,33 +3,13 @@
 
 #include <optional>
 
+#include "core/one_line.hpp"
 #include "ledger/money.hpp"
 
 namespace ledger::admin::config_json {
 
-namespace {
 // Keys, ids and values from the file are quoted in messages, and JSON lets them hold any character
-// ("ope\nrouter"): control characters are written as escapes (\n, \r, \t, \xHH, and \u0085 for
-// the C1 ones), so that a message stays one printable line in a terminal and in the sidecar's log.
-std::string one_line(const std::string& text) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(text.size());
-  for (size_t i = 0; i < text.size(); ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c == '\n') out += "\\n";
-    else if (c == '\r') out += "\\r";
-    else if (c == '\t') out += "\\t";
-    else if (c < 0x20 || c == 0x7f) out += std::string("\\x") + kHex[c >> 4] + kHex[c & 0xF];
-    else if (c == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
-             static_cast<unsigned char>(text[i + 1]) <= 0x9F) {
-      const auto c1 = static_cast<unsigned char>(text[++i]);  // U+0080..U+009F in UTF-8
-      out += std::string("\\u00") + kHex[c1 >> 4] + kHex[c1 & 0xF];
-    } else out.push_back(static_cast<char>(c));
-  }
-  return out;
-}
-}  // namespace
+// ("ope\nrouter"): one_line keeps a message one printable line in a terminal and in the log.
 
 void fail(const std::string& where, const std::string& what) { throw ConfigError{one_line(where + ": " + what)}; }
 

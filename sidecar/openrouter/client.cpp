@@ -8,6 +8,7 @@
 #include <mutex>
 #include <thread>
 
+#include "core/one_line.hpp"
 #include "ledger/money.hpp"
 
 namespace ledger::openrouter {
@@ -228,8 +229,8 @@ Error classify_response(int status, std::string_view body, const std::string& ke
   if (!ec && v.is_object())
     if (const json::value* err = v.get_object().if_contains("error"); err != nullptr && err->is_object())
       message = text(err->get_object(), "message");
-  if (message.size() > 300) message.resize(300);
-  const std::string said = message.empty() ? "" : " (\"" + message + "\")";
+  // OpenRouter's own words, at most 300 bytes of them, as one printable line.
+  const std::string said = message.empty() ? "" : " (\"" + ledger::admin::one_line(message, 300) + "\")";
   switch (status) {
     case 401:
       e.kind = ErrorKind::kAuth;

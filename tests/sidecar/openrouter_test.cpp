@@ -205,3 +205,22 @@ TEST_CASE("a missing window field is unknown, never zero", "[openrouter]") {
   CHECK_FALSE(window_spend(got, "daily").has_value());
   CHECK(got.usage_nanousd == 0);
 }
+
+// A lying or broken OpenRouter cannot put control characters into an error (and so into the log),
+// nor half a UTF-8 character when its long message is cut.
+TEST_CASE("OpenRouter's words in an error are one printable line, cut at a character", "[openrouter]") {
+  std::string e_acute;
+  for (int i = 0; i < 200; ++i) e_acute += "\xC3\xA9";  // é, two bytes each
+  // 23 bytes once decoded, so the 300-byte cut falls inside an é.
+  const std::string body = R"({"error": {"code": 500, "message": "line one\nline two\r\u001b[2K!)" + e_acute + R"("}})";
+  const Error e = classify_response(500, body, "the management key");
+  INFO(e.message);
+  CHECK(e.message.find('\n') == std::string::npos);
+  CHECK(e.message.find('\r') == std::string::npos);
+  CHECK(e.message.find('\x1b') == std::string::npos);
+  CHECK(e.message.find("line one\\nline two\\r\\x1b[2K!") != std::string::npos);
+  const size_t open = e.message.find("[2K!") + 4, close = e.message.find("\")", open);
+  REQUIRE(close != std::string::npos);
+  CHECK(close - open == 276);  // 138 whole é's: the one cut in half is left out
+  CHECK(static_cast<unsigned char>(e.message[close - 1]) == 0xA9);
+}
