@@ -297,7 +297,7 @@ TEST_CASE("keys delete takes the hash prefix keys list shows", "[keys]") {
   r = s.keys({"delete", s.bindings().at("alice").substr(0, 5)});
   CHECK(r.exit_code == 1);
   CHECK(r.err.find("at least 6 hex digits") != std::string::npos);
-  r = s.keys({"delete", "sk-or-v1-0123456789abcdef"});
+  r = s.keys({"delete", "sk-or-v1-example-not-a-key"});
   CHECK(r.exit_code == 1);
   CHECK(r.err.find("sk-or") == std::string::npos);
   // A prefix no key has: said so, nothing deleted.
