@@ -41,7 +41,8 @@ Commands:
   balance ACCOUNT [--json]    one account
   debit ACCOUNT USD           check-and-debit; exit 0 granted, 3 denied (reason on stderr)
   block ACCOUNT               deny the account (and its descendants) from now on; with an
-                              "openrouter" section its key is disabled at once too
+                              "openrouter" section its key is disabled at once too; a global
+                              account is blocked in the store, for every host
   unblock ACCOUNT             allow it again (and enable its key again)
   flush                       write everything settled to the store now (durable on return)
   doctor                      check config, ledger, store and sidecar; say what to fix
@@ -251,15 +252,42 @@ int cmd_debit(const Config& config, const std::string& account, const std::strin
   return s.denied() ? kExitDenied : kExitRuntime;
 }
 
+// A global account's block lives in the store (every host's lease worker applies it, and would undo
+// a block made only here): it is written there first, and nothing changes when that fails.
+bool block_in_store(const Config& config, const std::string& account, bool blocked, std::string* error) {
+  global::PgOptions options;
+  if (!global::store_options(config, &options, error)) return false;
+  global::PgConnection pg(options);
+  global::PgError e;
+  bool found = false;
+  if (!global::set_blocked(pg, account, blocked, &found, &e)) {
+    *error = "the global store: " + e.message;
+    return false;
+  }
+  if (!found) *error = "\"" + account + "\" is not in the global store; run `ledgerctl --config " + config.path + " init` first";
+  return found;
+}
+
+bool is_global_account(const Config& config, const std::string& account) {
+  if (!config.global.present) return false;
+  for (const auto& a : config.accounts)
+    if (a.id == account) return a.global;
+  return false;
+}
+
 int cmd_block(const Config& config, const std::string& account, bool blocked) {
   if (!valid_account_name(account)) return usage_error("\"" + account + "\" is not an account id");
   std::unique_ptr<Ledger> ledger;
   std::string error;
+  const char* verb = blocked ? "block " : "unblock ";
+  if (is_global_account(config, account) && !block_in_store(config, account, blocked, &error))
+    return runtime_error(verb + account + ": " + error + "; nothing was changed");
   if (!open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
   const Status s = ledger->block(account, blocked);
-  if (!s.ok()) return runtime_error(std::string(blocked ? "block " : "unblock ") + account + ": " + describe(s));
+  if (!s.ok()) return runtime_error(verb + account + ": " + describe(s));
   const Status flushed = ledger->flush();
-  std::printf("%s %s\n", account.c_str(), blocked ? "blocked" : "unblocked");
+  std::printf("%s %s%s\n", account.c_str(), blocked ? "blocked" : "unblocked",
+              is_global_account(config, account) ? " on every host (the global store; hosts apply it at their next refresh)" : "");
   if (!flushed.ok()) return runtime_error("the store could not be written: " + describe(flushed));
   if (!config.openrouter.present) return kExitOk;
   // OpenRouter follows at once: the account's own key is disabled (or enabled again).

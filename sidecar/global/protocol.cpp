@@ -110,15 +110,15 @@ bool publish_accounts(PgConnection& pg, const std::vector<GlobalAccount>& accoun
           const std::vector<std::string> p{a.id, a.parent, i64(a.limit_nanousd), period_text(a.period), a.blocked ? "true" : "false"};
           if (!c.exec("INSERT INTO ledger_accounts (id, parent, limit_nanousd, period, blocked) VALUES ($1, $2, $3, $4, $5) "
                       "ON CONFLICT (id) DO UPDATE SET parent = EXCLUDED.parent, limit_nanousd = EXCLUDED.limit_nanousd, "
-                      "period = EXCLUDED.period, blocked = EXCLUDED.blocked, updated_at = now() "
+                      "period = EXCLUDED.period, updated_at = now() "
                       "WHERE ledger_accounts.parent <> EXCLUDED.parent OR ledger_accounts.limit_nanousd <> EXCLUDED.limit_nanousd "
-                      "OR ledger_accounts.period <> EXCLUDED.period OR ledger_accounts.blocked <> EXCLUDED.blocked",
+                      "OR ledger_accounts.period <> EXCLUDED.period",
                       p, &r, e))
             return false;
           if (r.affected == 0) continue;
           ++*changed;
           if (!journal(c, "account", a.id, "limit_nanousd=" + i64(a.limit_nanousd) + " period=" + period_text(a.period) +
-                                               " parent=" + a.parent + " blocked=" + (a.blocked ? "true" : "false"), e))
+                                               " parent=" + a.parent, e))
             return false;
         }
         return true;
@@ -126,12 +126,15 @@ bool publish_accounts(PgConnection& pg, const std::vector<GlobalAccount>& accoun
       error);
 }
 
-bool set_blocked(PgConnection& pg, const std::string& account, bool blocked, PgError* error) {
+bool set_blocked(PgConnection& pg, const std::string& account, bool blocked, bool* found, PgError* error) {
+  *found = false;
   return pg.transaction(
       [&](PgConnection& c, PgError* e) {
         PgResult r;
-        return c.exec("UPDATE ledger_accounts SET blocked = $2, updated_at = now() WHERE id = $1", {account, blocked ? "true" : "false"}, &r, e) &&
-               journal(c, blocked ? "block" : "unblock", account, "", e);
+        if (!c.exec("UPDATE ledger_accounts SET blocked = $2, updated_at = now() WHERE id = $1", {account, blocked ? "true" : "false"}, &r, e))
+          return false;
+        *found = r.affected == 1;
+        return !*found || journal(c, blocked ? "block" : "unblock", account, "", e);
       },
       error);
 }

@@ -42,9 +42,13 @@ struct GlobalAccount {
   Period period = Period::kNone;
   bool blocked = false;
 };
-// Publishes the config's global accounts (one transaction, journaled per change).
+// Publishes the config's global accounts (one transaction, journaled per change): limits, periods
+// and parents. A new account starts unblocked; an existing one keeps the store's block, which only
+// set_blocked changes (ledgerctl block/unblock), as init keeps a local block.
 bool publish_accounts(PgConnection& pg, const std::vector<GlobalAccount>& accounts, int* changed, PgError* error);
-bool set_blocked(PgConnection& pg, const std::string& account, bool blocked, PgError* error);
+// Blocks or unblocks a global account for every host (each applies it at its next refresh);
+// *found is false when the store has no such account (nothing changed then).
+bool set_blocked(PgConnection& pg, const std::string& account, bool blocked, bool* found, PgError* error);
 
 // One level of a chain request: account, its window, and an amount (> 0).
 struct LevelAmount {

@@ -148,6 +148,42 @@ TEST_CASE("a bad store is one clear error and changes no budget", "[global]") {
   }
 }
 
+// A block is global: ledgerctl block on one host writes the store, every host applies it at its
+// next refresh (and would undo a block made only locally), and a later init keeps it.
+TEST_CASE("block and unblock of a global account hold on every host, and init keeps the block", "[global]") {
+  Setup s;
+  Host a(s.root, "host-a", s.pg.uri(), kChain), b(s.root, "host-b", s.pg.uri(), kChain);
+  for (Host* h : {&a, &b}) {
+    REQUIRE(h->init().exit_code == 0);
+    h->start_sidecar();
+  }
+  std::unique_ptr<Ledger> on_b;
+  REQUIRE(Ledger::open(b.dir, Options{}, &on_b) == Code::kOk);
+  const auto debit_settles = [&](Code want) {  // within 10 s: each host applies the store at its next refresh
+    Code got = Code::kOk;
+    for (int i = 0; i < 500; ++i, std::this_thread::sleep_for(std::chrono::milliseconds(20)))
+      if ((got = on_b->debit("alice", 1000).code()) == want) return true;
+    INFO("last debit: " << static_cast<int>(got));
+    return false;
+  };
+  REQUIRE(debit_settles(Code::kOk));
+  const auto blocked = run({LEDGERCTL_PATH, "--config", a.config, "block", "team"});
+  INFO(blocked.err);
+  REQUIRE(blocked.exit_code == 0);
+  CHECK(blocked.out.find("team blocked on every host") != std::string::npos);
+  CHECK(debit_settles(Code::kDeniedBlocked));  // on the other host: alice's chain holds team
+  CHECK(Setup::account(s.status(b), "team").at("blocked").as_bool());
+  REQUIRE(b.init().exit_code == 0);  // publishing the config again does not lift the store's block
+  CHECK(Setup::account(s.status(b), "team").at("blocked").as_bool());
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // several refreshes: still blocked
+  CHECK(on_b->debit("alice", 1000) == Code::kDeniedBlocked);
+  REQUIRE(run({LEDGERCTL_PATH, "--config", b.config, "unblock", "team"}).exit_code == 0);
+  CHECK(debit_settles(Code::kOk));
+  CHECK_FALSE(Setup::account(s.status(a), "team").at("blocked").as_bool());
+  const auto unknown = run({LEDGERCTL_PATH, "--config", a.config, "block", "nobody"});
+  CHECK(unknown.exit_code != 0);
+}
+
 TEST_CASE("4 hosts x 2 workers drain one global chain: never over, and the store's spend is exact", "[global]") {
   Setup s;
   std::vector<std::unique_ptr<Host>> hosts;
