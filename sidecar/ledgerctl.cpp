@@ -19,6 +19,7 @@
 
 #include "core/admin.hpp"
 #include "core/sidecar_lock.hpp"
+#include "global/key_days.hpp"
 #include "global/lease_worker.hpp"
 #include "global/protocol.hpp"
 #include "ledger/store.hpp"
@@ -315,6 +316,24 @@ int cmd_flush(const Config& config) {
   return kExitOk;
 }
 
+// Global mode: a key's usage is every host's, so reconcile compares it with what every host recorded
+// (the global store), and only the team's reconciler (the leader lease, G5) adjusts.
+bool global_reconcile_store(const Config& config, bool dry_run, std::unique_ptr<global::PgConnection>* out, std::string* error) {
+  global::PgOptions options;
+  if (!global::store_options(config, &options, error)) return false;
+  *out = std::make_unique<global::PgConnection>(options);
+  if (dry_run) return true;
+  bool leader = false;
+  global::PgError e;
+  const int64_t ttl_s = std::max<int64_t>(10, int64_t{config.openrouter.reconcile_interval_s} * 3);
+  if (!global::lead(**out, "reconcile", config.global.host_id, global::instance_id(config), ttl_s, &leader, &e)) {
+    *error = "the global store: " + e.message;
+    return false;
+  }
+  if (!leader) *error = "another host is the team's reconciler (it adjusts drift once for all hosts); compare with --dry-run";
+  return leader;
+}
+
 int cmd_reconcile(const Config& config, bool dry_run) {
   std::string error;
   std::unique_ptr<Ledger> ledger;  // a dry run creates nothing: no ledger, nothing to compare
@@ -322,8 +341,19 @@ int cmd_reconcile(const Config& config, bool dry_run) {
   auto client = client_for(config, &error);
   if (!client) return runtime_error("reconcile: " + error);
   if (!ledger && !open_ledger(config, &ledger, &error).ok()) return runtime_error(error);
-  const ReconcileReport r = reconcile(*ledger, *client, config, dry_run);
+  std::unique_ptr<global::PgConnection> pg;
+  if (config.global.present && !global_reconcile_store(config, dry_run, &pg, &error)) return runtime_error("reconcile: " + error);
+  const ReconcileReport r = !pg ? reconcile(*ledger, *client, config, dry_run)
+                                : reconcile(*ledger, *client, config, dry_run, kReconcileToleranceNanousd, [&](KeyRecord* out, std::string* e) {
+                                    global::PgError pe;
+                                    if (global::pooled_key_days(*pg, *ledger, config, nullptr, &out->days, &out->complete,
+                                                                &out->incomplete_because, &pe))
+                                      return true;
+                                    *e = "the global store: " + pe.message;
+                                    return false;
+                                  });
   if (!r.error.empty()) return runtime_error("reconcile: " + r.error);
+  if (!r.deferred.empty()) std::printf("note: nothing adjusted on this run: %s\n", r.deferred.c_str());
   // One row per key: what the ledger recorded through it in its owner's window, against OpenRouter.
   std::printf("%-16s %-20s %-8s %14s %14s %12s  %s\n", "KEY", "OWNER", "WINDOW", "LEDGER", "OPENROUTER", "ADJUSTED", "NOTE");
   for (const auto& row : r.rows)

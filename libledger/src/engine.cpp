@@ -49,7 +49,11 @@ bool plan_admission(const Ledger::Impl& l, uint32_t index, PeriodWord current, u
     else base = PeriodWord{0, 0};  // rollover: this period starts empty
   }
   int64_t used;
-  if (__builtin_add_overflow(base.used, delta, &used) || used > l.admission_limit(index, *tag, lease_seq)) return false;
+  if (__builtin_add_overflow(base.used, delta, &used)) return false;
+  if (used > l.admission_limit(index, *tag, lease_seq)) [[unlikely]] {
+    l.note_lease_wanted(index, *tag, delta);  // global mode: the sidecar sizes the next grant by it
+    return false;
+  }
   *desired = PeriodWord{used, make_meta(meta_requests(base.meta) + static_cast<uint64_t>(delta_requests), *tag, stamp)};
   return true;
 }

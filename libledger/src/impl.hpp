@@ -288,6 +288,9 @@ struct Ledger::Impl {
     return lease_limit(index, tag, lease_seq);
   }
   int64_t lease_limit(uint32_t index, uint32_t tag, uint32_t* seq_read) const;
+  // A denied admission of a global account: raises its lease word's wanted_nanousd to `amount`.
+  // Writes shared memory through the segment pointer, so callable from const paths.
+  void note_lease_wanted(uint32_t index, uint32_t tag, int64_t amount) const;
   // True when the lease of (index, tag) was rewritten since it was read at `seq`.
   bool lease_moved(uint32_t index, uint32_t tag, uint32_t seq) const {
     return detail::load(leases[index].words[detail::tag_parity(tag)].seq) != seq;

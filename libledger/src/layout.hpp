@@ -276,7 +276,10 @@ struct alignas(32) LeaseWord {
   uint32_t tag;             // the period the lease is for (0 = none)
   int64_t limit_nanousd;    // this host's grants for that window, in total (its spend counts against it)
   int64_t deadline_ms;      // CLOCK_MONOTONIC: admit only before it (grant time + ttl - skew margin)
-  uint64_t reserved;
+  // Outside the seqlock: the largest amount an admission wanted and was denied for want of this
+  // lease (raised by admission, taken and zeroed by the sidecar, which sizes the next grant by it).
+  // Zero in segments made before it was used (the field was reserved, always zero).
+  int64_t wanted_nanousd;
 };
 static_assert(sizeof(LeaseWord) == 32);
 struct alignas(64) AccountLeases {

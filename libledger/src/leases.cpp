@@ -3,6 +3,8 @@
 // them here (set_lease); admission reads them lock-free (lease_limit). See layout.hpp, LeaseWord.
 #include <time.h>
 
+#include <algorithm>
+
 #include "impl.hpp"
 
 namespace ledger {
@@ -31,6 +33,29 @@ int64_t Ledger::Impl::lease_limit(uint32_t index, uint32_t tag, uint32_t* seq_re
   }
   if (seq_read != nullptr) *seq_read = UINT32_MAX;  // never a stable value: a re-check will look again
   return 0;  // fail closed
+}
+
+void Ledger::Impl::note_lease_wanted(uint32_t index, uint32_t tag, int64_t amount) const {
+  if (load(accounts[index].global, memory_order_relaxed) == 0 || amount <= 0) return;  // a local limit: nothing to ask for
+  LeaseWord& w = leases[index].words[tag_parity(tag)];
+  int64_t seen = load(w.wanted_nanousd, memory_order_relaxed);
+  while (seen < amount && !compare_exchange(w.wanted_nanousd, seen, amount)) {
+  }
+}
+
+Status Ledger::take_lease_wanted(std::string_view account, int64_t period_index, int64_t* wanted_nanousd) {
+  Impl& l = *impl_;
+  if (wanted_nanousd == nullptr || !valid_account_name(account) || period_index < 0) return Code::kInvalidArgument;
+  *wanted_nanousd = 0;
+  const int32_t index = l.find_index(account);
+  if (index < 0) return Code::kUnknownAccount;
+  const auto kind = static_cast<Period>(load(l.accounts[index].period_kind) & 3u);
+  LeaseWord& w = l.leases[index].words[tag_parity(make_tag(kind, period_index))];
+  int64_t seen = load(w.wanted_nanousd);
+  while (seen != 0 && !compare_exchange(w.wanted_nanousd, seen, int64_t{0})) {
+  }
+  *wanted_nanousd = std::clamp<int64_t>(seen, 0, kAmountNanoUsdMax);  // a damaged word asks for no more than an amount can be
+  return Code::kOk;
 }
 
 Status Ledger::set_scope(std::string_view account, bool global) {

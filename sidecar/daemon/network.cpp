@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "core/admin.hpp"
+#include "global/key_days.hpp"
 #include "global/lease_worker.hpp"
 #include "global/protocol.hpp"
 #include "openrouter/reconcile.hpp"
@@ -29,6 +30,7 @@ void log_reconcile(const ReconcileReport& r) {
                  " adjusted_usd=" + format_usd(row.adjusted_nanousd) + (row.detail.empty() ? "" : " detail=\"" + row.detail + "\""));
   }
   for (const auto& line : unsaid_key_use(r)) log_line("warn", "reconcile: " + line);
+  if (!r.deferred.empty()) log_line("info", "reconcile: no adjustment on this run: " + r.deferred);
   if (!r.unowned_keys.empty()) log_line("warn", "keys no account owns (key sprawl)", "count=" + std::to_string(r.unowned_keys.size()));
   for (const auto& line : r.revoked) log_line("info", line);
   for (const auto& line : r.revoke_errors) log_line("error", line);
@@ -64,6 +66,18 @@ bool NetworkWorker::leads_reconcile(const Config& config) {
   return leader;
 }
 
+KeyRecordSource NetworkWorker::global_key_record(const Config& config) {
+  return [this, &config](KeyRecord* out, std::string* error) {
+    global::PgOptions options;
+    if (!global::store_options(config, &options, error)) return false;
+    global::PgConnection pg(options);
+    global::PgError e;
+    if (global::pooled_key_days(pg, ledger_, config, &cancel_, &out->days, &out->complete, &out->incomplete_because, &e)) return true;
+    *error = "the global store: " + e.message;
+    return false;
+  };
+}
+
 void NetworkWorker::reconcile_cycle(const Config& config) {
   if (!leads_reconcile(config)) return;
   std::string error;
@@ -78,10 +92,11 @@ void NetworkWorker::reconcile_cycle(const Config& config) {
   const size_t prices = refresh_prices(ledger_, *client, config, &price_error);
   if (!price_error.empty()) log_line("warn", "price refresh: " + price_error + " (keeping the prices we have)");
   else if (prices > 0) log_line("debug", "prices refreshed", "models=" + std::to_string(prices));
-  // Global mode: the per-key spend this host's ledger knows is its own, while a key's usage at
-  // OpenRouter is every host's; until per-key spend is kept in the global store, the reconciler
-  // reports drift there and adjusts nothing (an adjustment would charge other hosts' spend again).
-  const ReconcileReport r = reconcile(ledger_, *client, config, /*dry_run=*/config.global.present);
+  // Global mode: a key's usage at OpenRouter is every host's, so it is compared with what every
+  // host recorded through the key (global/key_days.hpp), read after OpenRouter.
+  const ReconcileReport r = config.global.present ? reconcile(ledger_, *client, config, false, kReconcileToleranceNanousd,
+                                                              global_key_record(config))
+                                                  : reconcile(ledger_, *client, config, false);
   const int64_t now_unix = ledger_.now_ms() / 1000;
   counters_.update([&](SidecarCounters& c) {
     ++c.reconcile_runs;

@@ -17,6 +17,7 @@
 
 #include "core/config.hpp"
 #include "ledger/ledger.hpp"
+#include "openrouter/reconcile.hpp"
 #include "reports/metrics.hpp"
 
 namespace ledger::admin {
@@ -63,6 +64,7 @@ class NetworkWorker {
   void loop();
   void reconcile_cycle(const Config& config);
   bool leads_reconcile(const Config& config);
+  KeyRecordSource global_key_record(const Config& config);
   void reports_cycle(const Config& config);
 
   Ledger& ledger_;

@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "core/admin.hpp"
+#include "global/key_days.hpp"
 
 namespace ledger::global {
 
@@ -87,6 +88,8 @@ std::string incarnation_id(const Config& config) {
   return id;
 }
 
+std::string owner_id(const Config& config) { return config.global.host_id + "/" + incarnation_id(config); }
+
 std::string LeaseWorker::next_request_id() {
   return instance_ + ":" + std::to_string(::getpid()) + ":" + std::to_string(Ledger::monotonic_ms()) + ":" +
          std::to_string(++request_counter_);
@@ -95,7 +98,7 @@ std::string LeaseWorker::next_request_id() {
 void LeaseWorker::start(std::shared_ptr<const Config> config) {
   config_ = std::move(config);
   instance_ = instance_id(*config_);
-  owner_ = config_->global.host_id + "/" + incarnation_id(*config_);
+  owner_ = owner_id(*config_);
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -152,13 +155,30 @@ bool LeaseWorker::cycle(const Config& config, bool final) {
   if (!report_and_read(config, now_s)) return false;
   if (final) {
     give_back_surplus(config, now_s, /*everything=*/true);
+    publish_key_record(config, true);
     return true;
   }
   grow(config, now_s);
   give_back_surplus(config, now_s, false);
   take_next_windows(config, now_s);
   publish(config, now_s);
+  publish_key_record(config, false);
   return true;
+}
+
+// What this host recorded per OpenRouter key, for the one reconciler (key_days.hpp); only with an
+// "openrouter" section, every kPublishIntervalMs and once more on stop.
+void LeaseWorker::publish_key_record(const Config& config, bool final) {
+  const int64_t now = Ledger::monotonic_ms();
+  if (!config.openrouter.present || (!final && key_record_ms_ != 0 && now - key_record_ms_ < kPublishIntervalMs)) return;
+  PgError error;
+  if (publish_own_key_days(*pg_, ledger_, config, &error)) {
+    key_record_ms_ = now;
+    return;
+  }
+  const std::string message = "global: cannot publish this host's per-key record: " + error.message;
+  if (message != last_error_) admin::log_line("warn", message + " (the reconciler waits for it; admission is unaffected)");
+  last_error_ = message;
 }
 
 namespace {
@@ -238,6 +258,8 @@ void LeaseWorker::measure_demand(const Config& config, int64_t now_s) {
       const double rate = static_cast<double>(u.used_nanousd - d.last_used) * 1000.0 / static_cast<double>(now_ms - d.last_ms);
       d.rate_per_s = 0.5 * d.rate_per_s + 0.5 * rate;  // a short memory: idle hosts shrink quickly
     }
+    // The largest request denied for want of this lease since the last cycle: the next slice fits it.
+    if (!ledger_.take_lease_wanted(a.id, window_of(a, now_s), &d.wanted).ok()) d.wanted = 0;
     d.used = u.used_nanousd;
     d.spent = u.spent_nanousd;
     d.last_used = u.used_nanousd;
@@ -250,7 +272,13 @@ int64_t LeaseWorker::headroom(const AccountConfig& a, const Lease& lease, const 
   if (lease.blocked || lease.window_granted > lease.limit) return 0;  // blocked, or the limit was lowered: recall
   const int64_t min_slice = std::max<int64_t>(1, lease.limit / 1000);
   const double sized = d.rate_per_s * 4.0 * static_cast<double>(config.global.refresh_interval_ms) / 1000.0;
-  return std::clamp<int64_t>(static_cast<int64_t>(sized), min_slice, std::max(min_slice, lease.limit / 10));
+  const int64_t by_rate = std::clamp<int64_t>(static_cast<int64_t>(sized), min_slice, std::max(min_slice, lease.limit / 10));
+  return std::max(by_rate, std::min(d.wanted, lease.limit));  // a denied request larger than that: room for it
+}
+
+// Near exhaustion: one request's worth (the minimum slice, or the request that was denied).
+int64_t LeaseWorker::single_slice(const Lease& lease, const Demand& d) {
+  return std::max(std::max<int64_t>(1, lease.limit / 1000), std::min(d.wanted, lease.limit));
 }
 
 void LeaseWorker::grow(const Config& config, int64_t now_s) {
@@ -258,16 +286,23 @@ void LeaseWorker::grow(const Config& config, int64_t now_s) {
   for (auto it = config.accounts.rbegin(); it != config.accounts.rend(); ++it) {  // the deepest first
     if (!it->global) continue;
     std::vector<LevelAmount> levels, single;
-    for (const AccountConfig* level : global_chain(config, *it)) {
+    const std::vector<const AccountConfig*> chain = global_chain(config, *it);
+    // A request denied at one level must pass every level: each gets room for it (and keeps it
+    // through this cycle's give-back).
+    int64_t chain_wanted = 0;
+    for (const AccountConfig* level : chain) chain_wanted = std::max(chain_wanted, demand_[level->id].wanted);
+    for (const AccountConfig* level : chain) demand_[level->id].wanted = std::max(demand_[level->id].wanted, chain_wanted);
+    for (const AccountConfig* level : chain) {
       if (granted_now[level->id]) continue;
       const int64_t window = window_of(*level, now_s);
       const Lease& lease = leases_[{level->id, window}];
       const Demand& d = demand_[level->id];
       const int64_t room = headroom(*level, lease, d, config);
       const int64_t missing = d.used + room - lease.granted;
-      if (room == 0 || missing <= room / 2) continue;  // enough left (or nothing to be had)
+      // Enough left (or nothing to be had); a denial for want of this lease always asks again.
+      if (room == 0 || missing <= 0 || (missing <= room / 2 && d.wanted == 0)) continue;
       levels.push_back(LevelAmount{level->id, level->period, window, missing});
-      single.push_back(LevelAmount{level->id, level->period, window, std::min(missing, std::max<int64_t>(1, lease.limit / 1000))});
+      single.push_back(LevelAmount{level->id, level->period, window, std::min(missing, single_slice(lease, d))});
     }
     if (levels.empty()) continue;
     GrantOutcome outcome = GrantOutcome::kDenied;

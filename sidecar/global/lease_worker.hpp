@@ -45,6 +45,8 @@ bool store_options(const admin::Config& config, PgOptions* out, std::string* err
 std::string instance_id(const admin::Config& config);
 // This ledger directory's incarnation: random, kept in <dir>/ledger.incarnation (made when missing).
 std::string incarnation_id(const admin::Config& config);
+// Whose leases and per-key record these are in the store: "host_id/incarnation".
+std::string owner_id(const admin::Config& config);
 
 class LeaseWorker {
  public:
@@ -66,6 +68,7 @@ class LeaseWorker {
   };
   struct Demand {  // what this host used of one account's current window, and how fast
     int64_t used = 0, spent = 0, last_used = -1, last_ms = 0;
+    int64_t wanted = 0;  // the largest request denied for want of this host's lease, last cycle
     double rate_per_s = 0;
   };
   using Key = std::pair<std::string, int64_t>;  // (account, window)
@@ -78,7 +81,9 @@ class LeaseWorker {
   void give_back_surplus(const admin::Config& config, int64_t now_s, bool everything);
   void take_next_windows(const admin::Config& config, int64_t now_s);
   void publish(const admin::Config& config, int64_t now_s);
+  void publish_key_record(const admin::Config& config, bool final);
   int64_t headroom(const admin::AccountConfig& a, const Lease& lease, const Demand& d, const admin::Config& config) const;
+  static int64_t single_slice(const Lease& lease, const Demand& d);
   std::string next_request_id();
 
   Ledger& ledger_;
@@ -88,6 +93,7 @@ class LeaseWorker {
   bool host_claimed_ = false;
   std::map<Key, Lease> leases_;
   std::map<std::string, Demand> demand_;
+  int64_t key_record_ms_ = 0;    // when this host last published its per-key record (monotonic)
   int64_t renewed_mono_ms_ = 0;  // start of the last successful report: the leases' local clock
   uint64_t request_counter_ = 0;
   std::string last_error_;

@@ -25,6 +25,11 @@ const char* const kTables[] = {
     "expires_at TIMESTAMPTZ NOT NULL)",
     "CREATE TABLE IF NOT EXISTS ledger_journal (id UUID PRIMARY KEY DEFAULT gen_random_uuid(), at TIMESTAMPTZ NOT NULL DEFAULT now(), "
     "kind TEXT NOT NULL, account TEXT NOT NULL, detail TEXT NOT NULL)",
+    // Version 2: what each host incarnation recorded through each OpenRouter key, per account and
+    // UTC day (cumulative), and when each last captured it, for the one reconciler (G5).
+    "CREATE TABLE IF NOT EXISTS ledger_key_days (owner TEXT NOT NULL, key_hash TEXT NOT NULL, account TEXT NOT NULL, "
+    "day BIGINT NOT NULL, spent_nanousd BIGINT NOT NULL, PRIMARY KEY (owner, key_hash, account, day))",
+    "CREATE TABLE IF NOT EXISTS ledger_key_owners (owner TEXT PRIMARY KEY, captured_at TIMESTAMPTZ NOT NULL)",
 };
 
 // Columns each table must have: a table of the same name without them is not ours.
@@ -39,6 +44,8 @@ const std::map<std::string, std::vector<std::string>>& expected_columns() {
       {"ledger_hosts", {"host_id", "instance", "seen_at"}},
       {"ledger_leaders", {"role", "host_id", "instance", "expires_at"}},
       {"ledger_journal", {"id", "at", "kind", "account", "detail"}},
+      {"ledger_key_days", {"owner", "key_hash", "account", "day", "spent_nanousd"}},
+      {"ledger_key_owners", {"owner", "captured_at"}},
   };
   return columns;
 }
@@ -95,7 +102,10 @@ bool ensure_schema(PgConnection& pg, PgError* error) {
                                "): upgrade ledgerctl and ledger-sidecar on this host first; nothing was changed", false};
           return false;
         }
-        return true;
+        if (version == kSchemaVersion) return true;
+        // An older schema: every migration so far only adds tables, which the CREATEs above made.
+        return c.exec("UPDATE ledger_schema SET version = $1 WHERE id = 1", {i64(kSchemaVersion)}, &r, e) &&
+               journal(c, "schema", "", "migrated from version " + i64(version) + " to " + i64(kSchemaVersion), e);
       },
       error);
 }
@@ -376,6 +386,56 @@ bool read_status(PgConnection& pg, int64_t now_unix, std::vector<AccountStatus>*
     }
     out->push_back(std::move(s));
   }
+  return true;
+}
+
+bool publish_key_days(PgConnection& pg, const std::string& owner, const std::function<bool(std::vector<KeyDay>*)>& capture,
+                      PgError* error) {
+  return pg.transaction(
+      [&](PgConnection& c, PgError* e) {
+        // now() is this transaction's start: the capture below comes after it, so it holds everything
+        // this host settled before captured_at (the reconciler relies on that).
+        PgResult r;
+        if (!c.exec("INSERT INTO ledger_key_owners (owner, captured_at) VALUES ($1, now()) "
+                    "ON CONFLICT (owner) DO UPDATE SET captured_at = GREATEST(ledger_key_owners.captured_at, EXCLUDED.captured_at)",
+                    {owner}, &r, e))
+          return false;
+        std::vector<KeyDay> days;
+        if (!capture(&days)) {
+          *e = PgError{"", "cannot read this host's per-key record", false};
+          return false;
+        }
+        for (const KeyDay& d : days)  // cumulative: a replay or an older capture never lowers a row
+          if (!c.exec("INSERT INTO ledger_key_days (owner, key_hash, account, day, spent_nanousd) VALUES ($1, $2, $3, $4, $5) "
+                      "ON CONFLICT (owner, key_hash, account, day) DO UPDATE "
+                      "SET spent_nanousd = GREATEST(ledger_key_days.spent_nanousd, EXCLUDED.spent_nanousd) "
+                      "WHERE ledger_key_days.spent_nanousd < EXCLUDED.spent_nanousd",
+                      {owner, d.key_hash, d.account, i64(d.day), i64(d.spent_nanousd)}, &r, e))
+            return false;
+        return true;
+      },
+      error);
+}
+
+bool read_key_days(PgConnection& pg, int64_t first_day, std::vector<KeyDay>* out, PgError* error) {
+  PgResult r;
+  if (!pg.exec("SELECT key_hash, account, day, SUM(spent_nanousd)::BIGINT FROM ledger_key_days WHERE day >= $1 "
+               "GROUP BY key_hash, account, day ORDER BY key_hash, account, day",
+               {i64(first_day)}, &r, error))
+    return false;
+  out->clear();
+  for (const auto& row : r.rows) out->push_back(KeyDay{row[0].value_or(""), row[1].value_or(""), as_i64(row[2]), as_i64(row[3])});
+  return true;
+}
+
+bool stale_key_owners(PgConnection& pg, int64_t since_ms, int64_t live_s, std::vector<std::string>* owners, PgError* error) {
+  PgResult r;
+  if (!pg.exec("SELECT owner FROM ledger_key_owners WHERE captured_at <= to_timestamp($1::BIGINT / 1000.0) "
+               "AND captured_at > now() - $2::interval ORDER BY owner",
+               {i64(since_ms), seconds(live_s)}, &r, error))
+    return false;
+  owners->clear();
+  for (const auto& row : r.rows) owners->push_back(row[0].value_or(""));
   return true;
 }
 

@@ -9,6 +9,8 @@
 //   ledger_hosts     which instance holds each host_id (two live hosts cannot share one)
 //   ledger_leaders   the leader lease per role (one reconciler at a time)
 //   ledger_journal   what changed budgets, and why
+//   ledger_key_days  (v2) per host incarnation, OpenRouter key, account and UTC day: what the host
+//                    recorded through the key (cumulative); ledger_key_owners: when each captured it
 // A lease belongs to a host's incarnation ("host_id/incarnation", the incarnation kept in the ledger
 // directory): a host that loses its directory comes back as a new incarnation, so its old leases are
 // never renewed, expire, and stay charged in full (G3); one that keeps it reports its true use.
@@ -22,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -30,7 +33,7 @@
 
 namespace ledger::global {
 
-inline constexpr int kSchemaVersion = 1;
+inline constexpr int kSchemaVersion = 2;  // 2: per-key days for the one reconciler
 
 // Creates the tables (first use) or checks them: a newer schema, or a table of the same name that
 // is not ours, is an error naming it; nothing is changed then.
@@ -121,5 +124,23 @@ struct AccountStatus {
   std::vector<HostShare> hosts;
 };
 bool read_status(PgConnection& pg, int64_t now_unix, std::vector<AccountStatus>* out, PgError* error);
+
+// Per-key reconciliation across hosts (G5): every host publishes what it recorded through each key,
+// the one reconciler compares the sum over all hosts with OpenRouter's per-key usage.
+struct KeyDay {
+  std::string key_hash, account;
+  int64_t day = 0;  // days since the Unix epoch (UTC)
+  int64_t spent_nanousd = 0;
+};
+// In one transaction: marks `owner` ("host_id/incarnation") as captured at the store's now(), then
+// calls capture (which flushes and reads this host's record, so everything settled before that
+// instant is in it) and stores each row as the larger of what the store has and the new value.
+bool publish_key_days(PgConnection& pg, const std::string& owner, const std::function<bool(std::vector<KeyDay>*)>& capture,
+                      PgError* error);
+// The sum over every host incarnation, per (key, account, day), for days >= first_day.
+bool read_key_days(PgConnection& pg, int64_t first_day, std::vector<KeyDay>* out, PgError* error);
+// Owners seen within live_s whose last capture is not later than since_ms (the store's clock, Unix
+// ms): their record may lack spend that OpenRouter already shows, so the reconciler waits for them.
+bool stale_key_owners(PgConnection& pg, int64_t since_ms, int64_t live_s, std::vector<std::string>* owners, PgError* error);
 
 }  // namespace ledger::global

@@ -101,15 +101,15 @@ struct KeyDays {
   }
 };
 
-Status read_key_days(Ledger& ledger, const Config& config, int64_t today, KeyDays* out) {
-  // The store must hold everything settled so far: flush, then read (and close) before deciding.
-  if (const Status s = ledger.flush(); !s.ok()) return s;
+// This host's own record: the store must hold everything settled so far, so flush, then read (and
+// close) before deciding.
+bool own_key_record(Ledger& ledger, const Config& config, KeyRecord* out, std::string* error) {
   std::unique_ptr<StoreReader> store;
-  if (const Status s = StoreReader::open(config.ledger.dir, &store); !s.ok()) return s;
-  std::vector<StoredKeyDay> days;
-  if (const Status s = store->key_days(0, today, &days); !s.ok()) return s;
-  for (auto& d : days) out->by_key[d.key_hash].push_back(std::move(d));
-  return Code::kOk;
+  Status s = ledger.flush();
+  if (s.ok()) s = StoreReader::open(config.ledger.dir, &store);
+  if (s.ok()) s = store->key_days(0, floor_days(ledger.now_ms() / 1000), &out->days);
+  if (!s.ok()) *error = describe(s);
+  return s.ok();
 }
 
 int64_t window_first_day(Period period, int64_t now_unix) {
@@ -222,6 +222,12 @@ void report_sprawl(Reconciling& r, const std::vector<openrouter::KeyInfo>& keys)
 }  // namespace
 
 ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Config& config, bool dry_run, int64_t tolerance) {
+  return reconcile(ledger, client, config, dry_run, tolerance,
+                   [&](KeyRecord* out, std::string* error) { return own_key_record(ledger, config, out, error); });
+}
+
+ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Config& config, bool dry_run, int64_t tolerance,
+                          const KeyRecordSource& source) {
   Reconciling r{ledger, client, config, dry_run, tolerance, ledger.now_ms() / 1000, {}, {}};
   // OpenRouter first, then the ledger: spend settled in between makes the ledger look higher (only
   // reported), never OpenRouter (which would be charged).
@@ -230,16 +236,23 @@ ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Conf
     r.report.error = "cannot list keys: " + e.message;
     return r.report;
   }
-  if (const Status s = read_key_days(ledger, config, floor_days(r.now_unix), &r.days); !s.ok()) {
-    r.report.error = "cannot read what the ledger recorded per key: " + describe(s);
+  KeyRecord record;
+  std::string error;
+  if (!source(&record, &error)) {
+    r.report.error = "cannot read what the ledger recorded per key: " + error;
     return r.report;
+  }
+  for (auto& d : record.days) r.days.by_key[d.key_hash].push_back(std::move(d));
+  if (!record.complete && !dry_run) {
+    r.dry_run = true;  // compare and report, adjust nothing: the next run has the whole record
+    r.report.deferred = record.incomplete_because;
   }
   std::map<std::string, const openrouter::KeyInfo*> by_hash;
   for (const auto& k : keys) by_hash[k.hash] = &k;
   reconcile_owned(r, by_hash);
   report_unbound(r, by_hash);
   report_sprawl(r, keys);
-  if (!dry_run) r.report.revoked = revoke(ledger, config, client, &r.report.revoke_errors);
+  if (!dry_run) r.report.revoked = revoke(ledger, config, client, &r.report.revoke_errors);  // not deferred: blocks are local
   if (r.report.adjusted_total_nanousd > 0) (void)ledger.flush();  // the adjustments and their journal entries
   return r.report;
 }

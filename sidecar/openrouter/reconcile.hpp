@@ -13,6 +13,7 @@
 // not "fixed". A missing window field is unknown, never zero.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +21,7 @@
 
 #include "core/config.hpp"
 #include "ledger/ledger.hpp"
+#include "ledger/store.hpp"
 #include "openrouter/client.hpp"
 
 namespace ledger::admin {
@@ -56,6 +58,7 @@ struct ReconcileReport {
   std::vector<std::string> unowned_keys;  // key sprawl: keys no account owns ("name (hash prefix)")
   std::vector<std::string> revoked, revoke_errors;  // keys of blocked or removed accounts
   std::string error;                      // whole-run failure (e.g. cannot list keys)
+  std::string deferred;                   // why drift was not adjusted on this run ("" = it was, where due)
   int64_t adjusted_total_nanousd = 0;
 };
 
@@ -74,6 +77,19 @@ std::unique_ptr<openrouter::Client> client_for(const Config& config, std::string
 
 ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Config& config, bool dry_run,
                           int64_t tolerance_nanousd = kReconcileToleranceNanousd);
+
+// What the ledger recorded per key, as a reconcile compares it: by default this host's own store;
+// in global mode the sum over every host (global/key_days.hpp), read after OpenRouter. When the
+// record is not complete (a host has not captured its part since), the run compares and reports but
+// adjusts nothing, and says why in ReconcileReport::deferred.
+struct KeyRecord {
+  std::vector<StoredKeyDay> days;
+  bool complete = true;
+  std::string incomplete_because;
+};
+using KeyRecordSource = std::function<bool(KeyRecord* out, std::string* error)>;
+ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Config& config, bool dry_run, int64_t tolerance_nanousd,
+                          const KeyRecordSource& source);
 
 // Keys a worker pool probably uses without saying so: a key OpenRouter shows above the ledger while
 // keys of other accounts show the ledger above OpenRouter (workers of those accounts send through

@@ -68,6 +68,32 @@ TEST_CASE("a global account admits only against its lease, and a lapsed lease de
   CHECK(f.l->set_lease("nobody", f.today, kUsd, f.far()) == Code::kUnknownAccount);
 }
 
+// The sidecar sizes its next grant by the largest request denied for want of the lease, so a
+// request larger than the usual slice is not denied for ever; taking it zeroes it.
+TEST_CASE("a denial for want of the lease says how much was wanted, once", "[lease]") {
+  Fixture f;
+  int64_t wanted = -1;
+  REQUIRE(f.l->take_lease_wanted("alice", f.today, &wanted) == Code::kOk);
+  CHECK(wanted == 0);
+  REQUIRE(f.l->set_lease("org", f.month(), 10 * kUsd, f.far()) == Code::kOk);
+  REQUIRE(f.l->set_lease("alice", f.today, kUsd, f.far()) == Code::kOk);
+  CHECK(f.l->debit("alice", 3 * kUsd) == Code::kDeniedOverBudget);
+  CHECK(f.l->debit("alice", 2 * kUsd) == Code::kDeniedOverBudget);  // smaller: the largest stays
+  ReservationId id = 0;
+  CHECK(f.l->reserve("alice", 4 * kUsd, 60, &id) == Code::kDeniedOverBudget);
+  REQUIRE(f.l->take_lease_wanted("alice", f.today, &wanted) == Code::kOk);
+  CHECK(wanted == 4 * kUsd);
+  REQUIRE(f.l->take_lease_wanted("alice", f.today, &wanted) == Code::kOk);
+  CHECK(wanted == 0);  // taken
+  CHECK(f.l->take_lease_wanted("org", f.month(), &wanted) == Code::kOk);
+  CHECK(wanted == 0);  // alice's level denied first: org was never asked
+  CHECK(f.l->debit("local", 200 * kUsd) == Code::kDeniedOverBudget);  // a local limit asks nobody
+  CHECK(f.l->take_lease_wanted("local", 0, &wanted) == Code::kOk);
+  CHECK(wanted == 0);
+  CHECK(f.l->take_lease_wanted("nobody", 0, &wanted) == Code::kUnknownAccount);
+  CHECK(f.l->take_lease_wanted("alice", f.today, nullptr) == Code::kInvalidArgument);
+}
+
 TEST_CASE("the next window's lease is in place before midnight; the old one does not carry over", "[lease]") {
   Fixture f;
   REQUIRE(f.l->set_lease("org", f.month(), 50 * kUsd, f.far()) == Code::kOk);

@@ -250,6 +250,10 @@ class Ledger {
   // never a mix. REQUIRES: one writer per ledger (the sidecar holds the one-sidecar lock).
   Status set_lease(std::string_view account, int64_t period_index, int64_t limit_nanousd, int64_t deadline_monotonic_ms);
   Status window_usage(std::string_view account, int64_t period_index, WindowUsage* out) const;
+  // The largest single amount (a debit, a hold) denied on this account's window period_index for
+  // want of this host's lease since the last call, and zeroes it: the sidecar grants at least that
+  // much more, so a request larger than the usual slice is not denied for ever. 0 = none.
+  Status take_lease_wanted(std::string_view account, int64_t period_index, int64_t* wanted_nanousd);
   // CLOCK_MONOTONIC_COARSE in ms: the same clock in every process of the machine.
   static int64_t monotonic_ms();
 
