@@ -19,7 +19,7 @@
 
 #include "core/admin.hpp"
 #include "core/sidecar_lock.hpp"
-#include "global/key_days.hpp"
+#include "global/host_record.hpp"
 #include "global/lease_worker.hpp"
 #include "global/protocol.hpp"
 #include "ledger/store.hpp"
@@ -515,9 +515,14 @@ int cmd_report(const Config& config, const std::vector<std::string>& args) {
   if (!from_day) return usage_error("report: --from must be a date such as 2026-11-20");
   if (*from_day > *to_day) return usage_error("report: --from is after --to");
   Report report;
-  const Status s = build_report(config, *from_day, *to_day, now, &report);
-  if (s.code() == Code::kInvalidArgument) return usage_error("report: the range is longer than five years");
-  if (!s.ok()) return runtime_error("report: cannot read the store: " + describe(s));
+  if (config.global.present) {  // the global accounts' figures are every host's
+    if (*to_day - *from_day > 366 * 5) return usage_error("report: the range is longer than five years");
+    if (!global::build_global_report(*ledger, config, *from_day, *to_day, now, &report, &error)) return runtime_error("report: " + error);
+  } else {
+    const Status s = build_report(config, *from_day, *to_day, now, &report);
+    if (s.code() == Code::kInvalidArgument) return usage_error("report: the range is longer than five years");
+    if (!s.ok()) return runtime_error("report: cannot read the store: " + describe(s));
+  }
   if (config.openrouter.present) {
     std::string key_error;
     if (auto client = client_for(config, &key_error)) {

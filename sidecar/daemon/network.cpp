@@ -6,7 +6,7 @@
 #include <filesystem>
 
 #include "core/admin.hpp"
-#include "global/key_days.hpp"
+#include "global/host_record.hpp"
 #include "global/lease_worker.hpp"
 #include "global/protocol.hpp"
 #include "openrouter/reconcile.hpp"
@@ -93,7 +93,7 @@ void NetworkWorker::reconcile_cycle(const Config& config) {
   if (!price_error.empty()) log_line("warn", "price refresh: " + price_error + " (keeping the prices we have)");
   else if (prices > 0) log_line("debug", "prices refreshed", "models=" + std::to_string(prices));
   // Global mode: a key's usage at OpenRouter is every host's, so it is compared with what every
-  // host recorded through the key (global/key_days.hpp), read after OpenRouter.
+  // host recorded through the key (global/host_record.hpp), read after OpenRouter.
   const ReconcileReport r = config.global.present ? reconcile(ledger_, *client, config, false, kReconcileToleranceNanousd,
                                                               global_key_record(config))
                                                   : reconcile(ledger_, *client, config, false);
@@ -124,11 +124,16 @@ void NetworkWorker::reports_cycle(const Config& config) {
   std::filesystem::create_directories(config.reports.dir, ec);
   const int64_t now = ledger_.now_ms() / 1000;
   Report report;
-  if (const Status s = build_report(config, floor_days(now) - 6, floor_days(now), now, &report); !s.ok()) {
+  std::string error;
+  if (config.global.present) {  // the global accounts' figures are every host's
+    if (!global::build_global_report(ledger_, config, floor_days(now) - 6, floor_days(now), now, &report, &error)) {
+      log_line("warn", "reports: not written this time (the previous ones stay): " + error);
+      return;
+    }
+  } else if (const Status s = build_report(config, floor_days(now) - 6, floor_days(now), now, &report); !s.ok()) {
     log_line("warn", "reports: cannot read the store", "code=" + std::to_string(s.value()));
     return;
   }
-  std::string error;
   if (config.openrouter.present) {
     if (auto client = client_for(config, &error, &cancel_)) {
       client->set_deadline(Clock::now() + ms(kReportDeadlineMs));

@@ -10,7 +10,7 @@
 #include <fstream>
 
 #include "core/admin.hpp"
-#include "global/key_days.hpp"
+#include "global/host_record.hpp"
 
 namespace ledger::global {
 
@@ -155,29 +155,29 @@ bool LeaseWorker::cycle(const Config& config, bool final) {
   if (!report_and_read(config, now_s)) return false;
   if (final) {
     give_back_surplus(config, now_s, /*everything=*/true);
-    publish_key_record(config, true);
+    publish_record(config, true);
     return true;
   }
   grow(config, now_s);
   give_back_surplus(config, now_s, false);
   take_next_windows(config, now_s);
   publish(config, now_s);
-  publish_key_record(config, false);
+  publish_record(config, false);
   return true;
 }
 
-// What this host recorded per OpenRouter key, for the one reconciler (key_days.hpp); only with an
-// "openrouter" section, every kPublishIntervalMs and once more on stop.
-void LeaseWorker::publish_key_record(const Config& config, bool final) {
+// What this host recorded, for the one reconciler and global reports (host_record.hpp): every
+// kPublishIntervalMs, and once more on stop.
+void LeaseWorker::publish_record(const Config& config, bool final) {
   const int64_t now = Ledger::monotonic_ms();
-  if (!config.openrouter.present || (!final && key_record_ms_ != 0 && now - key_record_ms_ < kPublishIntervalMs)) return;
+  if (!final && record_ms_ != 0 && now - record_ms_ < kPublishIntervalMs) return;
   PgError error;
-  if (publish_own_key_days(*pg_, ledger_, config, &error)) {
-    key_record_ms_ = now;
+  if (publish_own_record(*pg_, ledger_, config, &published_, &error)) {
+    record_ms_ = now;
     return;
   }
-  const std::string message = "global: cannot publish this host's per-key record: " + error.message;
-  if (message != last_error_) admin::log_line("warn", message + " (the reconciler waits for it; admission is unaffected)");
+  const std::string message = "global: cannot publish this host's record: " + error.message;
+  if (message != last_error_) admin::log_line("warn", message + " (the reconciler waits for it, reports lag; admission is unaffected)");
   last_error_ = message;
 }
 

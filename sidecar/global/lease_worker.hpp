@@ -81,7 +81,7 @@ class LeaseWorker {
   void give_back_surplus(const admin::Config& config, int64_t now_s, bool everything);
   void take_next_windows(const admin::Config& config, int64_t now_s);
   void publish(const admin::Config& config, int64_t now_s);
-  void publish_key_record(const admin::Config& config, bool final);
+  void publish_record(const admin::Config& config, bool final);
   int64_t headroom(const admin::AccountConfig& a, const Lease& lease, const Demand& d, const admin::Config& config) const;
   static int64_t single_slice(const Lease& lease, const Demand& d);
   std::string next_request_id();
@@ -93,7 +93,8 @@ class LeaseWorker {
   bool host_claimed_ = false;
   std::map<Key, Lease> leases_;
   std::map<std::string, Demand> demand_;
-  int64_t key_record_ms_ = 0;    // when this host last published its per-key record (monotonic)
+  int64_t record_ms_ = 0;        // when this host last published its record (monotonic)
+  PublishedRows published_;      // what it published then (only changes are sent)
   int64_t renewed_mono_ms_ = 0;  // start of the last successful report: the leases' local clock
   uint64_t request_counter_ = 0;
   std::string last_error_;

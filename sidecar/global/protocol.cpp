@@ -25,11 +25,14 @@ const char* const kTables[] = {
     "expires_at TIMESTAMPTZ NOT NULL)",
     "CREATE TABLE IF NOT EXISTS ledger_journal (id UUID PRIMARY KEY DEFAULT gen_random_uuid(), at TIMESTAMPTZ NOT NULL DEFAULT now(), "
     "kind TEXT NOT NULL, account TEXT NOT NULL, detail TEXT NOT NULL)",
-    // Version 2: what each host incarnation recorded through each OpenRouter key, per account and
-    // UTC day (cumulative), and when each last captured it, for the one reconciler (G5).
+    // Version 2: what each host incarnation recorded (cumulative), and when each last captured it:
+    // through each OpenRouter key per account and UTC day (the one reconciler, G5), and per account,
+    // model ("" = the account's total) and day (reports with global totals).
     "CREATE TABLE IF NOT EXISTS ledger_key_days (owner TEXT NOT NULL, key_hash TEXT NOT NULL, account TEXT NOT NULL, "
     "day BIGINT NOT NULL, spent_nanousd BIGINT NOT NULL, PRIMARY KEY (owner, key_hash, account, day))",
-    "CREATE TABLE IF NOT EXISTS ledger_key_owners (owner TEXT PRIMARY KEY, captured_at TIMESTAMPTZ NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ledger_account_days (owner TEXT NOT NULL, account TEXT NOT NULL, model TEXT NOT NULL, "
+    "day BIGINT NOT NULL, spent_nanousd BIGINT NOT NULL, requests BIGINT NOT NULL, PRIMARY KEY (owner, account, model, day))",
+    "CREATE TABLE IF NOT EXISTS ledger_records (owner TEXT PRIMARY KEY, captured_at TIMESTAMPTZ NOT NULL)",
 };
 
 // Columns each table must have: a table of the same name without them is not ours.
@@ -45,7 +48,8 @@ const std::map<std::string, std::vector<std::string>>& expected_columns() {
       {"ledger_leaders", {"role", "host_id", "instance", "expires_at"}},
       {"ledger_journal", {"id", "at", "kind", "account", "detail"}},
       {"ledger_key_days", {"owner", "key_hash", "account", "day", "spent_nanousd"}},
-      {"ledger_key_owners", {"owner", "captured_at"}},
+      {"ledger_account_days", {"owner", "account", "model", "day", "spent_nanousd", "requests"}},
+      {"ledger_records", {"owner", "captured_at"}},
   };
   return columns;
 }
@@ -389,32 +393,61 @@ bool read_status(PgConnection& pg, int64_t now_unix, std::vector<AccountStatus>*
   return true;
 }
 
-bool publish_key_days(PgConnection& pg, const std::string& owner, const std::function<bool(std::vector<KeyDay>*)>& capture,
-                      PgError* error) {
-  return pg.transaction(
+namespace {
+
+// Upserts the rows of `record` that differ from `cache` (all when cache is null); *sent gets them.
+bool upsert_record(PgConnection& c, const std::string& owner, const HostRecord& record, const PublishedRows* cache,
+                   PublishedRows* sent, PgError* e) {
+  const auto changed = [&](const std::string& key, int64_t spent, int64_t requests) {
+    (*sent)[key] = {spent, requests};
+    if (cache == nullptr) return true;
+    const auto it = cache->find(key);
+    return it == cache->end() || it->second != std::make_pair(spent, requests);
+  };
+  PgResult r;
+  // Cumulative: a replay or an older capture never lowers a row.
+  for (const KeyDay& d : record.keys)
+    if (changed("k|" + d.key_hash + "|" + d.account + "|" + i64(d.day), d.spent_nanousd, 0) &&
+        !c.exec("INSERT INTO ledger_key_days (owner, key_hash, account, day, spent_nanousd) VALUES ($1, $2, $3, $4, $5) "
+                "ON CONFLICT (owner, key_hash, account, day) DO UPDATE SET spent_nanousd = EXCLUDED.spent_nanousd "
+                "WHERE ledger_key_days.spent_nanousd < EXCLUDED.spent_nanousd",
+                {owner, d.key_hash, d.account, i64(d.day), i64(d.spent_nanousd)}, &r, e))
+      return false;
+  for (const AccountDay& d : record.days)
+    if (changed("a|" + d.account + "|" + d.model + "|" + i64(d.day), d.spent_nanousd, d.requests) &&
+        !c.exec("INSERT INTO ledger_account_days (owner, account, model, day, spent_nanousd, requests) VALUES ($1, $2, $3, $4, $5, $6) "
+                "ON CONFLICT (owner, account, model, day) DO UPDATE SET spent_nanousd = EXCLUDED.spent_nanousd, requests = EXCLUDED.requests "
+                "WHERE ledger_account_days.spent_nanousd < EXCLUDED.spent_nanousd OR ledger_account_days.requests < EXCLUDED.requests",
+                {owner, d.account, d.model, i64(d.day), i64(d.spent_nanousd), i64(d.requests)}, &r, e))
+      return false;
+  return true;
+}
+
+}  // namespace
+
+bool publish_host_record(PgConnection& pg, const std::string& owner, const std::function<bool(HostRecord*)>& capture,
+                         PublishedRows* cache, PgError* error) {
+  PublishedRows sent;
+  const bool ok = pg.transaction(
       [&](PgConnection& c, PgError* e) {
         // now() is this transaction's start: the capture below comes after it, so it holds everything
         // this host settled before captured_at (the reconciler relies on that).
         PgResult r;
-        if (!c.exec("INSERT INTO ledger_key_owners (owner, captured_at) VALUES ($1, now()) "
-                    "ON CONFLICT (owner) DO UPDATE SET captured_at = GREATEST(ledger_key_owners.captured_at, EXCLUDED.captured_at)",
+        if (!c.exec("INSERT INTO ledger_records (owner, captured_at) VALUES ($1, now()) "
+                    "ON CONFLICT (owner) DO UPDATE SET captured_at = GREATEST(ledger_records.captured_at, EXCLUDED.captured_at)",
                     {owner}, &r, e))
           return false;
-        std::vector<KeyDay> days;
-        if (!capture(&days)) {
-          *e = PgError{"", "cannot read this host's per-key record", false};
+        HostRecord record;
+        if (!capture(&record)) {
+          *e = PgError{"", "cannot read this host's record (its LMDB store)", false};
           return false;
         }
-        for (const KeyDay& d : days)  // cumulative: a replay or an older capture never lowers a row
-          if (!c.exec("INSERT INTO ledger_key_days (owner, key_hash, account, day, spent_nanousd) VALUES ($1, $2, $3, $4, $5) "
-                      "ON CONFLICT (owner, key_hash, account, day) DO UPDATE "
-                      "SET spent_nanousd = GREATEST(ledger_key_days.spent_nanousd, EXCLUDED.spent_nanousd) "
-                      "WHERE ledger_key_days.spent_nanousd < EXCLUDED.spent_nanousd",
-                      {owner, d.key_hash, d.account, i64(d.day), i64(d.spent_nanousd)}, &r, e))
-            return false;
-        return true;
+        sent.clear();
+        return upsert_record(c, owner, record, cache, &sent, e);
       },
       error);
+  if (ok && cache != nullptr) *cache = std::move(sent);
+  return ok;
 }
 
 bool read_key_days(PgConnection& pg, int64_t first_day, std::vector<KeyDay>* out, PgError* error) {
@@ -428,9 +461,22 @@ bool read_key_days(PgConnection& pg, int64_t first_day, std::vector<KeyDay>* out
   return true;
 }
 
-bool stale_key_owners(PgConnection& pg, int64_t since_ms, int64_t live_s, std::vector<std::string>* owners, PgError* error) {
+bool read_account_days(PgConnection& pg, int64_t first_day, int64_t last_day, std::vector<OwnedAccountDay>* out, PgError* error) {
   PgResult r;
-  if (!pg.exec("SELECT owner FROM ledger_key_owners WHERE captured_at <= to_timestamp($1::BIGINT / 1000.0) "
+  if (!pg.exec("SELECT owner, account, model, day, spent_nanousd, requests FROM ledger_account_days WHERE day >= $1 AND day <= $2 "
+               "ORDER BY owner, account, model, day",
+               {i64(first_day), i64(last_day)}, &r, error))
+    return false;
+  out->clear();
+  for (const auto& row : r.rows)
+    out->push_back(OwnedAccountDay{row[0].value_or(""), AccountDay{row[1].value_or(""), row[2].value_or(""), as_i64(row[3]),
+                                                                    as_i64(row[4]), as_i64(row[5])}});
+  return true;
+}
+
+bool stale_owners(PgConnection& pg, int64_t since_ms, int64_t live_s, std::vector<std::string>* owners, PgError* error) {
+  PgResult r;
+  if (!pg.exec("SELECT owner FROM ledger_records WHERE captured_at <= to_timestamp($1::BIGINT / 1000.0) "
                "AND captured_at > now() - $2::interval ORDER BY owner",
                {i64(since_ms), seconds(live_s)}, &r, error))
     return false;

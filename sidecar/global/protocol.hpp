@@ -10,7 +10,9 @@
 //   ledger_leaders   the leader lease per role (one reconciler at a time)
 //   ledger_journal   what changed budgets, and why
 //   ledger_key_days  (v2) per host incarnation, OpenRouter key, account and UTC day: what the host
-//                    recorded through the key (cumulative); ledger_key_owners: when each captured it
+//                    recorded through the key (cumulative)
+//   ledger_account_days (v2) per host incarnation, account, model ("" = total) and day: its spend
+//   ledger_records   (v2) when each host incarnation last captured those (see host_record.hpp)
 // A lease belongs to a host's incarnation ("host_id/incarnation", the incarnation kept in the ledger
 // directory): a host that loses its directory comes back as a new incarnation, so its old leases are
 // never renewed, expire, and stay charged in full (G3); one that keeps it reports its true use.
@@ -25,6 +27,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -125,22 +128,38 @@ struct AccountStatus {
 };
 bool read_status(PgConnection& pg, int64_t now_unix, std::vector<AccountStatus>* out, PgError* error);
 
-// Per-key reconciliation across hosts (G5): every host publishes what it recorded through each key,
-// the one reconciler compares the sum over all hosts with OpenRouter's per-key usage.
-struct KeyDay {
+// What each host recorded, pooled for the one reconciler (G5) and for reports (host_record.hpp).
+struct KeyDay {  // through one OpenRouter key
   std::string key_hash, account;
   int64_t day = 0;  // days since the Unix epoch (UTC)
   int64_t spent_nanousd = 0;
 };
+struct AccountDay {
+  std::string account, model;  // model "" = the account's total that day
+  int64_t day = 0;
+  int64_t spent_nanousd = 0, requests = 0;
+};
+struct HostRecord {
+  std::vector<KeyDay> keys;
+  std::vector<AccountDay> days;
+};
+using PublishedRows = std::map<std::string, std::pair<int64_t, int64_t>>;  // row -> (spent, requests) last sent
 // In one transaction: marks `owner` ("host_id/incarnation") as captured at the store's now(), then
 // calls capture (which flushes and reads this host's record, so everything settled before that
-// instant is in it) and stores each row as the larger of what the store has and the new value.
-bool publish_key_days(PgConnection& pg, const std::string& owner, const std::function<bool(std::vector<KeyDay>*)>& capture,
-                      PgError* error);
+// instant is in it) and stores each row that differs from *cache (all when cache is null) as the
+// larger of what the store has and the new value; on success *cache holds what was captured.
+bool publish_host_record(PgConnection& pg, const std::string& owner, const std::function<bool(HostRecord*)>& capture,
+                         PublishedRows* cache, PgError* error);
 // The sum over every host incarnation, per (key, account, day), for days >= first_day.
 bool read_key_days(PgConnection& pg, int64_t first_day, std::vector<KeyDay>* out, PgError* error);
+struct OwnedAccountDay {
+  std::string owner;
+  AccountDay day;
+};
+// Every host incarnation's rows for days in [first_day, last_day].
+bool read_account_days(PgConnection& pg, int64_t first_day, int64_t last_day, std::vector<OwnedAccountDay>* out, PgError* error);
 // Owners seen within live_s whose last capture is not later than since_ms (the store's clock, Unix
 // ms): their record may lack spend that OpenRouter already shows, so the reconciler waits for them.
-bool stale_key_owners(PgConnection& pg, int64_t since_ms, int64_t live_s, std::vector<std::string>* owners, PgError* error);
+bool stale_owners(PgConnection& pg, int64_t since_ms, int64_t live_s, std::vector<std::string>* owners, PgError* error);
 
 }  // namespace ledger::global

@@ -79,7 +79,7 @@ ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Conf
                           int64_t tolerance_nanousd = kReconcileToleranceNanousd);
 
 // What the ledger recorded per key, as a reconcile compares it: by default this host's own store;
-// in global mode the sum over every host (global/key_days.hpp), read after OpenRouter. When the
+// in global mode the sum over every host (global/host_record.hpp), read after OpenRouter. When the
 // record is not complete (a host has not captured its part since), the run compares and reports but
 // adjusts nothing, and says why in ReconcileReport::deferred.
 struct KeyRecord {

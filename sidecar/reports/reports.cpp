@@ -41,9 +41,7 @@ std::string format_date(int64_t day) {
 namespace {
 // Spend OpenRouter billed on a key beyond what the ledger recorded through it: charged by
 // reconciliation, and named, since somebody spent outside the ledger.
-Status add_bypass_anomalies(const StoreReader& store, int64_t from_day, int64_t to_day, Report* r) {
-  std::vector<StoredAdjustmentDay> adjustments;
-  if (const Status s = store.adjustment_days(from_day, to_day, &adjustments); !s.ok()) return s;
+void add_bypass_anomalies(const std::vector<StoredAdjustmentDay>& adjustments, Report* r) {
   for (const auto& a : adjustments) {
     if (a.amount_nanousd <= 0) continue;
     const std::string key = a.key_hash.empty() ? std::string("its key") : "key " + a.key_hash.substr(0, 12) + "...";
@@ -52,43 +50,53 @@ Status add_bypass_anomalies(const StoreReader& store, int64_t from_day, int64_t 
                                 " beyond what the ledger recorded through it (spent outside the ledger; charged by " +
                                 std::to_string(a.count) + " reconciliation adjustment" + (a.count == 1 ? "" : "s") + ")"});
   }
-  return Code::kOk;
 }
 }  // namespace
 
-Status build_report(const Config& config, int64_t from_day, int64_t to_day, int64_t now_unix, Report* out) {
+Status read_report_inputs(const Config& config, int64_t from_day, int64_t to_day, int64_t now_unix, ReportInputs* in) {
   if (from_day > to_day || to_day - from_day > 366 * 5) return Code::kInvalidArgument;
+  *in = ReportInputs{};
   std::unique_ptr<StoreReader> store;
   Status s = StoreReader::open(config.ledger.dir, &store);
   if (!s.ok()) return s;
-  std::vector<StoredAccount> accounts;
-  std::vector<StoredPeriod> periods;  // the current period of each kind, and the range's daily ones
-  std::vector<StoredDay> days;
-  std::vector<StoredModelDay> model_days;
-  if (!(s = store->accounts(&accounts)).ok() || !(s = store->model_days(from_day, to_day, &model_days)).ok()) return s;
+  if (!(s = store->accounts(&in->accounts)).ok() || !(s = store->model_days(from_day, to_day, &in->model_days)).ok() ||
+      !(s = store->adjustment_days(from_day, to_day, &in->adjustments)).ok())
+    return s;
   for (const Period kind : {Period::kNone, Period::kDaily, Period::kWeekly, Period::kMonthly}) {
     const int64_t current = period_index(kind, now_unix);
     std::vector<StoredPeriod> found;
     if (!(s = store->periods_in(current, current, &found)).ok()) return s;
     for (auto& p : found)
-      if (p.period == kind) periods.push_back(std::move(p));
+      if (p.period == kind) in->periods.push_back(std::move(p));
   }
-  {
-    std::vector<StoredPeriod> found;
-    if (!(s = store->periods_in(from_day, to_day, &found)).ok()) return s;
-    const int64_t today = period_index(Period::kDaily, now_unix);
-    for (auto& p : found)
-      if (p.period == Period::kDaily && p.index != today) periods.push_back(std::move(p));  // today's is in already
-  }
+  std::vector<StoredPeriod> found;
+  if (!(s = store->periods_in(from_day, to_day, &found)).ok()) return s;
+  const int64_t today = period_index(Period::kDaily, now_unix);
+  for (auto& p : found)
+    if (p.period == Period::kDaily && p.index != today) in->periods.push_back(std::move(p));  // today's is in already
   // Seven days before the range feed the trailing median of the first days.
-  if (!(s = store->days(from_day - 7, to_day, &days)).ok()) return s;
+  return store->days(from_day - 7, to_day, &in->days);
+}
+
+Status build_report(const Config& config, int64_t from_day, int64_t to_day, int64_t now_unix, Report* out) {
+  ReportInputs in;
+  const Status s = read_report_inputs(config, from_day, to_day, now_unix, &in);
+  return s.ok() ? build_report(config, in, from_day, to_day, now_unix, out) : s;
+}
+
+Status build_report(const Config& config, const ReportInputs& in, int64_t from_day, int64_t to_day, int64_t now_unix, Report* out) {
+  if (from_day > to_day || to_day - from_day > 366 * 5) return Code::kInvalidArgument;
+  const auto& accounts = in.accounts;
+  const auto& days = in.days;
+  const auto& model_days = in.model_days;
   // Each account's period records, found by name (one pass; no accounts x periods search).
   std::map<std::string, std::vector<const StoredPeriod*>> periods_of;
-  for (const auto& p : periods) periods_of[p.account].push_back(&p);
+  for (const auto& p : in.periods) periods_of[p.account].push_back(&p);
   Report r;
   r.from_day = from_day;
   r.to_day = to_day;
   r.generated_unix = now_unix;
+  r.global = in.global;
   std::map<std::string, size_t> index;
   std::map<std::string, std::string> tiers;
   for (const auto& a : config.accounts) tiers[a.id] = a.tier;
@@ -100,6 +108,7 @@ Status build_report(const Config& config, int64_t from_day, int64_t to_day, int6
     row.period = std::string(period_name(a.period));
     row.limit_nanousd = a.limit_nanousd;
     row.blocked = a.blocked;
+    if (const auto hosts = in.hosts.find(a.account); hosts != in.hosts.end()) row.hosts = hosts->second;
     const int64_t current = period_index(a.period, now_unix);
     for (const StoredPeriod* p : periods_of[a.account])
       if (p->period == a.period && p->index == current) row.period_spent_nanousd = p->spent_nanousd;
@@ -167,7 +176,7 @@ Status build_report(const Config& config, int64_t from_day, int64_t to_day, int6
         r.anomalies.push_back({"spike", account, day, format_usd(today->second) + " USD against a trailing median of " + format_usd(median)});
     }
   }
-  if (!(s = add_bypass_anomalies(*store, from_day, to_day, &r)).ok()) return s;
+  add_bypass_anomalies(in.adjustments, &r);
   for (const auto& a : accounts) {
     if (a.period != Period::kDaily || a.limit_nanousd <= 0) continue;
     int at_limit = 0;
@@ -257,6 +266,16 @@ std::string render_table(const Report& r) {
     out += line;
   }
   out += "\ntotal (root accounts): " + format_usd(r.total_cost_nanousd) + " USD, " + std::to_string(r.total_requests) + " requests\n";
+  if (r.global) {
+    out += "\nglobal mode: costs and periods are every host's; by host:\n";
+    for (const auto& row : r.rows)
+      for (const auto& h : row.hosts) {
+        std::snprintf(line, sizeof line, "  %-24s %-24s %14s %9llu %7s%%\n", row.account.c_str(), h.host_id.c_str(),
+                      format_usd(h.cost_nanousd).c_str(), static_cast<unsigned long long>(h.requests),
+                      percent(share_bp(h.cost_nanousd, row.cost_nanousd)).c_str());
+        out += line;
+      }
+  }
   bool any_model = false;
   for (const auto& row : r.rows)
     for (const auto& m : row.models) any_model = any_model || !m.model.empty();
@@ -287,6 +306,13 @@ std::string render_table(const Report& r) {
 }
 
 namespace {
+json::array hosts_json(const std::vector<HostCost>& hosts) {
+  json::array out;
+  for (const auto& h : hosts)
+    out.push_back(json::object{{"host_id", h.host_id}, {"cost_nanousd", h.cost_nanousd}, {"cost_usd", format_usd(h.cost_nanousd)},
+                               {"requests", h.requests}});
+  return out;
+}
 json::array models_json(const std::vector<ModelCost>& models) {
   json::array out;
   for (const auto& m : models)
@@ -305,7 +331,7 @@ std::string render_json(const Report& r) {
                                 {"cost_nanousd", row.cost_nanousd}, {"cost_usd", format_usd(row.cost_nanousd)},
                                 {"requests", row.requests}, {"period_spent_nanousd", row.period_spent_nanousd},
                                 {"percent_used", row.percent_used_bp < 0 ? json::value(nullptr) : json::value(percent(row.percent_used_bp))},
-                                {"blocked", row.blocked}, {"models", models_json(row.models)}});
+                                {"blocked", row.blocked}, {"models", models_json(row.models)}, {"hosts", hosts_json(row.hosts)}});
   json::array days;
   for (const auto& [day, cost] : r.days) days.push_back(json::object{{"date", format_date(day)}, {"cost_nanousd", cost}, {"cost_usd", format_usd(cost)}});
   json::array anomalies;
@@ -318,7 +344,7 @@ std::string render_json(const Report& r) {
                                 {"limit_nanousd", k.limit_nanousd ? json::value(*k.limit_nanousd) : json::value(nullptr)},
                                 {"disabled", k.disabled}});
   json::object root{{"version", kReportSchemaVersion}, {"keys", std::move(keys)}, {"keys_usage_nanousd", r.keys_usage_nanousd}, {"from", format_date(r.from_day)}, {"to", format_date(r.to_day)},
-                    {"generated_unix", r.generated_unix}, {"accounts", std::move(rows)},
+                    {"generated_unix", r.generated_unix}, {"global", r.global}, {"accounts", std::move(rows)},
                     {"totals", json::object{{"cost_nanousd", r.total_cost_nanousd}, {"cost_usd", format_usd(r.total_cost_nanousd)},
                                             {"requests", r.total_requests}}},
                     {"days", std::move(days)}, {"anomalies", std::move(anomalies)}};

@@ -17,6 +17,7 @@
 #include "core/config.hpp"
 #include "openrouter/client.hpp"
 #include "ledger/status.hpp"
+#include "ledger/store.hpp"
 
 namespace ledger::admin {
 
@@ -32,6 +33,11 @@ struct ModelCost {
 };
 inline constexpr const char* kUnattributed = "(unattributed)";
 
+struct HostCost {  // global mode: one host's part of an account's cost in the range
+  std::string host_id;
+  int64_t cost_nanousd = 0;
+  uint64_t requests = 0;
+};
 struct ReportRow {
   std::vector<ModelCost> models;    // by cost, largest first; the unattributed remainder last
   std::string account, parent, tier, period;
@@ -41,6 +47,7 @@ struct ReportRow {
   int64_t period_spent_nanousd = 0; // settled in the current period
   int64_t percent_used_bp = 0;      // of the limit, in basis points (10000 = 100 %); -1 = no limit
   bool blocked = false;
+  std::vector<HostCost> hosts;      // global mode: the range's cost by host (they sum to cost_nanousd)
 };
 
 struct Anomaly {
@@ -60,6 +67,7 @@ struct KeyRow {  // the key dashboard: one OpenRouter key
 
 struct Report {
   int64_t from_day = 0, to_day = 0, generated_unix = 0;
+  bool global = false;       // global mode: costs and periods are every host's (with a per-host breakdown)
   std::vector<KeyRow> keys;  // empty without an OpenRouter setup
   int64_t keys_usage_nanousd = 0;
   std::vector<ReportRow> rows;
@@ -69,7 +77,21 @@ struct Report {
   std::vector<Anomaly> anomalies;
 };
 
-// Reads the store of config.ledger.dir. now_unix decides the "current period".
+// What a report is built from: the durable record of config.ledger.dir, or in global mode the
+// sum over every host (global/host_record.hpp fills it from the global store).
+struct ReportInputs {
+  std::vector<StoredAccount> accounts;
+  std::vector<StoredPeriod> periods;      // the current period of each kind, and the range's daily ones
+  std::vector<StoredDay> days;            // from_day - 7 .. to_day (the trailing median needs the week before)
+  std::vector<StoredModelDay> model_days; // the range
+  std::vector<StoredAdjustmentDay> adjustments;  // the range (bypass anomalies)
+  bool global = false;
+  std::map<std::string, std::vector<HostCost>> hosts;  // global mode: account -> its cost by host in the range
+};
+Status read_report_inputs(const Config& config, int64_t from_day, int64_t to_day, int64_t now_unix, ReportInputs* out);
+// now_unix decides the "current period".
+Status build_report(const Config& config, const ReportInputs& in, int64_t from_day, int64_t to_day, int64_t now_unix, Report* out);
+// read_report_inputs, then build_report.
 Status build_report(const Config& config, int64_t from_day, int64_t to_day, int64_t now_unix, Report* out);
 
 // Adds the key dashboard (and "a key with spend but no owner" anomalies) from OpenRouter's list.

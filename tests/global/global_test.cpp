@@ -252,6 +252,26 @@ TEST_CASE("per-key reconcile across hosts: the drift is charged once, and only t
   INFO(dry.out << dry.err);
   CHECK(dry.exit_code == 0);
   CHECK(dry.out.find("within tolerance") != std::string::npos);
+  // The report on either host: every host's cost, and the breakdown by host sums to it.
+  const auto report = run({LEDGERCTL_PATH, "--config", b.config, "report", "--format", "json"});
+  INFO(report.err);
+  REQUIRE(report.exit_code == 0);
+  const auto root = boost::json::parse(report.out).as_object();
+  CHECK(root.at("global").as_bool());
+  std::map<std::string, int64_t> by_host;
+  for (const auto& row : root.at("accounts").as_array()) {
+    const auto& o = row.as_object();
+    if (o.at("account").as_string() != "alice") continue;
+    CHECK(num(o, "cost_nanousd") == kUsd * 35 / 100);
+    CHECK(num(o, "period_spent_nanousd") == kUsd * 35 / 100);
+    for (const auto& h : o.at("hosts").as_array()) by_host[std::string(h.as_object().at("host_id").as_string())] = num(h.as_object(), "cost_nanousd");
+  }
+  REQUIRE(by_host.size() == 2);
+  CHECK(by_host["host-a"] + by_host["host-b"] == kUsd * 35 / 100);
+  CHECK(by_host["host-a"] >= kUsd / 10);  // its own spend (and the adjustment, if it is the reconciler)
+  CHECK(by_host["host-b"] >= kUsd / 5);
+  const auto table = run({LEDGERCTL_PATH, "--config", a.config, "report"});
+  CHECK(table.out.find("global mode: costs and periods are every host's; by host:") != std::string::npos);
 }
 
 TEST_CASE("4 hosts x 2 workers drain one global chain: never over, and the store's spend is exact", "[global]") {
