@@ -241,10 +241,33 @@ bool LeaseWorker::report_and_read(const Config& config, int64_t now_s) {
     Balance b;
     if (ledger_.balance(g.id, &b).ok() && b.blocked != g.blocked) (void)ledger_.block(g.id, g.blocked);  // blocks are global
   }
+  restore_reported_spend(config, views, now_s);
   measure_demand(config, now_s);
   std::lock_guard<std::mutex> lock(mutex_);
   counters_.last_round_trip_us = pg_->last_round_trip_us();
   return true;
+}
+
+// A segment rebuilt from LMDB (its host lost /dev/shm, as in a reboot) may know less than this host
+// already reported: the store's record of this host's spend in a current window is the floor. The
+// difference is charged here, so that spend is not admitted a second time (G1); only what was
+// neither flushed nor reported before the failure stays unknown (DESIGN 4, promise 3).
+void LeaseWorker::restore_reported_spend(const Config& config, const std::vector<LeaseView>& views, int64_t now_s) {
+  std::vector<std::pair<size_t, const AccountConfig*>> deepest_first;
+  for (const auto& a : config.accounts)
+    if (a.global) deepest_first.emplace_back(global_chain(config, a).size(), &a);
+  std::stable_sort(deepest_first.begin(), deepest_first.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
+  for (const auto& [depth, a] : deepest_first) {  // a charge to an account charges its ancestors too
+    for (const auto& v : views) {
+      WindowUsage u;
+      if (v.account != a->id || v.window != window_of(*a, now_s) || !ledger_.window_usage(a->id, v.window, &u).ok()) continue;
+      const int64_t missing = v.spent_nanousd - u.spent_nanousd;
+      if (missing <= 0 || !ledger_.adjust(a->id, missing).ok()) continue;
+      admin::log_line("warn", "global: this host's ledger knew less than it had reported (rebuilt after losing its segment?); "
+                              "the difference is charged again",
+                      "account=" + a->id + " usd=" + format_usd(missing));
+    }
+  }
 }
 
 void LeaseWorker::measure_demand(const Config& config, int64_t now_s) {

@@ -76,6 +76,7 @@ class LeaseWorker {
   void loop();
   bool cycle(const admin::Config& config, bool final);
   bool report_and_read(const admin::Config& config, int64_t now_s);
+  void restore_reported_spend(const admin::Config& config, const std::vector<LeaseView>& views, int64_t now_s);
   void measure_demand(const admin::Config& config, int64_t now_s);
   void grow(const admin::Config& config, int64_t now_s);
   void give_back_surplus(const admin::Config& config, int64_t now_s, bool everything);
