@@ -272,6 +272,16 @@ int main(int argc, char** argv) {
   for (const auto& p : problems) std::printf("  check failed: %s\n", p.c_str());
   std::printf("commits that cost more than their hold: %llu (charged in full; the estimate was low)\n",
               static_cast<unsigned long long>(shared->above_hold.load()));
+  // What the workers were told was committed, summed over users, for a script to compare with a
+  // store (demo.sh --hosts adds every host's line and checks the global store's spend against it).
+  int64_t committed = 0;
+  uint64_t granted = 0;
+  for (int u = 0; u < kUserCount; ++u) {
+    committed += shared->committed_nanousd[u];
+    granted += shared->granted[u];
+  }
+  std::printf("ledger-demo: workers committed %lld nano-USD ($%s) in %llu requests\n", static_cast<long long>(committed),
+              format_usd(committed).c_str(), static_cast<unsigned long long>(granted));
   if (!keep) (void)Ledger::destroy_segment(dir);
   return ok ? 0 : 2;
 }

@@ -5,20 +5,32 @@
 #   reports, metrics) -> a pool of worker processes that authorize, call the chat endpoint with the
 #   attribution headers and commit usage.cost, until the budgets bite -> the team report.
 #   scripts/demo.sh [--short] [--workers N] [--seconds S]
+# With --hosts N (N >= 2), N simulated hosts share one team budget through leases on a private
+# PostgreSQL (scripts/demo-hosts.sh; --workers is then per host).
 # LEDGER_DEMO_BUILD=DIR uses binaries already built there (CI's short run uses the debug build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
-workers=6; seconds=8
+workers=""; seconds=""; short=0; hosts=""
+usage() { echo "usage: $0 [--short] [--workers N] [--seconds S] [--hosts N]" >&2; exit 1; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --short) workers=4; seconds=3 ;;
-    --workers) workers="$2"; shift ;;
-    --seconds) seconds="$2"; shift ;;
-    *) echo "usage: $0 [--short] [--workers N] [--seconds S]" >&2; exit 1 ;;
+    --short) short=1 ;;
+    --workers) [ $# -ge 2 ] || usage; workers="$2"; shift ;;
+    --seconds) [ $# -ge 2 ] || usage; seconds="$2"; shift ;;
+    --hosts) [ $# -ge 2 ] || usage; hosts="$2"; shift ;;
+    *) usage ;;
   esac
   shift
 done
+if [ -n "$hosts" ]; then
+  case "$hosts" in ''|*[!0-9]*) usage ;; esac
+  if [ "$hosts" -lt 2 ] || [ "$hosts" -gt 16 ]; then echo "demo: --hosts wants 2 to 16 hosts" >&2; exit 1; fi
+  # Workers per host: fewer than the plain demo's, since every host runs its own pool.
+  if [ "$short" -eq 1 ]; then workers="${workers:-2}"; seconds="${seconds:-3}"; else workers="${workers:-3}"; seconds="${seconds:-8}"; fi
+elif [ "$short" -eq 1 ]; then workers="${workers:-4}"; seconds="${seconds:-3}"
+else workers="${workers:-6}"; seconds="${seconds:-8}"
+fi
 
 build="${LEDGER_DEMO_BUILD:-}"
 if [ -z "$build" ]; then
@@ -36,6 +48,7 @@ if [ -z "$build" ]; then
 fi
 build="$(cd "$build" && pwd)"
 ctl="$build/sidecar/ledgerctl"
+if [ -n "$hosts" ]; then exec bash "$root/scripts/demo-hosts.sh" "$build" "$hosts" "$workers" "$seconds"; fi
 
 work="$(mktemp -d /tmp/ledger-demo.XXXXXX)"
 pids=()
