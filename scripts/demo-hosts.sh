@@ -272,16 +272,17 @@ try:
     print(f"OpenRouter (the emulator) billed the workers' key {usd(key['usage_nanousd'])}: {same} the store's spend\n")
 except (OSError, ValueError, KeyError, StopIteration):
     print("OpenRouter (the emulator): no key usage to compare (keys list failed)\n")
+# An account that no host ever admitted a request for, while its budget had room, was starved
+# (slices too small for its requests), not limited.
+starved = [a for a in accounts.values() if a["id"] in users and users[a["id"]][0] == 0 and users[a["id"]][1] > 0]
+checks.append(("every user with requests had some admitted (none starved by slices smaller than its requests)", not starved))
+for a in starved:
+    problems.append(f"{a['id']}: no host admitted any of its {users[a['id']][1]} requests, "
+                    f"with {usd(a['limit_nanousd'] - a['spent_nanousd'])} of its budget left")
 for what, ok in checks:
     print(f"{'PASS' if ok else 'FAIL'}  {what}")
 for p in problems:
     print(f"  problem: {p}")
-# Not one of the checks, but worth saying: an account that no host ever admitted a request for,
-# while its budget had room, was starved rather than limited.
-for a in accounts.values():
-    if a["id"] in users and users[a["id"]][0] == 0 and users[a["id"]][1] > 0:
-        print(f"WARN  {a['id']}: no host admitted any of its {users[a['id']][1]} requests, "
-              f"with {usd(a['limit_nanousd'] - a['spent_nanousd'])} of its budget left")
 ok = all(ok for _, ok in checks)
 print(f"\n== global budget demo: {'PASS' if ok else 'FAIL'}")
 sys.exit(0 if ok else 1)
