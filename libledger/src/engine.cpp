@@ -70,13 +70,6 @@ bool valid_account_name(std::string_view name) {
   return true;
 }
 
-int64_t Ledger::Impl::now_ms() const {
-  if (options.clock.now_ms != nullptr) return options.clock.now_ms(options.clock.context);
-  struct timespec ts {};
-  ::clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
-}
-
 int32_t Ledger::Impl::find_index(std::string_view name) const {
   const uint32_t h = fnv1a32(name);
   for (uint32_t probe = 0; probe <= hash_mask; ++probe) {
@@ -90,16 +83,6 @@ int32_t Ledger::Impl::find_index(std::string_view name) const {
       return static_cast<int32_t>(index);
   }
   return -1;
-}
-
-Now Ledger::Impl::now() const {
-  Now n;
-  n.ms = now_ms();
-  if (n.ms < 0) n.ms = 0;  // before 1970: not a time a ledger runs at; keeps the arithmetic simple
-  n.s = n.ms / 1000;
-  n.days = n.s / 86400;
-  n.month_cache = &month_cache;
-  return n;
 }
 
 // ---- lanes and targets --------------------------------------------------------------------------
@@ -267,7 +250,6 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
   if (spec.account >= max_accounts) return Code::kInvalidArgument;  // a damaged lane entry
   Account& account = accounts[spec.account];
   const Period kind = static_cast<Period>(load(account.period_kind, memory_order_relaxed) & 3u);
-  const uint32_t now_tag = admit ? spec.tag : now.tag(static_cast<uint32_t>(kind));
   for (;;) {
     uint32_t parity = tag_parity(spec.tag);
     PeriodWord* word = &account.words[parity];
@@ -285,6 +267,7 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
                              make_meta(meta_requests(current.meta) + static_cast<uint64_t>(static_cast<int64_t>(spec.delta_requests)), tag, op->lane_id)};
       } else if (spec.fallback != 0 || ((spec.flags & kTargetUndo) == 0 && spec.delta_requests != 0)) {
         // The period this change belonged to is gone from the segment: charge the current one.
+        const uint32_t now_tag = (now.ms >= 0 ? now : this->now()).tag(static_cast<uint32_t>(kind));
         tag = now_tag;
         parity = tag_parity(now_tag);
         word = &account.words[parity];
@@ -484,7 +467,7 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
   }
   if (kind == kOpDebit) {
     // The debit settles at once: its key tally is one more target of this op (rolled back with it).
-    TargetSpec tally;
+    TargetSpec tally{};
     if (chain.key != 0 && write_tally(&op, kChainDepthMax, chain.accounts[0], kTallyKey, chain.key - 1, amount, 1, &tally))
       (void)apply(&op, kChainDepthMax, tally, now, nullptr, true);
     LEDGER_CRASH_POINT();  // tallied, not acknowledged
@@ -502,7 +485,7 @@ Code Ledger::Impl::admit_levels(OpScope* op, const uint32_t* chain, uint32_t dep
                                 const Now& now, uint32_t* tags) {
   uint32_t applied = 0;
   for (; applied < depth; ++applied) {
-    TargetSpec spec;
+    TargetSpec spec{};
     spec.account = chain[applied];
     spec.tag = current_tag(accounts[chain[applied]], now);
     spec.delta = amount;
@@ -517,7 +500,7 @@ Code Ledger::Impl::admit_levels(OpScope* op, const uint32_t* chain, uint32_t dep
   if (applied == depth) return Code::kOk;
   for (uint32_t level = applied; level-- > 0;) {
     fetch_or(op->lane->header.ctl, uint64_t{1} << level);  // it landed; we are about to overwrite it
-    TargetSpec undo;
+    TargetSpec undo{};
     undo.account = chain[level];
     undo.tag = tags[level];
     undo.delta = -amount;
@@ -638,18 +621,15 @@ bool Ledger::Impl::settle_hold(OpScope* op, uint32_t slot, uint64_t state, bool 
   store(h.reservation_slot, slot + 1, memory_order_relaxed);
   store(h.reservation_state_from, state, memory_order_relaxed);
   store(h.reservation_state_to, settling, memory_order_relaxed);
-  TargetSpec specs[kTargetsMax];
+  // The levels, then at most a model and a key tally; each entry is filled whole before it is used.
+  static_assert(kChainDepthMax + 2 <= kTargetsMax);
+  TargetSpec specs[kChainDepthMax + 2];
   uint32_t n = 0;
   for (; n < hold.depth; ++n) {
-    specs[n].account = hold.chain[n];
-    specs[n].tag = hold.tags[n];
-    if (commit) {
-      specs[n].delta = expired ? actual : actual - hold.amount;
-      specs[n].fallback = actual;
-      specs[n].delta_requests = 1;
-    } else {
-      specs[n].delta = -hold.amount;
-    }
+    specs[n] = commit ? TargetSpec{.account = hold.chain[n], .tag = hold.tags[n], .delta = expired ? actual : actual - hold.amount,
+                                   .fallback = actual, .delta_requests = 1, .flags = 0, .undo_of = 0}
+                      : TargetSpec{.account = hold.chain[n], .tag = hold.tags[n], .delta = -hold.amount, .fallback = 0,
+                                   .delta_requests = 0, .flags = 0, .undo_of = 0};
     write_spec(op, n, specs[n]);
   }
   if (commit && hold.depth > 0) {
@@ -661,7 +641,7 @@ bool Ledger::Impl::settle_hold(OpScope* op, uint32_t slot, uint64_t state, bool 
   uint64_t expected = state;
   if (!compare_exchange(r.state, expected, settling)) return false;
   LEDGER_CRASH_POINT();  // claimed, no level applied
-  const Now now = this->now();
+  const Now now = Now::unread();
   for (uint32_t j = 0; j < n; ++j) (void)apply(op, j, specs[j], now, nullptr, true);
   LEDGER_CRASH_POINT();  // all levels applied, slot not freed
   store(r.state, make_res_state(res_generation(state), kResFree, 0));
@@ -686,7 +666,7 @@ Status Ledger::Impl::charge(uint32_t account, int64_t amount, uint32_t key) {
   // Every spec first (the levels, the key's tally, the adjustment's own tally that the next flush
   // journals), then the count that makes the op "decided": a reclaimer rolls it forward only when
   // all specs are there (before that, nothing was applied).
-  TargetSpec specs[kTargetsMax];
+  TargetSpec specs[kTargetsMax]{};
   uint32_t n = 0;
   for (; n < depth; ++n) {
     specs[n].account = chain[n];
@@ -755,7 +735,7 @@ Status Ledger::Impl::expire_hold(uint32_t slot, uint64_t state, int64_t now) {
   store(h.reservation_state_from, state, memory_order_relaxed);
   store(h.reservation_state_to, settling, memory_order_relaxed);
   store(h.tombstone_deadline_ms, grace_end, memory_order_relaxed);
-  TargetSpec specs[kChainDepthMax];
+  TargetSpec specs[kChainDepthMax]{};
   for (uint32_t i = 0; i < hold.depth; ++i) {
     specs[i].account = hold.chain[i];
     specs[i].tag = hold.tags[i];

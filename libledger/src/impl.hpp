@@ -4,6 +4,8 @@
 // and the local lane bitmap). Everything shared lives in the segment (layout.hpp).
 #pragma once
 
+#include <time.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cassert>
@@ -126,15 +128,17 @@ inline constexpr off_t kFlushLockByte = 2;
 inline constexpr off_t kSidecarLockByte = 3;
 inline constexpr off_t kSlotLockBase = 64;
 
-// What one target of an operation should do (see Target in layout.hpp).
+// What one target of an operation should do (see Target in layout.hpp). An aggregate without
+// member initializers, so that the settle path's array of them costs nothing until filled: declare
+// one as `TargetSpec spec{}` (zeroed) or fill it whole with a designated initializer.
 struct TargetSpec {
-  uint32_t account = 0;
-  uint32_t tag = 0;          // admit: the current period; forced: the period the change belongs to
-  int64_t delta = 0;
-  int64_t fallback = 0;
-  int32_t delta_requests = 0;
-  uint32_t flags = 0;        // kTargetAdmit / kTargetUndo / kTargetTally
-  uint32_t undo_of = 0;
+  uint32_t account;
+  uint32_t tag;              // admit: the current period; forced: the period the change belongs to
+  int64_t delta;
+  int64_t fallback;
+  int32_t delta_requests;
+  uint32_t flags;            // kTargetAdmit / kTargetUndo / kTargetTally
+  uint32_t undo_of;
 };
 
 // One operation in progress on a lane of this process.
@@ -148,6 +152,13 @@ struct OpScope {
 // The clock read once per operation. Period tags are derived on demand (tag()), since most chains
 // use one or two kinds and a monthly index needs a civil-date conversion.
 struct Now {
+  // A settlement rarely needs the clock (only when the period it belonged to is gone), so it passes
+  // an unread Now (ms < 0) and apply() reads the clock itself when it must.
+  static Now unread() {
+    Now n;
+    n.ms = -1;
+    return n;
+  }
   int64_t ms = 0;
   int64_t s = 0;
   int64_t days = 0;
@@ -310,8 +321,21 @@ struct Ledger::Impl {
   std::string key_hex(uint32_t key) const;  // "" for 0 or out of range
 
   // ---- engine.cpp -----------------------------------------------------------------------------
-  int64_t now_ms() const;
-  detail::Now now() const;
+  // Inline: every admission reads the clock once (CLOCK_REALTIME_COARSE, a vDSO read).
+  int64_t now_ms() const {
+    if (options.clock.now_ms != nullptr) [[unlikely]] return options.clock.now_ms(options.clock.context);
+    struct timespec ts;
+    ::clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
+  }
+  detail::Now now() const {
+    detail::Now n;
+    n.ms = std::max<int64_t>(now_ms(), 0);  // before 1970: not a time a ledger runs at; keeps the arithmetic simple
+    n.s = n.ms / 1000;
+    n.days = n.ms / 86'400'000;
+    n.month_cache = &month_cache;
+    return n;
+  }
   uint32_t lanes_total() const { return process_slots * detail::kLanesPerProcess; }
   detail::Lane& lane_by_id(uint32_t lane_id) const {
     assert(lane_id >= 1 && lane_id <= lanes_total());

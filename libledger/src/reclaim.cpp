@@ -33,7 +33,7 @@ bool Ledger::Impl::entry_landed(const Lane& lane, uint32_t seq, uint32_t j) cons
 
 namespace {
 TargetSpec spec_of(const Target& t) {
-  TargetSpec spec;
+  TargetSpec spec{};
   spec.account = load(t.account, memory_order_relaxed);
   spec.tag = load(t.tag, memory_order_relaxed);
   spec.delta = load(t.delta, memory_order_relaxed);
@@ -109,7 +109,7 @@ Ledger::Impl::Repair Ledger::Impl::repair_lane(uint32_t dead, OpScope* op, int d
     const uint32_t n = std::min(load(lane.header.n_targets), kTargetsMax);
     const uint32_t slot_plus_one = load(lane.header.reservation_slot, memory_order_relaxed);
     const uint64_t claimed = load(lane.header.reservation_state_to, memory_order_relaxed);
-    TargetSpec fixes[kTargetsMax];
+    TargetSpec fixes[kTargetsMax]{};
     uint32_t n_fixes = 0;
     uint64_t res_from = 0, res_to = 0;
     int64_t tombstone_deadline = 0;
