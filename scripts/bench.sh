@@ -16,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 echo "== build (release)"
 cmake --preset release -DLEDGER_BUILD_TESTS=OFF >/dev/null
-cmake --build --preset release -j "$(nproc)" --target ledger_bench peers_bench >/dev/null
+cmake --build --preset release -j "$(nproc)" --target ledger_bench peers_bench global_bench >/dev/null
 
 port=6391
 work="$(mktemp -d)"
@@ -37,6 +37,10 @@ echo "== peers_bench (the alternatives, side by side; then correctness and conte
 build/release/bench/peers_bench --benchmark_min_time=0.5 --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
   --benchmark_out="$out/peers_bench-$stamp.json" --benchmark_out_format=json \
   --harness_out="$out/harness-$stamp.json" | grep -E "_median|^  |^[a-z]" || true
+echo "== global_bench (global budgets: store load, round trips, drain fairness, a conditional UPDATE per request as the peer)"
+# Its own private PostgreSQL (postgresql-15, from scripts/setup.sh) and real ledger-sidecar processes.
+build/release/bench/global_bench --benchmark_out="$out/global_bench-$stamp.json" --benchmark_out_format=json \
+  | tee "$out/global_bench-$stamp.txt" | grep -vE "^(Run on|CPU Caches|  L[123]|Load Average|\*\*\*WARNING)" || true
 {
   echo "{\"date\": \"$stamp\", \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\","
   echo " \"cores\": $(nproc), \"memory_gib\": $(( $(grep MemTotal /proc/meminfo | awk '{print $2}') / 1048576 )),"
