@@ -24,6 +24,7 @@
 #include "global/protocol.hpp"
 #include "ledger/store.hpp"
 #include "openrouter/keys.hpp"
+#include "proxy_keys.hpp"
 #include "openrouter/reconcile.hpp"
 #include "reports/reports.hpp"
 
@@ -59,6 +60,10 @@ Commands:
   keys delete HASH            HASH: the full hash or a unique prefix of at least 6 hex digits
   keys provision              a key for each configured account without one (printed once)
   keys rotate ACCOUNT         new key, rebind, delete the old one
+  proxy-key create ACCOUNT    a key for ledger-proxy (lk-...), printed once; the ledger dir keeps
+                              only its hash (proxy-keys.json)
+  proxy-key list [--json]     id (12 hex digits of the hash), account, created, revoked
+  proxy-key revoke ID         ID: the id or a unique prefix; the proxy refuses it at once
   global status [--json]      global mode: per global account its limit, spend across hosts, what is
                               leased, and each host's lease and last report
   config-reference            every config key with its default, range and meaning (Markdown; no --config)
@@ -372,6 +377,46 @@ int cmd_reconcile(const Config& config, bool dry_run) {
     if (!flushed.ok()) return runtime_error("reconcile: adjustments made, but the store could not be written: " + describe(flushed));
   }
   return kExitOk;
+}
+
+int cmd_proxy_key(const Config& config, const std::vector<std::string>& args) {
+  const std::string path = proxy::keys_path(config.ledger.dir);
+  const std::string sub = args.size() > 1 ? args[1] : "";
+  std::string error;
+  if (sub == "create" && args.size() == 3) {
+    bool known = false;
+    for (const auto& a : config.accounts) known = known || a.id == args[2];
+    if (!known) return usage_error("proxy-key create: \"" + args[2] + "\" is not an account of " + config.path);
+    std::string secret;
+    proxy::ProxyKey k;
+    if (!proxy::create_key(path, args[2], &secret, &k, &error)) return runtime_error("proxy-key create: " + error);
+    std::printf("%s: %s\n", k.account.c_str(), secret.c_str());
+    std::fprintf(stderr, "proxy key %s for %s: shown once, only its hash is kept (%s)\n", k.id.c_str(), k.account.c_str(), path.c_str());
+    return kExitOk;
+  }
+  if (sub == "list" && (args.size() == 2 || (args.size() == 3 && args[2] == "--json"))) {
+    std::vector<proxy::ProxyKey> keys;
+    if (!proxy::read_keys(path, &keys, &error)) return runtime_error("proxy-key list: " + error);
+    json::array list;
+    if (args.size() == 2) std::printf("%-14s %-24s %-12s %s\n", "ID", "ACCOUNT", "CREATED", "STATE");
+    for (const auto& k : keys) {
+      if (args.size() == 3) {
+        list.push_back(json::object{{"id", k.id}, {"account", k.account}, {"created_unix", k.created_unix}, {"revoked_unix", k.revoked_unix}});
+        continue;
+      }
+      std::printf("%-14s %-24s %-12s %s\n", k.id.c_str(), k.account.c_str(), format_date(k.created_unix / 86400).c_str(),
+                  k.revoked_unix != 0 ? ("revoked " + format_date(k.revoked_unix / 86400)).c_str() : "valid");
+    }
+    if (args.size() == 3) std::printf("%s\n", json::serialize(json::object{{"version", 1}, {"keys", std::move(list)}}).c_str());
+    return kExitOk;
+  }
+  if (sub == "revoke" && args.size() == 3) {
+    proxy::ProxyKey k;
+    if (!proxy::revoke_key(path, args[2], &k, &error)) return runtime_error("proxy-key revoke: " + error);
+    std::printf("proxy key %s of %s revoked\n", k.id.c_str(), k.account.c_str());
+    return kExitOk;
+  }
+  return usage_error("proxy-key: expected `proxy-key create ACCOUNT`, `proxy-key list [--json]` or `proxy-key revoke ID`");
 }
 
 void show_once(const NewKey& k) { std::printf("%s: %s\n", k.account.c_str(), k.secret.c_str()); }
@@ -774,6 +819,7 @@ int main(int argc, char** argv) {
     return want(1, "reconcile [--dry-run]") ? cmd_reconcile(*config, dry_run) : kExitUsage;
   }
   if (command == "keys") return cmd_keys(*config, args);
+  if (command == "proxy-key") return cmd_proxy_key(*config, args);
   if (command == "destroy-segment") return want(1, "destroy-segment") ? cmd_destroy_segment(*config) : kExitUsage;
   if (command == "report") return cmd_report(*config, args);
   if (command == "global") return cmd_global(*config, args);

@@ -184,12 +184,14 @@ std::optional<Config> parse_config(const std::string& text, const std::string& p
   try {
     Config c;
     c.path = path;
-    const auto& o = object_with(root, "", {"ledger", "openrouter", "tiers", "prices", "accounts", "reports", "metrics", "global"});
+    const auto& o = object_with(root, "", {"ledger", "openrouter", "tiers", "prices", "accounts", "reports", "metrics", "global", "proxy"});
     if (o.if_contains("ledger") == nullptr) fail("ledger", "required (at least {\"dir\": \"...\"})");
     c.openrouter.present = o.if_contains("openrouter") != nullptr;
     c.global.present = o.if_contains("global") != nullptr;
     for (const char* section : {"ledger", "openrouter", "reports", "metrics"}) read_section(section, o.if_contains(section), c);
     if (c.global.present) read_section("global", o.if_contains("global"), c);
+    c.proxy.present = o.if_contains("proxy") != nullptr;
+    read_section("proxy", o.if_contains("proxy"), c);
     if (const auto* v = o.if_contains("tiers")) parse_tiers(*v, c);
     if (const auto* v = o.if_contains("prices")) parse_prices(*v, c);
     if (const auto* v = o.if_contains("accounts")) parse_accounts(*v, c);
@@ -206,6 +208,7 @@ std::optional<Config> parse_config(const std::string& text, const std::string& p
     if (!c.openrouter.management_key_file.empty())
       c.openrouter.management_key_file = absolute(c.openrouter.management_key_file, path);
     finish_global(c, path);
+    if (!c.proxy.upstream_key_file.empty()) c.proxy.upstream_key_file = absolute(c.proxy.upstream_key_file, path);
     return c;
   } catch (const ConfigError& e) {
     *error = path + ": " + e.message;

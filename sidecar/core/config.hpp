@@ -90,6 +90,21 @@ struct GlobalSection {
   uint32_t refresh_interval_ms{};
 };
 
+// ledger-proxy (DESIGN 12): an OpenAI-compatible local endpoint that budgets every request.
+struct ProxySection {
+  bool present = false;               // the config has a "proxy" section
+  std::string listen;                 // HOST:PORT; loopback unless the config names another interface
+  std::string upstream_key_env;       // the variable that holds the OpenRouter key the proxy sends
+  std::string upstream_key_file;      // or a file that holds it; relative to the config file
+  uint32_t max_tokens_default{};      // inserted when a request sets no max_tokens, so the hold is an upper bound
+  uint32_t max_body_bytes{};
+  uint32_t max_concurrent{};          // requests (and streams) in flight; more get 503
+  uint32_t header_timeout_ms{};       // a client must send its request head (and body) within this
+  uint32_t idle_timeout_ms{};         // a keep-alive connection with no request is closed after this
+  uint32_t upstream_timeout_ms{};     // a whole upstream exchange (a stream included)
+  uint32_t drain_timeout_ms{};        // SIGTERM: in-flight requests get this long to finish
+};
+
 struct Config {
   std::string path;  // the file it was read from
   LedgerSection ledger;
@@ -100,6 +115,7 @@ struct Config {
   ReportsSection reports;
   MetricsSection metrics;
   GlobalSection global;
+  ProxySection proxy;
 };
 
 // Reads and validates a config file. On failure returns nullopt and a one-line error that starts

@@ -231,12 +231,48 @@ std::vector<ConfigKey> global_keys() {
   };
 }
 
+// HOST:PORT where port 0 asks for any free port (the proxy logs the one it got).
+void check_listen_any_port(const std::string& value, const std::string& where) {
+  const auto colon = value.rfind(':');
+  if (colon != std::string::npos && value.substr(colon + 1) == "0") return check_listen(value.substr(0, colon) + ":1", where);
+  check_listen(value, where);
+}
+
+std::vector<ConfigKey> proxy_keys() {
+  using P = ProxySection;
+  const auto P_ = &Config::proxy;
+  return {
+      string_key("proxy", "listen", P_, &P::listen, "127.0.0.1:8788", "`127.0.0.1:8788`",
+                 "ledger-proxy: where it listens (HOST:PORT; port 0: any free one, logged); another interface than loopback only "
+                 "when named here", check_listen_any_port),
+      string_key("proxy", "upstream_key_env", P_, &P::upstream_key_env, "OPENROUTER_API_KEY", "`OPENROUTER_API_KEY`",
+                 "the environment variable that holds the OpenRouter key the proxy sends upstream (workers never see it)",
+                 check_env_name, 128),
+      string_key("proxy", "upstream_key_file", P_, &P::upstream_key_file, "", "none",
+                 "a file that holds that key instead; relative to the config file"),
+      uint_key("proxy", "max_tokens_default", P_, &P::max_tokens_default, 4096, 1, 1'000'000, "tokens",
+               "put into a request that sets no `max_tokens`, so that its hold is an upper bound of its cost"),
+      uint_key("proxy", "max_body_bytes", P_, &P::max_body_bytes, 4'194'304, 1024, 64u << 20, "bytes",
+               "a larger request body is refused with 413"),
+      uint_key("proxy", "max_concurrent", P_, &P::max_concurrent, 1024, 1, 16384, "",
+               "requests and streams in flight at once; more are refused with 503 (retryable)"),
+      uint_key("proxy", "header_timeout_ms", P_, &P::header_timeout_ms, 10'000, 100, 600'000, "ms",
+               "a client must send its whole request within this"),
+      uint_key("proxy", "idle_timeout_ms", P_, &P::idle_timeout_ms, 60'000, 100, 3'600'000, "ms",
+               "a keep-alive connection without a request is closed after this"),
+      uint_key("proxy", "upstream_timeout_ms", P_, &P::upstream_timeout_ms, 600'000, 1000, 3'600'000, "ms",
+               "the longest upstream exchange, a stream included"),
+      uint_key("proxy", "drain_timeout_ms", P_, &P::drain_timeout_ms, 30'000, 0, 600'000, "ms",
+               "on SIGTERM, in-flight requests get this long to finish (then they are cut and settled)"),
+  };
+}
+
 }  // namespace
 
 const std::vector<ConfigKey>& config_keys() {
   static const std::vector<ConfigKey> keys = [] {
     std::vector<ConfigKey> all = ledger_keys();
-    for (auto&& part : {openrouter_keys(), other_keys(), global_keys()}) all.insert(all.end(), part.begin(), part.end());
+    for (auto&& part : {openrouter_keys(), other_keys(), global_keys(), proxy_keys()}) all.insert(all.end(), part.begin(), part.end());
     return all;
   }();
   return keys;

@@ -1,0 +1,101 @@
+// proxy.hpp — what ledger-proxy does with one HTTP request (DESIGN 12), apart from the sockets.
+//
+// POST /api/v1/chat/completions (also /v1/...): the bearer "lk-..." key names the account (a
+// team's key may name one of its descendants in the body's `user`); the body is parsed (Boost.JSON,
+// bounded), its cost bounded from above (prompt tokens <= the body's bytes; max_tokens, or
+// max_completion_tokens, or proxy.max_tokens_default inserted), then authorize() (blocked, tier,
+// fallback, downgrade, the hold on the whole chain) picks the model that is forwarded. The answer's
+// usage.cost is committed; without one, the generation's cost is looked up (/generation?id=, with
+// retries), and when it never becomes known the hold is committed in full. A request that failed
+// before OpenRouter could bill anything is released. Streams are relayed chunk by chunk as they
+// arrive; a client that goes away stops the upstream read and the request is settled as above.
+// GET /api/v1/models (also /v1/models) is passed through; GET /healthz and GET /metrics answer here.
+// Errors have OpenAI's shape {"error": {"message", "type", "code"}} and never echo a key.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/config.hpp"
+#include "ledger/ledger.hpp"
+#include "proxy_keys.hpp"
+#include "upstream.hpp"
+
+namespace ledger::proxy {
+
+struct Request {
+  std::string method, target, authorization, body;
+  std::chrono::steady_clock::time_point received;  // when the whole request was read
+};
+
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+// Where a response goes: whole, or as a stream (head, then chunks as they come, then the end).
+class Client {
+ public:
+  virtual ~Client() = default;
+  virtual bool send(int status, const Headers& headers, const std::string& body) = 0;
+  virtual bool begin_stream(int status, const Headers& headers) = 0;
+  virtual bool chunk(const char* data, size_t size) = 0;
+  virtual bool end_stream() = 0;
+};
+
+// What the request log line and the metrics say about one request (no key, no prompt text).
+struct Outcome {
+  int status = 0;
+  std::string code;                 // our error code, or "" when answered
+  std::string account, model, chosen;
+  bool stream = false;
+  int64_t hold_nanousd = 0, cost_nanousd = -1;  // cost -1: not settled by a commit (released, or no hold)
+  std::string settled;              // "usage", "generation", "hold" (in full), "released", ""
+  int64_t upstream_us = 0, added_us = 0;
+};
+
+struct Metrics;
+
+// A request's hold: what authorize() reserved, for which model.
+struct Hold {
+  ReservationId id = 0;
+  std::string chosen;
+  int64_t amount = 0;
+  Status status;
+};
+
+class Proxy {
+ public:
+  Proxy(std::shared_ptr<const admin::Config> config, Ledger& ledger, std::string upstream_key);
+  ~Proxy();
+  void update(std::shared_ptr<const admin::Config> config, std::string upstream_key);
+  Outcome handle(const Request& request, Client& client);
+  std::string metrics_text(size_t in_flight) const;
+  void record(const Outcome& outcome);
+  // Stops in-flight upstream transfers (the drain deadline passed): they are settled as usual.
+  void cancel_all() { cancel_.store(true); }
+  // The server's count of requests in flight, for /metrics.
+  void set_in_flight(const std::atomic<size_t>* n) { in_flight_ = n; }
+
+ private:
+  Outcome chat(const Request& request, Client& client, const admin::Config& config, Upstream& upstream);
+  Outcome models(const Request& request, Client& client, Upstream& upstream);
+  Outcome stream(Outcome& o, Client& client, Upstream& upstream, const Hold& h, const std::string& body,
+                 std::chrono::steady_clock::time_point sent);
+  std::shared_ptr<const admin::Config> config() const;
+  std::shared_ptr<Upstream> upstream() const;
+
+  Ledger& ledger_;
+  KeyTable keys_;
+  std::atomic<bool> cancel_{false};
+  const std::atomic<size_t>* in_flight_ = nullptr;
+  mutable std::mutex mutex_;
+  std::shared_ptr<const admin::Config> config_;  // guarded by mutex_
+  std::shared_ptr<Upstream> upstream_;           // guarded by mutex_
+  std::unique_ptr<Metrics> metrics_;
+};
+
+}  // namespace ledger::proxy

@@ -1,0 +1,319 @@
+// ledger-proxy against the emulator over loopback, with a real ledger: the ledger equals what
+// OpenRouter billed the upstream key to the nano-USD (plain and streamed, fallback and end-user
+// attribution included); denials have the shapes the OpenAI SDKs understand; bad bodies and
+// upstream faults are clear errors that leave no hold behind; a client that goes away mid-stream
+// is settled by the generation's real cost; SIGTERM drains; no key reaches the log.
+#include <curl/curl.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <boost/json.hpp>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <thread>
+
+#include "emulator_process.hpp"
+#include "ledger/ledger.hpp"
+#include "process.hpp"
+#include "test_util.hpp"
+
+using namespace ledger;
+using ledger_test::kUsd;
+using ledger_test::run;
+
+namespace {
+
+struct Reply {
+  long status = 0;
+  std::string body, headers;
+  bool has_header(const std::string& h) const { return headers.find(h) != std::string::npos; }
+  std::string error_field(const char* name) const {
+    std::error_code ec;
+    const auto v = boost::json::parse(body, ec);
+    if (ec || !v.is_object() || !v.as_object().contains("error")) return "";
+    return std::string(v.at("error").at(name).as_string());
+  }
+  std::string code() const { return error_field("code"); }
+  std::string message() const { return error_field("message"); }
+};
+
+size_t append(char* p, size_t s, size_t n, void* out) {
+  static_cast<std::string*>(out)->append(p, s * n);
+  return s * n;
+}
+
+// One request with curl; `abort_after` > 0 hangs up after that many body bytes (a client going away).
+Reply http(const std::string& url, const std::string& key, const std::string& body, size_t abort_after = 0) {
+  CURL* curl = curl_easy_init();
+  Reply r;
+  struct Sink {
+    std::string* body;
+    size_t limit;
+  } sink{&r.body, abort_after};
+  curl_slist* headers = nullptr;
+  if (!key.empty()) headers = curl_slist_append(headers, ("Authorization: Bearer " + key).c_str());
+  headers = curl_slist_append(headers, "Content-Type: application/json");
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  if (!body.empty()) curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &sink);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, +[](char* p, size_t s, size_t n, void* out) -> size_t {
+    auto* k = static_cast<Sink*>(out);
+    k->body->append(p, s * n);
+    return k->limit > 0 && k->body->size() >= k->limit ? 0 : s * n;
+  });
+  curl_easy_setopt(curl, CURLOPT_HEADERDATA, &r.headers);
+  curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, append);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 60L);
+  curl_easy_perform(curl);
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &r.status);
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(curl);
+  return r;
+}
+
+std::string chat(const std::string& model, const std::string& extra = "") {
+  return R"({"model": ")" + model + R"(", "messages": [{"role": "user", "content": "hello there"}])" + extra + "}";
+}
+
+struct Setup : ledger_test::EmulatorLedger {
+  std::string upstream_hash, alice_key, eng_key, carol_key, log = dir.path() + "/proxy.log";
+  pid_t proxy = -1;
+  std::string base;
+
+  Setup() {
+    openrouter::KeyInfo k;
+    std::string secret;
+    REQUIRE_FALSE(client.create_key("proxy-upstream", std::nullopt, "", &k, &secret));
+    upstream_hash = k.hash;
+    ledger_test::write_file(dir.path() + "/upstream.key", secret + "\n");
+    ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 64, "max_reservations": 4096, "max_processes": 32},
+      "openrouter": {"base_url": ")" + emu.base() + R"(", "management_key_file": ")" + emu.key_file() +
+                                        R"(", "app_url": "https://proxy-test.example", "app_title": "proxy-test"},
+      "tiers": {"pro": {"models": ["openai/gpt-4o-mini", "openai/gpt-4o"]},
+                "basic": {"models": ["openai/gpt-4o-mini"], "fallback": "openai/gpt-4o-mini"}},
+      "prices": {"openai/gpt-4o-mini": {"prompt_usd_per_mtok": "0.15", "completion_usd_per_mtok": "0.60"},
+                 "openai/gpt-4o": {"prompt_usd_per_mtok": "2.50", "completion_usd_per_mtok": "10"}},
+      "accounts": [{"id": "eng", "limit_usd": "10", "period": "daily"},
+                   {"id": "alice", "parent": "eng", "tier": "pro", "limit_usd": "5", "period": "daily"},
+                   {"id": "bob", "parent": "eng", "tier": "pro", "limit_usd": "5", "period": "daily"},
+                   {"id": "carol", "parent": "eng", "tier": "basic", "limit_usd": "0.001", "period": "daily"},
+                   {"id": "other", "limit_usd": "1", "period": "daily"}],
+      "proxy": {"listen": "127.0.0.1:0", "upstream_key_file": "upstream.key", "max_tokens_default": 512,
+                "max_body_bytes": 65536, "drain_timeout_ms": 10000}})");
+    REQUIRE(run({LEDGERCTL_PATH, "--config", config, "init"}).exit_code == 0);
+    alice_key = make_key("alice");
+    eng_key = make_key("eng");
+    carol_key = make_key("carol");
+    start();
+  }
+  ~Setup() { stop(); }
+  std::string make_key(const std::string& account) {
+    const auto r = run({LEDGERCTL_PATH, "--config", config, "proxy-key", "create", account});
+    REQUIRE(r.exit_code == 0);
+    REQUIRE(r.out.rfind(account + ": lk-", 0) == 0);
+    return r.out.substr(account.size() + 2, 51);
+  }
+  void start() {
+    const std::string port_file = dir.path() + "/proxy.port";
+    std::remove(port_file.c_str());
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    proxy = ledger_test::spawn({PROXY_PATH, "--config", config, "--port-file", port_file}, fd, fd);
+    ::close(fd);
+    std::string port;
+    for (int i = 0; i < 300 && port.empty(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      const std::string p = ledger_test::read_file(port_file);
+      if (!p.empty() && p.back() == '\n') port = p.substr(0, p.size() - 1);
+    }
+    REQUIRE_FALSE(port.empty());
+    base = "http://127.0.0.1:" + port;
+  }
+  int stop() {
+    if (proxy <= 0) return 0;
+    ::kill(proxy, SIGTERM);
+    int status = 0;
+    ::waitpid(proxy, &status, 0);
+    proxy = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  Reply post(const std::string& key, const std::string& body, size_t abort_after = 0) {
+    return http(base + "/api/v1/chat/completions", key, body, abort_after);
+  }
+  Balance balance(const std::string& account) {
+    std::unique_ptr<Ledger> l;
+    REQUIRE(Ledger::open(ledger_dir, Options{}, &l) == Code::kOk);
+    Balance b;
+    REQUIRE(l->balance(account, &b) == Code::kOk);
+    return b;
+  }
+  int64_t billed() {  // what OpenRouter (the emulator) billed the proxy's upstream key
+    openrouter::KeyInfo k;
+    REQUIRE_FALSE(client.get_key(upstream_hash, &k));
+    return k.usage_nanousd.value_or(-1);
+  }
+  // Holds settle after the answer (a generation lookup may take a second or two).
+  bool settled() {
+    for (int i = 0; i < 500; ++i, std::this_thread::sleep_for(std::chrono::milliseconds(20)))
+      if (balance("eng").held_nanousd == 0 && balance("other").held_nanousd == 0) return true;
+    return false;
+  }
+  void fault(const std::string& json) { emu.admin("/__emulator/faults", json); }
+  void settings(const std::string& json) { emu.admin("/__emulator/settings", json); }
+};
+
+}  // namespace
+
+TEST_CASE("through the proxy the ledger equals what OpenRouter billed, to the nano-USD", "[proxy]") {
+  Setup s;
+  for (int i = 0; i < 5; ++i) {
+    const auto r = s.post(s.alice_key, chat("openai/gpt-4o-mini", R"(, "max_tokens": 40)"));
+    INFO(r.body);
+    REQUIRE(r.status == 200);
+    CHECK(r.body.find("\"usage\"") != std::string::npos);
+  }
+  for (int i = 0; i < 3; ++i) {  // streamed: relayed as server-sent events, settled by the last chunk's usage
+    const auto r = s.post(s.alice_key, chat("openai/gpt-4o", R"(, "stream": true)"));
+    REQUIRE(r.status == 200);
+    CHECK(r.has_header("text/event-stream"));
+    CHECK(r.body.find("data: [DONE]") != std::string::npos);
+  }
+  // A team's key may charge one of its members (end-user attribution); the answered model is the
+  // tier's fallback when the asked one is not allowed.
+  const auto bob = s.post(s.eng_key, chat("openai/gpt-4o-mini", R"(, "user": "bob", "max_tokens": 10)"));
+  REQUIRE(bob.status == 200);
+  const auto fallback = s.post(s.carol_key, chat("openai/gpt-4o", R"(, "max_tokens": 5)"));
+  REQUIRE(fallback.status == 200);
+  CHECK(fallback.body.find("\"model\":\"openai/gpt-4o-mini\"") != std::string::npos);
+  REQUIRE(s.settled());
+  CHECK(s.balance("bob").spent_nanousd > 0);
+  CHECK(s.balance("carol").spent_nanousd > 0);
+  CHECK(s.balance("alice").requests == 8);
+  CHECK(s.balance("eng").spent_nanousd == s.billed());  // every request, exactly what was billed
+  // The models list and the health check pass; no key in the log.
+  CHECK(http(s.base + "/api/v1/models", s.alice_key, "").status == 200);
+  CHECK(http(s.base + "/healthz", "", "").body == "{\"status\":\"ok\"}");
+  REQUIRE(s.stop() == 0);
+  const std::string log = ledger_test::read_file(s.log);
+  CHECK(log.find("lk-") == std::string::npos);
+  CHECK(log.find("sk-or-") == std::string::npos);
+  CHECK(log.find("hello there") == std::string::npos);  // nor prompt text
+  CHECK(log.find("msg=\"request\" method=POST path=/api/v1/chat/completions status=200 account=bob") != std::string::npos);
+}
+
+TEST_CASE("denials have the shapes the OpenAI SDKs understand, and leave no hold", "[proxy]") {
+  Setup s;
+  auto r = s.post(s.carol_key, chat("openai/gpt-4o-mini", R"(, "max_tokens": 100000)"));  // more than carol's $0.001
+  CHECK(r.status == 429);
+  CHECK(r.code() == "budget_exceeded");
+  CHECK(r.body.find("\"type\":\"insufficient_quota\"") != std::string::npos);
+  CHECK(r.has_header("x-should-retry: false"));
+  r = s.post(s.alice_key, chat("openai/gpt-4o-mini", R"(, "max_tokens": 9000000)"));  // within alice's bound? no: eng's $10 too
+  CHECK(r.status == 429);
+  r = s.post(s.alice_key, chat("anthropic/claude-3.5-sonnet"));
+  CHECK(r.status == 403);
+  CHECK(r.code() == "model_not_allowed");
+  r = s.post(s.alice_key, chat("openai/gpt-4o-mini", R"(, "user": "other")"));
+  CHECK(r.status == 403);
+  CHECK(r.code() == "user_not_allowed");
+  CHECK(s.post("", chat("openai/gpt-4o-mini")).status == 401);
+  CHECK(s.post("lk-" + std::string(48, 'a'), chat("openai/gpt-4o-mini")).code() == "invalid_api_key");
+  REQUIRE(run({LEDGERCTL_PATH, "--config", s.config, "block", "alice"}).exit_code == 0);
+  r = s.post(s.alice_key, chat("openai/gpt-4o-mini"));
+  CHECK(r.status == 403);
+  CHECK(r.code() == "account_blocked");
+  // A revoked key is refused at once, without a reload.
+  const auto list = run({LEDGERCTL_PATH, "--config", s.config, "proxy-key", "list", "--json"});
+  const auto keys = boost::json::parse(list.out).at("keys").as_array();
+  REQUIRE(keys.size() == 3);
+  const std::string eng_id(keys[1].at("id").as_string());
+  REQUIRE(run({LEDGERCTL_PATH, "--config", s.config, "proxy-key", "revoke", eng_id.substr(0, 8)}).exit_code == 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  r = s.post(s.eng_key, chat("openai/gpt-4o-mini"));
+  CHECK(r.status == 401);
+  CHECK(r.code() == "invalid_api_key");
+  CHECK(r.body.find("lk-") == std::string::npos);  // no key echoed
+  CHECK(s.balance("eng").held_nanousd == 0);
+  CHECK(s.balance("eng").spent_nanousd == 0);
+  CHECK(s.billed() == 0);  // nothing reached OpenRouter
+}
+
+TEST_CASE("bad bodies are clear errors, nothing is held or sent upstream", "[proxy]") {
+  Setup s;
+  const std::pair<std::string, std::string> bad[] = {
+      {"not json", "not valid JSON"},
+      {"[1, 2]", "must be a JSON object"},
+      {R"({"messages": []})", "\"model\" is required"},
+      {R"({"model": 5, "messages": []})", "\"model\" is required"},
+      {R"({"model": "openai/gpt-4o-mini"})", "\"messages\" is required"},
+      {R"({"model": "openai/gpt-4o-mini", "messages": [], "stream": "yes"})", "\"stream\" must be true or false"},
+      {R"({"model": "openai/gpt-4o-mini", "messages": [], "max_tokens": -3})", "\"max_tokens\" must be a positive integer"},
+      {R"({"model": "openai/gpt-4o-mini", "messages": [], "user": 7})", "\"user\" must be an account id"},
+  };
+  for (const auto& [body, says] : bad) {
+    const auto r = s.post(s.alice_key, body);
+    INFO(body << " -> " << r.body);
+    CHECK(r.status == 400);
+    CHECK(r.code() == "invalid_request");
+    CHECK(r.message().find(says) != std::string::npos);
+  }
+  const auto huge = s.post(s.alice_key, chat("openai/gpt-4o-mini", R"(, "pad": ")" + std::string(70000, 'x') + "\""));
+  CHECK(huge.status == 413);
+  CHECK(huge.code() == "request_too_large");
+  CHECK(http(s.base + "/api/v1/nothing", s.alice_key, "").status == 404);
+  CHECK(s.balance("eng").held_nanousd == 0);
+  CHECK(s.balance("eng").requests == 0);
+  CHECK(s.billed() == 0);
+}
+
+TEST_CASE("upstream faults: errors passed through and released, cut answers settled by the generation's cost", "[proxy]") {
+  Setup s;
+  s.fault(R"({"path": "/api/v1/chat/completions", "status": 500, "count": 1})");
+  auto r = s.post(s.alice_key, chat("openai/gpt-4o-mini"));
+  CHECK(r.status == 500);
+  s.fault(R"({"path": "/api/v1/chat/completions", "status": 429, "retry_after_s": 3, "count": 1})");
+  r = s.post(s.alice_key, chat("openai/gpt-4o-mini", R"(, "stream": true)"));
+  CHECK(r.status == 429);
+  REQUIRE(s.settled());
+  CHECK(s.balance("alice").spent_nanousd == 0);  // nothing was produced: both holds released
+  // A reply cut mid-way (its generation billed): settled by /generation?id=, exactly.
+  s.fault(R"({"path": "/api/v1/chat/completions", "body": "truncated", "count": 1})");
+  (void)s.post(s.alice_key, chat("openai/gpt-4o-mini", R"(, "max_tokens": 30)"));
+  s.fault(R"({"path": "/api/v1/chat/completions", "body": "truncated", "count": 1})");
+  (void)s.post(s.alice_key, chat("openai/gpt-4o-mini", R"(, "stream": true)"));
+  REQUIRE(s.settled());
+  CHECK(s.balance("alice").spent_nanousd > 0);
+  CHECK(s.balance("eng").spent_nanousd == s.billed());
+}
+
+TEST_CASE("a client that goes away mid-stream: upstream stops, the generation's real cost is charged", "[proxy]") {
+  Setup s;
+  s.settings(R"({"tokens_per_second": 20})");  // a slow stream: about a second for its 20 tokens
+  const auto r = s.post(s.alice_key, chat("openai/gpt-4o-mini", R"(, "stream": true)"), 300);
+  CHECK(r.status == 200);
+  REQUIRE(s.settled());
+  CHECK(s.balance("alice").spent_nanousd > 0);
+  CHECK(s.balance("eng").spent_nanousd == s.billed());
+  REQUIRE(s.stop() == 0);
+  CHECK(ledger_test::read_file(s.log).find("code=client_gone") != std::string::npos);
+}
+
+TEST_CASE("SIGTERM drains: a stream in flight finishes and is settled, then the proxy exits 0", "[proxy]") {
+  Setup s;
+  s.settings(R"({"ttft_ms": 1500, "tokens_per_second": 50})");  // in flight for about 2 s
+  Reply streamed;
+  std::thread client([&] { streamed = s.post(s.alice_key, chat("openai/gpt-4o-mini", R"(, "stream": true)")); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(s.stop() == 0);
+  client.join();
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(12));
+  CHECK(streamed.status == 200);
+  CHECK(streamed.body.find("data: [DONE]") != std::string::npos);
+  CHECK(s.balance("eng").held_nanousd == 0);
+  CHECK(s.balance("eng").spent_nanousd == s.billed());
+  const std::string log = ledger_test::read_file(s.log);
+  const size_t draining = log.find("msg=\"draining\""), answered = log.find("stream=1");
+  REQUIRE(draining != std::string::npos);
+  CHECK(answered > draining);  // the stream was still in flight when SIGTERM came
+}
