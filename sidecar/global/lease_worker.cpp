@@ -19,7 +19,8 @@ using admin::Config;
 
 namespace {
 
-constexpr int64_t kReportsPerExpiry = 10;  // expire dead hosts' leases every tenth cycle
+constexpr int64_t kReportsPerExpiry = 10;   // expire dead hosts' leases every tenth refresh
+constexpr int64_t kReportEveryCycles = 4;   // a busy host reports its use every 4th refresh interval
 
 std::string read_first_line(const std::string& path) {
   std::ifstream in(path);
@@ -152,7 +153,7 @@ bool LeaseWorker::cycle(const Config& config, bool final) {
     pg_ = std::make_unique<PgConnection>(options);
   }
   const int64_t now_s = ledger_.now_ms() / 1000;
-  if (!report_and_read(config, now_s)) return false;
+  if (!report_and_read(config, now_s, final)) return false;
   if (final) {
     give_back_surplus(config, now_s, /*everything=*/true);
     publish_record(config, true);
@@ -189,24 +190,7 @@ const AccountConfig* find_account(const Config& config, const std::string& id) {
 }
 }  // namespace
 
-bool LeaseWorker::report_and_read(const Config& config, int64_t now_s) {
-  PgError error;
-  const auto fail = [&](const std::string& what) {
-    const std::string message = what + ": " + error.message;
-    if (message != last_error_) admin::log_line("error", "global: " + message + " (leases are not renewed: this host denies once they lapse)");
-    last_error_ = message;
-    return false;
-  };
-  bool claimed = false;
-  std::string holder;
-  if (!host_claimed_ && !ensure_schema(*pg_, &error)) return fail("the store's schema");
-  if (!claim_host(*pg_, config.global.host_id, instance_, int64_t{config.global.lease_ttl_s} * 2, &claimed, &holder, &error))
-    return fail("cannot claim host_id " + config.global.host_id);
-  if (!claimed) {
-    error.message = "another live host uses it (" + holder + "): give each host its own global.host_id";
-    return fail("host_id \"" + config.global.host_id + "\"");
-  }
-  host_claimed_ = true;
+std::vector<Usage> LeaseWorker::current_usage(const Config& config) const {
   std::vector<Usage> usage;
   for (const auto& [key, lease] : leases_) {
     const AccountConfig* a = find_account(config, key.first);
@@ -214,38 +198,83 @@ bool LeaseWorker::report_and_read(const Config& config, int64_t now_s) {
     if (a == nullptr || !ledger_.window_usage(key.first, key.second, &u).ok()) continue;
     usage.push_back(Usage{key.first, a->period, key.second, u.used_nanousd, u.spent_nanousd});
   }
+  return usage;
+}
+
+// Nothing the store must hear now: no request denied for want of a lease, the leases renewed less
+// than a quarter of their ttl ago, and either the same use as last reported or a report younger
+// than kReportEveryCycles refresh intervals. An idle host then costs the store one transaction per
+// ttl/4, a busy one one per kReportEveryCycles intervals (grants and give-backs apart); a changed
+// limit or block reaches a host at its next refresh, at the latest at its next renewal.
+bool LeaseWorker::nothing_to_refresh(const Config& config, const std::vector<Usage>& usage) const {
+  if (!host_claimed_ || renewed_mono_ms_ == 0) return false;
+  const int64_t age_ms = Ledger::monotonic_ms() - renewed_mono_ms_;
+  if (age_ms >= int64_t{config.global.lease_ttl_s} * 1000 / 4) return false;
+  for (const auto& [id, d] : demand_)
+    if (d.wanted > 0) return false;
+  bool unchanged = usage.size() == reported_.size();
+  for (const Usage& u : usage) {
+    const auto it = reported_.find({u.account, u.window});
+    unchanged = unchanged && it != reported_.end() && it->second == std::make_pair(u.used_nanousd, u.spent_nanousd);
+  }
+  return unchanged || age_ms < kReportEveryCycles * int64_t{config.global.refresh_interval_ms};
+}
+
+bool LeaseWorker::report_and_read(const Config& config, int64_t now_s, bool final) {
+  PgError error;
+  const auto fail = [&](const std::string& what) {
+    const std::string message = what + ": " + error.message;
+    if (message != last_error_) admin::log_line("error", "global: " + message + " (leases are not renewed: this host denies once they lapse)");
+    last_error_ = message;
+    return false;
+  };
+  if (!host_claimed_ && !ensure_schema(*pg_, &error)) return fail("the store's schema");
+  const std::vector<Usage> usage = current_usage(config);
+  measure_demand(config, now_s);  // (takes the amounts denied for want of a lease since the last cycle)
+  if (!final && nothing_to_refresh(config, usage)) return true;
+  const RefreshRequest request{config.global.host_id, instance_, owner_, int64_t{config.global.lease_ttl_s} * 2,
+                               ledger_.now_ms() * 1000 + static_cast<int64_t>(++request_counter_ % 1000), config.global.lease_ttl_s,
+                               usage};
   const int64_t started = Ledger::monotonic_ms();
-  const int64_t seq = ledger_.now_ms() * 1000 + static_cast<int64_t>(++request_counter_ % 1000);
-  std::vector<LeaseView> views;
-  std::vector<GlobalAccount> accounts;
-  if (!report(*pg_, owner_, seq, usage, config.global.lease_ttl_s, &error)) return fail("report");
+  RefreshResult got;
+  if (!refresh(*pg_, request, &got, &error)) return fail("refresh (report, renew, read)");
+  if (!got.claimed) {
+    error.message = "another live host uses it (" + got.holder + "): give each host its own global.host_id";
+    return fail("host_id \"" + config.global.host_id + "\"");
+  }
+  host_claimed_ = true;
   renewed_mono_ms_ = started;  // the store renewed the leases no earlier than this
+  reported_.clear();
+  for (const Usage& u : usage) reported_[{u.account, u.window}] = {u.used_nanousd, u.spent_nanousd};
   uint64_t expired = 0;
-  if (counters_.cycles % kReportsPerExpiry == 0 && expire_leases(*pg_, &expired, &error) && expired > 0) {
+  if (++refreshes_ % kReportsPerExpiry == 0 && expire_leases(*pg_, &expired, &error) && expired > 0) {
     admin::log_line("warn", "global: leases of hosts that stopped reporting expired (their remainder is charged as spent)",
                     "count=" + std::to_string(expired));
     std::lock_guard<std::mutex> lock(mutex_);
     counters_.expiries += expired;
   }
-  if (!read_leases(*pg_, owner_, &views, &error) || !read_accounts(*pg_, &accounts, &error)) return fail("read");
   if (!last_error_.empty()) admin::log_line("info", "global: the store answers again");
   last_error_.clear();
-  for (const auto& v : views)
+  apply_store_view(config, got, now_s);
+  std::lock_guard<std::mutex> lock(mutex_);
+  counters_.last_round_trip_us = pg_->last_round_trip_us();
+  return true;
+}
+
+// The store's view of this host's leases, the accounts' limits and blocks (blocks are global).
+void LeaseWorker::apply_store_view(const Config& config, const RefreshResult& got, int64_t now_s) {
+  for (const auto& v : got.leases)
     leases_[{v.account, v.window}] = Lease{v.granted_nanousd, v.window_granted_nanousd, v.limit_nanousd, v.spent_nanousd, v.blocked};
-  for (const auto& g : accounts) {
+  for (const auto& g : got.accounts) {
     const AccountConfig* a = find_account(config, g.id);
     if (a == nullptr || !a->global) continue;
     Lease& lease = leases_[{g.id, window_of(*a, now_s)}];
     lease.limit = g.limit_nanousd;
     lease.blocked = g.blocked;
     Balance b;
-    if (ledger_.balance(g.id, &b).ok() && b.blocked != g.blocked) (void)ledger_.block(g.id, g.blocked);  // blocks are global
+    if (ledger_.balance(g.id, &b).ok() && b.blocked != g.blocked) (void)ledger_.block(g.id, g.blocked);
   }
-  restore_reported_spend(config, views, now_s);
-  measure_demand(config, now_s);
-  std::lock_guard<std::mutex> lock(mutex_);
-  counters_.last_round_trip_us = pg_->last_round_trip_us();
-  return true;
+  restore_reported_spend(config, got.leases, now_s);
 }
 
 // A segment rebuilt from LMDB (its host lost /dev/shm, as in a reboot) may know less than this host
@@ -281,8 +310,11 @@ void LeaseWorker::measure_demand(const Config& config, int64_t now_s) {
       const double rate = static_cast<double>(u.used_nanousd - d.last_used) * 1000.0 / static_cast<double>(now_ms - d.last_ms);
       d.rate_per_s = 0.5 * d.rate_per_s + 0.5 * rate;  // a short memory: idle hosts shrink quickly
     }
-    // The largest request denied for want of this lease since the last cycle: the next slice fits it.
+    // The largest request denied for want of this lease since the last cycle: the next slice fits it,
+    // and while denials go on, the headroom doubles each cycle (a host that starts spending fast
+    // reaches its rate's slice in a few cycles, not only after its spend was measured).
     if (!ledger_.take_lease_wanted(a.id, window_of(a, now_s), &d.wanted).ok()) d.wanted = 0;
+    d.boost = d.wanted > 0 ? std::max(d.boost * 2, d.wanted * 4) : d.boost / 2;
     d.used = u.used_nanousd;
     d.spent = u.spent_nanousd;
     d.last_used = u.used_nanousd;
@@ -294,8 +326,13 @@ int64_t LeaseWorker::headroom(const AccountConfig& a, const Lease& lease, const 
   (void)a;
   if (lease.blocked || lease.window_granted > lease.limit) return 0;  // blocked, or the limit was lowered: recall
   const int64_t min_slice = std::max<int64_t>(1, lease.limit / 1000);
-  const double sized = d.rate_per_s * 4.0 * static_cast<double>(config.global.refresh_interval_ms) / 1000.0;
-  const int64_t by_rate = std::clamp<int64_t>(static_cast<int64_t>(sized), min_slice, std::max(min_slice, lease.limit / 10));
+  // Four refresh intervals of spend, and at least 0.8 s of it: at short intervals a cycle delayed by
+  // a busy machine does not run the slice dry (and grants stay few); at long ones the slices of idle
+  // hosts stay small (less budget stranded on them).
+  const double seconds = std::max(4.0 * static_cast<double>(config.global.refresh_interval_ms) / 1000.0, 0.8);
+  const double sized = d.rate_per_s * seconds;
+  const int64_t by_rate =
+      std::clamp<int64_t>(std::max(static_cast<int64_t>(sized), d.boost), min_slice, std::max(min_slice, lease.limit / 10));
   return std::max(by_rate, std::min(d.wanted, lease.limit));  // a denied request larger than that: room for it
 }
 
@@ -314,7 +351,12 @@ void LeaseWorker::grow(const Config& config, int64_t now_s) {
     // through this cycle's give-back).
     int64_t chain_wanted = 0;
     for (const AccountConfig* level : chain) chain_wanted = std::max(chain_wanted, demand_[level->id].wanted);
-    for (const AccountConfig* level : chain) demand_[level->id].wanted = std::max(demand_[level->id].wanted, chain_wanted);
+    int64_t chain_boost = 0;
+    for (const AccountConfig* level : chain) chain_boost = std::max(chain_boost, demand_[level->id].boost);
+    for (const AccountConfig* level : chain) {
+      demand_[level->id].wanted = std::max(demand_[level->id].wanted, chain_wanted);
+      demand_[level->id].boost = std::max(demand_[level->id].boost, chain_boost);
+    }
     for (const AccountConfig* level : chain) {
       if (granted_now[level->id]) continue;
       const int64_t window = window_of(*level, now_s);

@@ -2,7 +2,8 @@
 //
 // Every global.refresh_interval_ms, on its own thread (never the tick that flushes and reclaims):
 //   1. report this host's cumulative use of each lease and renew them, and read back its leases and
-//      the accounts' limits and blocks (one transaction);
+//      the accounts' limits and blocks (one transaction; only every 4th interval while busy, and
+//      every ttl/4 while idle, unless a request was denied for want of a lease);
 //   2. size each account's headroom from its spend rate (at least a thousandth of its limit; none
 //      for a blocked account or one whose limit fell below what is leased: that recalls slices);
 //   3. grant what is missing, a whole chain (account and ancestors) per transaction, all levels or
@@ -69,13 +70,17 @@ class LeaseWorker {
   struct Demand {  // what this host used of one account's current window, and how fast
     int64_t used = 0, spent = 0, last_used = -1, last_ms = 0;
     int64_t wanted = 0;  // the largest request denied for want of this host's lease, last cycle
+    int64_t boost = 0;   // headroom that doubles while such denials go on, and halves when they stop
     double rate_per_s = 0;
   };
   using Key = std::pair<std::string, int64_t>;  // (account, window)
 
   void loop();
   bool cycle(const admin::Config& config, bool final);
-  bool report_and_read(const admin::Config& config, int64_t now_s);
+  bool report_and_read(const admin::Config& config, int64_t now_s, bool final);
+  std::vector<Usage> current_usage(const admin::Config& config) const;
+  bool nothing_to_refresh(const admin::Config& config, const std::vector<Usage>& usage) const;
+  void apply_store_view(const admin::Config& config, const RefreshResult& got, int64_t now_s);
   void restore_reported_spend(const admin::Config& config, const std::vector<LeaseView>& views, int64_t now_s);
   void measure_demand(const admin::Config& config, int64_t now_s);
   void grow(const admin::Config& config, int64_t now_s);
@@ -96,6 +101,8 @@ class LeaseWorker {
   std::map<std::string, Demand> demand_;
   int64_t record_ms_ = 0;        // when this host last published its record (monotonic)
   PublishedRows published_;      // what it published then (only changes are sent)
+  std::map<Key, std::pair<int64_t, int64_t>> reported_;  // (used, spent) per lease in the last refresh
+  uint64_t refreshes_ = 0;
   int64_t renewed_mono_ms_ = 0;  // start of the last successful report: the leases' local clock
   uint64_t request_counter_ = 0;
   std::string last_error_;

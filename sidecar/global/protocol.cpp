@@ -318,23 +318,40 @@ bool read_accounts(PgConnection& pg, std::vector<GlobalAccount>* out, PgError* e
   return true;
 }
 
+namespace {
+// The statements of claim_host, for use inside a transaction.
+bool claim_in(PgConnection& c, const std::string& host, const std::string& instance, int64_t stale_s, bool* claimed,
+              std::string* holder, PgError* e) {
+  *claimed = false;
+  PgResult r;
+  if (!c.exec("INSERT INTO ledger_hosts (host_id, instance, seen_at) VALUES ($1, $2, now()) ON CONFLICT (host_id) DO UPDATE "
+              "SET instance = EXCLUDED.instance, seen_at = now() WHERE ledger_hosts.instance = EXCLUDED.instance "
+              "OR ledger_hosts.seen_at < now() - $3::interval",
+              {host, instance, seconds(stale_s)}, &r, e))
+    return false;
+  *claimed = r.affected == 1;
+  if (*claimed) return true;
+  if (!c.exec("SELECT instance, EXTRACT(EPOCH FROM now() - seen_at)::BIGINT FROM ledger_hosts WHERE host_id = $1", {host}, &r, e))
+    return false;
+  if (!r.rows.empty()) *holder = "instance " + r.rows[0][0].value_or("?") + ", seen " + r.rows[0][1].value_or("?") + " s ago";
+  return true;
+}
+}  // namespace
+
 bool claim_host(PgConnection& pg, const std::string& host, const std::string& instance, int64_t stale_s, bool* claimed,
                 std::string* holder, PgError* error) {
-  *claimed = false;
+  return pg.transaction([&](PgConnection& c, PgError* e) { return claim_in(c, host, instance, stale_s, claimed, holder, e); }, error);
+}
+
+bool refresh(PgConnection& pg, const RefreshRequest& q, RefreshResult* out, PgError* error) {
   return pg.transaction(
       [&](PgConnection& c, PgError* e) {
-        PgResult r;
-        if (!c.exec("INSERT INTO ledger_hosts (host_id, instance, seen_at) VALUES ($1, $2, now()) ON CONFLICT (host_id) DO UPDATE "
-                    "SET instance = EXCLUDED.instance, seen_at = now() WHERE ledger_hosts.instance = EXCLUDED.instance "
-                    "OR ledger_hosts.seen_at < now() - $3::interval",
-                    {host, instance, seconds(stale_s)}, &r, e))
-          return false;
-        *claimed = r.affected == 1;
-        if (*claimed) return true;
-        if (!c.exec("SELECT instance, EXTRACT(EPOCH FROM now() - seen_at)::BIGINT FROM ledger_hosts WHERE host_id = $1", {host}, &r, e))
-          return false;
-        if (!r.rows.empty()) *holder = "instance " + r.rows[0][0].value_or("?") + ", seen " + r.rows[0][1].value_or("?") + " s ago";
-        return true;
+        *out = RefreshResult{};
+        if (!claim_in(c, q.host_id, q.instance, q.stale_s, &out->claimed, &out->holder, e)) return false;
+        if (!out->claimed) return true;  // another live host has the host_id: report nothing for it
+        for (const Usage& u : q.usage)
+          if (!report_one(c, q.owner, q.seq, u, q.ttl_s, e)) return false;
+        return read_leases(c, q.owner, &out->leases, e) && read_accounts(c, &out->accounts, e);
       },
       error);
 }

@@ -103,6 +103,22 @@ bool read_accounts(PgConnection& pg, std::vector<GlobalAccount>* out, PgError* e
 bool claim_host(PgConnection& pg, const std::string& host, const std::string& instance, int64_t stale_s, bool* claimed,
                 std::string* holder, PgError* error);
 
+// One refresh of a host, in one transaction (one round of statements, one commit, so the store's
+// load is one transaction per host per cycle): claim host_id, report the usage of its leases and
+// renew them (as report()), read its leases and every account (as read_leases, read_accounts).
+struct RefreshRequest {
+  std::string host_id, instance, owner;  // owner: "host_id/incarnation"
+  int64_t stale_s = 0, seq = 0, ttl_s = 0;
+  std::vector<Usage> usage;
+};
+struct RefreshResult {
+  bool claimed = false;
+  std::string holder;  // when not claimed: who has host_id
+  std::vector<LeaseView> leases;
+  std::vector<GlobalAccount> accounts;
+};
+bool refresh(PgConnection& pg, const RefreshRequest& request, RefreshResult* out, PgError* error);
+
 // The leader lease of `role` (one reconciler per team, G5): taken when free or lapsed, renewed while
 // held; *leader says whether this host holds it now.
 bool lead(PgConnection& pg, const std::string& role, const std::string& host, const std::string& instance, int64_t ttl_s,
