@@ -4,10 +4,11 @@
 // PermissionDeniedError, a fallback visible as the answered model, and at the end the ledger's
 // spend equal to what the emulator billed the proxy's upstream key, to the nano-USD.
 //
-// ctest copies this file next to its node_modules (<build>/tests/node-proxy, installed there by the
-// proxy_npm_install fixture: `npm ci`) and passes the binaries in the environment: PROXY
-// (ledger-proxy), LEDGERCTL, LEDGER_EMULATOR. By hand, from such a directory:
-//   PROXY=... LEDGERCTL=... LEDGER_EMULATOR=... node sdk_test.mjs
+// ctest runs it through a link in <build>/tests/node-proxy, beside the node_modules that the
+// proxy_npm_install fixture installs there (`npm ci`), with `node --preserve-symlinks-main` so that
+// "openai" resolves from there, and passes the binaries in the environment: PROXY (ledger-proxy),
+// LEDGERCTL, LEDGER_EMULATOR. By hand, after one ctest run:
+//   PROXY=... LEDGERCTL=... LEDGER_EMULATOR=... node --preserve-symlinks-main build/debug/tests/node-proxy/sdk_test.mjs
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
