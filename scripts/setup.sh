@@ -12,7 +12,13 @@ packages=(
   libbenchmark-dev catch2
   chromium fonts-dejavu-core   # the HTML report is rendered in headless Chromium by a test
   postgresql-15 libpq-dev      # global mode: the tests start a private server of their own
+  curl                         # ledger-proxy's tests call it as a client
 )
+# ledger-proxy's SDK test runs the official openai npm package: Node and npm from Debian, only when
+# there are none (a Node from elsewhere bundles its own npm, which Debian's npm would conflict with).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
