@@ -35,6 +35,13 @@ Outcome& refuse(Outcome& o, Client& client, int status, const char* type, const 
   return o;
 }
 
+// A model id or account id as the ledger takes them: visible ASCII, no space (so also safe in a log line).
+bool printable(const std::string& text) {
+  for (const char ch : text)
+    if (ch <= ' ' || ch > '~') return false;
+  return true;
+}
+
 struct ChatRequest {
   json::object body;
   std::string model, user;
@@ -54,11 +61,15 @@ bool read_chat(const std::string& text, ChatRequest* c, std::string* error) {
   }
   c->body = std::move(v.get_object());
   const json::value* model = c->body.if_contains("model");
-  if (model == nullptr || !model->is_string() || model->get_string().empty() || model->get_string().size() > 255) {
+  if (model == nullptr || !model->is_string() || model->get_string().empty()) {
     *error = "\"model\" is required: a model id such as \"openai/gpt-4o-mini\"";
     return false;
   }
   c->model = std::string(model->get_string());
+  if (c->model.size() > kModelIdMax || !printable(c->model)) {
+    *error = "\"model\" must be a model id of at most " + std::to_string(kModelIdMax) + " printable characters without spaces";
+    return false;
+  }
   if (const json::value* m = c->body.if_contains("messages"); m == nullptr || !m->is_array()) {
     *error = "\"messages\" is required: an array of messages";
     return false;
@@ -68,7 +79,8 @@ bool read_chat(const std::string& text, ChatRequest* c, std::string* error) {
     c->stream = s->get_bool();
   }
   if (const json::value* u = c->body.if_contains("user"); u != nullptr && !u->is_null()) {
-    if (!u->is_string() || u->get_string().size() > 63) return *error = "\"user\" must be an account id (a string)", false;
+    if (!u->is_string() || !valid_account_name(std::string_view(u->get_string())))
+      return *error = "\"user\" must be an account id (1-63 characters of [A-Za-z0-9._:@-])", false;
     c->user = std::string(u->get_string());
   }
   for (const char* name : {"max_tokens", "max_completion_tokens"}) {
@@ -138,6 +150,8 @@ Outcome& refuse_hold(Outcome& o, Client& client, const Hold& h, const std::strin
     case Code::kUnknownModel:
       return refuse(o, client, 400, "invalid_request_error", "model_not_priced",
                     "model \"" + h.chosen + "\" has no price in the ledger (ledgerctl init loads OpenRouter's prices)");
+    case Code::kInvalidArgument:
+      return refuse(o, client, 400, "invalid_request_error", "invalid_request", "the ledger refused the request's model or account");
     case Code::kUnknownAccount:
       return refuse(o, client, 401, "invalid_request_error", "invalid_api_key", "the key's account is not in the ledger");
     default:
@@ -224,6 +238,8 @@ void settle(Ledger& ledger, Upstream& upstream, const Hold& h, bool billable, st
 Headers pass_headers(const UpstreamReply& r) {
   Headers h{{"Content-Type", r.content_type.empty() ? "application/json" : r.content_type}};
   if (!r.generation_id.empty()) h.emplace_back("X-Generation-Id", r.generation_id);
+  if (!r.retry_after.empty()) h.emplace_back("Retry-After", r.retry_after);  // OpenRouter's back-off, for the SDKs
+  if (!r.should_retry.empty()) h.emplace_back("x-should-retry", r.should_retry);
   return h;
 }
 
@@ -284,8 +300,12 @@ Outcome Proxy::handle(const Request& request, Client& client) {
                 "no such endpoint: the proxy serves POST /api/v1/chat/completions, GET /api/v1/models, GET /healthz, GET /metrics");
 }
 
-Outcome Proxy::models(const Request&, Client& client, Upstream& upstream) {
+Outcome Proxy::models(const Request& request, Client& client, Upstream& upstream) {
   Outcome o;
+  const std::string bearer = request.authorization.rfind("Bearer ", 0) == 0 ? request.authorization.substr(7) : "";
+  const auto owner = keys_.account_of(bearer);
+  if (!owner) return refuse(o, client, 401, "invalid_request_error", "invalid_api_key", "a valid proxy key is required (Bearer lk-...)");
+  o.account = *owner;
   const Clock::time_point start = Clock::now();
   const UpstreamReply r = upstream.get("/models", &cancel_);
   o.upstream_us = us_between(start, Clock::now());

@@ -143,14 +143,24 @@ std::string error_json(const char* message, const char* type, const char* code) 
   return std::string("{\"error\":{\"message\":\"") + message + "\",\"type\":\"" + type + "\",\"code\":\"" + code + "\"}}";
 }
 
+// A value for a key=value field: visible ASCII only (anything else becomes '?'), so a request can
+// neither split a log line nor pass for another field.
+std::string field(std::string_view text, size_t max_bytes = 96) {
+  if (text.find("lk-") != std::string_view::npos || text.find("sk-or-") != std::string_view::npos) return "(redacted:key-like)";
+  std::string out(text.substr(0, max_bytes));
+  for (char& ch : out)
+    if (ch <= ' ' || ch > '~' || ch == '"') ch = '?';
+  return out;
+}
+
 // One key=value line per request: no key, no prompt text.
 void log_request(const Request& r, const Outcome& o) {
-  std::string fields = "method=" + r.method + " path=" + r.target.substr(0, r.target.find('?')).substr(0, 64) + " status=" +
+  std::string fields = "method=" + field(r.method, 16) + " path=" + field(r.target.substr(0, r.target.find('?')), 64) + " status=" +
                        std::to_string(o.status);
   if (!o.code.empty()) fields += " code=" + o.code;
-  if (!o.account.empty()) fields += " account=" + o.account;
-  if (!o.model.empty()) fields += " model=" + o.model.substr(0, 96);
-  if (!o.chosen.empty() && o.chosen != o.model) fields += " chosen=" + o.chosen.substr(0, 96);
+  if (!o.account.empty()) fields += " account=" + field(o.account);
+  if (!o.model.empty()) fields += " model=" + field(o.model);
+  if (!o.chosen.empty() && o.chosen != o.model) fields += " chosen=" + field(o.chosen);
   if (o.stream) fields += " stream=1";
   if (o.hold_nanousd > 0) fields += " hold_usd=" + format_usd(o.hold_nanousd);
   if (o.cost_nanousd >= 0) fields += " cost_usd=" + format_usd(o.cost_nanousd);

@@ -57,6 +57,8 @@ size_t on_header(char* data, size_t size, size_t n, void* self) {
   };
   if (auto v = value_of("x-generation-id:")) t->reply->generation_id = v->substr(0, 128);
   if (auto v = value_of("content-type:")) t->reply->content_type = v->substr(0, 128);
+  if (auto v = value_of("retry-after:")) t->reply->retry_after = v->substr(0, 32);
+  if (auto v = value_of("x-should-retry:")) t->reply->should_retry = v->substr(0, 8);
   return size * n;
 }
 

@@ -27,6 +27,7 @@ struct UpstreamReply {
   std::string body;            // the body (for a relayed stream: only what was not relayed)
   std::string content_type;
   std::string generation_id;   // X-Generation-Id, when sent
+  std::string retry_after, should_retry;  // Retry-After, x-should-retry, when sent (passed to the client)
   bool sent = false;           // the request may have reached OpenRouter (so it may be billed)
   std::string error;           // transport failure, for a person ("" = none)
 };

@@ -26,6 +26,8 @@
 // word and helping, while other processes move on.
 #ifdef LEDGER_CRASH_POINTS
 namespace ledger::detail {
+
+static_assert(detail::kModelNameMax == kModelIdMax, "the segment holds model ids of kModelIdMax bytes");
 void crash_point();
 void pause_point();
 }

@@ -249,6 +249,9 @@ TEST_CASE("bad bodies are clear errors, nothing is held or sent upstream", "[pro
       {R"({"model": "openai/gpt-4o-mini", "messages": [], "stream": "yes"})", "\"stream\" must be true or false"},
       {R"({"model": "openai/gpt-4o-mini", "messages": [], "max_tokens": -3})", "\"max_tokens\" must be a positive integer"},
       {R"({"model": "openai/gpt-4o-mini", "messages": [], "user": 7})", "\"user\" must be an account id"},
+      {R"({"model": "openai/gpt-4o-mini ", "messages": []})", "printable characters without spaces"},
+      {R"({"model": "evil\nts=2026 level=info msg=\"request\"", "messages": []})", "printable characters without spaces"},
+      {R"({"model": ")" + std::string(88, 'm') + R"(", "messages": []})", "at most 87"},
   };
   for (const auto& [body, says] : bad) {
     const auto r = s.post(s.alice_key, body);
@@ -261,6 +264,12 @@ TEST_CASE("bad bodies are clear errors, nothing is held or sent upstream", "[pro
   CHECK(huge.status == 413);
   CHECK(huge.code() == "request_too_large");
   CHECK(http(s.base + "/api/v1/nothing", s.alice_key, "").status == 404);
+  CHECK(http(s.base + "/api/v1/models", "", "").status == 401);  // the models list too needs a proxy key
+  (void)s.post(s.alice_key, R"({"model": "lk-0123456789abcdef", "messages": []})");  // a key pasted in the wrong field
+  REQUIRE(s.stop() == 0);
+  const std::string log = ledger_test::read_file(s.log);
+  CHECK(log.find("lk-") == std::string::npos);
+  CHECK(log.find("ts=2026 level") == std::string::npos);  // no forged line
   CHECK(s.balance("eng").held_nanousd == 0);
   CHECK(s.balance("eng").requests == 0);
   CHECK(s.billed() == 0);
@@ -274,6 +283,7 @@ TEST_CASE("upstream faults: errors passed through and released, cut answers sett
   s.fault(R"({"path": "/api/v1/chat/completions", "status": 429, "retry_after_s": 3, "count": 1})");
   r = s.post(s.alice_key, chat("openai/gpt-4o-mini", R"(, "stream": true)"));
   CHECK(r.status == 429);
+  CHECK((r.has_header("Retry-After: 3") || r.has_header("retry-after: 3")));  // OpenRouter's back-off reaches the SDK
   REQUIRE(s.settled());
   CHECK(s.balance("alice").spent_nanousd == 0);  // nothing was produced: both holds released
   // A reply cut mid-way (its generation billed): settled by /generation?id=, exactly.

@@ -38,6 +38,7 @@ struct Clock {
 
 inline constexpr uint32_t kTtlMaxSeconds = 7 * 86400;
 inline constexpr uint32_t kTombstoneGraceMaxSeconds = 30 * 86400;
+inline constexpr uint32_t kModelIdMax = 87;  // bytes of a model id (set_price, authorize)
 
 struct Options {
   // Behaviour.
