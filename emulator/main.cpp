@@ -33,7 +33,7 @@ using tcp = net::ip::tcp;
 
 namespace {
 
-constexpr int kConnectionsMax = 64;
+constexpr int kConnectionsMax = 2048;  // enough for the proxy tests' 1,000 concurrent streams
 constexpr uint64_t kBodyBytesMax = 1 << 20;
 std::atomic<int> g_connections{0};
 // Open sessions' sockets, so that a shutdown can wake their blocking reads before `emu` and the

@@ -95,6 +95,8 @@ int main(int argc, char** argv) {
   if (!open_existing_ledger(*config, &ledger, &error).ok()) return std::fprintf(stderr, "ledger-proxy: %s\n", error.c_str()), kExitRuntime;
   install_signals();
   proxy::Proxy handler(config, *ledger, key);
+  if (!handler.open_inflight(&error)) return std::fprintf(stderr, "ledger-proxy: %s\n", error.c_str()), kExitRuntime;
+  std::thread left_over([&] { handler.settle_left_over(); });  // what a proxy killed before left in flight
   proxy::Server server(handler, config->proxy);
   if (!server.open(config->proxy.listen, &error)) return std::fprintf(stderr, "ledger-proxy: %s\n", error.c_str()), kExitRuntime;
   if (!port_file.empty()) std::ofstream(port_file) << server.port() << "\n";  // for tests and scripts that chose port 0
@@ -113,6 +115,8 @@ int main(int argc, char** argv) {
   server.run(g_stop);
   log_line("info", "draining", "timeout_ms=" + std::to_string(config->proxy.drain_timeout_ms));
   server.drain(config->proxy.drain_timeout_ms);
+  handler.cancel_all();  // (drained: only the left-over settling may still wait on OpenRouter)
+  left_over.join();
   reloader.join();
   log_line("info", "stopped");
   curl_global_cleanup();

@@ -3,6 +3,7 @@
 
 #include <boost/json.hpp>
 
+#include "core/admin.hpp"
 #include "ledger/money.hpp"
 #include "metrics.hpp"
 
@@ -246,7 +247,7 @@ Headers pass_headers(const UpstreamReply& r) {
 }  // namespace
 
 Proxy::Proxy(std::shared_ptr<const admin::Config> config, Ledger& ledger, std::string upstream_key)
-    : ledger_(ledger), keys_(keys_path(config->ledger.dir)), metrics_(std::make_unique<Metrics>()) {
+    : ledger_(ledger), keys_(keys_path(config->ledger.dir)), inflight_(config->ledger.dir), metrics_(std::make_unique<Metrics>()) {
   update(std::move(config), std::move(upstream_key));
 }
 
@@ -262,6 +263,19 @@ void Proxy::update(std::shared_ptr<const admin::Config> config, std::string upst
 }
 
 void Proxy::record(const Outcome& outcome) { metrics_->record(outcome); }
+
+void Proxy::settle_left_over() {
+  const auto upstream = this->upstream();
+  for (const Inflight::Record& r : inflight_.left_over()) {
+    std::optional<int64_t> cost = upstream->generation_cost(r.generation, kGenerationAttempts, kGenerationIntervalMs, &cancel_);
+    if (cancel_.load()) return;  // shutting down: the next start settles the rest
+    const Status s = ledger_.commit(r.reservation, cost.value_or(r.hold_nanousd));
+    admin::log_line(s.ok() || s.code() == Code::kAlreadySettled ? "info" : "warn", "settled a request a previous proxy left in flight",
+                    "cost_usd=" + format_usd(cost.value_or(r.hold_nanousd)) + " how=" + (cost ? "generation" : "hold") +
+                        " result=\"" + std::string(s.message()) + "\"");
+    Inflight::forget(r);
+  }
+}
 
 std::string Proxy::metrics_text(size_t in_flight) const { return metrics_->text(in_flight); }
 
@@ -341,10 +355,16 @@ Outcome Proxy::chat(const Request& request, Client& client, const admin::Config&
   if (!h.status.ok()) return refuse_hold(o, client, h, o.account, c.model);
   o.hold_nanousd = h.amount;
   ++metrics_->holds_open;
-  struct Open {
+  inflight_.begin(h.id, h.amount);
+  struct Open {  // the hold is settled by the time this goes (every path below settles it)
     std::atomic<int64_t>& n;
-    ~Open() { --n; }
-  } open{metrics_->holds_open};
+    Inflight& inflight;
+    ReservationId id;
+    ~Open() {
+      --n;
+      inflight.end(id);
+    }
+  } open{metrics_->holds_open, inflight_, h.id};
   const std::string body = upstream_body(c, h.chosen, o.account, config.proxy.max_tokens_default);
   const Clock::time_point sent = Clock::now();
   o.added_us = us_between(request.received, sent);
@@ -379,7 +399,9 @@ Outcome Proxy::stream(Outcome& o, Client& client, Upstream& upstream, const Hold
       o.upstream_us = us_between(sent, first);  // time to the first byte
       if (!client.begin_stream(200, {{"Content-Type", "text/event-stream"}, {"Cache-Control", "no-cache"}})) return !(client_gone = true);
     }
+    const bool named = !watch.id.empty();
     watch.feed(data, size);
+    if (!named && !watch.id.empty()) inflight_.named(h.id, h.amount, watch.id);  // a restart can now look it up
     if (!client.chunk(data, size)) return !(client_gone = true);  // the client went away: stop reading upstream
     return true;
   };

@@ -24,6 +24,7 @@
 
 #include "core/config.hpp"
 #include "ledger/ledger.hpp"
+#include "inflight.hpp"
 #include "proxy_keys.hpp"
 #include "upstream.hpp"
 
@@ -77,6 +78,10 @@ class Proxy {
   void record(const Outcome& outcome);
   // Stops in-flight upstream transfers (the drain deadline passed): they are settled as usual.
   void cancel_all() { cancel_.store(true); }
+  // Settles what a previous proxy on this ledger left in flight when it died (inflight.hpp).
+  // Blocking (generation lookups take seconds): the program runs it on a thread of its own.
+  void settle_left_over();
+  bool open_inflight(std::string* error) { return inflight_.open(error); }
   // The server's count of requests in flight, for /metrics.
   void set_in_flight(const std::atomic<size_t>* n) { in_flight_ = n; }
 
@@ -90,6 +95,7 @@ class Proxy {
 
   Ledger& ledger_;
   KeyTable keys_;
+  Inflight inflight_;
   std::atomic<bool> cancel_{false};
   const std::atomic<size_t>* in_flight_ = nullptr;
   mutable std::mutex mutex_;

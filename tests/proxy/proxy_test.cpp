@@ -327,3 +327,52 @@ TEST_CASE("SIGTERM drains: a stream in flight finishes and is settled, then the 
   REQUIRE(draining != std::string::npos);
   CHECK(answered > draining);  // the stream was still in flight when SIGTERM came
 }
+
+TEST_CASE("1,000 concurrent streams: all relayed and settled, exactly what was billed", "[proxy][concurrency]") {
+  Setup s;
+  s.settings(R"({"ttft_ms": 1000, "tokens_per_second": 100})");  // each stream open for about 1.2 s: all at once
+  constexpr int kStreams = 1000;
+  std::vector<Reply> replies(kStreams);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kStreams; ++i)
+    clients.emplace_back([&, i] { replies[i] = s.post(i % 2 ? s.alice_key : s.eng_key, chat("openai/gpt-4o-mini", R"(, "stream": true)")); });
+  for (auto& t : clients) t.join();
+  int ok = 0;
+  for (const auto& r : replies) ok += r.status == 200 && r.body.find("data: [DONE]") != std::string::npos ? 1 : 0;
+  CHECK(ok == kStreams);
+  REQUIRE(s.settled());
+  CHECK(s.balance("eng").requests == kStreams);
+  CHECK(s.balance("eng").spent_nanousd == s.billed());
+}
+
+TEST_CASE("a proxy SIGKILLed mid-stream: the next one settles what it left, by the generation's cost, once", "[proxy][crash]") {
+  Setup s;
+  s.settings(R"({"tokens_per_second": 10})");  // a stream of about 2 s
+  std::thread client([&] { (void)s.post(s.alice_key, chat("openai/gpt-4o-mini", R"(, "stream": true)")); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));  // the stream has started (its generation is named)
+  ::kill(s.proxy, SIGKILL);
+  ::waitpid(s.proxy, nullptr, 0);
+  s.proxy = -1;
+  client.join();
+  CHECK(s.balance("alice").held_nanousd > 0);  // the dead proxy's hold
+  {  // the sidecar's reclaim takes back a dead process's holds (a tombstone keeps the late commit)
+    std::unique_ptr<Ledger> l;
+    REQUIRE(Ledger::open(s.ledger_dir, Options{}, &l) == Code::kOk);
+    uint32_t reclaimed = 0;
+    REQUIRE(l->reclaim(&reclaimed) == Code::kOk);
+    CHECK(reclaimed == 1);
+  }
+  CHECK(s.balance("alice").held_nanousd == 0);
+  CHECK(s.balance("alice").spent_nanousd == 0);
+  s.start();  // settles its predecessor's record: the generation's real cost, as a late commit
+  bool settled = false;
+  for (int i = 0; i < 500 && !settled; ++i, std::this_thread::sleep_for(std::chrono::milliseconds(20)))
+    settled = s.balance("alice").spent_nanousd > 0;
+  REQUIRE(settled);
+  CHECK(s.balance("eng").spent_nanousd == s.billed());
+  REQUIRE(s.stop() == 0);
+  s.start();  // and a third start finds nothing left: nothing is charged twice
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(s.balance("eng").spent_nanousd == s.billed());
+  CHECK(ledger_test::read_file(s.log).find("how=generation") != std::string::npos);
+}
