@@ -75,6 +75,11 @@ Status Ledger::set_lease(std::string_view account, int64_t period_index, int64_t
   const uint32_t tag = make_tag(kind, period_index);
   std::lock_guard<std::mutex> local(*l.admin_mutex);  // threads of the sidecar; other processes do not write leases
   LeaseWord& w = l.leases[index].words[tag_parity(tag)];
+  // The same lease again (the sidecar publishes every cycle): no rewrite, so no window in which a
+  // reader finds the word odd and denies.
+  if ((load(w.seq) & 1u) == 0 && load(w.tag, memory_order_relaxed) == tag && load(w.limit_nanousd, memory_order_relaxed) == limit_nanousd &&
+      load(w.deadline_ms, memory_order_relaxed) == deadline_monotonic_ms)
+    return Code::kOk;
   const uint32_t seq = load(w.seq) | 1u;  // odd: rewriting (rounds up after a writer that died mid-way)
   store(w.seq, seq, memory_order_relaxed);
   fence_release();

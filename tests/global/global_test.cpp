@@ -559,9 +559,11 @@ TEST_CASE("a day boundary under load: no denial burst, and each day's spend land
   // A denial after midnight is either the boundary's fault (no live lease for the new day: the
   // burst this test rules out) or a slice spent before the worker's next cycle topped it up (a
   // machine slower than the spend rate, e.g. under TSan): told apart by the lease words.
-  const auto count_denial = [&] {
+  const int64_t month = period_index(Period::kMonthly, midnight_ms / 1000);
+  const auto count_denial = [&](Code code) {  // by the level that denied: alice (daily) or org (monthly)
     WindowUsage u;
-    const bool live = l->window_usage("alice", tomorrow, &u).ok() && u.lease_limit_nanousd > 0 &&
+    const bool parent = code == Code::kDeniedParentOverBudget;
+    const bool live = l->window_usage(parent ? "org" : "alice", parent ? month : tomorrow, &u).ok() && u.lease_limit_nanousd > 0 &&
                       u.lease_deadline_ms > Ledger::monotonic_ms();
     ++(live && u.used_nanousd + 100'000 > u.lease_limit_nanousd ? denied_exhausted : denied_no_lease);
   };
@@ -571,8 +573,9 @@ TEST_CASE("a day boundary under load: no denial burst, and each day's spend land
   const auto spend_until = [&](int64_t until_ms) {
     while (clock.now_ms.load() < until_ms) {
       const bool past = clock.now_ms.load() >= midnight_ms;
-      if (l->debit("alice", 100'000).ok()) (past ? after : before) += 100'000;
-      else if (past) count_denial();
+      const Status status = l->debit("alice", 100'000);
+      if (status.ok()) (past ? after : before) += 100'000;
+      else if (past) count_denial(status.code());
       std::this_thread::sleep_for(std::chrono::microseconds(1000));
       clock.now_ms += 10;
     }
