@@ -39,15 +39,8 @@ std::atomic<bool> g_reload{false};
 
 // The upstream key from the configured file or variable; "" with *error naming where it looked.
 std::string upstream_key(const Config& config, std::string* error) {
-  std::string key;
-  if (!config.proxy.upstream_key_file.empty()) {
-    std::ifstream in(config.proxy.upstream_key_file);
-    if (!(in >> key)) *error = "cannot read the upstream key file " + config.proxy.upstream_key_file;
-    return key;
-  }
-  const char* env = std::getenv(config.proxy.upstream_key_env.c_str());
-  if (env == nullptr || *env == '\0') *error = "$" + config.proxy.upstream_key_env + " is not set: export the OpenRouter key there";
-  return env != nullptr ? env : "";
+  return read_secret(config.proxy.upstream_key_file, config.proxy.upstream_key_env,
+                     config.proxy.upstream_key_file.empty() ? "OpenRouter key" : "upstream key", error);
 }
 
 bool load(const std::string& path, std::shared_ptr<const Config>* config, std::string* key, std::string* error) {

@@ -5,6 +5,8 @@
 #include <time.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <map>
 #include <set>
 
@@ -232,6 +234,18 @@ std::vector<std::string> unpriced_models(const Ledger& ledger, const Config& con
     check(where + ".downgrade_to", t.downgrade_to);
   }
   return out;
+}
+
+std::string read_secret(const std::string& file, const std::string& env, const std::string& what, std::string* error) {
+  std::string secret;
+  if (!file.empty()) {
+    std::ifstream in(file);
+    if (!(in >> secret)) *error = "cannot read the " + what + " file " + file;
+    return secret;
+  }
+  const char* value = std::getenv(env.c_str());
+  if (value == nullptr || *value == '\0') *error = "$" + env + " is not set: export the " + what + " there";
+  return value != nullptr ? value : "";
 }
 
 void log_line(const char* level, const std::string& message, const std::string& fields) {

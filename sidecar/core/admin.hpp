@@ -56,6 +56,11 @@ std::map<std::string, std::string> key_bindings(const Config& config);
 // tiers.basic.fallback: "openai/gpt-4o-mnii" has no price (check the spelling, or add it under "prices")
 std::vector<std::string> unpriced_models(const Ledger& ledger, const Config& config);
 
+// A secret (an OpenRouter key, a store password) from `file` when one is configured, else from the
+// environment variable `env`: its first word (file) or its value; "" and *error saying where it
+// looked (never the secret) when there is none. `what` names it in the error.
+std::string read_secret(const std::string& file, const std::string& env, const std::string& what, std::string* error);
+
 // A structured log line on stderr: ts=... level=... msg="..." key=value ...
 void log_line(const char* level, const std::string& message, const std::string& fields = "");
 

@@ -12,18 +12,9 @@
 namespace ledger::admin {
 
 std::string management_key(const Config& config, std::string* error) {
-  std::string key;
-  if (!config.openrouter.management_key_file.empty()) {
-    std::ifstream in(config.openrouter.management_key_file);
-    if (!(in >> key)) *error = "cannot read the management key file " + config.openrouter.management_key_file;
-    return key;
-  }
-  const char* env = std::getenv(config.openrouter.management_key_env.c_str());
-  if (env == nullptr || *env == '\0') {
-    *error = "$" + config.openrouter.management_key_env + " is not set: export the OpenRouter management key there";
-    return {};
-  }
-  return env;
+  std::string key = read_secret(config.openrouter.management_key_file, config.openrouter.management_key_env,
+                                config.openrouter.management_key_file.empty() ? "OpenRouter management key" : "management key", error);
+  return error->empty() ? key : "";
 }
 
 size_t refresh_prices(Ledger& ledger, openrouter::Client& client, const Config& config, std::string* error) {
