@@ -74,18 +74,32 @@ std::string instance_id(const Config& config) {
 }
 
 std::string incarnation_id(const Config& config) {
+  // Once per directory and process (the network worker and the lease worker both ask, on their own
+  // threads), and once per directory across processes: the id is written to a file of its own and
+  // linked into place, so of two that race only one wins and the other reads the winner's.
+  static std::mutex mutex;
+  static std::map<std::string, std::string> known;
+  std::lock_guard<std::mutex> lock(mutex);
   const std::string path = config.ledger.dir + "/ledger.incarnation";
+  if (const auto it = known.find(path); it != known.end()) return it->second;
   std::string id = read_first_line(path);
-  if (id.size() == 32) return id;
-  unsigned char bytes[16] = {};
-  if (::getentropy(bytes, sizeof bytes) != 0) return "unknown";
-  static constexpr char kDigits[] = "0123456789abcdef";
-  id.clear();
-  for (unsigned char b : bytes) id += std::string{kDigits[b >> 4], kDigits[b & 15]};
-  const std::string temp = path + ".tmp";
-  { std::ofstream(temp, std::ios::trunc) << id << "\n"; }
-  ::chmod(temp.c_str(), 0600);
-  if (::rename(temp.c_str(), path.c_str()) != 0) return read_first_line(path);
+  if (id.size() != 32) {
+    unsigned char bytes[16] = {};
+    if (::getentropy(bytes, sizeof bytes) != 0) return "unknown";
+    static constexpr char kDigits[] = "0123456789abcdef";
+    id.clear();
+    for (unsigned char b : bytes) id += std::string{kDigits[b >> 4], kDigits[b & 15]};
+    const std::string temp = path + "." + id + ".tmp";
+    { std::ofstream(temp, std::ios::trunc) << id << "\n"; }
+    ::chmod(temp.c_str(), 0600);
+    if (::link(temp.c_str(), path.c_str()) != 0) {
+      const std::string winner = read_first_line(path);
+      if (winner.size() == 32) id = winner;                       // another process made it first
+      else if (::rename(temp.c_str(), path.c_str()) != 0) id = winner;  // a damaged file: replaced by ours
+    }
+    ::unlink(temp.c_str());
+  }
+  known[path] = id;
   return id;
 }
 

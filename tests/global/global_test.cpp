@@ -92,6 +92,40 @@ int64_t num(const boost::json::object& o, const char* key) { return o.at(key).to
 
 }  // namespace
 
+// The incarnation names this ledger directory's leases: every thread and process that asks for it
+// on a fresh directory must get the same one (two threads of one sidecar once made two, and the
+// leases of the first were then charged in full as a dead host's).
+TEST_CASE("a ledger directory has one incarnation, however many ask for it at once", "[global]") {
+  for (int round = 0; round < 20; ++round) {
+    TempDir root;
+    admin::Config config;
+    config.ledger.dir = root.path();
+    int pipe_fds[2];
+    REQUIRE(::pipe(pipe_fds) == 0);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {  // another process, racing this one
+      const std::string id = global::incarnation_id(config);
+      (void)!::write(pipe_fds[1], id.data(), id.size());
+      ::_exit(0);
+    }
+    ::close(pipe_fds[1]);  // the child's end: a child that writes nothing gives an empty read, not a hang
+    std::string a, b;
+    std::thread t([&] { a = global::incarnation_id(config); });
+    b = global::incarnation_id(config);
+    t.join();
+    char buffer[64] = {};
+    REQUIRE(::waitpid(child, nullptr, 0) == child);
+    const ssize_t n = ::read(pipe_fds[0], buffer, sizeof buffer);
+    ::close(pipe_fds[0]);
+    const std::string from_child(buffer, n > 0 ? static_cast<size_t>(n) : 0);
+    CHECK(a.size() == 32);
+    CHECK(a == b);
+    CHECK(from_child == a);
+    CHECK(ledger_test::read_file(root.path() + "/ledger.incarnation") == a + "\n");
+  }
+}
+
 TEST_CASE("a bad store is one clear error and changes no budget", "[global]") {
   Setup s;
   SECTION("unreachable") {
