@@ -2,8 +2,9 @@
 # The main job in one command: installs what is missing, builds, and runs the whole system on a
 # local OpenRouter emulator (no network needed):
 #   emulator -> ledgerctl init -> a shared worker key -> ledger-sidecar (flush, reclaim, reconcile,
-#   reports, metrics) -> a pool of worker processes that authorize, call the chat endpoint with the
-#   attribution headers and commit usage.cost, until the budgets bite -> the team report.
+#   reports, metrics) -> ledger-proxy with a pool of plain HTTP clients (lk- keys) beside a pool of
+#   worker processes that authorize, call the chat endpoint with the attribution headers and commit
+#   usage.cost, until the budgets bite -> the team report.
 #   scripts/demo.sh [--short] [--workers N] [--seconds S]
 # With --hosts N (N >= 2), N simulated hosts share one team budget through leases on a private
 # PostgreSQL (scripts/demo-hosts.sh; --workers is then per host).
@@ -38,7 +39,7 @@ if [ -z "$build" ]; then
   echo "== build (release; the first time takes a few minutes)"
   mkdir -p build
   if ! { cmake --preset release -DLEDGER_BUILD_TESTS=OFF &&
-         cmake --build --preset release -j "$(nproc)" --target ledger-demo ledgerctl ledger-sidecar openrouter-emulator; } \
+         cmake --build --preset release -j "$(nproc)" --target ledger-demo ledgerctl ledger-sidecar openrouter-emulator ledger-proxy; } \
        > build/demo-build.log 2>&1; then
     tail -30 build/demo-build.log
     echo "demo: the build failed (full log: build/demo-build.log)" >&2
@@ -77,14 +78,37 @@ LEDGER_DEMO_API_KEY="$("$ctl" --config "$work/demo.json" keys create demo-worker
 export LEDGER_DEMO_API_KEY
 hash="$(sed -n 's/.*(hash \([0-9a-f]*\)).*/\1/p' "$work/key.err")"
 sed -i "s|\"id\": \"eng\", |\"id\": \"eng\", \"key_hash\": \"$hash\", |" "$work/demo.json"
+# ledger-proxy beside them: an OpenAI-compatible endpoint for workers that know only a URL and a
+# key: the "apps" team (erin, frank). The proxy sends its own OpenRouter key upstream (from a 0600
+# file, never argv), bound to "apps" so reconcile compares the two; erin and frank get proxy keys
+# (lk-...), shown nowhere.
+umask 077
+"$ctl" --config "$work/demo.json" keys create demo-proxy --limit 50 2>"$work/proxy-key.err" | sed -n 's/^demo-proxy: //p' \
+  > "$work/proxy-upstream.key"
+proxy_hash="$(sed -n 's/.*(hash \([0-9a-f]*\)).*/\1/p' "$work/proxy-key.err")"
+sed -i "s|\"id\": \"apps\", |\"id\": \"apps\", \"key_hash\": \"$proxy_hash\", |" "$work/demo.json"
 echo "== ledger-sidecar"
 "$build/sidecar/ledger-sidecar" --config "$work/demo.json" > "$work/sidecar.log" 2>&1 &
 pids+=($!)
 sleep 0.5
 
+echo "== ledger-proxy, and a proxy pool (erin, frank) beside the batch workers"
+for user in erin frank; do
+  "$ctl" --config "$work/demo.json" proxy-key create "$user" 2>/dev/null | sed -n "s/^$user: //p" > "$work/$user.lk"
+done
+"$build/proxy/ledger-proxy" --config "$work/demo.json" --port-file "$work/proxy.port" > "$work/proxy.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/proxy.port" ] && break; sleep 0.05; done
+proxy_url="http://127.0.0.1:$(cat "$work/proxy.port")/api/v1"
+python="$(command -v /usr/bin/python3 || command -v python3)"  # Debian's, which has python3-httpx
+"$python" "$root/examples/proxy_pool.py" "$proxy_url" "$seconds" erin="$work/erin.lk" frank="$work/frank.lk" > "$work/proxy-pool.out" 2>&1 &
+pool=$!
+
 echo "== $workers batch workers for $seconds s"
 "$build/examples/ledger-demo" --dir "$work/ledger" --keep --workers "$workers" --seconds "$seconds" \
   --base-url "http://127.0.0.1:$port/api/v1"
+if ! wait "$pool"; then cat "$work/proxy-pool.out"; echo "demo: the proxy pool failed (log: $work/proxy.log)" >&2; exit 2; fi
+cat "$work/proxy-pool.out"
 sleep 2.5   # one more flush, reconcile and report round of the sidecar
 
 echo

@@ -773,10 +773,14 @@ int32_t Ledger::Impl::tally_for(uint32_t account, uint32_t kind, uint32_t id) {
 }
 
 int64_t Ledger::Impl::held_in(uint32_t account, uint32_t tag) const {
+  // Held and settling slots: a settlement claims its slot before it changes the period words, so a
+  // settling hold is still in them; counting it keeps used - held from reading above what was
+  // settled (it reads below for an instant after the settlement's CAS, never above).
   int64_t held = 0;
   for (uint32_t i = 0; i < max_reservations; ++i) {
     const Reservation& r = reservations[i];
-    if (res_status(load(r.state)) != kResHeld) continue;
+    const uint32_t status = res_status(load(r.state));
+    if (status != kResHeld && status != kResSettling) continue;
     for (uint32_t level = 0; level < kChainDepthMax; ++level) {
       if (load(r.chain[level], memory_order_relaxed) == static_cast<int32_t>(account) &&
           load(r.tags[level], memory_order_relaxed) == tag) {

@@ -288,7 +288,11 @@ void LeaseWorker::apply_store_view(const Config& config, const RefreshResult& go
     Balance b;
     if (ledger_.balance(g.id, &b).ok() && b.blocked != g.blocked) (void)ledger_.block(g.id, g.blocked);
   }
-  restore_reported_spend(config, got.leases, now_s);
+  // Only at the first refresh of this process: that is when the segment may have been rebuilt. Later
+  // the store's record is this process's own reports, and a report read while a hold was being
+  // taken can be above the settled spend for an instant (see window_usage): not spend to charge.
+  if (!restored_) restore_reported_spend(config, got.leases, now_s);
+  restored_ = true;
 }
 
 // A segment rebuilt from LMDB (its host lost /dev/shm, as in a reboot) may know less than this host

@@ -103,6 +103,7 @@ class LeaseWorker {
   PublishedRows published_;      // what it published then (only changes are sent)
   std::map<Key, std::pair<int64_t, int64_t>> reported_;  // (used, spent) per lease in the last refresh
   uint64_t refreshes_ = 0;
+  bool restored_ = false;  // the first refresh compared the store's record with the segment
   int64_t renewed_mono_ms_ = 0;  // start of the last successful report: the leases' local clock
   uint64_t request_counter_ = 0;
   std::string last_error_;
