@@ -200,6 +200,16 @@ double cpu_seconds(pid_t pid) {
   return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
+// User and system time of every process on the machine, seconds (/proc/stat's cpu line; interrupt
+// and softirq time, some of it our own loopback traffic, is left out).
+double machine_busy_seconds() {
+  std::istringstream in(read_file("/proc/stat"));
+  std::string cpu;
+  double user = 0, nice = 0, system = 0;
+  in >> cpu >> user >> nice >> system;
+  return (user + nice + system) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
 // The far ends (ports) of the TCP connections to 127.0.0.1:port in /proc/net/tcp, open or in
 // TIME_WAIT (a closed one stays there 60 s): a connection made between two readings is one more.
 std::set<uint32_t> peers_of(uint16_t port) {
@@ -540,6 +550,7 @@ struct Cell {
   std::vector<double> first_us, end_us, sched_us;  // from send: first body byte, end; from the due time: the end/first
   double window_s = 0;
   double cpu_proxy = 0, cpu_emulator = 0, cpu_client = 0;  // seconds over the window
+  double cpu_others = 0;                                  // other processes' user + system time
   long connects = 0;                                      // connections made to the emulator in the window
   std::string error_text() const {
     std::string out;
@@ -554,6 +565,7 @@ struct Cell {
   void merge(Cell&& o) {
     sent += o.sent, ok += o.ok, late += o.late;
     window_s += o.window_s, cpu_proxy += o.cpu_proxy, cpu_emulator += o.cpu_emulator, cpu_client += o.cpu_client, connects += o.connects;
+    cpu_others += o.cpu_others;
     for (const auto& [what, n] : o.errors) errors[what] += n;
     first_us.insert(first_us.end(), o.first_us.begin(), o.first_us.end());
     end_us.insert(end_us.end(), o.end_us.begin(), o.end_us.end());
@@ -639,10 +651,10 @@ Cell open_loop(const Target& t, int rate, int threads, double seconds, const Pid
       }
     });
   sleep_until(start);
-  const double p0 = cpu_seconds(pids.proxy), e0 = cpu_seconds(pids.emulator), c0 = cpu_seconds(0);
+  const double p0 = cpu_seconds(pids.proxy), e0 = cpu_seconds(pids.emulator), c0 = cpu_seconds(0), m0 = machine_busy_seconds();
   const auto o0 = peers_of(pids.emulator_port);
   sleep_until(end);
-  const double p1 = cpu_seconds(pids.proxy), e1 = cpu_seconds(pids.emulator), c1 = cpu_seconds(0);
+  const double p1 = cpu_seconds(pids.proxy), e1 = cpu_seconds(pids.emulator), c1 = cpu_seconds(0), m1 = machine_busy_seconds();
   const auto o1 = peers_of(pids.emulator_port);
   for (auto& w : workers) w.join();
   Cell all;
@@ -650,6 +662,7 @@ Cell open_loop(const Target& t, int rate, int threads, double seconds, const Pid
   all.window_s = seconds;
   all.cpu_proxy = pids.proxy > 0 ? p1 - p0 : 0, all.cpu_emulator = e1 - e0, all.cpu_client = c1 - c0;
   all.connects = new_peers(o0, o1);
+  all.cpu_others = std::max(0.0, (m1 - m0) - all.cpu_proxy - all.cpu_emulator - all.cpu_client);
   return all;
 }
 
@@ -678,10 +691,10 @@ Cell closed_loop(const Target& t, int clients, double warmup_s, double seconds, 
       }
     });
   sleep_until(start);
-  const double p0 = cpu_seconds(pids.proxy), e0 = cpu_seconds(pids.emulator), c0 = cpu_seconds(0);
+  const double p0 = cpu_seconds(pids.proxy), e0 = cpu_seconds(pids.emulator), c0 = cpu_seconds(0), m0 = machine_busy_seconds();
   const auto o0 = peers_of(pids.emulator_port);
   sleep_until(end);
-  const double p1 = cpu_seconds(pids.proxy), e1 = cpu_seconds(pids.emulator), c1 = cpu_seconds(0);
+  const double p1 = cpu_seconds(pids.proxy), e1 = cpu_seconds(pids.emulator), c1 = cpu_seconds(0), m1 = machine_busy_seconds();
   const auto o1 = peers_of(pids.emulator_port);
   for (auto& w : workers) w.join();
   Cell all;
@@ -689,6 +702,7 @@ Cell closed_loop(const Target& t, int clients, double warmup_s, double seconds, 
   all.window_s = seconds;
   all.cpu_proxy = pids.proxy > 0 ? p1 - p0 : 0, all.cpu_emulator = e1 - e0, all.cpu_client = c1 - c0;
   all.connects = new_peers(o0, o1);
+  all.cpu_others = std::max(0.0, (m1 - m0) - all.cpu_proxy - all.cpu_emulator - all.cpu_client);
   return all;
 }
 
@@ -781,10 +795,15 @@ struct LatencyRow {
   ProxyHistogram hist;
 };
 
+// The share of the machine's cores that other processes used during the cell's windows.
+double others_percent(const Cell& c) {
+  return c.window_s > 0 ? 100.0 * c.cpu_others / (c.window_s * static_cast<double>(::sysconf(_SC_NPROCESSORS_ONLN))) : 0;
+}
+
 void print_cell_header() {
-  std::printf("  %-3s %-5s %-10s %-7s %7s %7s %6s %8s %8s %8s %8s %9s %9s %6s %9s %9s %9s %7s  %s\n", "run", "rate", "measure", "path",
+  std::printf("  %-3s %-5s %-10s %-7s %7s %7s %6s %8s %8s %8s %8s %9s %9s %6s %9s %9s %9s %6s %7s  %s\n", "run", "rate", "measure", "path",
               "sent", "ok", "err", "done/s", "p50_us", "p99_us", "p999_us", "max_us", "p99due_us", "late%", "cpu_prx", "cpu_emu",
-              "cpu_cli", "conns", "errors");
+              "cpu_cli", "oth%", "conns", "errors");
 }
 
 void print_cell(int run, int rate, const std::string& measure, const std::string& path, Cell& c, std::vector<double>& lat,
@@ -795,10 +814,10 @@ void print_cell(int run, int rate, const std::string& measure, const std::string
   const double due99 = percentile(c.sched_us, 0.99);
   const double n = static_cast<double>(std::max<size_t>(c.ok, 1));
   // CPU: microseconds of each process per answered request.
-  std::printf("  %-3d %-5d %-10s %-7s %7zu %7zu %6zu %8.0f %8.1f %8.1f %8.1f %8.0f %9.1f %6.2f %9.1f %9.1f %9.1f %7ld  %s\n", run, rate,
-              measure.c_str(), path.c_str(), c.sent, c.ok, c.error_count(), static_cast<double>(c.ok) / c.window_s, *p50, *p99, p999, max,
+  std::printf("  %-3d %-5d %-10s %-7s %7zu %7zu %6zu %8.0f %8.1f %8.1f %8.1f %8.0f %9.1f %6.2f %9.1f %9.1f %9.1f %6.1f %7ld  %s\n", run,
+              rate, measure.c_str(), path.c_str(), c.sent, c.ok, c.error_count(), static_cast<double>(c.ok) / c.window_s, *p50, *p99, p999, max,
               due99, 100.0 * static_cast<double>(c.late) / n, c.cpu_proxy * 1e6 / n, c.cpu_emulator * 1e6 / n, c.cpu_client * 1e6 / n,
-              c.connects, c.error_text().c_str());
+              others_percent(c), c.connects, c.error_text().c_str());
 }
 
 void latency(Env& e, const Args& a) {
@@ -808,7 +827,8 @@ void latency(Env& e, const Args& a) {
   std::printf("   latency from the request's send: plain = to the end of the reply; stream-ttfb = to the first byte of the stream's body;\n"
               "   stream-end = to its last chunk. p99due = p99 from the request's due time (includes waiting for the connection).\n"
               "   late%% = requests sent > 1 ms after their due time. cpu_* = CPU microseconds per request of the proxy, the emulator and\n"
-              "   this client. conns = connections made to the emulator during the window (the client's are made before it).\n");
+              "   this client. oth%% = the share of the machine's cores that other processes used (user + system time) during the\n"
+              "   windows. conns = connections made to the emulator during the window (the client's are made before it).\n");
   print_cell_header();
   std::vector<LatencyRow> rows;
   const Pids direct_pids{-1, e.emulator, e.emulator_port};
@@ -865,11 +885,11 @@ void latency(Env& e, const Args& a) {
 void throughput(Env& e, const Args& a) {
   std::printf("\n== 2. throughput: closed loop, N clients (one keep-alive connection each, the next request when the last is answered),\n"
               "   non-streamed, 0.5 s warm-up then %d s per step; N doubles until requests/s has not grown 5 %% over the best for two steps.\n"
-              "   latency from send to the end of the reply; cpu_* = CPU microseconds per request; conns = connections made to\n"
-              "   the emulator during the window.\n",
+              "   latency from send to the end of the reply; cpu_* = CPU microseconds per request; oth%% = the share of the cores\n"
+              "   that other processes used; conns = connections made to the emulator during the window.\n",
               a.seconds);
-  std::printf("  %-3s %-7s %5s %8s %8s %8s %8s %8s %9s %9s %9s %7s  %s\n", "run", "path", "N", "req/s", "p50_us", "p99_us", "max_us", "err",
-              "cpu_prx", "cpu_emu", "cpu_cli", "conns", "errors");
+  std::printf("  %-3s %-7s %5s %8s %8s %8s %8s %8s %9s %9s %9s %6s %7s  %s\n", "run", "path", "N", "req/s", "p50_us", "p99_us", "max_us", "err",
+              "cpu_prx", "cpu_emu", "cpu_cli", "oth%", "conns", "errors");
   for (int run = 1; run <= a.runs; ++run)
     for (const bool proxied : {false, true}) {
       const Target t = proxied ? proxied_target(e, false) : direct_target(e, false);
@@ -883,9 +903,9 @@ void throughput(Env& e, const Args& a) {
         const double rps = static_cast<double>(c.ok) / c.window_s;
         const double p50 = percentile(c.end_us, 0.5), p99 = percentile(c.end_us, 0.99), max = c.end_us.empty() ? NAN : c.end_us.back();
         const double k = static_cast<double>(std::max<size_t>(c.ok, 1));
-        std::printf("  %-3d %-7s %5d %8.0f %8.1f %8.1f %8.0f %8zu %9.1f %9.1f %9.1f %7ld  %s\n", run, proxied ? "proxied" : "direct", n, rps,
-                    p50, p99, max, c.error_count(), c.cpu_proxy * 1e6 / k, c.cpu_emulator * 1e6 / k, c.cpu_client * 1e6 / k, c.connects,
-                    c.error_text().c_str());
+        std::printf("  %-3d %-7s %5d %8.0f %8.1f %8.1f %8.0f %8zu %9.1f %9.1f %9.1f %6.1f %7ld  %s\n", run, proxied ? "proxied" : "direct", n,
+                    rps, p50, p99, max, c.error_count(), c.cpu_proxy * 1e6 / k, c.cpu_emulator * 1e6 / k, c.cpu_client * 1e6 / k,
+                    others_percent(c), c.connects, c.error_text().c_str());
         if (proxied)
           if (const std::string other = requests_between(before, scrape(e)); !other.empty())
             std::printf("      proxy /metrics, answers other than 200 in this step: %s\n", other.c_str());
