@@ -42,7 +42,7 @@ echo "== global_bench (global budgets: store load, round trips, drain fairness, 
 build/release/bench/global_bench --benchmark_out="$out/global_bench-$stamp.json" --benchmark_out_format=json \
   | tee "$out/global_bench-$stamp.txt" | grep -vE "^(Run on|CPU Caches|  L[123]|Load Average|\*\*\*WARNING)" || true
 echo "== proxy_bench (ledger-proxy against the emulator on loopback: added latency, throughput, memory per open stream)"
-# Runs openrouter-emulator, ledgerctl and ledger-proxy itself (each measurement twice); about 8 minutes.
+# Runs openrouter-emulator, ledgerctl and ledger-proxy itself (each measurement twice); about 10 minutes.
 build/release/bench/proxy_bench | tee "$out/proxy_bench-$stamp.txt"
 {
   echo "{\"date\": \"$stamp\", \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\","
