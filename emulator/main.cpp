@@ -2,6 +2,7 @@
 // API that the ledger uses (see emulator.hpp). For tests, the demo and rehearsing a budget setup.
 //
 //   openrouter-emulator --management-key-file FILE [--listen 127.0.0.1:0] [--port-file FILE]
+//                       [--max-connections N]
 //
 // The management key is read from FILE (0600), or generated into it when FILE does not exist; it
 // is never printed. The base URL to configure is printed on stdout: http://127.0.0.1:PORT/api/v1
@@ -18,6 +19,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <mutex>
@@ -33,7 +35,9 @@ using tcp = net::ip::tcp;
 
 namespace {
 
-constexpr int kConnectionsMax = 2048;  // enough for the proxy tests' 1,000 concurrent streams
+// Connections served at once (a thread each); more are closed at once. --max-connections changes it;
+// the default takes the proxy tests' 1,000 concurrent streams (one upstream connection each).
+int g_connections_max = 2048;
 constexpr uint64_t kBodyBytesMax = 1 << 20;
 std::atomic<int> g_connections{0};
 // Open sessions' sockets, so that a shutdown can wake their blocking reads before `emu` and the
@@ -162,9 +166,11 @@ int main(int argc, char** argv) {
     if (arg == "--listen" && i + 1 < argc) listen = argv[++i];
     else if (arg == "--port-file" && i + 1 < argc) port_file = argv[++i];
     else if (arg == "--management-key-file" && i + 1 < argc) key_file = argv[++i];
+    else if (arg == "--max-connections" && i + 1 < argc && std::atoi(argv[i + 1]) > 0) g_connections_max = std::atoi(argv[++i]);
     else {
       std::fprintf(arg == "--help" ? stdout : stderr,
                    "usage: openrouter-emulator --management-key-file FILE [--listen 127.0.0.1:0] [--port-file FILE]\n"
+                   "                           [--max-connections N (2048)]\n"
                    "Serves an emulation of OpenRouter's API on loopback; faults via POST /__emulator/faults.\n");
       return arg == "--help" ? 0 : 1;
     }
@@ -208,7 +214,7 @@ int main(int argc, char** argv) {
   std::function<void()> accept = [&] {
     acceptor.async_accept([&](beast::error_code aec, tcp::socket socket) {
       if (aec) return;
-      if (g_connections.fetch_add(1) >= kConnectionsMax) {
+      if (g_connections.fetch_add(1) >= g_connections_max) {
         g_connections.fetch_sub(1);  // over the limit: refuse this one
       } else {
         std::thread(session, std::move(socket), std::ref(emu)).detach();

@@ -16,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 echo "== build (release)"
 cmake --preset release -DLEDGER_BUILD_TESTS=OFF >/dev/null
-cmake --build --preset release -j "$(nproc)" --target ledger_bench peers_bench global_bench >/dev/null
+cmake --build --preset release -j "$(nproc)" --target ledger_bench peers_bench global_bench proxy_bench >/dev/null
 
 port=6391
 work="$(mktemp -d)"
@@ -41,6 +41,9 @@ echo "== global_bench (global budgets: store load, round trips, drain fairness, 
 # Its own private PostgreSQL (postgresql-15, from scripts/setup.sh) and real ledger-sidecar processes.
 build/release/bench/global_bench --benchmark_out="$out/global_bench-$stamp.json" --benchmark_out_format=json \
   | tee "$out/global_bench-$stamp.txt" | grep -vE "^(Run on|CPU Caches|  L[123]|Load Average|\*\*\*WARNING)" || true
+echo "== proxy_bench (ledger-proxy against the emulator on loopback: added latency, throughput, memory per open stream)"
+# Runs openrouter-emulator, ledgerctl and ledger-proxy itself (each measurement twice); about 10 minutes.
+build/release/bench/proxy_bench | tee "$out/proxy_bench-$stamp.txt"
 {
   echo "{\"date\": \"$stamp\", \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\","
   echo " \"cores\": $(nproc), \"memory_gib\": $(( $(grep MemTotal /proc/meminfo | awk '{print $2}') / 1048576 )),"
