@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <boost/asio.hpp>
@@ -47,17 +48,30 @@ class FdStream {
     else if (n < 0) ec = beast::error_code(errno, boost::system::system_category());
     return n > 0 ? static_cast<size_t>(n) : 0;
   }
+  // The whole buffer sequence in one sendmsg() (a response head is a dozen small buffers: one
+  // send each would be one TCP segment each); poll only when the socket buffer is full.
   template <class Buffers>
   size_t write_some(const Buffers& buffers, beast::error_code& ec) {
-    for (auto it = net::buffer_sequence_begin(buffers); it != net::buffer_sequence_end(buffers); ++it) {
+    iovec iov[64];
+    size_t count = 0;
+    for (auto it = net::buffer_sequence_begin(buffers); it != net::buffer_sequence_end(buffers) && count < 64; ++it) {
       const net::const_buffer b = *it;
-      if (b.size() == 0) continue;
-      if (!wait(POLLOUT, Clock::now() + std::chrono::milliseconds(write_timeout_ms_), ec)) return 0;
-      const ssize_t n = ::send(fd_, b.data(), b.size(), MSG_NOSIGNAL);
-      if (n < 0) ec = beast::error_code(errno, boost::system::system_category());
-      return n > 0 ? static_cast<size_t>(n) : 0;
+      if (b.size() > 0) iov[count++] = iovec{const_cast<void*>(b.data()), b.size()};
     }
-    return 0;
+    if (count == 0) return 0;
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = count;
+    for (;;) {
+      const ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n >= 0) return static_cast<size_t>(n);
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        ec = beast::error_code(errno, boost::system::system_category());
+        return 0;
+      }
+      if (!wait(POLLOUT, Clock::now() + std::chrono::milliseconds(write_timeout_ms_), ec)) return 0;
+    }
   }
   template <class Buffers>
   size_t read_some(const Buffers& buffers) {

@@ -101,6 +101,9 @@ UpstreamReply Upstream::perform(const std::string& method, const std::string& pa
   }
   headers = curl_slist_append(headers, "Expect:");  // no 100-continue round trip before the body
   curl_easy_setopt(curl, CURLOPT_SHARE, static_cast<CURLSH*>(share_));
+  // The shared cache keeps this many connections after use (libcurl's default is 5: with more
+  // requests in flight, each one that ends closes the oldest idle connection, and the next opens anew).
+  curl_easy_setopt(curl, CURLOPT_MAXCONNECTS, 1024L);
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
