@@ -39,7 +39,8 @@ inline uint64_t word_location(uint32_t account, uint32_t parity) {
 // The admission rule for one level: the word's period (or a rollover to `tag`), then
 // used + delta <= limit. False when denied. *tag becomes the period actually charged.
 bool plan_admission(const Ledger::Impl& l, uint32_t index, PeriodWord current, uint32_t wanted_tag, int64_t delta,
-                    int32_t delta_requests, uint32_t stamp, PeriodWord* desired, uint32_t* tag, uint32_t* lease_seq) {
+                    int32_t delta_requests, uint32_t stamp, int64_t mono_ms, PeriodWord* desired, uint32_t* tag,
+                    uint32_t* lease_seq) {
   const uint32_t found_tag = meta_tag(current.meta);
   PeriodWord base = current;
   *tag = wanted_tag;
@@ -50,7 +51,7 @@ bool plan_admission(const Ledger::Impl& l, uint32_t index, PeriodWord current, u
   }
   int64_t used;
   if (__builtin_add_overflow(base.used, delta, &used)) return false;
-  if (used > l.admission_limit(index, *tag, lease_seq)) [[unlikely]] {
+  if (used > l.admission_limit(index, *tag, mono_ms, lease_seq)) [[unlikely]] {
     l.note_lease_wanted(index, *tag, delta);  // global mode: the sidecar sizes the next grant by it
     return false;
   }
@@ -258,7 +259,8 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
     uint32_t tag = spec.tag, lease_seq = 0;
     const uint32_t found_tag = meta_tag(current.meta);
     if (admit) {
-      if (!plan_admission(*this, spec.account, current, spec.tag, spec.delta, spec.delta_requests, op->lane_id, &desired, &tag, &lease_seq))
+      if (!plan_admission(*this, spec.account, current, spec.tag, spec.delta, spec.delta_requests, op->lane_id, now.mono_ms,
+                          &desired, &tag, &lease_seq))
         return Code::kDeniedOverBudget;
     } else {
       const bool same = found_tag == spec.tag && tag_kind(spec.tag) == kind;
@@ -318,7 +320,7 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
       // recall lowers it before the store hears of it): the level must fit the new lease, or it is
       // undone like a denial. The CAS is a full barrier: a lowering this missed was not yet published.
       if (admit && lease_seq != 0 && lease_moved(spec.account, tag, lease_seq) &&
-          desired.used > lease_limit(spec.account, tag, nullptr)) {
+          desired.used > lease_limit(spec.account, tag, monotonic_coarse_ms(), nullptr)) {
         if (landed != nullptr) *landed = true;
         return Code::kDeniedOverBudget;
       }
@@ -369,10 +371,50 @@ static Code debit_root(Ledger::Impl& l, uint32_t index, int64_t amount) {
     PeriodWord desired{};
     uint32_t tag = wanted;
     uint32_t lease_seq = 0;
-    if (!plan_admission(l, index, current, wanted, amount, 1, 0, &desired, &tag, &lease_seq)) return l.count_denial(Code::kDeniedOverBudget);
+    if (!plan_admission(l, index, current, wanted, amount, 1, 0, 0, &desired, &tag, &lease_seq))
+      return l.count_denial(Code::kDeniedOverBudget);
     const uint32_t stamp = meta_lane(current.meta);
     if (stamp != 0) l.help(stamp, word_location(index, parity), current);
     if (period_word_cas(word, current, desired)) return Code::kOk;
+  }
+}
+
+// The same one-CAS debit for a root global account, while its word carries the epoch stamp of the
+// lease it is admitted against (layout.hpp, LeaseWord): a debit that read a lease the sidecar has
+// rewritten since fails its CAS, because the sidecar re-stamped the word after the rewrite, and an
+// older epoch's stamp never comes back. The word is read before the lease (acquire loads, and a
+// failed CAS is a full barrier), so a debit that sees the old lease saw a word from before the
+// re-stamp. A word of an earlier period starts this one empty (a rollover, as in plan_admission).
+// False: the word is not in this lease's epoch, no lease is valid, or another process's clock is in
+// a later period: the lane path decides, re-checking the lease after its CAS.
+static bool debit_root_global(Ledger::Impl& l, uint32_t index, int64_t amount, Code* result) {
+  Account& account = l.accounts[index];
+  const Now now = l.now();
+  const uint32_t tag = l.current_tag(account, now);
+  PeriodWord& word = account.words[tag_parity(tag)];
+  PeriodWord current = period_word_guess(word);
+  for (;;) {
+    int64_t limit = 0;
+    uint32_t seq = 0;
+    if (!l.read_lease(index, tag, now.mono_ms, &limit, &seq)) return false;
+    const uint32_t stamp = epoch_stamp(seq), found = meta_tag(current.meta);
+    if (meta_lane(current.meta) != stamp) return false;
+    PeriodWord base = current;
+    if (found != tag) {
+      if (tag_kind(found) == tag_kind(tag) && tag_index(found) > tag_index(tag)) return false;
+      base = PeriodWord{0, 0};
+    }
+    int64_t used;
+    if (__builtin_add_overflow(base.used, amount, &used) || used > limit) [[unlikely]] {
+      l.note_lease_wanted(index, tag, amount);
+      *result = l.count_denial(Code::kDeniedOverBudget);
+      return true;
+    }
+    LEDGER_PAUSE_POINT();  // the lease read, the CAS not done (a test lowers the lease here)
+    if (period_word_cas(word, current, PeriodWord{used, make_meta(meta_requests(base.meta) + 1, tag, stamp)})) {
+      *result = Code::kOk;
+      return true;
+    }
   }
 }
 
@@ -438,9 +480,10 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
   Chain chain;
   if (const Code code = resolve_chain(*this, account, &chain); code != Code::kOk) return code;
   if (key != 0) chain.key = key;
-  // (Not for a global account: a level it admits may have to be undone when its lease moves.)
-  if (kind == kOpDebit && chain.depth == 1 && chain.key == 0 && load(accounts[chain.accounts[0]].global, memory_order_relaxed) == 0)
-    return debit_root(*this, chain.accounts[0], amount);
+  if (kind == kOpDebit && chain.depth == 1 && chain.key == 0) {
+    if (load(accounts[chain.accounts[0]].global, memory_order_relaxed) == 0) return debit_root(*this, chain.accounts[0], amount);
+    if (Code fast = Code::kOk; debit_root_global(*this, chain.accounts[0], amount, &fast)) return fast;
+  }
 
   const Now now = this->now();
   OpScope op;

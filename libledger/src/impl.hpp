@@ -73,6 +73,8 @@ inline uint32_t make_tag(Period kind, int64_t index) {
 inline Period tag_kind(uint32_t tag) { return static_cast<Period>((tag >> 16) & 3u); }
 inline uint32_t tag_index(uint32_t tag) { return tag & 0xFFFFu; }
 inline uint32_t tag_parity(uint32_t tag) { return tag & 1u; }
+// The stamp a lease epoch puts on a global account's period word (layout.hpp, LeaseWord).
+inline uint32_t epoch_stamp(uint32_t lease_seq) { return kEpochStampBase | ((lease_seq >> 1) & (kEpochStamps - 1)); }
 
 inline uint64_t make_ctl(uint32_t seq, uint32_t phase, uint32_t kind, uint32_t resolver,
                          uint32_t bits) {
@@ -151,8 +153,16 @@ struct OpScope {
   uint32_t n_targets = 0;
 };
 
-// The clock read once per operation. Period tags are derived on demand (tag()), since most chains
-// use one or two kinds and a monthly index needs a civil-date conversion.
+// CLOCK_MONOTONIC_COARSE in ms: the clock of lease deadlines, the same for every process (a vDSO read).
+inline int64_t monotonic_coarse_ms() {
+  struct timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+// The clock read once per operation: one monotonic read, and the wall clock derived from it (see
+// Ledger::Impl::now). Period tags are derived on demand (tag()), since most chains use one or two
+// kinds and a monthly index needs a civil-date conversion.
 struct Now {
   // A settlement rarely needs the clock (only when the period it belonged to is gone), so it passes
   // an unread Now (ms < 0) and apply() reads the clock itself when it must.
@@ -161,7 +171,8 @@ struct Now {
     n.ms = -1;
     return n;
   }
-  int64_t ms = 0;
+  int64_t ms = 0;       // wall clock (UTC ms): periods, hold deadlines
+  int64_t mono_ms = 0;  // CLOCK_MONOTONIC_COARSE: lease deadlines
   int64_t s = 0;
   int64_t days = 0;
   const std::atomic<uint64_t>* month_cache = nullptr;  // (day << 32) | month index of that day
@@ -231,6 +242,10 @@ struct Ledger::Impl {
   // The fork epoch this handle registered in; published last (release), after process_slot.
   std::atomic<uint64_t> fork_epoch{UINT64_MAX};
   mutable std::atomic<uint64_t> month_cache{0};  // (day << 32) | month index of that day
+  // The wall clock minus the monotonic one, and until when (monotonic ms) it is used before it is
+  // measured again: an operation reads one clock (see now()).
+  mutable std::atomic<int64_t> wall_offset_ms{0};
+  mutable std::atomic<int64_t> wall_offset_until_ms{INT64_MIN};
   std::atomic<bool> reregistering{false};
   // OFD locks exclude other open file descriptions only; threads sharing this handle also need a
   // process-local mutex. Re-created in a forked child (a copy may be locked by a parent thread).
@@ -292,15 +307,31 @@ struct Ledger::Impl {
   // The limit admission applies to account `index` for period `tag`: its own limit for a local
   // account; for a global one, this host's lease for that period while it is valid, else 0.
   // *lease_seq: the lease's seqlock value read (0 for a local account), for lease_moved().
-  int64_t admission_limit(uint32_t index, uint32_t tag, uint32_t* lease_seq) const {
+  int64_t admission_limit(uint32_t index, uint32_t tag, int64_t mono_ms, uint32_t* lease_seq) const {
     const detail::Account& a = accounts[index];
     if (detail::load(a.global, detail::memory_order_relaxed) == 0) [[likely]] {
       *lease_seq = 0;
       return detail::load(a.limit_nanousd, detail::memory_order_relaxed);
     }
-    return lease_limit(index, tag, lease_seq);
+    return lease_limit(index, tag, mono_ms, lease_seq);
   }
-  int64_t lease_limit(uint32_t index, uint32_t tag, uint32_t* seq_read) const;
+  // One consistent read of the lease word of (index, tag): false when it is being rewritten, is for
+  // another window, or its deadline has passed at `mono_ms` (fail closed). *seq: the seqlock value.
+  bool read_lease(uint32_t index, uint32_t tag, int64_t mono_ms, int64_t* limit, uint32_t* seq) const {
+    const detail::LeaseWord& w = leases[index].words[detail::tag_parity(tag)];
+    const uint32_t before = detail::load(w.seq);
+    const uint32_t lease_tag = detail::load(w.tag, detail::memory_order_relaxed);
+    *limit = detail::load(w.limit_nanousd, detail::memory_order_relaxed);
+    const int64_t deadline = detail::load(w.deadline_ms, detail::memory_order_relaxed);
+    detail::fence_acquire();
+    *seq = before;
+    return (before & 1u) == 0 && detail::load(w.seq, detail::memory_order_relaxed) == before && lease_tag == tag &&
+           mono_ms < deadline;
+  }
+  int64_t lease_limit(uint32_t index, uint32_t tag, int64_t mono_ms, uint32_t* seq_read) const;
+  // REQUIRES: the sidecar's lease writer. Puts epoch_stamp(seq) on account `index`'s word of
+  // `parity` (see LeaseWord): a fast debit that read an older lease can no longer land.
+  void stamp_epoch(uint32_t index, uint32_t parity, uint32_t seq) const;
   // A denied admission of a global account: raises its lease word's wanted_nanousd to `amount`.
   // Writes shared memory through the segment pointer, so callable from const paths.
   void note_lease_wanted(uint32_t index, uint32_t tag, int64_t amount) const;
@@ -323,16 +354,21 @@ struct Ledger::Impl {
   std::string key_hex(uint32_t key) const;  // "" for 0 or out of range
 
   // ---- engine.cpp -----------------------------------------------------------------------------
-  // Inline: every admission reads the clock once (CLOCK_REALTIME_COARSE, a vDSO read).
-  int64_t now_ms() const {
+  // Inline: every admission reads one clock, CLOCK_MONOTONIC_COARSE (a vDSO read, which is a third
+  // of a debit's time), and derives the wall clock (CLOCK_REALTIME_COARSE) from it with an offset
+  // measured again every kWallOffsetRefreshMs: a wall-clock step is seen within that time.
+  static constexpr int64_t kWallOffsetRefreshMs = 250;
+  int64_t wall_ms(int64_t mono_ms) const {
     if (options.clock.now_ms != nullptr) [[unlikely]] return options.clock.now_ms(options.clock.context);
-    struct timespec ts;
-    ::clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-    return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
+    if (mono_ms >= wall_offset_until_ms.load(std::memory_order_acquire)) [[unlikely]] return measure_wall_offset(mono_ms);
+    return mono_ms + wall_offset_ms.load(std::memory_order_relaxed);
   }
+  int64_t measure_wall_offset(int64_t mono_ms) const;  // segment.cpp
+  int64_t now_ms() const { return wall_ms(detail::monotonic_coarse_ms()); }
   detail::Now now() const {
     detail::Now n;
-    n.ms = std::max<int64_t>(now_ms(), 0);  // before 1970: not a time a ledger runs at; keeps the arithmetic simple
+    n.mono_ms = detail::monotonic_coarse_ms();
+    n.ms = std::max<int64_t>(wall_ms(n.mono_ms), 0);  // before 1970: not a time a ledger runs at; keeps the arithmetic simple
     n.s = n.ms / 1000;
     n.days = n.ms / 86'400'000;
     n.month_cache = &month_cache;

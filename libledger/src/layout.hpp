@@ -38,6 +38,12 @@ inline constexpr uint32_t kRequestBits = 32;
 inline constexpr uint32_t kTagBits = 18;
 static_assert(kRequestBits + kTagBits + kLaneBits == 64);
 static_assert(kProcessSlotsMax * kLanesPerProcess < (1u << kLaneBits));
+// Lane stamps above every lane id name no lane: they are the lease epochs of global accounts (see
+// LeaseWord, "epoch stamps"). Helping and repair never look at them (no lane entry carries them).
+// A power of two of them, so that the stamp of a lease is a mask, not a division, on the hot path.
+inline constexpr uint32_t kEpochStamps = 4096;
+inline constexpr uint32_t kEpochStampBase = (1u << kLaneBits) - kEpochStamps;
+static_assert(kEpochStampBase > kProcessSlotsMax * kLanesPerProcess);
 
 // ---------------------------------------------------------------------------------------------
 // Period word: the admission word of one account for one period. 16 bytes, changed only by a
@@ -271,6 +277,17 @@ static_assert(sizeof(KeyEntry) == 64);
 // the lease word of T's parity carries tag T and its deadline (CLOCK_MONOTONIC ms, the same clock
 // for every process) has not passed; no lease, an old one, a passed deadline or a write in progress
 // all deny: fail closed.
+//
+// Epoch stamps: the fast path of a root debit (one CAS, no lane, like a local one) must never land
+// against a lease the sidecar has lowered since the debit read it. So the lease's epoch is in the
+// period word itself: every rewrite of a lease word ends with the sidecar's CAS that puts the stamp
+// epoch_stamp(seq) on the account's period word of that parity (changing nothing else), and the fast
+// path admits only a word whose stamp is the epoch of the lease it read (word read first, then the
+// lease). A fast debit writes the stamp it found; lane operations write their lane ids; so once the
+// sidecar's CAS has landed, no value with an older epoch's stamp can come back (until the stamp
+// wraps, after kEpochStamps rewrites), and a debit that read the old lease fails its CAS and reads
+// again. Words not carrying the current epoch (after a lane operation, a new window) take the lane
+// path, which re-checks the lease after its CAS; the sidecar re-stamps them on its next publish.
 struct alignas(32) LeaseWord {
   uint32_t seq;
   uint32_t tag;             // the period the lease is for (0 = none)

@@ -553,4 +553,24 @@ Limits Ledger::limits() const {
 }
 int64_t Ledger::now_ms() const { return impl_->now_ms(); }
 
+// Both coarse clocks advance at the same kernel tick: the wall clock is read on both sides of the
+// monotonic read until the two agree, so the offset is that of one tick, never of two.
+int64_t Ledger::Impl::measure_wall_offset(int64_t mono_ms) const {
+  const auto ns = [](const struct timespec& ts) { return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec; };
+  int64_t offset_ns = 0;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    struct timespec before {}, mono {}, after {};
+    ::clock_gettime(CLOCK_REALTIME_COARSE, &before);
+    ::clock_gettime(CLOCK_MONOTONIC_COARSE, &mono);
+    ::clock_gettime(CLOCK_REALTIME_COARSE, &after);
+    offset_ns = ns(before) - ns(mono);
+    if (ns(before) == ns(after)) break;
+  }
+  // Floor division: the derived wall clock is the monotonic ms plus whole ms, never ahead by one.
+  const int64_t offset_ms = offset_ns >= 0 ? offset_ns / 1'000'000 : -((-offset_ns + 999'999) / 1'000'000);
+  wall_offset_ms.store(offset_ms, std::memory_order_relaxed);
+  wall_offset_until_ms.store(mono_ms + kWallOffsetRefreshMs, std::memory_order_release);
+  return mono_ms + offset_ms;
+}
+
 }  // namespace ledger

@@ -278,7 +278,7 @@ bool LeaseWorker::report_and_read(const Config& config, int64_t now_s, bool fina
 // The store's view of this host's leases, the accounts' limits and blocks (blocks are global).
 void LeaseWorker::apply_store_view(const Config& config, const RefreshResult& got, int64_t now_s) {
   for (const auto& v : got.leases)
-    leases_[{v.account, v.window}] = Lease{v.granted_nanousd, v.window_granted_nanousd, v.limit_nanousd, v.spent_nanousd, v.blocked};
+    leases_[{v.account, v.window}] = Lease{v.granted_nanousd, v.window_granted_nanousd, v.limit_nanousd, v.blocked};
   for (const auto& g : got.accounts) {
     const AccountConfig* a = find_account(config, g.id);
     if (a == nullptr || !a->global) continue;
@@ -291,15 +291,17 @@ void LeaseWorker::apply_store_view(const Config& config, const RefreshResult& go
   // Only at the first refresh of this process: that is when the segment may have been rebuilt. Later
   // the store's record is this process's own reports, and a report read while a hold was being
   // taken can be above the settled spend for an instant (see window_usage): not spend to charge.
-  if (!restored_) restore_reported_spend(config, got.leases, now_s);
-  restored_ = true;
+  if (!restored_) restored_ = restore_reported_spend(config, got.leases, now_s);
 }
 
 // A segment rebuilt from LMDB (its host lost /dev/shm, as in a reboot) may know less than this host
 // already reported: the store's record of this host's spend in a current window is the floor. The
 // difference is charged here, so that spend is not admitted a second time (G1); only what was
-// neither flushed nor reported before the failure stays unknown (DESIGN 4, promise 3).
-void LeaseWorker::restore_reported_spend(const Config& config, const std::vector<LeaseView>& views, int64_t now_s) {
+// neither flushed nor reported before the failure stays unknown (DESIGN 4, promise 3). False when
+// a difference could not be charged: the next refresh tries again (and the leases stay as they were:
+// publish() never grants what the segment does not know it spent).
+bool LeaseWorker::restore_reported_spend(const Config& config, const std::vector<LeaseView>& views, int64_t now_s) {
+  bool done = true;
   std::vector<std::pair<size_t, const AccountConfig*>> deepest_first;
   for (const auto& a : config.accounts)
     if (a.global) deepest_first.emplace_back(global_chain(config, a).size(), &a);
@@ -309,12 +311,17 @@ void LeaseWorker::restore_reported_spend(const Config& config, const std::vector
       WindowUsage u;
       if (v.account != a->id || v.window != window_of(*a, now_s) || !ledger_.window_usage(a->id, v.window, &u).ok()) continue;
       const int64_t missing = v.spent_nanousd - u.spent_nanousd;
-      if (missing <= 0 || !ledger_.adjust(a->id, missing).ok()) continue;
+      if (missing <= 0) continue;
+      if (!ledger_.adjust(a->id, missing).ok()) {
+        done = false;
+        continue;
+      }
       admin::log_line("warn", "global: this host's ledger knew less than it had reported (rebuilt after losing its segment?); "
                               "the difference is charged again",
                       "account=" + a->id + " usd=" + format_usd(missing));
     }
   }
+  return done;
 }
 
 void LeaseWorker::measure_demand(const Config& config, int64_t now_s) {
@@ -478,13 +485,9 @@ void LeaseWorker::publish(const Config& config, int64_t now_s) {
       continue;
     }
     // Only the current and the next window: an old one's word is the next one's (same parity).
-    // Spend the store has on record but this segment does not (it was rebuilt from a store that
-    // lost its last flush interval) is not admitted again: it comes off the lease.
-    WindowUsage u;
-    int64_t unseen = 0;
-    if (ledger_.window_usage(a->id, it->first.second, &u).ok()) unseen = std::max<int64_t>(0, it->second.reported_spent - u.spent_nanousd);
-    if (it->first.second >= current)
-      (void)ledger_.set_lease(a->id, it->first.second, std::max<int64_t>(0, it->second.granted - unseen), deadline);
+    // Nothing before the first refresh has compared the store's record with the segment: spend the
+    // segment does not know (restore_reported_spend) must not be admitted again.
+    if (it->first.second >= current && restored_) (void)ledger_.set_lease(a->id, it->first.second, it->second.granted, deadline);
     if (it->first.second == current) leased[a->id] = it->second.granted;
     ++it;
   }

@@ -310,20 +310,27 @@ TEST_CASE("per-key reconcile across hosts: the drift is charged once, and only t
   CHECK(table.out.find("global mode: costs and periods are every host's; by host:") != std::string::npos);
 }
 
+// Beside the chain, a root account: its debits take the one-CAS fast path against the lease (the
+// lease epoch stamped on its word), which the sidecars rewrite as they grant, give back and recall.
+constexpr const char* kChainAndRoot = R"([{"id": "org", "limit_usd": "2", "period": "monthly"},
+  {"id": "team", "parent": "org", "limit_usd": "1.5", "period": "monthly"},
+  {"id": "alice", "parent": "team", "limit_usd": "1", "period": "daily"},
+  {"id": "solo", "limit_usd": "0.5", "period": "daily"}])";
+
 TEST_CASE("4 hosts x 2 workers drain one global chain: never over, and the store's spend is exact", "[global]") {
   Setup s;
   std::vector<std::unique_ptr<Host>> hosts;
-  for (int h = 0; h < 4; ++h) hosts.push_back(std::make_unique<Host>(s.root, "host-" + std::to_string(h), s.pg.uri(), kChain));
+  for (int h = 0; h < 4; ++h) hosts.push_back(std::make_unique<Host>(s.root, "host-" + std::to_string(h), s.pg.uri(), kChainAndRoot));
   for (auto& h : hosts) {
     const auto r = h->init();
     INFO(r.err);
     REQUIRE(r.exit_code == 0);
     h->start_sidecar();
   }
-  // Each worker process debits alice (chain alice -> team -> org) until the budget is gone, and
-  // writes what it was granted to shared memory.
+  // Each worker process debits alice (chain alice -> team -> org) and solo until both budgets are
+  // gone, and writes what it was granted to shared memory (alice's in [0, 8), solo's in [8, 16)).
   auto* acknowledged = static_cast<std::atomic<int64_t>*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  for (int i = 0; i < 8; ++i) new (&acknowledged[i]) std::atomic<int64_t>(0);
+  for (int i = 0; i < 16; ++i) new (&acknowledged[i]) std::atomic<int64_t>(0);
   std::vector<pid_t> workers;
   for (int w = 0; w < 8; ++w) {
     const pid_t pid = ::fork();
@@ -332,16 +339,17 @@ TEST_CASE("4 hosts x 2 workers drain one global chain: never over, and the store
       std::unique_ptr<Ledger> l;
       if (!Ledger::open(hosts[w / 2]->dir, Options{}, &l).ok()) ::_exit(2);
       std::mt19937_64 rng(static_cast<uint64_t>(w) * 7919);
-      // Until the hosts together have 99% of the limit (what draining means), at most 60 s.
-      const auto sum = [&] {
+      // Until the hosts together have 99% of each limit (what draining means), at most 60 s.
+      const auto sum = [&](int first) {
         int64_t total = 0;
-        for (int i = 0; i < 8; ++i) total += acknowledged[i].load();
+        for (int i = first; i < first + 8; ++i) total += acknowledged[i].load();
         return total;
       };
       for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-           std::chrono::steady_clock::now() < until && sum() < kUsd * 99 / 100;) {
+           std::chrono::steady_clock::now() < until && (sum(0) < kUsd * 99 / 100 || sum(8) < kUsd / 2 * 99 / 100);) {
         const int64_t amount = 100'000 + static_cast<int64_t>(rng() % 4'900'000);  // $0.0001 - $0.005
-        if (l->debit("alice", amount).ok()) acknowledged[w] += amount;
+        const bool to_alice = sum(0) < kUsd * 99 / 100 && (sum(8) >= kUsd / 2 * 99 / 100 || rng() % 2 == 0);
+        if (l->debit(to_alice ? "alice" : "solo", amount).ok()) acknowledged[to_alice ? w : 8 + w] += amount;
         else std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
       ::_exit(0);
@@ -353,8 +361,9 @@ TEST_CASE("4 hosts x 2 workers drain one global chain: never over, and the store
     REQUIRE(::waitpid(pid, &status, 0) == pid);
     REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
   }
-  int64_t total = 0;
+  int64_t total = 0, total_solo = 0;
   for (int i = 0; i < 8; ++i) total += acknowledged[i].load();
+  for (int i = 8; i < 16; ++i) total_solo += acknowledged[i].load();
   for (auto& h : hosts) CHECK(h->stop_sidecar() == 0);  // each reports a last time and gives back what is unused
   const auto status = s.status(*hosts[0]);
   const auto alice = Setup::account(status, "alice"), team = Setup::account(status, "team"), org = Setup::account(status, "org");
@@ -369,6 +378,12 @@ TEST_CASE("4 hosts x 2 workers drain one global chain: never over, and the store
   CHECK(num(org, "spent_nanousd") == total);
   CHECK(num(alice, "leased_nanousd") == total);  // every unused grant came back
   CHECK(alice.at("hosts").as_array().size() == 4);
+  const auto solo = Setup::account(status, "solo");
+  INFO("solo: acknowledged " << total_solo << " spent " << num(solo, "spent_nanousd") << " leased " << num(solo, "leased_nanousd"));
+  CHECK(total_solo <= kUsd / 2);
+  CHECK(total_solo >= kUsd / 2 * 95 / 100);
+  CHECK(num(solo, "spent_nanousd") == total_solo);
+  CHECK(num(solo, "leased_nanousd") == total_solo);
 }
 
 namespace {
