@@ -390,13 +390,13 @@ namespace {
 
 // What alice spent today in the host's segment beyond what survives it: its LMDB record, or what
 // it reported to the store, whichever is more (its workers and sidecar already dead).
-int64_t unrecorded_spend(const Host& h, const std::string& store_uri) {
+int64_t unrecorded_spend(const Host& h, const std::string& store_uri, const std::string& account) {
   int64_t in_segment = 0, in_store = 0;
   {
     std::unique_ptr<Ledger> l;
     REQUIRE(Ledger::open(h.dir, Options{}, &l) == Code::kOk);
     Balance b;
-    REQUIRE(l->balance("alice", &b) == Code::kOk);
+    REQUIRE(l->balance(account, &b) == Code::kOk);
     in_segment = b.spent_nanousd + b.held_nanousd;
   }
   std::unique_ptr<StoreReader> store;
@@ -405,18 +405,27 @@ int64_t unrecorded_spend(const Host& h, const std::string& store_uri) {
   const int64_t today = period_index(Period::kDaily, std::time(nullptr));
   REQUIRE(store->periods_in(today, today, &periods) == Code::kOk);
   for (const auto& p : periods)
-    if (p.account == "alice" && p.period == Period::kDaily) in_store = p.spent_nanousd;
+    if (p.account == account && p.period == Period::kDaily) in_store = p.spent_nanousd;
   global::PgConnection pg(global::PgOptions{store_uri, PgServer::password()});
   global::PgResult r;
   global::PgError e;
   const std::string owner = h.name + "/" + ledger_test::read_file(h.dir + "/ledger.incarnation").substr(0, 32);
-  REQUIRE(pg.exec("SELECT spent_nanousd FROM ledger_leases WHERE host_id = $1 AND account = 'alice' AND window_index = $2",
-                  {owner, std::to_string(today)}, &r, &e));
+  REQUIRE(pg.exec("SELECT spent_nanousd FROM ledger_leases WHERE host_id = $1 AND account = $2 AND window_index = $3",
+                  {owner, account, std::to_string(today)}, &r, &e));
   const int64_t reported = r.rows.empty() ? 0 : std::stoll(r.rows[0][0].value_or("0"));
   return in_segment - std::max(in_store, reported);
 }
 
-// A worker process on one host: debits alice until told to stop, counting what was acknowledged.
+// The torture's accounts: alice at the end of a chain (the lane path) and solo, a root account
+// (the one-CAS path); a worker's acknowledgements for solo are kept kSoloOffset counters further on.
+constexpr const char* kTortureAccounts = R"([{"id": "org", "limit_usd": "1000", "period": "monthly"},
+    {"id": "team", "parent": "org", "limit_usd": "1000", "period": "monthly"},
+    {"id": "alice", "parent": "team", "limit_usd": "4", "period": "daily"},
+    {"id": "solo", "limit_usd": "2", "period": "daily"}])";
+constexpr int kSoloOffset = 200;
+
+// A worker process on one host: debits alice and solo until told to stop, counting what was
+// acknowledged (alice's at acknowledged[0], solo's at acknowledged[kSoloOffset]).
 pid_t start_worker(const std::string& dir, std::atomic<int64_t>* acknowledged, std::atomic<int>* stop, uint64_t seed) {
   const pid_t pid = ::fork();
   if (pid != 0) return pid;
@@ -425,10 +434,57 @@ pid_t start_worker(const std::string& dir, std::atomic<int64_t>* acknowledged, s
   std::mt19937_64 rng(seed);
   while (stop->load() == 0) {
     const int64_t amount = 100'000 + static_cast<int64_t>(rng() % 900'000);  // $0.0001 - $0.001
-    if (l->debit("alice", amount).ok()) *acknowledged += amount;
+    const bool solo = rng() % 2 == 0;
+    if (l->debit(solo ? "solo" : "alice", amount).ok()) acknowledged[solo ? kSoloOffset : 0] += amount;
     std::this_thread::sleep_for(std::chrono::microseconds(500));
   }
   ::_exit(0);
+}
+
+// What the torture knows of one account after its run, to check against the store.
+struct TortureTally {
+  std::string account;
+  int64_t limit = 0;
+  int offset = 0;                 // where its acknowledged counters start in the shared page
+  std::map<int, int64_t> lost;    // per slot: spend acknowledged but neither flushed nor reported when its host died
+};
+
+// The invariants of the fault torture for one account (G1-G3), from the store's global status.
+void check_torture_account(const TortureTally& t, const boost::json::object& status, const std::atomic<int64_t>* shared,
+                           int slots, const std::vector<int>& dead_slots, const std::set<std::string>& live, int disk_kept_deaths) {
+  int64_t acknowledged = 0, acknowledged_dead = 0;
+  for (int i = 0; i < slots; ++i) acknowledged += shared[t.offset + i].load();
+  for (int i : dead_slots) acknowledged_dead += shared[t.offset + i].load();
+  const auto a = Setup::account(status, t.account);
+  int64_t live_spent = 0, dead_charged = 0;
+  for (const auto& host : a.at("hosts").as_array()) {
+    const auto& o = host.as_object();
+    const bool mine = live.count(std::string(o.at("incarnation").as_string())) != 0;
+    if (mine) live_spent += num(o, "reported_nanousd");  // given back to its use at SIGTERM: leased == reported
+    else dead_charged += num(o, "leased_nanousd");
+    if (!mine) CHECK(o.at("expired").as_bool());
+  }
+  // What a death erased belongs to the slot's incarnation: a live one, or one that died for good
+  // later (a host that came back with its disk and then died with it).
+  int64_t lost_total = 0, lost_dead = 0;
+  const std::set<int> dead(dead_slots.begin(), dead_slots.end());
+  for (const auto& [at, n] : t.lost) {
+    lost_total += n;
+    if (dead.count(at) != 0) lost_dead += n;
+  }
+  std::printf("  %s: %lld nano-USD acknowledged (%lld by dead incarnations), store spent %lld; hosts that came back with "
+              "their disk: %lld acknowledged but neither flushed nor reported\n",
+              t.account.c_str(), static_cast<long long>(acknowledged), static_cast<long long>(acknowledged_dead),
+              static_cast<long long>(num(a, "spent_nanousd")), static_cast<long long>(lost_total));
+  INFO(t.account);
+  CHECK(lost_total <= disk_kept_deaths * kUsd / 20);  // at most about a refresh interval's spend each
+  // No overspend across hosts (G1), but for what a host's death erased from every record (promise 3).
+  CHECK(acknowledged <= t.limit + lost_total);
+  CHECK(num(a, "spent_nanousd") <= t.limit);
+  // Live hosts: exact (nothing doubled, G2); one that came back reports its LMDB record (G3).
+  CHECK(live_spent == acknowledged - acknowledged_dead - (lost_total - lost_dead));
+  CHECK(dead_charged >= acknowledged_dead - lost_dead);  // dead incarnations: charged in full (G3)
+  CHECK(num(a, "spent_nanousd") == live_spent + dead_charged);
 }
 
 }  // namespace
@@ -443,20 +499,18 @@ TEST_CASE("faults of hosts and of the store: no overspend, nothing lost, nothing
   const int faults = env != nullptr ? std::max(1, std::atoi(env)) : 20;
   Setup s;
   constexpr int kHosts = 3;
-  const std::string accounts = R"([{"id": "org", "limit_usd": "1000", "period": "monthly"},
-    {"id": "team", "parent": "org", "limit_usd": "1000", "period": "monthly"},
-    {"id": "alice", "parent": "team", "limit_usd": "4", "period": "daily"}])";
+  const std::string accounts = kTortureAccounts;
   std::vector<std::unique_ptr<Host>> hosts;
   std::vector<std::unique_ptr<TempDir>> roots;  // one per incarnation of a host
   auto* shared = static_cast<std::atomic<int64_t>*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   auto* stop = reinterpret_cast<std::atomic<int>*>(shared + 500);
   new (stop) std::atomic<int>(0);
-  for (int i = 0; i < 400; ++i) new (&shared[i]) std::atomic<int64_t>(0);
+  for (int i = 0; i < 2 * kSoloOffset; ++i) new (&shared[i]) std::atomic<int64_t>(0);
   std::vector<pid_t> workers(kHosts, -1);
   std::vector<int> slot(kHosts);  // which acknowledged counter the host's current incarnation writes
   int next_slot = 0;
   std::vector<int> dead_slots;
-  std::map<int, int64_t> lost;  // per slot: spend acknowledged but not yet flushed when its host died
+  TortureTally tallies[2] = {{"alice", 4 * kUsd, 0, {}}, {"solo", 2 * kUsd, kSoloOffset, {}}};
   const auto boot = [&](int h) {
     roots.push_back(std::make_unique<TempDir>());
     hosts[h] = std::make_unique<Host>(*roots.back(), "host-" + std::to_string(h), s.pg.uri(), accounts);
@@ -465,6 +519,7 @@ TEST_CASE("faults of hosts and of the store: no overspend, nothing lost, nothing
     REQUIRE(r.exit_code == 0);
     hosts[h]->start_sidecar();
     slot[h] = next_slot++;
+    REQUIRE(next_slot < kSoloOffset);  // one counter per incarnation and account in the shared page
     workers[h] = start_worker(hosts[h]->dir, &shared[slot[h]], stop, static_cast<uint64_t>(slot[h]) + 1);
   };
   hosts.resize(kHosts);
@@ -499,7 +554,7 @@ TEST_CASE("faults of hosts and of the store: no overspend, nothing lost, nothing
         ::kill(hosts[h]->sidecar, SIGKILL);
         ::waitpid(hosts[h]->sidecar, nullptr, 0);
         hosts[h]->sidecar = -1;
-        lost[slot[h]] += unrecorded_spend(*hosts[h], s.pg.uri());  // neither flushed nor reported: gone with the segment
+        for (auto& t : tallies) t.lost[slot[h]] += unrecorded_spend(*hosts[h], s.pg.uri(), t.account);  // gone with the segment
         REQUIRE(Ledger::destroy_segment(hosts[h]->dir) == Code::kOk);
         std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 7000));  // sometimes past the lease ttl (5 s)
         const auto r = hosts[h]->init();
@@ -533,44 +588,14 @@ TEST_CASE("faults of hosts and of the store: no overspend, nothing lost, nothing
   global::PgResult r;
   REQUIRE(pg.exec("SELECT count(*) FROM ledger_leases WHERE NOT expired AND expires_at < now()", {}, &r, &e));
   CHECK(r.rows[0][0].value_or("?") == "0");  // no lease left active without an owner once the ttl passed
-  int64_t acknowledged = 0, acknowledged_dead = 0;
-  for (int i = 0; i < next_slot; ++i) acknowledged += shared[i].load();
-  for (int i : dead_slots) acknowledged_dead += shared[i].load();
-  const auto alice = Setup::account(s.status(*hosts[0]), "alice");
   std::set<std::string> live;  // the incarnations still running at the end
   for (const auto& h : hosts) live.insert(ledger_test::read_file(h->dir + "/ledger.incarnation").substr(0, 32));
-  int64_t live_spent = 0, dead_charged = 0;
-  for (const auto& host : alice.at("hosts").as_array()) {
-    const auto& o = host.as_object();
-    const bool mine = live.count(std::string(o.at("incarnation").as_string())) != 0;
-    if (mine) live_spent += num(o, "reported_nanousd");  // given back to its use at SIGTERM: leased == reported
-    else dead_charged += num(o, "leased_nanousd");
-    if (!mine) CHECK(o.at("expired").as_bool());
-  }
   std::string summary;
   for (const auto& [kind, n] : done) summary += kind + " x" + std::to_string(n) + ", ";
-  std::printf("global fault torture: %s%lld nano-USD acknowledged (%lld by dead incarnations), store spent %lld\n", summary.c_str(),
-              static_cast<long long>(acknowledged), static_cast<long long>(acknowledged_dead),
-              static_cast<long long>(num(alice, "spent_nanousd")));
+  std::printf("global fault torture: %s\n", summary.c_str());
   INFO(summary);
-  // What a death erased belongs to the slot's incarnation: a live one, or one that died for good
-  // later (a host that came back with its disk and then died with it).
-  int64_t lost_total = 0, lost_dead = 0;
-  const std::set<int> dead(dead_slots.begin(), dead_slots.end());
-  for (const auto& [at, n] : lost) {
-    lost_total += n;
-    if (dead.count(at) != 0) lost_dead += n;
-  }
-  std::printf("  hosts that came back with their disk: %lld nano-USD acknowledged but neither flushed nor reported\n",
-              static_cast<long long>(lost_total));
-  CHECK(lost_total <= done["host death, disk kept"] * kUsd / 20);  // at most about a refresh interval's spend each
-  // No overspend across hosts (G1), but for what a host's death erased from every record (promise 3).
-  CHECK(acknowledged <= 4 * kUsd + lost_total);
-  CHECK(num(alice, "spent_nanousd") <= 4 * kUsd);
-  // Live hosts: exact (nothing doubled, G2); one that came back reports its LMDB record (G3).
-  CHECK(live_spent == acknowledged - acknowledged_dead - (lost_total - lost_dead));
-  CHECK(dead_charged >= acknowledged_dead - lost_dead);          // dead incarnations: charged in full (G3)
-  CHECK(num(alice, "spent_nanousd") == live_spent + dead_charged);
+  const auto status = s.status(*hosts[0]);
+  for (const auto& t : tallies) check_torture_account(t, status, shared, next_slot, dead_slots, live, done["host death, disk kept"]);
 }
 
 namespace {
