@@ -190,7 +190,7 @@ int cmd_init(const Config& config) {
   const ApplyReport r = apply_config(*ledger, config);
   for (const auto& e : r.errors) std::fprintf(stderr, "ledgerctl: init: %s\n", e.c_str());
   if (r.refused) return kExitRuntime;
-  for (const auto& w : unpriced_models(*ledger, config)) std::fprintf(stderr, "ledgerctl: warning: %s\n", w.c_str());
+  for (const auto& w : r.warnings) std::fprintf(stderr, "ledgerctl: warning: %s\n", w.c_str());
   const Status flushed = ledger->flush();
   std::printf("init: %s: %d accounts created, %d updated, %d unchanged, %d blocked (no longer in the config), %d prices\n",
               config.ledger.dir.c_str(), r.created, r.updated, r.unchanged, r.blocked_removed, r.prices);

@@ -85,16 +85,21 @@ Status Ledger::set_lease(std::string_view account, int64_t period_index, int64_t
   const uint32_t tag = make_tag(kind, period_index);
   std::lock_guard<std::mutex> local(*l.admin_mutex);  // threads of the sidecar; other processes do not write leases
   LeaseWord& w = l.leases[index].words[tag_parity(tag)];
-  // The same lease again (the sidecar publishes every cycle): no rewrite, so no window in which a
-  // reader finds the word odd and denies. The word gets the epoch's stamp again if a lane operation
-  // replaced it (so root debits take the fast path again); the epoch is unchanged, so that is safe.
+  // Not a lowering (the same window, a limit and a deadline no smaller: a renewal, a grant, the same
+  // lease again): stored in place, in the same epoch. A reader that mixes old and new fields sees a
+  // lease that was granted, and an admission that read the old one was held to less than it may, so
+  // nothing needs fencing, and no reader ever finds the word odd and denies. The word gets the
+  // epoch's stamp again if a lane operation replaced it (root debits take the fast path again).
   if (const uint32_t stable = load(w.seq); (stable & 1u) == 0 && load(w.tag, memory_order_relaxed) == tag &&
-                                           load(w.limit_nanousd, memory_order_relaxed) == limit_nanousd &&
-                                           load(w.deadline_ms, memory_order_relaxed) == deadline_monotonic_ms) {
+                                           limit_nanousd >= load(w.limit_nanousd, memory_order_relaxed) &&
+                                           deadline_monotonic_ms >= load(w.deadline_ms, memory_order_relaxed)) {
+    if (limit_nanousd != load(w.limit_nanousd, memory_order_relaxed)) store(w.limit_nanousd, limit_nanousd);
+    if (deadline_monotonic_ms != load(w.deadline_ms, memory_order_relaxed)) store(w.deadline_ms, deadline_monotonic_ms);
     if (meta_lane(period_word_guess(l.accounts[index].words[tag_parity(tag)]).meta) != epoch_stamp(stable))
       l.stamp_epoch(static_cast<uint32_t>(index), tag_parity(tag), stable);
     return Code::kOk;
   }
+  // A lowering, another window, an earlier deadline: a new epoch (seq), then the word's stamp.
   const uint32_t seq = load(w.seq) | 1u;  // odd: rewriting (rounds up after a writer that died mid-way)
   store(w.seq, seq, memory_order_relaxed);
   fence_release();

@@ -28,7 +28,8 @@ bool Ledger::Impl::entry_landed(const Lane& lane, uint32_t seq, uint32_t j) cons
       current.meta == load(t.new_meta, memory_order_relaxed))
     return true;
   // Read the word first, then the bit: an overwriter sets the bit before it overwrites.
-  return (ctl_bits(load(lane.header.ctl)) & (1u << j)) != 0;
+  const uint64_t ctl = load(lane.header.ctl);
+  return ctl_seq(ctl) == seq && applied_bit(lane, ctl, j);
 }
 
 namespace {
@@ -45,15 +46,17 @@ TargetSpec spec_of(const Target& t) {
 }
 }  // namespace
 
-// The corrections that roll back a dead admission: undo every landed level whose undo did not land,
-// and every landed tally of a debit (a debit's tallies sit where a denial's undo entries would).
+// The corrections that roll back a dead admission: undo every landed target (a level's period word
+// or a rate word) whose undo did not land, and every landed tally of a debit (a debit's tallies sit
+// where a denial's undo entries would).
 uint32_t Ledger::Impl::admission_rollback(const Lane& lane, uint32_t seq, uint32_t n, TargetSpec* fixes) const {
   uint32_t n_fixes = 0;
   const auto undo_of = [](TargetSpec spec, uint32_t j, uint32_t flags) {
+    const bool rate = (spec.flags & kTargetRate) != 0;
     spec.delta = -spec.delta;
     spec.delta_requests = -spec.delta_requests;
-    spec.fallback = 0;
-    spec.flags = flags;
+    spec.fallback = rate ? -spec.fallback : 0;  // a rate word's concurrent slot
+    spec.flags = flags | (rate ? kTargetRate : 0u);
     spec.undo_of = j;
     return spec;
   };
@@ -61,11 +64,11 @@ uint32_t Ledger::Impl::admission_rollback(const Lane& lane, uint32_t seq, uint32
     const Target& t = lane.targets[j];
     if (load(t.seq) != seq) continue;
     const uint32_t flags = load(t.flags, memory_order_relaxed);
-    const bool level = j < kChainDepthMax && (flags & kTargetAdmit) != 0;
-    const bool tally = j >= kChainDepthMax && (flags & kTargetTally) != 0 && (flags & kTargetUndo) == 0;
+    const bool level = j < kUndoBase && (flags & kTargetAdmit) != 0;
+    const bool tally = j >= kUndoBase && (flags & kTargetTally) != 0 && (flags & kTargetUndo) == 0;
     if ((!level && !tally) || !entry_landed(lane, seq, j)) continue;
     if (level) {
-      const uint32_t u = kChainDepthMax + j;  // where a denial put this level's undo
+      const uint32_t u = kUndoBase + j;  // where a denial put this target's undo
       const Target& undo = lane.targets[u];
       const bool undone = u < n && load(undo.seq) == seq && (load(undo.flags, memory_order_relaxed) & kTargetUndo) != 0 &&
                           load(undo.undo_of, memory_order_relaxed) == j && entry_landed(lane, seq, u);

@@ -339,7 +339,9 @@ void LeaseWorker::measure_demand(const Config& config, int64_t now_s) {
     // and while denials go on, the headroom doubles each cycle (a host that starts spending fast
     // reaches its rate's slice in a few cycles, not only after its spend was measured).
     if (!ledger_.take_lease_wanted(a.id, window_of(a, now_s), &d.wanted).ok()) d.wanted = 0;
-    d.boost = d.wanted > 0 ? std::max(d.boost * 2, d.wanted * 4) : d.boost / 2;
+    // Capped at the largest amount there is: it doubles for as long as an exhausted account is
+    // denied (it overflowed after about 60 cycles before, a finding of the ASan run).
+    d.boost = d.wanted > 0 ? std::min(kAmountNanoUsdMax, std::max(d.boost * 2, d.wanted * 4)) : d.boost / 2;
     d.used = u.used_nanousd;
     d.spent = u.spent_nanousd;
     d.last_used = u.used_nanousd;

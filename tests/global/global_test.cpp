@@ -416,12 +416,17 @@ int64_t unrecorded_spend(const Host& h, const std::string& store_uri, const std:
   return in_segment - std::max(in_store, reported);
 }
 
-// The torture's accounts: alice at the end of a chain (the lane path) and solo, a root account
-// (the one-CAS path); a worker's acknowledgements for solo are kept kSoloOffset counters further on.
-constexpr const char* kTortureAccounts = R"([{"id": "org", "limit_usd": "1000", "period": "monthly"},
-    {"id": "team", "parent": "org", "limit_usd": "1000", "period": "monthly"},
-    {"id": "alice", "parent": "team", "limit_usd": "4", "period": "daily"},
+// The torture's accounts: alice at the end of a chain (the lane path), with a budget the run never
+// exhausts (so every live host's spend is checked to the nano-USD under faults), and solo, a root
+// account (the one-CAS path) whose $2 is gone within seconds (so the overspend bound is checked
+// under faults). A worker's acknowledgements for solo are kept kSoloOffset counters further on.
+std::string torture_accounts(int64_t alice_usd) {
+  return R"([{"id": "org", "limit_usd": "100000", "period": "monthly"},
+    {"id": "team", "parent": "org", "limit_usd": "100000", "period": "monthly"},
+    {"id": "alice", "parent": "team", "limit_usd": ")" +
+         std::to_string(alice_usd) + R"(", "period": "daily"},
     {"id": "solo", "limit_usd": "2", "period": "daily"}])";
+}
 constexpr int kSoloOffset = 200;
 
 // A worker process on one host: debits alice and solo until told to stop, counting what was
@@ -436,7 +441,7 @@ pid_t start_worker(const std::string& dir, std::atomic<int64_t>* acknowledged, s
     const int64_t amount = 100'000 + static_cast<int64_t>(rng() % 900'000);  // $0.0001 - $0.001
     const bool solo = rng() % 2 == 0;
     if (l->debit(solo ? "solo" : "alice", amount).ok()) acknowledged[solo ? kSoloOffset : 0] += amount;
-    std::this_thread::sleep_for(std::chrono::microseconds(500));
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // about $0.13/s each for alice and solo
   }
   ::_exit(0);
 }
@@ -499,7 +504,8 @@ TEST_CASE("faults of hosts and of the store: no overspend, nothing lost, nothing
   const int faults = env != nullptr ? std::max(1, std::atoi(env)) : 20;
   Setup s;
   constexpr int kHosts = 3;
-  const std::string accounts = kTortureAccounts;
+  const int64_t alice_usd = std::max<int64_t>(30, faults * 3 / 2);  // about 4x what a run spends
+  const std::string accounts = torture_accounts(alice_usd);
   std::vector<std::unique_ptr<Host>> hosts;
   std::vector<std::unique_ptr<TempDir>> roots;  // one per incarnation of a host
   auto* shared = static_cast<std::atomic<int64_t>*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
@@ -510,7 +516,7 @@ TEST_CASE("faults of hosts and of the store: no overspend, nothing lost, nothing
   std::vector<int> slot(kHosts);  // which acknowledged counter the host's current incarnation writes
   int next_slot = 0;
   std::vector<int> dead_slots;
-  TortureTally tallies[2] = {{"alice", 4 * kUsd, 0, {}}, {"solo", 2 * kUsd, kSoloOffset, {}}};
+  TortureTally tallies[2] = {{"alice", alice_usd * kUsd, 0, {}}, {"solo", 2 * kUsd, kSoloOffset, {}}};
   const auto boot = [&](int h) {
     roots.push_back(std::make_unique<TempDir>());
     hosts[h] = std::make_unique<Host>(*roots.back(), "host-" + std::to_string(h), s.pg.uri(), accounts);

@@ -144,3 +144,35 @@ TEST_CASE("a lease writer killed at any point of a lowering: the next write rest
   }
   CHECK(completed);  // the lowering ran to its end within the points tried
 }
+
+// The epoch stamp has kEpochStamps (4,096) values. On a word nobody debits meanwhile (an idle or
+// exhausted account: exactly the one whose surplus the sidecar recalls), a paused debit could find
+// its word again bit for bit once the stamp wrapped. Renewals are stored in place (no new epoch),
+// and a fast debit that finds, after its CAS, that 4,096 or more epochs passed takes itself back.
+// Found by a verification run: before both, 4,096 renewals after a lowering let the debit land.
+TEST_CASE("a root debit paused across 4,096 lease rewrites never lands against the lease it read", "[lease][crash]") {
+  const bool lowerings = GENERATE(false, true);
+  const int rewrites = GENERATE(4095, 4096, 4100);
+  INFO((lowerings ? "lowerings" : "renewals") << " while the debit is paused: " << rewrites);
+  Fixture f;
+  REQUIRE(f.lease(10 * kUsd) == Code::kOk);
+  REQUIRE(f.l->debit("g", 9 * kUsd) == Code::kOk);
+  int paused[2], resume[2];
+  REQUIRE((::pipe(paused) == 0 && ::pipe(resume) == 0));
+  // The child's debit of 1 fits the lease it reads (9 + 1 <= 10); it stops before its CAS.
+  const pid_t child = fork_child(f.dir.path(), paused, resume, [](Ledger& l) { return l.debit("g", kUsd).code(); });
+  char c = 0;
+  REQUIRE(::read(paused[0], &c, 1) == 1);
+  // The sidecar recalls the surplus (the lease down to what is used; the 1 goes back to the store),
+  // then renews it every refresh, or lowers it again and again.
+  REQUIRE(f.lease(9 * kUsd) == Code::kOk);
+  const int64_t deadline = Ledger::monotonic_ms() + 600'000;
+  for (int i = 1; i < rewrites; ++i) {
+    const int64_t limit = lowerings ? 9 * kUsd - i : 9 * kUsd;
+    REQUIRE(f.l->set_lease("g", f.today, limit, deadline + i) == Code::kOk);
+  }
+  REQUIRE(::write(resume[1], "g", 1) == 1);
+  CHECK(exit_code(child) == static_cast<int>(Code::kDeniedOverBudget));
+  for (int fd : {paused[0], paused[1], resume[0], resume[1]}) ::close(fd);
+  CHECK(f.used() == 9 * kUsd);  // nothing landed above the lowered lease
+}

@@ -96,7 +96,8 @@ struct StoredAdjustmentDay {
   uint64_t count = 0;
 };
 
-enum class JournalKind : uint32_t { kFlush = 1, kAdjustment = 2 };  // reaches disk: never renumber
+// kTopup: a top-up set (delta_nanousd, until index = unix ms) or removed (0). Reaches disk: never renumber.
+enum class JournalKind : uint32_t { kFlush = 1, kAdjustment = 2, kTopup = 3 };
 struct JournalEntry {
   uint64_t seq = 0;
   int64_t unix_ms = 0;
