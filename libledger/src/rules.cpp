@@ -57,25 +57,25 @@ uint32_t take_estimate_tokens(int64_t amount) {
 bool Ledger::Impl::plan_rate_admission(const AccountRules& r, PeriodWord current, const TargetSpec& spec, const Now& now,
                                        uint32_t stamp, PeriodWord* desired, uint32_t* minute, uint32_t* retry_ms) const {
   const uint32_t found = rate_minute(current.meta);
-  uint64_t requests = rate_requests(current.used), tokens = rate_tokens(current.used);
-  const uint64_t concurrent = rate_concurrent(current.used);
-  *minute = std::max(found, spec.tag);  // another process's clock may be in the next minute already
-  if (found < spec.tag) requests = tokens = 0;  // a new minute; concurrent holds carry over
-  const uint64_t rpm = load(r.rpm, memory_order_relaxed), tpm = load(r.tpm, memory_order_relaxed);
-  const uint64_t max_concurrent = load(r.max_concurrent, memory_order_relaxed);
-  const uint64_t add_requests = static_cast<uint64_t>(std::max<int64_t>(spec.delta_requests, 0));
-  const uint64_t add_tokens = static_cast<uint64_t>(std::clamp<int64_t>(spec.delta, 0, int64_t{kRateTokenMax}));
-  const uint64_t add_concurrent = static_cast<uint64_t>(std::max<int64_t>(spec.fallback, 0));
-  const int64_t minute_left = (int64_t{*minute} + 1) * 60'000 - now.ms;
-  *retry_ms = static_cast<uint32_t>(std::clamp<int64_t>(minute_left, 1, 60'000));
-  if (rpm != 0 && requests + add_requests > rpm) return false;
-  if (tpm != 0 && tokens + std::max<uint64_t>(add_tokens, 1) > tpm) return false;  // a minute already spent: no more
-  if (max_concurrent != 0 && add_concurrent != 0 && concurrent + add_concurrent > max_concurrent) {
-    *retry_ms = kConcurrencyRetryMs;
+  const bool fresh = found < spec.tag;  // a new minute: requests and tokens start again; holds carry over
+  *minute = fresh ? spec.tag : found;   // (another process's clock may be in the next minute already)
+  const uint64_t requests = (fresh ? 0 : rate_requests(current.used)) + (spec.delta_requests > 0 ? 1u : 0u);
+  const uint64_t add_tokens = spec.delta > 0 ? std::min<uint64_t>(static_cast<uint64_t>(spec.delta), kRateTokenMax) : 0;
+  const uint64_t tokens = (fresh ? 0 : rate_tokens(current.used)) + add_tokens;
+  const uint64_t concurrent = rate_concurrent(current.used) + (spec.fallback > 0 ? 1u : 0u);
+  const uint32_t rpm = load(r.rpm, memory_order_relaxed), tpm = load(r.tpm, memory_order_relaxed);
+  const uint32_t max_concurrent = load(r.max_concurrent, memory_order_relaxed);
+  const bool over_minute = (rpm != 0 && requests > rpm) || (tpm != 0 && tokens + (add_tokens == 0 ? 1 : 0) > tpm);
+  const bool over_holds = max_concurrent != 0 && spec.fallback > 0 && concurrent > max_concurrent;
+  if (over_minute || over_holds) [[unlikely]] {
+    // rpm and tpm: the rest of the minute (a minute already spent denies even a request of no
+    // tokens); max_concurrent: a poll interval, since a slot comes back when a hold settles.
+    *retry_ms = over_minute ? static_cast<uint32_t>(std::clamp<int64_t>((int64_t{*minute} + 1) * 60'000 - now.ms, 1, 60'000))
+                            : kConcurrencyRetryMs;
     return false;
   }
-  *desired = PeriodWord{make_rate_used(std::min(requests + add_requests, kRateRequestMax), std::min(tokens + add_tokens, kRateTokenMax),
-                                       std::min(concurrent + add_concurrent, kRateConcurrentMax)),
+  *desired = PeriodWord{make_rate_used(std::min(requests, kRateRequestMax), std::min(tokens, kRateTokenMax),
+                                       std::min(concurrent, kRateConcurrentMax)),
                         make_rate_meta(*minute, stamp)};
   return true;
 }

@@ -33,7 +33,9 @@ std::string read_first_line(const std::string& path) {
 std::vector<const AccountConfig*> global_chain(const Config& config, const AccountConfig& a) {
   std::vector<const AccountConfig*> chain;
   for (const AccountConfig* at = &a; at != nullptr && chain.size() < 4;) {
-    if (at->global) chain.push_back(at);
+    // A soft account's own limit never denies (DESIGN 13): it admits without a lease, and a grant
+    // of its ancestors must not be refused because it is over its own limit.
+    if (at->global && !at->soft) chain.push_back(at);
     const AccountConfig* parent = nullptr;
     for (const auto& c : config.accounts)
       if (c.id == at->parent) parent = &c;
@@ -283,7 +285,7 @@ void LeaseWorker::apply_store_view(const Config& config, const RefreshResult& go
     const AccountConfig* a = find_account(config, g.id);
     if (a == nullptr || !a->global) continue;
     Lease& lease = leases_[{g.id, window_of(*a, now_s)}];
-    lease.limit = g.limit_nanousd;
+    lease.limit = g.limit_in(window_of(*a, now_s));
     lease.blocked = g.blocked;
     Balance b;
     if (ledger_.balance(g.id, &b).ok() && b.blocked != g.blocked) (void)ledger_.block(g.id, g.blocked);

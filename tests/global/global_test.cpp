@@ -154,7 +154,7 @@ TEST_CASE("a bad store is one clear error and changes no budget", "[global]") {
     REQUIRE(pg.exec("UPDATE ledger_schema SET version = 99", {}, &ignored, &e));
     const auto r = h.init();
     CHECK(r.exit_code == 2);
-    CHECK(r.err.find("schema is version 99, newer than this ledger's (2)") != std::string::npos);
+    CHECK(r.err.find("schema is version 99, newer than this ledger's (3)") != std::string::npos);
   }
   SECTION("an older schema is migrated") {
     Host h(s.root, "h1", s.pg.uri(), kChain);
@@ -164,13 +164,15 @@ TEST_CASE("a bad store is one clear error and changes no budget", "[global]") {
     global::PgError e;
     REQUIRE(pg.exec("UPDATE ledger_schema SET version = 1", {}, &r, &e));
     REQUIRE(pg.exec("DROP TABLE ledger_key_days", {}, &r, &e));  // version 2 added it
+    REQUIRE(pg.exec("DROP TABLE ledger_topups", {}, &r, &e));    // version 3 added it
     REQUIRE(h.init().exit_code == 0);
     REQUIRE(pg.exec("SELECT version FROM ledger_schema", {}, &r, &e));
-    CHECK(r.rows.at(0).at(0) == std::optional<std::string>("2"));
+    CHECK(r.rows.at(0).at(0) == std::optional<std::string>("3"));
     REQUIRE(pg.exec("SELECT count(*) FROM ledger_key_days", {}, &r, &e));
+    REQUIRE(pg.exec("SELECT count(*) FROM ledger_topups", {}, &r, &e));
     REQUIRE(pg.exec("SELECT detail FROM ledger_journal WHERE kind = 'schema'", {}, &r, &e));
     REQUIRE(r.rows.size() == 1);
-    CHECK(r.rows[0][0] == std::optional<std::string>("migrated from version 1 to 2"));
+    CHECK(r.rows[0][0] == std::optional<std::string>("migrated from version 1 to 3"));
   }
   SECTION("a foreign table of the same name") {
     global::PgConnection pg(global::PgOptions{s.pg.uri(), PgServer::password()});
@@ -236,6 +238,53 @@ TEST_CASE("block and unblock of a global account hold on every host, and init ke
   CHECK_FALSE(Setup::account(s.status(a), "team").at("blocked").as_bool());
   const auto unknown = run({LEDGERCTL_PATH, "--config", a.config, "block", "nobody"});
   CHECK(unknown.exit_code != 0);
+}
+
+// DESIGN 13 in global mode: a top-up of a global account is the store's (every host's grants see
+// it; the store's limit for the window is raised, and nothing more), and a soft global account
+// admits past its own limit without a lease while its team's lease still binds.
+TEST_CASE("a global top-up raises the limit for every host, and a soft global account passes its own", "[global][rules]") {
+  Setup s;
+  const std::string accounts = R"([{"id": "team", "limit_usd": "3", "period": "monthly"},
+    {"id": "alice", "parent": "team", "limit_usd": "1", "period": "daily"},
+    {"id": "sam", "parent": "team", "limit_usd": "0.05", "period": "daily", "enforce": "soft"}])";
+  Host a(s.root, "host-a", s.pg.uri(), accounts), b(s.root, "host-b", s.pg.uri(), accounts);
+  for (Host* h : {&a, &b}) {
+    REQUIRE(h->init().exit_code == 0);
+    h->start_sidecar();
+  }
+  std::unique_ptr<Ledger> on_a, on_b;
+  REQUIRE(Ledger::open(a.dir, Options{}, &on_a) == Code::kOk);
+  REQUIRE(Ledger::open(b.dir, Options{}, &on_b) == Code::kOk);
+  // Spend alice's $1 from both hosts (each denial makes its host ask for more at once).
+  const auto drain = [&](int64_t until) {
+    int64_t total = 0;
+    for (int i = 0; i < 3000 && total < until; ++i) {
+      Ledger& l = i % 2 == 0 ? *on_a : *on_b;
+      if (l.debit("alice", kUsd / 100).ok()) total += kUsd / 100;
+      else std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return total;
+  };
+  const int64_t first = drain(2 * kUsd);
+  CHECK(first == kUsd);  // never past the limit, and all of it (single-request slices near the end)
+  const auto topup = run({LEDGERCTL_PATH, "--config", a.config, "topup", "alice", "0.5"});
+  INFO(topup.out << topup.err);
+  REQUIRE(topup.exit_code == 0);
+  CHECK(topup.out.find("in the global store") != std::string::npos);
+  const int64_t second = drain(kUsd);
+  CHECK(second == kUsd / 2);  // exactly the top-up, across both hosts
+  const auto alice = Setup::account(s.status(a), "alice");
+  CHECK(num(alice, "limit_nanousd") == 3 * kUsd / 2);
+  // sam is soft: past his own $0.05 without any lease of his own; the team's lease binds him.
+  int64_t sam = 0;
+  for (int i = 0; i < 2000 && sam < kUsd / 5; ++i)
+    if (on_b->debit("sam", kUsd / 100).ok()) sam += kUsd / 100;
+    else std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(sam == kUsd / 5);
+  for (Host* h : {&a, &b}) CHECK(h->stop_sidecar() == 0);
+  const auto team = Setup::account(s.status(a), "team");
+  CHECK(num(team, "spent_nanousd") == 3 * kUsd / 2 + kUsd / 5);  // alice's 1.5 and sam's 0.2, both hosts, exact
 }
 
 // One reconciler for the team (G5), comparing each key with what every host recorded through it:

@@ -50,6 +50,10 @@ struct StoredAccount {
   std::string tier;  // "" = inherits
   std::string key_hash;  // the OpenRouter key bound to the account, "" = none
   bool global = false;   // global mode: admits only against this host's leases
+  // Its rules (DESIGN 13) as the last flush recorded them: soft, a top-up (0 = none) and its end.
+  bool soft = false;
+  int64_t topup_nanousd = 0;
+  int64_t topup_until_unix_ms = 0;
 };
 
 struct StoredPeriod {
