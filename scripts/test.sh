@@ -18,4 +18,4 @@ cmake --build --preset "$preset" -j "$jobs" 2>&1 | grep -E "error|warning|Linkin
 # A build error must fail the script even though grep filtered its output.
 cmake --build --preset "$preset" -j "$jobs" >/dev/null
 echo "== test ($preset)"
-ctest --preset "$preset" -j 2 --timeout 900
+ctest --preset "$preset" -j 2
