@@ -97,9 +97,9 @@ void BM_Reconcile(benchmark::State& state) {
                 k.hash + R"("})";
   }
   Workdir dir;
-  write_text(dir.config(), R"({"ledger": {"dir": "ledger", "max_accounts": 16384, "max_reservations": 1024},
-    "openrouter": {"base_url": ")" + emulator.base() + R"(", "management_key_file": ")" + emulator.key_file() +
-                               R"("}, "accounts": )" + accounts + "]}");
+  const std::string openrouter = R"({"base_url": ")" + emulator.base() + R"(", "management_key_file": ")" + emulator.key_file() + R"("})";
+  write_text(dir.config(), R"({"ledger": {"dir": "ledger", "max_accounts": 16384, "max_reservations": 1024}, "openrouter": )" +
+                               openrouter + R"(, "accounts": )" + accounts + "]}");
   admin::Config config;
   std::unique_ptr<Ledger> l;
   if (!open_configured(state, dir.config(), &config, &l)) return;

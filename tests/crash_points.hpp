@@ -32,11 +32,14 @@ extern "C" void ledger_test_pause_once(void (*hook)());
 
 namespace ledger_test {
 
-inline constexpr int kCrashedExit = 77;              // the exit code of a process killed at its point
-inline constexpr int64_t kCrashPointsMax = 200;      // no operation has more crash points than this
+inline constexpr int kCrashedExit = 77;          // the exit code of a process killed at its point
+inline constexpr int64_t kCrashPointsMax = 200;  // no operation has more crash points than this
 
 // How a process armed with ledger_test_crash_after ended.
-enum class ChildEnd { kCompleted, kCrashed };
+enum class ChildEnd {
+  kCompleted,  // exit 0
+  kCrashed,    // exit kCrashedExit
+};
 
 // A waitpid status in words, for failure messages.
 inline std::string describe_wait_status(int status) {
