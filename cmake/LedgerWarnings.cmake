@@ -1,9 +1,12 @@
-# ledger_target_defaults(target): warnings, x86-64 cmpxchg16b, and the sanitizer selection.
-# Applied per target (no global add_compile_options), as the style guide asks.
+# ledger_target_defaults(target): warnings (errors with LEDGER_WERROR), x86-64 cmpxchg16b, and the
+# sanitizer selection. Applied per target (no global add_compile_options), as the style guide asks.
 function(ledger_target_defaults target)
   target_compile_features(${target} PUBLIC cxx_std_20)
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wconversion -Wshadow -Wno-sign-conversion>)
+  if(LEDGER_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
   if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
     # GCC 12 at -O3 reports std::string concatenation as overlapping memcpy (GCC bug 105651).
     target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wno-restrict>)

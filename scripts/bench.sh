@@ -16,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 echo "== build (release)"
 cmake --preset release -DLEDGER_BUILD_TESTS=OFF >/dev/null
-cmake --build --preset release -j "$(nproc)" --target ledger_bench peers_bench global_bench proxy_bench >/dev/null
+cmake --build --preset release -j "$(nproc)" --target ledger_bench peers_bench sidecar_bench global_bench proxy_bench >/dev/null
 
 port=6391
 work="$(mktemp -d)"
@@ -37,6 +37,9 @@ echo "== peers_bench (the alternatives, side by side; then correctness and conte
 build/release/bench/peers_bench --benchmark_min_time=0.5 --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
   --benchmark_out="$out/peers_bench-$stamp.json" --benchmark_out_format=json \
   --harness_out="$out/harness-$stamp.json" | grep -E "_median|^  |^[a-z]" || true
+echo "== sidecar_bench (reconcile 10,000 keys against the emulator, the team report over a 90-day history)"
+build/release/bench/sidecar_bench --benchmark_out="$out/sidecar_bench-$stamp.json" --benchmark_out_format=json \
+  | grep -E "^BM_" || true
 echo "== global_bench (global budgets: store load, round trips, drain fairness, a conditional UPDATE per request as the peer)"
 # Its own private PostgreSQL (postgresql-15, from scripts/setup.sh) and real ledger-sidecar processes.
 build/release/bench/global_bench --benchmark_out="$out/global_bench-$stamp.json" --benchmark_out_format=json \

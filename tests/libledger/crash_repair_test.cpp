@@ -1,30 +1,29 @@
 // Deterministic crash repair: a child process is killed (_exit at a crash point) at the 1st, 2nd,
 // 3rd ... interesting instruction of an operation, until the operation completes; after each kill
-// the parent reclaims and checks the exact outcome on a 3-level chain. Linked against the library
-// built with LEDGER_CRASH_POINTS.
+// the parent reclaims and checks the exact outcome on a 3-level chain (tests/crash_points.hpp has
+// the loop). Linked against the library built with LEDGER_CRASH_POINTS.
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <functional>
-#include <tuple>
 #include <thread>
+#include <tuple>
 
+#include "crash_points.hpp"
 #include "test_util.hpp"
 
-extern "C" void ledger_test_crash_after(int64_t points);
-extern "C" void ledger_test_pause_once(void (*hook)());
-
 using namespace ledger;
+using ledger_test::ChildEnd;
+using ledger_test::for_each_crash_point;
 using ledger_test::kUsd;
 using ledger_test::ManualClock;
+using ledger_test::require_crash_or_completion;
+using ledger_test::run_crashing_child;
 using ledger_test::TempDir;
 
 namespace {
-
-constexpr int kCrashed = 77;
-constexpr int kPointsMax = 200;
 
 struct Chain {
   int64_t org, team, alice;
@@ -38,21 +37,6 @@ Chain read_chain(Ledger& ledger) {
   REQUIRE(ledger.balance("alice", &a) == Code::kOk);
   return Chain{o.spent_nanousd, t.spent_nanousd, a.spent_nanousd,
                o.held_nanousd, t.held_nanousd, a.held_nanousd};
-}
-
-// Runs `body` in a child that opens its own handle and dies at crash point `points` (0 = never).
-int run_child(const std::string& dir, int64_t points, const std::function<bool(Ledger&)>& body) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    std::unique_ptr<Ledger> ledger;
-    if (!Ledger::open(dir, Options{}, &ledger).ok()) ::_exit(2);
-    ledger_test_crash_after(points);
-    const bool ok = body(*ledger);
-    ::_exit(ok ? 0 : 1);  // no close: the slot is left to the reclaimer, like a crash
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 struct Fixture {
@@ -122,76 +106,72 @@ TEST_CASE("a debit killed at any point is rolled back on every level", "[crash]"
   // Through a key, the debit also tallies per key: that tally is rolled back with the levels.
   const bool keyed = GENERATE(false, true);
   if (keyed) f.bind_team_key();
+  INFO("sibling first " << sibling_first << " keyed " << keyed);
   int64_t spent = 0, bob = 0;
-  int crashes = 0;
-  for (int64_t point = 1; point <= kPointsMax; ++point) {
-    const int code = run_child(f.dir.path(), point, [](Ledger& l) { return l.debit("alice", kUsd).ok(); });
-    if (sibling_first) {
-      // Another worker overwrites the words the dead one may have stamped: the helping rule must
-      // leave enough behind for the reclaimer to still see what landed.
-      REQUIRE(f.ledger->debit("bob", 7) == Code::kOk);
-      bob += 7;
-    }
-    f.reclaim_all();
-    if (code == 0) spent += kUsd;
-    const Chain c = read_chain(*f.ledger);
-    INFO("crash point " << point << " exit " << code << " sibling first " << sibling_first << " keyed " << keyed);
-    REQUIRE((code == 0 || code == kCrashed));
-    REQUIRE(c.alice == spent);
-    REQUIRE(c.team == spent + bob);
-    REQUIRE(c.org == spent + bob);
-    REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
-    const auto [through_key, key_requests, adjusted] = f.key_tally();
-    REQUIRE(through_key == (keyed ? spent : 0));
-    REQUIRE(key_requests == (keyed && spent > 0 ? 1u : 0u));
-    REQUIRE(adjusted == 0);
-    if (code == 0) break;
-    ++crashes;
-  }
+  const int64_t crashes = for_each_crash_point(
+      [&](int64_t point) {
+        return run_crashing_child(f.dir.path(), point, [](Ledger& l) { return l.debit("alice", kUsd).ok(); });
+      },
+      [&](int64_t, bool completed) {
+        if (sibling_first) {
+          // Another worker overwrites the words the dead one may have stamped: the helping rule
+          // must leave enough behind for the reclaimer to still see what landed.
+          REQUIRE(f.ledger->debit("bob", 7) == Code::kOk);
+          bob += 7;
+        }
+        f.reclaim_all();
+        if (completed) spent += kUsd;
+        const Chain c = read_chain(*f.ledger);
+        REQUIRE(c.alice == spent);
+        REQUIRE(c.team == spent + bob);
+        REQUIRE(c.org == spent + bob);
+        REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+        const auto [through_key, key_requests, adjusted] = f.key_tally();
+        REQUIRE(through_key == (keyed ? spent : 0));
+        REQUIRE(key_requests == (keyed && spent > 0 ? 1u : 0u));
+        REQUIRE(adjusted == 0);
+      });
   CHECK(crashes >= 6);  // the chain has at least two points per level
 }
 
 TEST_CASE("a denied debit killed while undoing leaves nothing behind", "[crash]") {
   Fixture f;
   REQUIRE(f.ledger->set_budget("org", 2 * kUsd, Period::kNone, "") == Code::kOk);
-  int crashes = 0;
-  for (int64_t point = 1; point <= kPointsMax; ++point) {
-    const int code = run_child(f.dir.path(), point,
-                               [](Ledger& l) { return l.debit("alice", 3 * kUsd) == Code::kDeniedParentOverBudget; });
-    f.reclaim_all();
-    const Chain c = read_chain(*f.ledger);
-    INFO("crash point " << point << " exit " << code);
-    REQUIRE((code == 0 || code == kCrashed));
-    REQUIRE(c.alice == 0);
-    REQUIRE(c.team == 0);
-    REQUIRE(c.org == 0);
-    if (code == 0) break;
-    ++crashes;
-  }
+  const int64_t crashes = for_each_crash_point(
+      [&](int64_t point) {
+        return run_crashing_child(f.dir.path(), point,
+                                  [](Ledger& l) { return l.debit("alice", 3 * kUsd) == Code::kDeniedParentOverBudget; });
+      },
+      [&](int64_t, bool) {
+        f.reclaim_all();
+        const Chain c = read_chain(*f.ledger);
+        REQUIRE(c.alice == 0);
+        REQUIRE(c.team == 0);
+        REQUIRE(c.org == 0);
+        REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+      });
   CHECK(crashes >= 6);
 }
 
 TEST_CASE("a reserve killed at any point leaves no hold and no leaked slot", "[crash]") {
   Fixture f;
-  int crashes = 0;
-  for (int64_t point = 1; point <= kPointsMax; ++point) {
-    const int code = run_child(f.dir.path(), point, [](Ledger& l) {
-      ReservationId id = 0;
-      return l.reserve("alice", 2 * kUsd, 600, &id).ok();
-    });
-    f.reclaim_all();  // a completed hold of the dead child is expired, then its tombstone dropped
-    const Chain c = read_chain(*f.ledger);
-    INFO("crash point " << point << " exit " << code);
-    REQUIRE((code == 0 || code == kCrashed));
-    REQUIRE(c.held_alice == 0);
-    REQUIRE(c.held_team == 0);
-    REQUIRE(c.held_org == 0);
-    REQUIRE(c.alice == 0);
-    REQUIRE(c.team == 0);
-    REQUIRE(c.org == 0);
-    if (code == 0) break;
-    ++crashes;
-  }
+  const int64_t crashes = for_each_crash_point(
+      [&](int64_t point) {
+        return run_crashing_child(f.dir.path(), point, [](Ledger& l) {
+          ReservationId id = 0;
+          return l.reserve("alice", 2 * kUsd, 600, &id).ok();
+        });
+      },
+      [&](int64_t, bool) {
+        f.reclaim_all();  // a completed hold of the dead child is expired, then its tombstone dropped
+        const Chain c = read_chain(*f.ledger);
+        REQUIRE(c.held_alice == 0);
+        REQUIRE(c.held_team == 0);
+        REQUIRE(c.held_org == 0);
+        REQUIRE(c.alice == 0);
+        REQUIRE(c.team == 0);
+        REQUIRE(c.org == 0);
+      });
   CHECK(crashes >= 8);
   // Every one of the 64 slots is usable again.
   std::vector<ReservationId> ids(64);
@@ -203,32 +183,32 @@ TEST_CASE("a commit killed at any point is charged exactly once", "[crash]") {
   Fixture f;
   const bool keyed = GENERATE(false, true);
   if (keyed) f.bind_team_key();
+  INFO("keyed " << keyed);
   int64_t spent = 0;
-  int crashes = 0;
   uint64_t commits = 0;
-  for (int64_t point = 1; point <= kPointsMax; ++point) {
-    const ReservationId id = f.authorized(2 * kUsd, 600);
-    const int code = run_child(f.dir.path(), point, [id](Ledger& l) { return l.commit(id, 3 * kUsd).ok(); });
-    f.reclaim_all();
-    INFO("crash point " << point << " exit " << code);
-    REQUIRE((code == 0 || code == kCrashed));
-    // Either the commit was claimed (then it is rolled forward) or it never started (retry works).
-    const Status again = f.ledger->commit(id, 3 * kUsd);
-    REQUIRE((again == Code::kOk || again == Code::kAlreadySettled));
-    if (code == 0) REQUIRE(again == Code::kAlreadySettled);
-    spent += 3 * kUsd;
-    const Chain c = read_chain(*f.ledger);
-    REQUIRE(c.alice == spent);
-    REQUIRE(c.team == spent);
-    REQUIRE(c.org == spent);
-    REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
-    f.require_tally(spent, ++commits);
-    const auto [through_key, key_requests, adjusted] = f.key_tally();
-    REQUIRE(through_key == (keyed ? spent : 0));
-    REQUIRE(key_requests == (keyed ? commits : 0));
-    if (code == 0) break;
-    ++crashes;
-  }
+  ReservationId id = 0;
+  const int64_t crashes = for_each_crash_point(
+      [&](int64_t point) {
+        id = f.authorized(2 * kUsd, 600);
+        return run_crashing_child(f.dir.path(), point, [id](Ledger& l) { return l.commit(id, 3 * kUsd).ok(); });
+      },
+      [&](int64_t, bool completed) {
+        f.reclaim_all();
+        // Either the commit was claimed (then it is rolled forward) or it never started (retry works).
+        const Status again = f.ledger->commit(id, 3 * kUsd);
+        REQUIRE((again == Code::kOk || again == Code::kAlreadySettled));
+        if (completed) REQUIRE(again == Code::kAlreadySettled);
+        spent += 3 * kUsd;
+        const Chain c = read_chain(*f.ledger);
+        REQUIRE(c.alice == spent);
+        REQUIRE(c.team == spent);
+        REQUIRE(c.org == spent);
+        REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+        f.require_tally(spent, ++commits);
+        const auto [through_key, key_requests, adjusted] = f.key_tally();
+        REQUIRE(through_key == (keyed ? spent : 0));
+        REQUIRE(key_requests == (keyed ? commits : 0));
+      });
   CHECK(crashes >= 8);
 }
 
@@ -261,46 +241,47 @@ pid_t fork_pausing(const std::string& dir, int paused_fd, int resume_fd, const s
 // alice while rolling team and org forward.
 TEST_CASE("a helper that stalled across an ABA of the word never marks a dead entry as landed", "[crash]") {
   Fixture f;
-  int cases = 0;
-  for (int64_t point = 1; point <= kPointsMax; ++point) {
-    int to_m[2], from_m[2], to_h[2], from_h[2];
-    REQUIRE((::pipe(to_m) == 0 && ::pipe(from_m) == 0 && ::pipe(to_h) == 0 && ::pipe(from_h) == 0));
-    const pid_t m = ::fork();
-    if (m == 0) {
-      std::unique_ptr<Ledger> l;
-      if (!Ledger::open(f.dir.path(), Options{}, &l).ok()) ::_exit(2);
-      ReservationId id = 0;
-      if (!l->reserve("alice", 3 * kUsd, 600, &id).ok() || !l->release(id).ok()) ::_exit(3);
-      char c = 'r';
-      if (::write(from_m[1], &c, 1) != 1 || ::read(to_m[0], &c, 1) != 1) ::_exit(4);
-      if (!l->reserve("alice", 3 * kUsd, 600, &id).ok()) ::_exit(3);
-      ledger_test_crash_after(point);
-      ::_exit(l->release(id).ok() ? 0 : 1);
-    }
-    char c = 0;
-    REQUIRE(::read(from_m[0], &c, 1) == 1);
-    const pid_t h = fork_pausing(f.dir.path(), from_h[1], to_h[0], [](Ledger& l) { return l.debit("alice", kUsd / 100).ok(); });
-    REQUIRE(::read(from_h[0], &c, 1) == 1);  // H read V and stopped before helping
-    REQUIRE(::write(to_m[1], "g", 1) == 1);  // M: reserve, release, die at `point`
-    int status = 0;
-    REQUIRE(::waitpid(m, &status, 0) == m);
-    const int m_exit = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    REQUIRE(::write(to_h[1], "g", 1) == 1);
-    REQUIRE(::waitpid(h, &status, 0) == h);
-    REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
-    for (int fd : {to_m[0], to_m[1], from_m[0], from_m[1], to_h[0], to_h[1], from_h[0], from_h[1]}) ::close(fd);
-    f.reclaim_all();
-    INFO("M killed at point " << point << " (exit " << m_exit << ")");
-    REQUIRE((m_exit == 0 || m_exit == kCrashed));
-    ++cases;
-    const Chain c3 = read_chain(*f.ledger);
-    REQUIRE(c3.alice == cases * (kUsd / 100));  // every hold released, every debit of H kept
-    REQUIRE(c3.team == c3.alice);
-    REQUIRE(c3.org == c3.alice);
-    REQUIRE(c3.held_alice + c3.held_team + c3.held_org == 0);
-    if (m_exit == 0) break;
-  }
-  CHECK(cases >= 8);
+  int64_t cases = 0;
+  const int64_t crashes = for_each_crash_point(
+      [&](int64_t point) {  // returns M's wait status
+        int to_m[2], from_m[2], to_h[2], from_h[2];
+        REQUIRE((::pipe(to_m) == 0 && ::pipe(from_m) == 0 && ::pipe(to_h) == 0 && ::pipe(from_h) == 0));
+        const pid_t m = ::fork();
+        if (m == 0) {
+          std::unique_ptr<Ledger> l;
+          if (!Ledger::open(f.dir.path(), Options{}, &l).ok()) ::_exit(2);
+          ReservationId id = 0;
+          if (!l->reserve("alice", 3 * kUsd, 600, &id).ok() || !l->release(id).ok()) ::_exit(3);
+          char c = 'r';
+          if (::write(from_m[1], &c, 1) != 1 || ::read(to_m[0], &c, 1) != 1) ::_exit(4);
+          if (!l->reserve("alice", 3 * kUsd, 600, &id).ok()) ::_exit(3);
+          ledger_test_crash_after(point);
+          ::_exit(l->release(id).ok() ? 0 : 1);
+        }
+        char c = 0;
+        REQUIRE(::read(from_m[0], &c, 1) == 1);
+        const pid_t h = fork_pausing(f.dir.path(), from_h[1], to_h[0], [](Ledger& l) { return l.debit("alice", kUsd / 100).ok(); });
+        REQUIRE(::read(from_h[0], &c, 1) == 1);  // H read V and stopped before helping
+        REQUIRE(::write(to_m[1], "g", 1) == 1);  // M: reserve, release, die at `point`
+        int m_status = 0, h_status = 0;
+        REQUIRE(::waitpid(m, &m_status, 0) == m);
+        REQUIRE(::write(to_h[1], "g", 1) == 1);
+        REQUIRE(::waitpid(h, &h_status, 0) == h);
+        for (int fd : {to_m[0], to_m[1], from_m[0], from_m[1], to_h[0], to_h[1], from_h[0], from_h[1]}) ::close(fd);
+        INFO("H: " << ledger_test::describe_wait_status(h_status));
+        REQUIRE((WIFEXITED(h_status) && WEXITSTATUS(h_status) == 0));  // H's debit went through
+        return m_status;
+      },
+      [&](int64_t, bool) {
+        f.reclaim_all();
+        ++cases;
+        const Chain c3 = read_chain(*f.ledger);
+        REQUIRE(c3.alice == cases * (kUsd / 100));  // every hold released, every debit of H kept
+        REQUIRE(c3.team == c3.alice);
+        REQUIRE(c3.org == c3.alice);
+        REQUIRE(c3.held_alice + c3.held_team + c3.held_org == 0);
+      });
+  CHECK(crashes >= 7);
 }
 
 // A commit that arrives while a reclaimer is expiring its hold (TTL passed) is a late commit: it
@@ -322,18 +303,21 @@ TEST_CASE("a commit racing an expiry waits for it and is charged as a late commi
   });
   char c = 0;
   REQUIRE(::read(paused[0], &c, 1) == 1);  // the slot is claimed for expiry, no level changed yet
+  // Catch2 is not thread-safe: the thread only records what it did, the test thread asserts.
+  bool woke_reclaimer = false;
   std::thread later([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    if (kill_reclaimer) ::kill(reclaimer, SIGKILL);
-    else REQUIRE(::write(resume[1], "g", 1) == 1);
+    woke_reclaimer = kill_reclaimer ? ::kill(reclaimer, SIGKILL) == 0 : ::write(resume[1], "g", 1) == 1;
   });
   const Status committed = f.ledger->commit(id, kUsd);  // blocks until the expiry is over
   later.join();
+  REQUIRE(woke_reclaimer);
   int status = 0;
   REQUIRE(::waitpid(reclaimer, &status, 0) == reclaimer);
   for (int fd : {paused[0], paused[1], resume[0], resume[1]}) ::close(fd);
-  INFO((kill_reclaimer ? "reclaimer killed" : "reclaimer resumed"));
-  if (!kill_reclaimer) CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  INFO((kill_reclaimer ? "reclaimer killed" : "reclaimer resumed") << ": " << ledger_test::describe_wait_status(status));
+  if (kill_reclaimer) CHECK((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL));
+  else CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
   REQUIRE(committed == Code::kOk);
   CHECK(f.ledger->commit(id, kUsd) == Code::kAlreadySettled);
   f.reclaim_all();
@@ -352,181 +336,192 @@ TEST_CASE("a commit racing an expiry waits for it and is charged as a late commi
 TEST_CASE("a reserve repaired long after its hold expired is not rolled back twice", "[crash]") {
   Fixture f;
   REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);  // orphaned grandchildren come back to us
-  int cases = 0;
-  for (int64_t point = 1; point <= kPointsMax; ++point) {
-    int pid_pipe[2];
-    REQUIRE(::pipe(pid_pipe) == 0);
-    const pid_t worker = ::fork();
-    if (worker == 0) {
-      std::unique_ptr<Ledger> l;
-      if (!Ledger::open(f.dir.path(), Options{}, &l).ok()) ::_exit(2);
-      const pid_t keeper = ::fork();  // holds the worker's lock file description (and its slot)
-      if (keeper == 0) {
-        for (;;) ::pause();
-      }
-      if (::write(pid_pipe[1], &keeper, sizeof keeper) != sizeof keeper) ::_exit(4);
-      ledger_test_crash_after(point);
-      ReservationId id = 0;
-      ::_exit(l->reserve("alice", 2 * kUsd, 1, &id).ok() ? 0 : 1);
-    }
-    pid_t keeper = 0;
-    REQUIRE(::read(pid_pipe[0], &keeper, sizeof keeper) == sizeof keeper);
-    ::close(pid_pipe[0]);
-    ::close(pid_pipe[1]);
-    int status = 0;
-    REQUIRE(::waitpid(worker, &status, 0) == worker);
-    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    INFO("reserve killed at point " << point << " (exit " << code << ")");
-    REQUIRE((code == 0 || code == kCrashed));
-    // The hold (if published) expires by TTL while the worker's slot still looks alive; its
-    // tombstone ages out; the slot is reused and released by another reservation.
-    uint32_t n = 0;
-    f.clock.now_ms += 10'000;
-    REQUIRE(f.ledger->reclaim(&n) == Code::kOk);
-    f.clock.now_ms += 5'000;
-    REQUIRE(f.ledger->reclaim(&n) == Code::kOk);
-    for (int i = 0; i < 64; ++i) {
-      ReservationId other = 0;
-      REQUIRE(f.ledger->reserve("bob", 1, 60, &other) == Code::kOk);
-      REQUIRE(f.ledger->release(other) == Code::kOk);
-    }
-    // Now the worker's slot is released, and the late repair runs.
-    ::kill(keeper, SIGKILL);
-    REQUIRE(::waitpid(keeper, &status, 0) == keeper);
-    f.reclaim_all();
-    ++cases;
-    const Chain c = read_chain(*f.ledger);
-    REQUIRE(c.alice == 0);  // reserved then expired: nothing spent, on every level, whatever the point
-    REQUIRE(c.team == 0);
-    REQUIRE(c.org == 0);
-    REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
-    if (code == 0) break;
-  }
-  CHECK(cases >= 8);
+  pid_t keeper = 0;
+  const int64_t crashes = for_each_crash_point(
+      [&](int64_t point) {  // returns the worker's wait status; its keeper lives on
+        int pid_pipe[2];
+        REQUIRE(::pipe(pid_pipe) == 0);
+        const pid_t worker = ::fork();
+        if (worker == 0) {
+          std::unique_ptr<Ledger> l;
+          if (!Ledger::open(f.dir.path(), Options{}, &l).ok()) ::_exit(2);
+          const pid_t child = ::fork();  // holds the worker's lock file description (and its slot)
+          if (child == 0) {
+            for (;;) ::pause();
+          }
+          if (::write(pid_pipe[1], &child, sizeof child) != sizeof child) ::_exit(4);
+          ledger_test_crash_after(point);
+          ReservationId id = 0;
+          ::_exit(l->reserve("alice", 2 * kUsd, 1, &id).ok() ? 0 : 1);
+        }
+        REQUIRE(::read(pid_pipe[0], &keeper, sizeof keeper) == sizeof keeper);
+        ::close(pid_pipe[0]);
+        ::close(pid_pipe[1]);
+        int status = 0;
+        REQUIRE(::waitpid(worker, &status, 0) == worker);
+        return status;
+      },
+      [&](int64_t, bool) {
+        // The hold (if published) expires by TTL while the worker's slot still looks alive; its
+        // tombstone ages out; the slot is reused and released by another reservation.
+        uint32_t n = 0;
+        f.clock.now_ms += 10'000;
+        REQUIRE(f.ledger->reclaim(&n) == Code::kOk);
+        f.clock.now_ms += 5'000;
+        REQUIRE(f.ledger->reclaim(&n) == Code::kOk);
+        for (int i = 0; i < 64; ++i) {
+          ReservationId other = 0;
+          REQUIRE(f.ledger->reserve("bob", 1, 60, &other) == Code::kOk);
+          REQUIRE(f.ledger->release(other) == Code::kOk);
+        }
+        // Now the worker's slot is released, and the late repair runs.
+        REQUIRE(::kill(keeper, SIGKILL) == 0);
+        REQUIRE(::waitpid(keeper, nullptr, 0) == keeper);
+        f.reclaim_all();
+        const Chain c = read_chain(*f.ledger);
+        REQUIRE(c.alice == 0);  // reserved then expired: nothing spent, on every level, whatever the point
+        REQUIRE(c.team == 0);
+        REQUIRE(c.org == 0);
+        REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+      });
+  CHECK(crashes >= 7);
   REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 0) == 0);
 }
 
 TEST_CASE("a release killed at any point frees the hold exactly once", "[crash]") {
   Fixture f;
-  int crashes = 0;
-  for (int64_t point = 1; point <= kPointsMax; ++point) {
-    ReservationId id = 0;
-    REQUIRE(f.ledger->reserve("alice", 2 * kUsd, 600, &id) == Code::kOk);
-    const int code = run_child(f.dir.path(), point, [id](Ledger& l) { return l.release(id).ok(); });
-    f.reclaim_all();
-    INFO("crash point " << point << " exit " << code);
-    const Status again = f.ledger->release(id);
-    REQUIRE((again == Code::kOk || again == Code::kAlreadySettled));
-    const Chain c = read_chain(*f.ledger);
-    REQUIRE(c.alice == 0);
-    REQUIRE(c.team == 0);
-    REQUIRE(c.org == 0);
-    REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
-    if (code == 0) break;
-    ++crashes;
-  }
+  ReservationId id = 0;
+  const int64_t crashes = for_each_crash_point(
+      [&](int64_t point) {
+        REQUIRE(f.ledger->reserve("alice", 2 * kUsd, 600, &id) == Code::kOk);
+        return run_crashing_child(f.dir.path(), point, [id](Ledger& l) { return l.release(id).ok(); });
+      },
+      [&](int64_t, bool completed) {
+        f.reclaim_all();
+        // Either the release was claimed (then it is rolled forward) or it never started (retry works).
+        const Status again = f.ledger->release(id);
+        REQUIRE((again == Code::kOk || again == Code::kAlreadySettled));
+        if (completed) REQUIRE(again == Code::kAlreadySettled);
+        const Chain c = read_chain(*f.ledger);
+        REQUIRE(c.alice == 0);
+        REQUIRE(c.team == 0);
+        REQUIRE(c.org == 0);
+        REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+      });
   CHECK(crashes >= 6);
 }
 
 TEST_CASE("an expiry killed at any point still yields one tombstone that charges late", "[crash]") {
   Fixture f;
   int64_t spent = 0;
-  int crashes = 0;
-  for (int64_t point = 1; point <= kPointsMax; ++point) {
-    const int64_t real_now = f.clock.now_ms;
-    f.clock.now_ms = real_now - 3'600'000;  // reserve "an hour ago" with a 1 s TTL: expired now
-    const ReservationId id = f.authorized(2 * kUsd, 1);
-    f.clock.now_ms = real_now;
-    const int code = run_child(f.dir.path(), point, [](Ledger& l) {
-      uint32_t n = 0;
-      return l.reclaim(&n).ok() && n == 1;
-    });
-    uint32_t n = 0;
-    REQUIRE(f.ledger->reclaim(&n) == Code::kOk);  // finishes or redoes the expiry
-    INFO("crash point " << point << " exit " << code);
-    REQUIRE((code == 0 || code == kCrashed));
-    Chain c = read_chain(*f.ledger);
-    REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
-    REQUIRE(f.ledger->commit(id, kUsd) == Code::kOk);  // the late commit, tallied like any other
-    spent += kUsd;
-    f.require_tally(spent, static_cast<uint64_t>(crashes + 1));
-    c = read_chain(*f.ledger);
-    REQUIRE(c.alice == spent);
-    REQUIRE(c.team == spent);
-    REQUIRE(c.org == spent);
-    f.clock.now_ms += 5000;
-    REQUIRE(f.ledger->reclaim(&n) == Code::kOk);
-    f.clock.now_ms = ::time(nullptr) * int64_t{1000};
-    if (code == 0) break;
-    ++crashes;
-  }
+  uint64_t commits = 0;
+  ReservationId id = 0;
+  const int64_t crashes = for_each_crash_point(
+      [&](int64_t point) {
+        const int64_t real_now = f.clock.now_ms;
+        f.clock.now_ms = real_now - 3'600'000;  // reserve "an hour ago" with a 1 s TTL: expired now
+        id = f.authorized(2 * kUsd, 1);
+        f.clock.now_ms = real_now;
+        return run_crashing_child(f.dir.path(), point, [](Ledger& l) {
+          uint32_t n = 0;
+          return l.reclaim(&n).ok() && n == 1;
+        });
+      },
+      [&](int64_t, bool) {
+        uint32_t n = 0;
+        REQUIRE(f.ledger->reclaim(&n) == Code::kOk);  // finishes or redoes the expiry
+        Chain c = read_chain(*f.ledger);
+        REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+        REQUIRE(f.ledger->commit(id, kUsd) == Code::kOk);  // the late commit, tallied like any other
+        spent += kUsd;
+        f.require_tally(spent, ++commits);
+        c = read_chain(*f.ledger);
+        REQUIRE(c.alice == spent);
+        REQUIRE(c.team == spent);
+        REQUIRE(c.org == spent);
+        f.clock.now_ms += 5000;
+        REQUIRE(f.ledger->reclaim(&n) == Code::kOk);
+        f.clock.now_ms = ::time(nullptr) * int64_t{1000};
+      });
   CHECK(crashes >= 4);
 }
 
+// A worker dies at each point w of a commit (levels or the tally partly applied; at the last w it
+// completes); for each w, a reclaimer dies at each point r of its repair, and another reclaim
+// finishes the job: the commit is charged exactly once.
 TEST_CASE("a reclaimer killed while repairing is itself repaired", "[crash]") {
   Fixture f;
   int64_t spent = 0;
-  int cases = 0;
-  // Worker dies at commit point w (levels or the tally partly applied); a reclaimer dies at repair
-  // point r.
-  for (int64_t w = 2; w <= 14; w += 2) {
-    for (int64_t r = 1; r <= kPointsMax; ++r) {
-      const ReservationId id = f.authorized(kUsd, 600);
-      const int worker = run_child(f.dir.path(), w, [id](Ledger& l) {
-        return l.commit(id, 2 * kUsd).ok();  // settlement: must be rolled forward
-      });
-      const int reclaimer = run_child(f.dir.path(), r, [](Ledger& l) {
-        uint32_t n = 0;
-        return l.reclaim(&n).ok();
-      });
-      f.reclaim_all();
-      INFO("worker point " << w << " (exit " << worker << "), reclaimer point " << r << " (exit " << reclaimer << ")");
-      const Status again = f.ledger->commit(id, 2 * kUsd);
-      REQUIRE((again == Code::kOk || again == Code::kAlreadySettled));
-      spent += 2 * kUsd;
-      const Chain c = read_chain(*f.ledger);
-      REQUIRE(c.alice == spent);
-      REQUIRE(c.team == spent);
-      REQUIRE(c.org == spent);
-      REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
-      ++cases;
-      f.require_tally(spent, static_cast<uint64_t>(cases));
-      if (reclaimer == 0) break;
-    }
-  }
-  CHECK(cases > 12);
+  uint64_t commits = 0;
+  const int64_t worker_crashes = for_each_crash_point(
+      [&](int64_t w) {  // returns the worker's wait status (the same at every r)
+        int worker = -1;
+        ReservationId id = 0;
+        const int64_t repair_crashes = for_each_crash_point(
+            [&](int64_t r) {
+              id = f.authorized(kUsd, 600);
+              const int status = run_crashing_child(f.dir.path(), w, [id](Ledger& l) {
+                return l.commit(id, 2 * kUsd).ok();  // settlement: must be rolled forward
+              });
+              INFO("worker at point " << w << ": " << ledger_test::describe_wait_status(status));
+              (void)require_crash_or_completion(status);
+              REQUIRE((worker == -1 || worker == status));  // deterministic: the same end at every r
+              worker = status;
+              return run_crashing_child(f.dir.path(), r, [](Ledger& l) {
+                uint32_t n = 0;
+                return l.reclaim(&n).ok();
+              });
+            },
+            [&](int64_t, bool) {
+              f.reclaim_all();
+              const Status again = f.ledger->commit(id, 2 * kUsd);
+              REQUIRE((again == Code::kOk || again == Code::kAlreadySettled));
+              spent += 2 * kUsd;
+              const Chain c = read_chain(*f.ledger);
+              REQUIRE(c.alice == spent);
+              REQUIRE(c.team == spent);
+              REQUIRE(c.org == spent);
+              REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+              f.require_tally(spent, ++commits);
+            });
+        // A dead worker's half-applied commit takes a repair, which has crash points of its own.
+        if (require_crash_or_completion(worker) == ChildEnd::kCrashed) CHECK(repair_crashes >= 1);
+        return worker;
+      },
+      [&](int64_t, bool) {});
+  CHECK(worker_crashes >= 8);
 }
 
 TEST_CASE("an adjustment killed at any point lands on every level or on none", "[crash]") {
   Fixture f;
   const bool keyed = GENERATE(false, true);  // an adjustment of a key's drift also tallies the key
   if (keyed) f.bind_team_key();
+  INFO("keyed " << keyed);
   int64_t spent = 0;
-  int crashes = 0;
-  for (int64_t point = 1; point <= kPointsMax; ++point) {
-    const int code = run_child(f.dir.path(), point, [keyed](Ledger& l) {
-      return l.adjust("alice", 3 * kUsd, keyed ? Fixture::kKey : "").ok();
-    });
-    f.reclaim_all();
-    INFO("crash point " << point << " exit " << code);
-    REQUIRE((code == 0 || code == kCrashed));
-    const Chain c = read_chain(*f.ledger);
-    // Rolled forward once decided, nothing before: whole units of 3 USD, the same on every level.
-    REQUIRE(c.alice >= spent);
-    REQUIRE(c.alice - spent <= 3 * kUsd);
-    REQUIRE((c.alice - spent) % (3 * kUsd) == 0);
-    REQUIRE(c.team == c.alice);
-    REQUIRE(c.org == c.alice);
-    const auto [through_key, key_requests, adjusted] = f.key_tally();
-    REQUIRE(through_key == (keyed ? c.alice : 0));
-    REQUIRE(adjusted == (keyed ? c.alice : 0));
-    REQUIRE(key_requests == 0);  // an adjustment is not a request
-    spent = c.alice;
-    if (code == 0) break;
-    ++crashes;
-  }
+  const int64_t crashes = for_each_crash_point(
+      [&](int64_t point) {
+        return run_crashing_child(f.dir.path(), point, [keyed](Ledger& l) {
+          return l.adjust("alice", 3 * kUsd, keyed ? Fixture::kKey : "").ok();
+        });
+      },
+      [&](int64_t, bool completed) {
+        f.reclaim_all();
+        const Chain c = read_chain(*f.ledger);
+        // Rolled forward once decided, nothing before: whole units of 3 USD, the same on every level;
+        // a completed adjustment landed.
+        REQUIRE(c.alice >= spent);
+        REQUIRE(c.alice - spent <= 3 * kUsd);
+        REQUIRE((c.alice - spent) % (3 * kUsd) == 0);
+        if (completed) REQUIRE(c.alice - spent == 3 * kUsd);
+        REQUIRE(c.team == c.alice);
+        REQUIRE(c.org == c.alice);
+        const auto [through_key, key_requests, adjusted] = f.key_tally();
+        REQUIRE(through_key == (keyed ? c.alice : 0));
+        REQUIRE(adjusted == (keyed ? c.alice : 0));
+        REQUIRE(key_requests == 0);  // an adjustment is not a request
+        spent = c.alice;
+      });
   CHECK(crashes >= 4);
-  CHECK(spent >= 3 * kUsd);
 }
 
 TEST_CASE("a lease writer killed mid-write leaves the account denying until the next write", "[crash][lease]") {
@@ -537,8 +532,8 @@ TEST_CASE("a lease writer killed mid-write leaves the account denying until the 
   REQUIRE(f.ledger->set_lease("alice", 0, 20 * kUsd, far) == Code::kOk);
   REQUIRE(f.ledger->debit("alice", kUsd) == Code::kOk);
   // A lowering rewrites the word under its seqlock (a raise or renewal is stored in place).
-  const int code = run_child(f.dir.path(), 1, [far](Ledger& l) { return l.set_lease("alice", 0, 10 * kUsd, far).ok(); });
-  REQUIRE(code == kCrashed);  // died with the lease word half rewritten (its seqlock odd)
+  const int status = run_crashing_child(f.dir.path(), 1, [far](Ledger& l) { return l.set_lease("alice", 0, 10 * kUsd, far).ok(); });
+  REQUIRE(require_crash_or_completion(status) == ChildEnd::kCrashed);  // died with the lease word half rewritten (its seqlock odd)
   CHECK(f.ledger->debit("alice", 1) == Code::kDeniedOverBudget);  // fail closed, not the old or a torn lease
   REQUIRE(f.ledger->set_lease("alice", 0, 10 * kUsd, far) == Code::kOk);  // the next writer rounds the seqlock up
   CHECK(f.ledger->debit("alice", 8 * kUsd) == Code::kOk);

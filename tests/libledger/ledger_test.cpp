@@ -5,12 +5,15 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cstddef>
 #include <cstring>
 #include <fstream>
 
+#include "layout.hpp"
 #include "test_util.hpp"
 
 using namespace ledger;
+using ledger::detail::Header;
 using ledger_test::kUsd;
 using ledger_test::ManualClock;
 using ledger_test::TempDir;
@@ -319,16 +322,17 @@ TEST_CASE("a foreign, damaged or other-version segment is refused, untouched", "
   const std::string segment = Ledger::segment_path(dir.path());
   std::unique_ptr<Ledger> ledger;
 
+  constexpr off_t kVersionAt = offsetof(Header, format_version);
   SECTION("another format version, newer or older") {
     int fd = ::open(segment.c_str(), O_RDWR);
     REQUIRE(fd >= 0);
     const uint32_t version = GENERATE(999u, 1u);  // 1: before per-model tallies (promise 5: older segments)
-    REQUIRE(::pwrite(fd, &version, sizeof version, 8) == sizeof version);
+    REQUIRE(::pwrite(fd, &version, sizeof version, kVersionAt) == sizeof version);
     ::close(fd);
     CHECK(Ledger::open(dir.path(), Options{}, &ledger) == Code::kIncompatible);
     fd = ::open(segment.c_str(), O_RDONLY);
     uint32_t still = 0;
-    REQUIRE(::pread(fd, &still, sizeof still, 8) == sizeof still);
+    REQUIRE(::pread(fd, &still, sizeof still, kVersionAt) == sizeof still);
     ::close(fd);
     CHECK(still == version);  // nothing was "repaired" over it
   }
@@ -343,14 +347,14 @@ TEST_CASE("a foreign, damaged or other-version segment is refused, untouched", "
   SECTION("a header whose geometry lies") {
     int fd = ::open(segment.c_str(), O_RDWR);
     const uint32_t accounts = 7;  // max_accounts no longer matches the offsets
-    REQUIRE(::pwrite(fd, &accounts, sizeof accounts, 24) == sizeof accounts);
+    REQUIRE(::pwrite(fd, &accounts, sizeof accounts, offsetof(Header, max_accounts)) == sizeof accounts);
     ::close(fd);
     CHECK(Ledger::open(dir.path(), Options{}, &ledger) == Code::kIncompatible);
   }
   SECTION("a creator that died before finishing is started over") {
     int fd = ::open(segment.c_str(), O_RDWR);
     const uint64_t zero = 0;
-    REQUIRE(::pwrite(fd, &zero, sizeof zero, 0) == sizeof zero);
+    REQUIRE(::pwrite(fd, &zero, sizeof zero, offsetof(Header, magic)) == sizeof zero);
     ::close(fd);
     CHECK(Ledger::open(dir.path(), Options{}, &ledger) == Code::kOk);
   }

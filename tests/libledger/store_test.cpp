@@ -349,11 +349,26 @@ TEST_CASE("flushes from several handles in turn keep the store exact", "[store]"
   const char* users[] = {"u0", "u1", "u2", "u3"};
   for (const char* u : users) REQUIRE(admin.set_budget(u, 100 * kUsd, Period::kDaily, "team") == Code::kOk);
   std::mt19937_64 rng(7);
-  std::vector<std::pair<int, ReservationId>> open_holds;
+  struct OpenHold {
+    int user;
+    ReservationId id;
+    int64_t admitted_unix;  // a hold settles into the period it was admitted in
+  };
+  std::vector<OpenHold> open_holds;
   // Settled since the last flush, per account; a flush books it on its own UTC day (the store's
   // per-day attribution is at flush granularity).
   std::map<std::string, int64_t> pending;
   std::map<std::pair<std::string, int64_t>, int64_t> expected_days;
+  // The model of the period totals: what each account settled into each of its periods, from the
+  // operations made here (users are daily, the team monthly).
+  std::map<std::pair<std::string, int64_t>, int64_t> settled_in_period;
+  const auto period_of = [](const std::string& account) { return account == "team" ? Period::kMonthly : Period::kDaily; };
+  const auto settle = [&](const std::string& user, int64_t amount, int64_t admitted_unix) {
+    for (const std::string& account : {user, std::string("team")}) {
+      pending[account] += amount;
+      settled_in_period[{account, period_index(period_of(account), admitted_unix)}] += amount;
+    }
+  };
   for (int round = 0; round < 300; ++round) {
     if (round == 150) clock.now_ms = utc(2026, 11, 27, 1) * 1000;  // a new day: daily periods restart
     const int64_t day = clock.now_ms / 86'400'000;
@@ -362,23 +377,20 @@ TEST_CASE("flushes from several handles in turn keep the store exact", "[store]"
     const int64_t amount = 1 + static_cast<int64_t>(rng() % 1000);
     switch (rng() % 4) {
       case 0:
-        if (l.debit(user, amount).ok()) {
-          pending[user] += amount;
-          pending["team"] += amount;
-        }
+        if (l.debit(user, amount).ok()) settle(user, amount, clock.now_ms / 1000);
         break;
       case 1: {
         ReservationId id = 0;
-        if (l.reserve(user, amount, 600, &id).ok()) open_holds.emplace_back(static_cast<int>(user[1] - '0'), id);
+        if (l.reserve(user, amount, 600, &id).ok())
+          open_holds.push_back(OpenHold{static_cast<int>(user[1] - '0'), id, clock.now_ms / 1000});
         break;
       }
       case 2:
         if (!open_holds.empty()) {
-          const auto [who, id] = open_holds.back();
+          const OpenHold hold = open_holds.back();
           open_holds.pop_back();
-          REQUIRE(l.commit(id, amount) == Code::kOk);
-          pending[users[who]] += amount;
-          pending["team"] += amount;
+          REQUIRE(l.commit(hold.id, amount) == Code::kOk);
+          settle(users[hold.user], amount, hold.admitted_unix);
         }
         break;
       default: {
@@ -392,12 +404,15 @@ TEST_CASE("flushes from several handles in turn keep the store exact", "[store]"
         REQUIRE(reader->days(0, INT64_MAX / 2, &days) == Code::kOk);
         INFO("round " << round);
         for (const char* a : {"team", "u0", "u1", "u2", "u3"}) {
-          const Balance b = balance_of(admin, a);
-          int64_t stored = -1;
+          const int64_t index = period_index(period_of(a), clock.now_ms / 1000);
+          const auto settled = settled_in_period.find({a, index});
+          const int64_t expected = settled == settled_in_period.end() ? 0 : settled->second;
+          int64_t stored = -1;  // no record
           for (const auto& p : periods)
-            if (p.account == a && p.period == b.period && p.index == period_index(b.period, clock.now_ms / 1000)) stored = p.spent_nanousd;
-          INFO(a);
-          CHECK(stored == (b.spent_nanousd == 0 && stored == -1 ? -1 : b.spent_nanousd));  // settled, holds excluded
+            if (p.account == a && p.period == period_of(a) && p.index == index) stored = p.spent_nanousd;
+          INFO(a << " period " << index);
+          CHECK(balance_of(admin, a).spent_nanousd == expected);  // settled, holds excluded
+          CHECK(stored == (expected == 0 ? -1 : expected));        // a period with nothing settled has no record
         }
         size_t nonzero = 0;
         for (const auto& [key, amount_expected] : expected_days) nonzero += amount_expected != 0 ? 1 : 0;

@@ -5,9 +5,11 @@
 #include <catch2/catch.hpp>
 #include <boost/json.hpp>
 #include <algorithm>
+#include <cstddef>
 #include <filesystem>
 #include <map>
 
+#include "layout.hpp"
 #include "process.hpp"
 #include "test_util.hpp"
 
@@ -102,7 +104,8 @@ TEST_CASE("an older segment is refused with the way out, and destroy-segment reb
   const int fd = ::open(segment.c_str(), O_RDWR);
   REQUIRE(fd >= 0);
   const uint32_t old_version = 1;
-  REQUIRE(::pwrite(fd, &old_version, sizeof old_version, 8) == sizeof old_version);
+  REQUIRE(::pwrite(fd, &old_version, sizeof old_version, offsetof(ledger::detail::Header, format_version)) ==
+          sizeof old_version);
   ::close(fd);
   auto r = run({LEDGERCTL_PATH, "--config", config, "balance", "alice"});
   CHECK(r.exit_code == 2);

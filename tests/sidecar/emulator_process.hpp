@@ -8,6 +8,7 @@
 #include <string>
 #include <thread>
 
+#include "../support/emulator_binary.hpp"
 #include "ledger/ledger.hpp"
 #include "openrouter/client.hpp"
 #include "process.hpp"
@@ -17,32 +18,22 @@ namespace ledger_test {
 
 using ledger::openrouter::ClientOptions;
 
+// The binary (tests/support/emulator_binary.hpp), started or the test case fails.
 class EmulatorProcess {
  public:
   EmulatorProcess() {
-    key_file_ = dir_.path() + "/mgmt.key";
-    const std::string port_file = dir_.path() + "/port";
-    pid_ = spawn({EMULATOR_PATH, "--management-key-file", key_file_, "--port-file", port_file}, -1, -1);
-    REQUIRE(pid_ > 0);
-    for (int i = 0; i < 300 && port_.empty(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      const std::string p = read_file(port_file);
-      if (!p.empty() && p.back() == '\n') port_ = p.substr(0, p.size() - 1);
-    }
-    REQUIRE_FALSE(port_.empty());
-    key_ = read_file(key_file_).substr(0, 73);
+    std::string error;
+    const bool started = binary_.start(EMULATOR_PATH, &error);
+    INFO(error);
+    REQUIRE(started);
   }
-  ~EmulatorProcess() {
-    ::kill(pid_, SIGTERM);
-    ::waitpid(pid_, nullptr, 0);
-  }
-  const std::string& key_file() const { return key_file_; }
-  std::string base() const { return "http://127.0.0.1:" + port_ + "/api/v1"; }
-  const std::string& key() const { return key_; }
+  const std::string& key_file() const { return binary_.key_file(); }
+  std::string base() const { return binary_.base(); }
+  const std::string& key() const { return binary_.key(); }
   ClientOptions options(const std::string& key = "") const {
     ClientOptions o;
     o.base_url = base();
-    o.api_key = key.empty() ? key_ : key;
+    o.api_key = key.empty() ? binary_.key() : key;
     o.key_source = "$OPENROUTER_MGMT_KEY";
     o.timeout_ms = 2000;
     o.backoff_initial_ms = 5;
@@ -52,7 +43,7 @@ class EmulatorProcess {
   // GET of an emulator admin path (e.g. /__emulator/state), the body.
   std::string admin_get(const std::string& path) {
     CURL* curl = curl_easy_init();
-    const std::string url = "http://127.0.0.1:" + port_ + path;
+    const std::string url = "http://127.0.0.1:" + binary_.port() + path;
     std::string body;
     curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
@@ -67,7 +58,7 @@ class EmulatorProcess {
   // Admin calls to the emulator itself, through a client pointed at its root.
   void admin(const std::string& path, const std::string& body) {
     CURL* curl = curl_easy_init();
-    const std::string url = "http://127.0.0.1:" + port_ + path;
+    const std::string url = "http://127.0.0.1:" + binary_.port() + path;
     curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
     curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, +[](char*, size_t s, size_t n, void*) { return s * n; });
@@ -79,9 +70,7 @@ class EmulatorProcess {
   }
 
  private:
-  TempDir dir_;
-  std::string key_file_, port_, key_;
-  pid_t pid_ = -1;
+  ledger_support::EmulatorBinary binary_;
 };
 
 // An emulator, a client holding its management key, and a directory for a config and its ledger

@@ -62,17 +62,21 @@ TEST_CASE("metrics are Prometheus text whose values match the ledger", "[metrics
     std::string dir;
     ~Cleanup() { (void)Ledger::destroy_segment(dir); }
   } cleanup{dir.path() + "/ledger"};
+  // What the metrics must show is computed here, from the operations this test makes, never read
+  // back from the ledger (which would agree with the sidecar on any error they share).
+  constexpr int64_t kDebit = kUsd + kUsd / 4, kCommit = kUsd / 20, kHold = kUsd / 2;
+  constexpr int64_t kAliceSpent = kDebit + 2 * kCommit, kAliceLimit = 2 * kUsd, kTeamLimit = 10 * kUsd;
   std::unique_ptr<Ledger> l;
   REQUIRE(Ledger::open(dir.path() + "/ledger", Options{}, &l) == Code::kOk);
-  REQUIRE(l->debit("alice", kUsd + kUsd / 4) == Code::kOk);
+  REQUIRE(l->debit("alice", kDebit) == Code::kOk);
   ReservationId id = 0;
   REQUIRE(l->set_price("openai/gpt-4o-mini", kUsd, kUsd, 0) == Code::kOk);
   for (int i = 0; i < 2; ++i) {  // two authorized requests: tallied per model
     std::string_view chosen;
     REQUIRE(l->authorize("alice", "openai/gpt-4o-mini", kUsd / 10, 60, &chosen, &id) == Code::kOk);
-    REQUIRE(l->commit(id, kUsd / 20) == Code::kOk);
+    REQUIRE(l->commit(id, kCommit) == Code::kOk);
   }
-  REQUIRE(l->reserve("alice", kUsd / 2, 60, &id) == Code::kOk);
+  REQUIRE(l->reserve("alice", kHold, 60, &id) == Code::kOk);
   CHECK(l->debit("alice", kUsd) == Code::kDeniedOverBudget);
   REQUIRE(l->block("team", true) == Code::kOk);
   CHECK(l->debit("alice", 1) == Code::kDeniedBlocked);
@@ -109,14 +113,15 @@ TEST_CASE("metrics are Prometheus text whose values match the ledger", "[metrics
     CHECK(typed.count(m[1]) == 1);  // its TYPE came first
     values[m[1].str() + m[2].str()] = std::stoll(m[3]);
   }
-  Balance alice;
-  REQUIRE(l->balance("alice", &alice) == Code::kOk);
-  CHECK(values.at("ledger_account_spent_nanousd{account=\"alice\"}") == alice.spent_nanousd);
-  CHECK(values.at("ledger_account_held_nanousd{account=\"alice\"}") == kUsd / 2);
-  CHECK(values.at("ledger_account_limit_nanousd{account=\"alice\"}") == 2 * kUsd);
-  CHECK(values.at("ledger_account_available_nanousd{account=\"alice\"}") == alice.available_nanousd);
-  CHECK(values.at("ledger_account_spent_nanousd{account=\"team\"}") == kUsd + kUsd / 4 + kUsd / 10);
-  CHECK(values.at("ledger_model_spent_nanousd_total{account=\"alice\",model=\"openai/gpt-4o-mini\"}") == kUsd / 10);
+  CHECK(values.at("ledger_account_spent_nanousd{account=\"alice\"}") == kAliceSpent);
+  CHECK(values.at("ledger_account_held_nanousd{account=\"alice\"}") == kHold);
+  CHECK(values.at("ledger_account_limit_nanousd{account=\"alice\"}") == kAliceLimit);
+  CHECK(values.at("ledger_account_available_nanousd{account=\"alice\"}") == kAliceLimit - kAliceSpent - kHold);
+  CHECK(values.at("ledger_account_requests{account=\"alice\"}") == 3);  // the debit and two commits
+  CHECK(values.at("ledger_account_spent_nanousd{account=\"team\"}") == kAliceSpent);
+  CHECK(values.at("ledger_account_held_nanousd{account=\"team\"}") == kHold);
+  CHECK(values.at("ledger_account_available_nanousd{account=\"team\"}") == kTeamLimit - kAliceSpent - kHold);
+  CHECK(values.at("ledger_model_spent_nanousd_total{account=\"alice\",model=\"openai/gpt-4o-mini\"}") == 2 * kCommit);
   CHECK(values.at("ledger_model_requests_total{account=\"alice\",model=\"openai/gpt-4o-mini\"}") == 2);
   CHECK(values.at("ledger_tallies_dropped_total") == 0);
   CHECK(values.at("ledger_tombstones_dropped_total") == 0);

@@ -11,7 +11,6 @@
 #include "openrouter/reconcile.hpp"
 
 using namespace ledger;
-using ledger_test::EmulatorProcess;
 using ledger_test::kUsd;
 using ledger_test::run;
 
@@ -227,38 +226,6 @@ TEST_CASE("the sidecar survives every OpenRouter fault, and the ledger's admissi
   const std::string text = ledger_test::read_file(log);
   CHECK(text.find("reconcile failed") != std::string::npos);  // the faults were seen and logged
   CHECK(text.find("sk-or-v1-") == std::string::npos);
-}
-
-// Timing for the closing note, not an assertion: `reconcile_test "[.bench]"`.
-TEST_CASE("reconcile 10,000 keys", "[.bench]") {
-  EmulatorProcess emu;
-  openrouter::Client client(emu.options());
-  ledger_test::TempDir dir;
-  std::string accounts = R"([{"id": "org", "limit_usd": "1000000", "period": "monthly"})";
-  for (int i = 0; i < 10000; ++i) {
-    openrouter::KeyInfo k;
-    std::string secret;
-    REQUIRE_FALSE(client.create_key("u" + std::to_string(i), std::nullopt, "", &k, &secret));
-    accounts += R"(, {"id": "u)" + std::to_string(i) + R"(", "parent": "org", "limit_usd": "10", "period": "daily", "key_hash": ")" + k.hash + R"("})";
-  }
-  const std::string config = dir.path() + "/ledger.json";
-  ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 16384, "max_reservations": 1024},
-    "openrouter": {"base_url": ")" + emu.base() + R"(", "management_key_file": ")" + emu.key_file() + R"("},
-    "accounts": )" + accounts + "]}");
-  REQUIRE(run({LEDGERCTL_PATH, "--config", config, "init"}).exit_code == 0);
-  std::string error;
-  const auto cfg = ledger::admin::load_config(config, &error);
-  REQUIRE(cfg);
-  std::unique_ptr<Ledger> l;
-  REQUIRE(Ledger::open(dir.path() + "/ledger", Options{}, &l) == Code::kOk);
-  const auto started = std::chrono::steady_clock::now();
-  const auto report = ledger::admin::reconcile(*l, client, *cfg, false);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  REQUIRE(report.error.empty());
-  CHECK(report.rows.size() == 10000);
-  std::printf("reconcile: %zu keys (listed in pages of 100) in %.3f s\n", report.rows.size(), seconds);
-  l.reset();
-  (void)Ledger::destroy_segment(dir.path() + "/ledger");
 }
 
 namespace {

@@ -2,7 +2,6 @@
 // CSV, anomalies found and not found, a self-contained HTML page, atomic writes, the CLI.
 #include <catch2/catch.hpp>
 #include <boost/json.hpp>
-#include <chrono>
 
 #include "process.hpp"
 #include "reports/reports.hpp"
@@ -226,44 +225,4 @@ TEST_CASE("reports are written atomically, and the CLI checks its arguments", "[
   CHECK(parse_date("2024-02-29") == utc(2024, 2, 29) / 86400);
   CHECK_FALSE(parse_date("2023-02-29").has_value());
   CHECK(format_date(utc(2026, 11, 26) / 86400) == "2026-11-26");
-}
-
-// Not run by default (a measurement, not a check): a 90-day history of 2,000 accounts, each using
-// two models; prints how long the 7-day team report takes to build from the store.
-TEST_CASE("report build time over a long history", "[.bench]") {
-  ledger_test::TempDir dir;
-  ManualClock clock;
-  const std::string config_path = dir.path() + "/ledger.json";
-  ledger_test::write_file(config_path, R"({"ledger": {"dir": "ledger", "max_accounts": 4096}, "accounts": []})");
-  std::string error;
-  const auto config = load_config(config_path, &error);
-  REQUIRE(config.has_value());
-  Options options;
-  options.clock = clock.clock();
-  options.limits.max_accounts = 4096;
-  std::unique_ptr<Ledger> l;
-  REQUIRE(Ledger::open(config->ledger.dir, options, &l) == Code::kOk);
-  REQUIRE(l->set_budget("team", 1'000'000 * kUsd, Period::kMonthly, "") == Code::kOk);
-  for (int a = 0; a < 2000; ++a) REQUIRE(l->set_budget("user-" + std::to_string(a), 1000 * kUsd, Period::kDaily, "team") == Code::kOk);
-  REQUIRE(l->set_price(kMini, kUsd, kUsd, 0) == Code::kOk);
-  REQUIRE(l->set_price(kSonnet, kUsd, kUsd, 0) == Code::kOk);
-  const int64_t day0 = utc(2026, 8, 1) / 86400;
-  for (int d = 0; d < 90; ++d) {
-    clock.now_ms = (day0 + d) * 86'400'000 + 3'600'000;
-    for (int a = 0; a < 2000; ++a)
-      for (const char* m : {kMini, kSonnet}) {
-        std::string_view chosen;
-        ReservationId id = 0;
-        REQUIRE(l->authorize("user-" + std::to_string(a), m, 100, 60, &chosen, &id) == Code::kOk);
-        REQUIRE(l->commit(id, 50) == Code::kOk);
-      }
-    REQUIRE(l->flush() == Code::kOk);
-  }
-  const auto started = std::chrono::steady_clock::now();
-  Report r;
-  REQUIRE(build_report(*config, day0 + 83, day0 + 89, (day0 + 89) * 86400 + 7200, &r) == Code::kOk);
-  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
-  std::printf("report over 2,000 accounts x 90 days (2 models each): %.1f ms; %zu rows\n", ms, r.rows.size());
-  CHECK(r.rows.size() == 2001);
-  (void)Ledger::destroy_segment(config->ledger.dir);
 }
