@@ -355,20 +355,20 @@ Outcome Proxy::chat(const Request& request, Client& client, const admin::Config&
   if (!h.status.ok()) return refuse_hold(o, client, h, o.account, c.model);
   o.hold_nanousd = h.amount;
   ++metrics_->holds_open;
-  inflight_.begin(h.id, h.amount);
+  const uint32_t slot = inflight_.begin(h.id, h.amount);
   struct Open {  // the hold is settled by the time this goes (every path below settles it)
     std::atomic<int64_t>& n;
     Inflight& inflight;
-    ReservationId id;
+    uint32_t slot;
     ~Open() {
       --n;
-      inflight.end(id);
+      inflight.end(slot);
     }
-  } open{metrics_->holds_open, inflight_, h.id};
+  } open{metrics_->holds_open, inflight_, slot};
   const std::string body = upstream_body(c, h.chosen, o.account, config.proxy.max_tokens_default);
   const Clock::time_point sent = Clock::now();
   o.added_us = us_between(request.received, sent);
-  if (c.stream) return stream(o, client, upstream, h, body, sent);
+  if (c.stream) return stream(o, client, upstream, h, slot, body, sent);
   const UpstreamReply r = upstream.post("/chat/completions", body, nullptr, &cancel_);
   const Clock::time_point answered = Clock::now();
   o.upstream_us = us_between(sent, answered);
@@ -388,7 +388,8 @@ Outcome Proxy::chat(const Request& request, Client& client, const admin::Config&
   return o;
 }
 
-Outcome Proxy::stream(Outcome& o, Client& client, Upstream& upstream, const Hold& h, const std::string& body, Clock::time_point sent) {
+Outcome Proxy::stream(Outcome& o, Client& client, Upstream& upstream, const Hold& h, uint32_t slot, const std::string& body,
+                      Clock::time_point sent) {
   SseWatch watch;
   bool started = false, client_gone = false;
   Clock::time_point first{};
@@ -401,7 +402,7 @@ Outcome Proxy::stream(Outcome& o, Client& client, Upstream& upstream, const Hold
     }
     const bool named = !watch.id.empty();
     watch.feed(data, size);
-    if (!named && !watch.id.empty()) inflight_.named(h.id, h.amount, watch.id);  // a restart can now look it up
+    if (!named && !watch.id.empty()) inflight_.named(slot, watch.id);  // a restart can now look it up
     if (!client.chunk(data, size)) return !(client_gone = true);  // the client went away: stop reading upstream
     return true;
   };

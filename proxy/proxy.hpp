@@ -88,7 +88,7 @@ class Proxy {
  private:
   Outcome chat(const Request& request, Client& client, const admin::Config& config, Upstream& upstream);
   Outcome models(const Request& request, Client& client, Upstream& upstream);
-  Outcome stream(Outcome& o, Client& client, Upstream& upstream, const Hold& h, const std::string& body,
+  Outcome stream(Outcome& o, Client& client, Upstream& upstream, const Hold& h, uint32_t slot, const std::string& body,
                  std::chrono::steady_clock::time_point sent);
   std::shared_ptr<const admin::Config> config() const;
   std::shared_ptr<Upstream> upstream() const;
