@@ -14,6 +14,7 @@
 
 #include "emulator_process.hpp"
 #include "ledger/ledger.hpp"
+#include "ledger/money.hpp"
 #include "process.hpp"
 #include "test_util.hpp"
 
@@ -93,7 +94,8 @@ struct Setup : ledger_test::EmulatorLedger {
       "tiers": {"pro": {"models": ["openai/gpt-4o-mini", "openai/gpt-4o"]},
                 "basic": {"models": ["openai/gpt-4o-mini"], "fallback": "openai/gpt-4o-mini"}},
       "prices": {"openai/gpt-4o-mini": {"prompt_usd_per_mtok": "0.15", "completion_usd_per_mtok": "0.60"},
-                 "openai/gpt-4o": {"prompt_usd_per_mtok": "2.50", "completion_usd_per_mtok": "10"}},
+                 "openai/gpt-4o": {"prompt_usd_per_mtok": "2.50", "completion_usd_per_mtok": "10"},
+                 "openai/text-embedding-3-small": {"prompt_usd_per_mtok": "0.02", "completion_usd_per_mtok": "0"}},
       "accounts": [{"id": "eng", "limit_usd": "10", "period": "daily"},
                    {"id": "alice", "parent": "eng", "tier": "pro", "limit_usd": "5", "period": "daily"},
                    {"id": "bob", "parent": "eng", "tier": "pro", "limit_usd": "5", "period": "daily"},
@@ -137,8 +139,8 @@ struct Setup : ledger_test::EmulatorLedger {
     proxy = -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
-  Reply post(const std::string& key, const std::string& body, size_t abort_after = 0) {
-    return http(base + "/api/v1/chat/completions", key, body, abort_after);
+  Reply post(const std::string& key, const std::string& body, size_t abort_after = 0, const std::string& path = "/api/v1/chat/completions") {
+    return http(base + path, key, body, abort_after);
   }
   Balance balance(const std::string& account) {
     std::unique_ptr<Ledger> l;
@@ -199,6 +201,45 @@ TEST_CASE("through the proxy the ledger equals what OpenRouter billed, to the na
   CHECK(log.find("sk-or-") == std::string::npos);
   CHECK(log.find("hello there") == std::string::npos);  // nor prompt text
   CHECK(log.find("msg=\"request\" method=POST path=/api/v1/chat/completions status=200 account=bob") != std::string::npos);
+}
+
+TEST_CASE("text completions and embeddings: an upper-bound hold, then exactly what was billed", "[proxy]") {
+  Setup s;
+  const std::string prompt = R"({"model": "openai/gpt-4o-mini", "prompt": "hello there", "max_tokens": 20)";
+  auto r = s.post(s.eng_key, prompt + "}", 0, "/api/v1/completions");
+  INFO(r.body);
+  REQUIRE(r.status == 200);
+  CHECK(r.body.find("\"object\":\"text_completion\"") != std::string::npos);
+  r = s.post(s.eng_key, prompt + R"(, "stream": true})", 0, "/v1/completions");
+  REQUIRE(r.status == 200);
+  CHECK(r.body.find("\"text\":") != std::string::npos);
+  CHECK(r.body.find("data: [DONE]") != std::string::npos);
+  const std::string embed = R"({"model": "openai/text-embedding-3-small", "input": ["one text", "and another"]})";
+  r = s.post(s.eng_key, embed, 0, "/api/v1/embeddings");
+  REQUIRE(r.status == 200);
+  CHECK(boost::json::parse(r.body).at("data").as_array().size() == 2);
+  // Bad bodies name the field; an embedding cannot stream.
+  r = s.post(s.eng_key, R"({"model": "openai/text-embedding-3-small"})", 0, "/v1/embeddings");
+  CHECK(r.status == 400);
+  CHECK(r.message().find("\"input\" is required") != std::string::npos);
+  r = s.post(s.eng_key, R"({"model": "openai/text-embedding-3-small", "input": "x", "stream": true})", 0, "/v1/embeddings");
+  CHECK(r.status == 400);
+  CHECK(r.message().find("\"stream\" is not supported for embeddings") != std::string::npos);
+  r = s.post(s.eng_key, R"({"model": "openai/gpt-4o-mini", "prompt": 5})", 0, "/v1/completions");
+  CHECK(r.message().find("\"prompt\" is required: a string or an array") != std::string::npos);
+  REQUIRE(s.settled());
+  CHECK(s.balance("eng").requests == 3);
+  CHECK(s.balance("eng").spent_nanousd == s.billed());  // each exactly what the emulator billed
+  REQUIRE(s.stop() == 0);
+  // The embedding's hold bounded its prompt by the body's bytes and held no completion tokens.
+  std::unique_ptr<Ledger> l;
+  REQUIRE(Ledger::open(s.ledger_dir, Options{}, &l) == Code::kOk);
+  int64_t bound = 0;
+  REQUIRE(l->estimate("openai/text-embedding-3-small", static_cast<uint32_t>(embed.size()), 0, &bound) == Code::kOk);
+  const std::string log = ledger_test::read_file(s.log);
+  CHECK(log.find("path=/api/v1/embeddings status=200 account=eng model=openai/text-embedding-3-small hold_usd=" + format_usd(bound) + " ") !=
+        std::string::npos);
+  CHECK(log.find("path=/v1/completions status=200 account=eng model=openai/gpt-4o-mini stream=1") != std::string::npos);
 }
 
 TEST_CASE("denials have the shapes the OpenAI SDKs understand, and leave no hold", "[proxy]") {
