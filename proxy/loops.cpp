@@ -18,7 +18,7 @@ Loops::Loops(unsigned count) {
 }
 
 Loops::~Loops() {
-  for (auto& loop : loops_) loop->stop();
+  for (auto& loop : loops_) loop->stop();  // (finish() has usually run: then there are none)
   for (auto& t : threads_)
     if (t.joinable()) t.join();
 }
@@ -53,6 +53,9 @@ void Loops::finish(uint32_t timeout_ms) {
   for (auto& loop : loops_) loop->stop();
   for (auto& t : threads_)
     if (t.joinable()) t.join();
+  // What was still pending (a coroutine cut at the deadline) goes now, while the objects it refers
+  // to (the server, the proxy) still exist.
+  loops_.clear();
 }
 
 }  // namespace ledger::proxy

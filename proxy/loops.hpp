@@ -32,7 +32,8 @@ class Loops {
   void start();
   // Runs fn on every loop's thread.
   void post_all(const std::function<void()>& fn);
-  // Lets the loops end once their work is done, and waits up to timeout_ms; then stops them.
+  // Lets the loops end once their work is done, and waits up to timeout_ms; then stops them and
+  // destroys what was still pending. The loops cannot be used after it.
   void finish(uint32_t timeout_ms);
   // The loops this machine gets by default: one per core, at most 4 (a request is short and never
   // blocks a loop, so more would only add hand-offs).

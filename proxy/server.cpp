@@ -231,10 +231,10 @@ net::awaitable<void> Server::sweep() {
 }
 
 net::awaitable<void> Server::accept_loop() {
-  while (acceptor_->is_open()) {
+  while (acceptor_ != nullptr && acceptor_->is_open()) {
     beast::error_code ec;
     tcp::socket socket = co_await acceptor_->async_accept(loops_.next(), redirect(ec));
-    if (ec == net::error::operation_aborted || !acceptor_->is_open()) break;
+    if (ec == net::error::operation_aborted || acceptor_ == nullptr || !acceptor_->is_open()) break;
     if (ec) {  // out of descriptors, say: try again in a moment rather than spin
       net::steady_timer pause(co_await net::this_coro::executor, std::chrono::milliseconds(10));
       co_await pause.async_wait(redirect(ec));
@@ -295,8 +295,11 @@ net::awaitable<void> Server::session(tcp::socket socket) {
     SocketClient client(s, req.version(), keep_alive, write_timeout);
     Outcome o;
     if (admit_request()) {
+      struct Admitted {  // counted in flight until handled, however handle() ends
+        std::atomic<size_t>& n;
+        ~Admitted() { n.fetch_sub(1); }
+      } admitted{in_flight_};
       o = co_await proxy_.handle(r, client);
-      in_flight_.fetch_sub(1);
     } else {
       o.status = 503;
       o.code = "overloaded";
@@ -317,9 +320,10 @@ void Server::wait_until(const std::atomic<size_t>& count, uint32_t timeout_ms) c
 
 void Server::drain(uint32_t timeout_ms) {
   draining_.store(true);
-  net::post(loops_.at(0), [this] {
+  net::post(loops_.at(0), [this] {  // on its loop: the acceptor goes with no accept pending elsewhere
     beast::error_code ec;
-    acceptor_->close(ec);
+    if (acceptor_ != nullptr) acceptor_->close(ec);
+    acceptor_.reset();
   });
   loops_.post_all([] {  // idle keep-alive connections: closed now
     for (Session* s : t_sessions)

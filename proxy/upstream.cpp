@@ -227,6 +227,10 @@ net::awaitable<UpstreamReply> Upstream::perform(const char* method, const std::s
     }
     const bool reused = c != nullptr;
     if (!reused && (c = co_await connect(deadline, reply)) == nullptr) co_return reply;
+    if (cancel != nullptr && cancel->load()) {  // cut while it connected
+      reply.error = "upstream: cut (the proxy is stopping)";
+      co_return reply;
+    }
     const Busy busy(c.get());
     c->lowest().expires_at(deadline);
     bool answered = false, keep_alive = false;
@@ -234,7 +238,10 @@ net::awaitable<UpstreamReply> Upstream::perform(const char* method, const std::s
     if (c->tls) ec = co_await exchange(*c->tls, *c, req, sink, cancel, reply, &answered, &keep_alive);
     else ec = co_await exchange(*c->tcp, *c, req, sink, cancel, reply, &answered, &keep_alive);
     if (ec && reused && !answered && attempt == 0 && stale(ec)) {
-      reply = UpstreamReply{};  // the server had closed it as the request went out: once more on a new connection
+      // The server had closed it as the request went out: once more on a new connection. `sent`
+      // stays true: should the retry not even connect, the hold is settled as possibly billed.
+      reply = UpstreamReply{};
+      reply.sent = true;
       continue;
     }
     if (ec && !reply.stopped) reply.error = "upstream: " + (ec == beast::error::timeout ? std::string("timed out") : ec.message());
