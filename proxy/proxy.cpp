@@ -3,6 +3,7 @@
 
 #include <boost/asio.hpp>
 #include <boost/json.hpp>
+#include <cstring>
 
 #include "body.hpp"
 #include "core/admin.hpp"
@@ -111,26 +112,31 @@ Denial denial_of(const Hold& h, const std::string& account, const std::string& m
   }
 }
 
-// Reads a stream's events as they pass: the generation id and the last usage.cost.
+// Reads a stream's events as they pass: the generation id (from the first event that names one)
+// and the last usage.cost. Only those events are parsed as JSON: the content events between them
+// are scanned for a newline and nothing else.
 struct SseWatch {
   std::string line, id;
   std::optional<int64_t> cost;
   void feed(const char* data, size_t size) {
-    for (size_t i = 0; i < size; ++i) {
-      if (data[i] != '\n') {
-        if (line.size() < kSseLineMax) line += data[i];
-        continue;
-      }
-      if (line.rfind("data: ", 0) == 0 && line.compare(6, std::string::npos, "[DONE]") != 0) {
-        std::error_code ec;
-        const json::value v = json::parse(std::string_view(line).substr(6), ec);
-        if (!ec) {
-          if (id.empty()) id = id_of(v);
-          if (auto c = usage_cost(v)) cost = c;
-        }
-      }
+    for (size_t at = 0; at < size;) {
+      const char* newline = static_cast<const char*>(std::memchr(data + at, '\n', size - at));
+      const size_t end = newline != nullptr ? static_cast<size_t>(newline - data) : size;
+      if (line.size() < kSseLineMax) line.append(data + at, std::min(end - at, kSseLineMax - line.size()));
+      at = end + 1;
+      if (newline == nullptr) break;
+      event();
       line.clear();
     }
+  }
+  void event() {
+    if (line.rfind("data: ", 0) != 0 || line.compare(6, std::string::npos, "[DONE]") == 0) return;
+    if (!id.empty() && line.find("\"usage\"") == std::string::npos) return;
+    std::error_code ec;
+    const json::value v = json::parse(std::string_view(line).substr(6), ec);
+    if (ec) return;
+    if (id.empty()) id = id_of(v);
+    if (auto c = usage_cost(v)) cost = c;
   }
 };
 
