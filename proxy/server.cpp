@@ -2,6 +2,7 @@
 #include "server.hpp"
 
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <sys/socket.h>
 
 #include <boost/asio.hpp>
@@ -38,6 +39,7 @@ namespace {
 constexpr uint32_t kHeaderBytesMax = 64 * 1024;
 constexpr auto kSweepInterval = std::chrono::milliseconds(50);
 constexpr size_t kConnectionsOverRequests = 256;  // idle keep-alive connections allowed beyond max_concurrent
+constexpr size_t kTrimAfterConnections = 64;     // a crowd worth giving memory back after
 
 // This loop's connections (a loop is one thread; a connection never leaves its loop).
 thread_local std::unordered_set<Server::Session*> t_sessions;
@@ -215,11 +217,12 @@ bool Server::open(const std::string& listen, std::string* error) {
 
 void Server::start() {
   net::co_spawn(loops_.at(0), accept_loop(), log_exception);
-  for (unsigned i = 0; i < loops_.size(); ++i) net::co_spawn(loops_.at(i), sweep(), log_exception);
+  for (unsigned i = 0; i < loops_.size(); ++i) net::co_spawn(loops_.at(i), sweep(i == 0), log_exception);
 }
 
-net::awaitable<void> Server::sweep() {
+net::awaitable<void> Server::sweep(bool trims) {
   net::steady_timer timer(co_await net::this_coro::executor);
+  size_t peak = 0;  // connections at most since the last trim
   while (!stopped_.load()) {
     timer.expires_after(kSweepInterval);
     beast::error_code ec;
@@ -227,6 +230,15 @@ net::awaitable<void> Server::sweep() {
     const Clock::time_point now = Clock::now();
     for (Session* s : t_sessions)
       if (s->deadline <= now && !s->timed_out) s->timed_out = true, s->cut();
+    if (!trims) continue;
+    // Once most of a crowd of connections (open streams, say) has gone, the memory their frames
+    // and buffers took goes back to the system: glibc would keep it.
+    const size_t open = sessions_.load();
+    peak = std::max(peak, open);
+    if (peak >= kTrimAfterConnections && open <= peak / 4) {
+      (void)::malloc_trim(0);
+      peak = open;
+    }
   }
 }
 

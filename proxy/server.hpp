@@ -6,7 +6,8 @@
 // a body limit (413), a header limit (431), the time to send a whole request (header_timeout_ms,
 // then 408) and the time a keep-alive connection may sit idle or a client may stop reading
 // (idle_timeout_ms). Deadlines are kept per connection and enforced by a sweep on each loop every
-// 50 ms (no timer armed per read or write). drain() stops accepting, closes idle connections,
+// 50 ms (no timer armed per read or write); the first loop's sweep also gives memory back to the
+// system once a crowd of connections has gone (malloc_trim). drain() stops accepting, closes idle connections,
 // lets requests in flight finish until the deadline, then cuts their upstream transfers (they are
 // settled as usual).
 #pragma once
@@ -42,7 +43,7 @@ class Server {
  private:
   boost::asio::awaitable<void> accept_loop();
   boost::asio::awaitable<void> session(boost::asio::ip::tcp::socket socket);
-  boost::asio::awaitable<void> sweep();
+  boost::asio::awaitable<void> sweep(bool trims);
   bool admit_request();
   void wait_until(const std::atomic<size_t>& count, uint32_t timeout_ms) const;
 

@@ -247,6 +247,7 @@ net::awaitable<UpstreamReply> Upstream::perform(const char* method, const std::s
     if (ec && !reply.stopped) reply.error = "upstream: " + (ec == beast::error::timeout ? std::string("timed out") : ec.message());
     if (!ec && keep_alive && idle.size() < kIdleMax) {
       c->lowest().expires_never();
+      c->buffer.shrink_to_fit();  // an idle connection keeps no buffer
       c->reused = true;
       idle.push_back(std::move(c));
     }
