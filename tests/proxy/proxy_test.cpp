@@ -14,6 +14,7 @@
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
 #include "emulator_process.hpp"
@@ -539,4 +540,30 @@ TEST_CASE("a proxy SIGKILLed mid-stream: the next one settles what it left, by t
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(s.balance("eng").spent_nanousd == s.billed());
   CHECK(ledger_test::read_file(s.log).find("how=generation") != std::string::npos);
+}
+
+TEST_CASE("records of the earlier in-flight format (a file per hold) are still settled by the next proxy", "[proxy][crash]") {
+  Setup s;
+  REQUIRE(s.stop() == 0);
+  ReservationId id = 0;
+  {
+    std::unique_ptr<Ledger> l;
+    REQUIRE(Ledger::open(s.ledger_dir, Options{}, &l) == Code::kOk);
+    std::string_view chosen;
+    REQUIRE(l->authorize("alice", "openai/gpt-4o-mini", 12345, 600, &chosen, &id, 255) == Code::kOk);
+  }
+  // What a proxy of the earlier format left when it was killed (pid 4194303 runs nothing): the
+  // hold, no generation id known, so it is charged in full.
+  const std::string dir = s.ledger_dir + "/proxy-inflight/4194303.1";
+  std::filesystem::create_directories(dir);
+  ledger_test::write_file(dir + "/" + std::to_string(id), std::to_string(id) + " 12345\n");
+  s.start();
+  bool settled = false;
+  for (int i = 0; i < 500 && !settled; ++i, std::this_thread::sleep_for(std::chrono::milliseconds(20)))
+    settled = s.balance("alice").spent_nanousd == 12345;
+  CHECK(settled);
+  CHECK(s.balance("alice").held_nanousd == 0);
+  REQUIRE(s.stop() == 0);
+  CHECK(ledger_test::read_file(s.log).find("how=hold") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir));  // forgotten once settled
 }
