@@ -101,6 +101,22 @@ std::optional<int64_t> usage_cost(const json::value& v) {
   return n && *n >= 0 ? n : std::nullopt;
 }
 
+std::optional<TokenUsage> usage_tokens(const json::value& v) {
+  const json::object* o = v.if_object();
+  const json::value* usage = o != nullptr ? o->if_contains("usage") : nullptr;
+  if (usage == nullptr || !usage->is_object()) return std::nullopt;
+  const auto count = [&](const char* key) -> std::optional<uint32_t> {
+    const json::value* n = usage->get_object().if_contains(key);
+    if (n == nullptr || !n->is_number()) return std::nullopt;
+    const double d = n->to_number<double>();
+    if (!(d >= 0) || d > 4e9) return std::nullopt;  // a lying upstream: no count rather than a wrapped one
+    return static_cast<uint32_t>(d);
+  };
+  const auto prompt = count("prompt_tokens");
+  if (!prompt) return std::nullopt;
+  return TokenUsage{*prompt, count("completion_tokens").value_or(0)};
+}
+
 std::string id_of(const json::value& v) {
   const json::object* o = v.if_object();
   const json::value* id = o != nullptr ? o->if_contains("id") : nullptr;

@@ -40,6 +40,12 @@ std::string upstream_body(BodyRequest& r, const Endpoint& endpoint, const std::s
                           uint32_t max_tokens_default);
 // usage.cost of a reply or of a stream's last chunk, nano-USD; nullopt when absent.
 std::optional<int64_t> usage_cost(const boost::json::value& v);
+// usage.prompt_tokens and usage.completion_tokens (0 when an embedding has none), for tokens-per-
+// minute limits (Ledger::commit_usage); nullopt without prompt_tokens.
+struct TokenUsage {
+  uint32_t prompt = 0, completion = 0;
+};
+std::optional<TokenUsage> usage_tokens(const boost::json::value& v);
 // The reply's (generation's) id, at most 128 bytes; "" when absent.
 std::string id_of(const boost::json::value& v);
 // Visible ASCII without spaces (a model id or account id as the ledger takes them; safe in a log line).

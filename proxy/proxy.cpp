@@ -68,15 +68,18 @@ Hold take_hold(Ledger& ledger, const std::string& account, const std::string& mo
   Hold h;
   h.amount = estimate_of(ledger, model, prompt_tokens, max_tokens);
   std::string_view chosen;
-  h.status = ledger.authorize(account, model, h.amount, ttl_s, &chosen, &h.id, 255);
+  h.status = ledger.authorize(account, model, h.amount, ttl_s, &chosen, &h.id, 255);  // its tokens count (estimate above)
   h.chosen = std::string(chosen);
+  if (h.status.code() == Code::kDeniedRate) h.retry_after_ms = Ledger::rate_retry_after_ms();  // this thread's, just set
   if (!h.status.ok() || h.chosen == model) return h;
   const int64_t bound = estimate_of(ledger, h.chosen, prompt_tokens, max_tokens);
   if (bound <= h.amount) return h;
   (void)ledger.release(h.id);
   h.amount = bound;
+  (void)estimate_of(ledger, h.chosen, prompt_tokens, max_tokens);  // its tokens count again at this admission
   h.status = ledger.authorize(account, h.chosen, h.amount, ttl_s, &chosen, &h.id, 255);
   h.chosen = std::string(chosen);
+  if (h.status.code() == Code::kDeniedRate) h.retry_after_ms = Ledger::rate_retry_after_ms();
   return h;
 }
 
@@ -100,6 +103,13 @@ Denial denial_of(const Hold& h, const std::string& account, const std::string& m
               "model \"" + model + "\" is not allowed for account \"" + account + "\" (its tier) and the tier has no fallback", {}};
     case Code::kDeniedBlocked:
       return {403, "permission_error", "account_blocked", "account \"" + account + "\" (or an ancestor) is blocked", {}};
+    case Code::kDeniedRate: {  // retryable: the SDKs wait retry-after-ms (else Retry-After, seconds) and retry
+      const uint32_t ms = std::max<uint32_t>(h.retry_after_ms, 1);
+      return {429, "rate_limit_error", "rate_limited",
+              "a requests/tokens per minute or concurrency limit of account \"" + account + "\" or an ancestor; retry in " +
+                  std::to_string(ms) + " ms",
+              {{"Retry-After", std::to_string((ms + 999) / 1000)}, {"retry-after-ms", std::to_string(ms)}}};
+    }
     case Code::kUnknownModel:
       return {400, "invalid_request_error", "model_not_priced",
               "model \"" + h.chosen + "\" has no price in the ledger (ledgerctl init loads OpenRouter's prices)", {}};
@@ -118,6 +128,7 @@ Denial denial_of(const Hold& h, const std::string& account, const std::string& m
 struct SseWatch {
   std::string line, id;
   std::optional<int64_t> cost;
+  std::optional<TokenUsage> tokens;
   void feed(const char* data, size_t size) {
     for (size_t at = 0; at < size;) {
       const char* newline = static_cast<const char*>(std::memchr(data + at, '\n', size - at));
@@ -137,13 +148,15 @@ struct SseWatch {
     if (ec) return;
     if (id.empty()) id = id_of(v);
     if (auto c = usage_cost(v)) cost = c;
+    if (auto t = usage_tokens(v)) tokens = t;
   }
 };
 
 // Settles the hold: the reply's cost, else the generation's, else the hold in full; released when
 // OpenRouter cannot have billed anything.
 net::awaitable<void> settle(Ledger& ledger, Upstream& upstream, const Hold& h, bool billable, std::optional<int64_t> cost,
-                            const std::string& generation, const std::atomic<bool>* cancel, Outcome& o) {
+                            std::optional<TokenUsage> tokens, const std::string& generation, const std::atomic<bool>* cancel,
+                            Outcome& o) {
   if (!billable) {
     (void)ledger.release(h.id);
     o.settled = "released";
@@ -159,7 +172,9 @@ net::awaitable<void> settle(Ledger& ledger, Upstream& upstream, const Hold& h, b
     o.settled = "hold";
   }
   o.cost_nanousd = *cost;
-  (void)ledger.commit(h.id, *cost);
+  // With the reply's token counts, tokens-per-minute limits count those instead of the estimate's.
+  if (tokens) (void)ledger.commit_usage(h.id, *cost, tokens->prompt, tokens->completion);
+  else (void)ledger.commit(h.id, *cost);
 }
 
 Headers pass_headers(const UpstreamReply& r) {
@@ -339,7 +354,8 @@ net::awaitable<void> Proxy::answer(Outcome& o, Client& client, Upstream& upstrea
   const bool billable = r.sent && (r.status == 200 || r.status == 0);
   const std::optional<int64_t> cost = r.status == 200 && !ec ? usage_cost(reply) : std::nullopt;
   const std::string generation = !r.generation_id.empty() ? r.generation_id : !ec ? id_of(reply) : "";
-  co_await settle(ledger_, upstream, h, billable, cost, generation, &cancel_, o);
+  const std::optional<TokenUsage> tokens = r.status == 200 && !ec ? usage_tokens(reply) : std::nullopt;
+  co_await settle(ledger_, upstream, h, billable, cost, tokens, generation, &cancel_, o);
 }
 
 net::awaitable<void> Proxy::stream(Outcome& o, Client& client, Upstream& upstream, const Endpoint& endpoint, const Hold& h, uint32_t slot,
@@ -377,7 +393,7 @@ net::awaitable<void> Proxy::stream(Outcome& o, Client& client, Upstream& upstrea
       (void)co_await client.send(o.status, headers, r.body);
     }
     const bool billable = r.sent && (r.status == 200 || r.status == 0);
-    co_await settle(ledger_, upstream, h, billable, std::nullopt, r.generation_id, &cancel_, o);
+    co_await settle(ledger_, upstream, h, billable, std::nullopt, std::nullopt, r.generation_id, &cancel_, o);
     co_return;
   }
   o.upstream_us = us_between(written, arrived);  // time to the first byte
@@ -386,7 +402,7 @@ net::awaitable<void> Proxy::stream(Outcome& o, Client& client, Upstream& upstrea
   else if (!r.error.empty()) o.code = "upstream_cut";
   if (!client_gone) (void)co_await client.end_stream();
   const std::string generation = !watch.id.empty() ? watch.id : r.generation_id;
-  co_await settle(ledger_, upstream, h, true, watch.cost, generation, &cancel_, o);
+  co_await settle(ledger_, upstream, h, true, watch.cost, watch.tokens, generation, &cancel_, o);
 }
 
 }  // namespace ledger::proxy

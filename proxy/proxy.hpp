@@ -75,6 +75,7 @@ struct Hold {
   std::string chosen;
   int64_t amount = 0;
   Status status;
+  uint32_t retry_after_ms = 0;  // after a rate denial: when the limit may admit again (the ledger's hint)
 };
 
 class Proxy {

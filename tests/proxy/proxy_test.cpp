@@ -107,6 +107,7 @@ struct Setup : ledger_test::EmulatorLedger {
                    {"id": "alice", "parent": "eng", "tier": "pro", "limit_usd": "5", "period": "daily"},
                    {"id": "bob", "parent": "eng", "tier": "pro", "limit_usd": "5", "period": "daily"},
                    {"id": "carol", "parent": "eng", "tier": "basic", "limit_usd": "0.001", "period": "daily"},
+                   {"id": "dan", "parent": "eng", "tier": "pro", "limit_usd": "5", "period": "daily", "rpm": 2, "tpm": 1000000},
                    {"id": "other", "limit_usd": "1", "period": "daily"}],
       "proxy": {"listen": "127.0.0.1:0", "upstream_key_file": "upstream.key", "max_tokens_default": 512,
                 "max_body_bytes": 65536, "drain_timeout_ms": 10000)" + proxy_extra + R"(}})");
@@ -284,6 +285,39 @@ TEST_CASE("denials have the shapes the OpenAI SDKs understand, and leave no hold
   CHECK(s.balance("eng").held_nanousd == 0);
   CHECK(s.balance("eng").spent_nanousd == 0);
   CHECK(s.billed() == 0);  // nothing reached OpenRouter
+}
+
+// DESIGN 12/13: a rate denial is retryable: 429 rate_limited with Retry-After (seconds) and
+// retry-after-ms, which the SDKs wait and retry after; tokens count what OpenRouter reported.
+TEST_CASE("a rate limit is a retryable 429 with Retry-After, and tokens count the reply's usage", "[proxy][rules]") {
+  Setup s;
+  const std::string dan = s.make_key("dan");
+  uint64_t tokens = 0;
+  for (int i = 0; i < 2; ++i) {
+    const Reply ok = s.post(dan, chat("openai/gpt-4o-mini", R"(, "max_tokens": 50)"));
+    REQUIRE(ok.status == 200);
+    const auto usage = boost::json::parse(ok.body).at("usage").as_object();
+    tokens += static_cast<uint64_t>(usage.at("prompt_tokens").to_number<int64_t>() + usage.at("completion_tokens").to_number<int64_t>());
+  }
+  const Reply r = s.post(dan, chat("openai/gpt-4o-mini", R"(, "max_tokens": 50)"));  // dan's third in the minute
+  CHECK(r.status == 429);
+  CHECK(r.code() == "rate_limited");
+  CHECK(r.body.find("\"type\":\"rate_limit_error\"") != std::string::npos);
+  CHECK(r.has_header("retry-after-ms: "));
+  CHECK(r.has_header("Retry-After: "));
+  CHECK_FALSE(r.has_header("x-should-retry: false"));  // unlike a budget denial, worth retrying later
+  REQUIRE(s.settled());
+  CHECK(s.balance("dan").spent_nanousd == s.billed());  // two requests billed, the denied one never sent
+  CHECK(s.balance("dan").requests == 2);
+  std::unique_ptr<Ledger> l;
+  REQUIRE(Ledger::open(s.ledger_dir, Options{}, &l) == Code::kOk);
+  RateUsage u;
+  REQUIRE(l->rate_usage("dan", &u) == Code::kOk);
+  if (u.requests != 0) {  // still the same minute (else the counts already started again)
+    CHECK(u.requests == 2);
+    CHECK(u.tokens == tokens);  // the reply's usage replaced the estimate's upper bound
+  }
+  CHECK(u.concurrent == 0);
 }
 
 TEST_CASE("bad bodies are clear errors, nothing is held or sent upstream", "[proxy]") {
