@@ -24,6 +24,7 @@
 #include <cstring>
 #include <thread>
 
+#include "check.hpp"
 #include "impl.hpp"
 
 namespace ledger {
@@ -152,7 +153,7 @@ void store_spec(Target& t, const TargetSpec& spec) {
 
 // Writes entry j's spec (and an empty attempt); publishes it by raising n_targets.
 void Ledger::Impl::write_spec(OpScope* op, uint32_t j, const TargetSpec& spec) {
-  assert(j < kTargetsMax);
+  LEDGER_CHECK(j < kTargetsMax);
   Target& t = op->lane->targets[j];
   store(t.seq, 0u, memory_order_relaxed);
   fence_release();
@@ -262,7 +263,7 @@ bool Ledger::Impl::cas_helping(const OpScope& op, PeriodWord& word, uint64_t loc
 // only): the CAS landed but the level must be undone (a lease lowered meanwhile).
 Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const Now& now,
                          uint32_t* effective_tag, bool spec_written, bool* landed) {
-  assert(j < kTargetsMax);
+  LEDGER_CHECK(j < kTargetsMax);
   if ((spec.flags & kTargetTally) != 0) return apply_tally(op, j, spec, effective_tag);
   if ((spec.flags & kTargetRate) != 0) return apply_rate(op, j, spec, now, effective_tag, spec_written);
   return apply_level(op, j, spec, now, effective_tag, spec_written, landed);
@@ -270,7 +271,7 @@ Code Ledger::Impl::apply(OpScope* op, uint32_t j, const TargetSpec& spec, const 
 
 // A tally: one word, tag 0, never reset, never denied; its spec is always written first.
 Code Ledger::Impl::apply_tally(OpScope* op, uint32_t j, const TargetSpec& spec, uint32_t* effective_tag) {
-  assert((spec.flags & kTargetAdmit) == 0);
+  LEDGER_CHECK((spec.flags & kTargetAdmit) == 0);  // a tally is never an admission
   if (spec.account > tally_mask) return Code::kInvalidArgument;  // a damaged lane entry: touch nothing
   PeriodWord& word = tallies[spec.account].word;
   const uint64_t location = kTallyLocation | (uint64_t{spec.account} + 1);
@@ -607,6 +608,8 @@ Status Ledger::Impl::admit(uint32_t kind, uint32_t account, int64_t amount, uint
     store(op.lane->header.reservation_slot, slot + 1, memory_order_release);
     LEDGER_CRASH_POINT();
   }
+  // The recovery table (reclaim.cpp): a reserve's slot is in its lane before any level changes.
+  LEDGER_CHECK(kind != kOpReserve || load(op.lane->header.reservation_slot, memory_order_relaxed) == slot + 1);
   Admitted admitted{};
   const Code denied = admit_levels(&op, chain, kind, amount, tokens, now, &admitted);
   if (denied != Code::kOk) {
@@ -843,6 +846,7 @@ bool Ledger::Impl::settle_hold(OpScope* op, uint32_t slot, uint64_t state, bool 
     if (key != 0 && key <= key_mask + 1 && write_tally(op, n, hold.chain[0], kTallyKey, key - 1, actual, 1, &specs[n])) ++n;
   }
   n = rate_settlement(op, r, hold, expired, commit ? tokens : 0, specs, n);
+  LEDGER_CHECK(op->n_targets == n);  // the recovery table: every spec written before the slot is claimed
   LEDGER_CRASH_POINT();  // specs written, slot not claimed
   uint64_t expected = state;
   if (!compare_exchange(r.state, expected, settling)) return false;
@@ -883,6 +887,7 @@ Status Ledger::Impl::charge(uint32_t account, int64_t amount, uint32_t key) {
   }
   if (key != 0 && write_tally(&op, n, account, kTallyKey, key - 1, amount, 0, &specs[n])) ++n;
   if (write_tally(&op, n, account, kTallyAdjustment, key == 0 ? UINT32_MAX : key - 1, amount, 1, &specs[n])) ++n;
+  LEDGER_CHECK(op.n_targets == n);  // the recovery table: targets_expected is raised after the last spec
   store(op.lane->header.targets_expected, n);
   LEDGER_CRASH_POINT();
   for (uint32_t j = 0; j < n; ++j) (void)apply(&op, j, specs[j], now, nullptr, true);
@@ -949,6 +954,7 @@ Status Ledger::Impl::expire_hold(uint32_t slot, uint64_t state, int64_t now) {
     write_spec(&op, i, specs[i]);
   }
   const uint32_t n = rate_settlement(&op, r, hold, false, -1, specs, hold.depth);  // its concurrent slots come back
+  LEDGER_CHECK(op.n_targets == n);  // the recovery table: every spec written before the slot is claimed
   if (!compare_exchange(r.state, state, settling)) {
     end(&op);
     return Code::kAlreadySettled;

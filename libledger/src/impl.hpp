@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "atomics.hpp"
+#include "check.hpp"
 #include "layout.hpp"
 #include "ledger/ledger.hpp"
 
@@ -446,7 +447,7 @@ struct Ledger::Impl {
   }
   uint32_t lanes_total() const { return process_slots * detail::kLanesPerProcess; }
   detail::Lane& lane_by_id(uint32_t lane_id) const {
-    assert(lane_id >= 1 && lane_id <= lanes_total());
+    LEDGER_CHECK(lane_id >= 1 && lane_id <= lanes_total());
     return lanes[lane_id - 1];
   }
   int32_t find_index(std::string_view name) const;
@@ -592,6 +593,11 @@ struct Ledger::Impl {
   uint32_t admission_rollback(const detail::Lane& lane, uint32_t seq, uint32_t n, detail::TargetSpec* fixes) const;
   // held_slot: the process slot whose lock byte the caller already holds.
   Repair repair_lane(uint32_t dead_lane, detail::OpScope* op, int depth, uint32_t held_slot);
+  struct RepairPlan;  // reclaim.cpp: the corrections and slot move that resolve a dead lane's op
+  void plan_repair(const detail::Lane& lane, uint32_t dead, uint64_t ctl, RepairPlan* plan, uint32_t* slot_plus_one) const;
+  void roll_forward(const detail::Lane& lane, uint32_t seq, uint32_t n, RepairPlan* plan) const;
+  Repair repair_resolver(uint32_t dead, uint64_t ctl, detail::OpScope* op, int depth, uint32_t held_slot);
+  bool apply_repair(detail::OpScope* op, detail::Lane& lane, uint32_t dead, uint64_t ctl, const RepairPlan& plan, uint32_t slot_plus_one);
   // REQUIRES: the caller holds the slot's lock byte. op == nullptr: borrow one of its idle lanes.
   bool reclaim_dead_process(uint32_t slot, detail::OpScope* op);
   bool process_alive_for(uint32_t owner_slot, uint32_t owner_generation) const;
