@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "ledger/ledger.hpp"
+#include "openrouter/attribution.hpp"
 
 using namespace ledger;
 
@@ -64,7 +65,7 @@ size_t collect(char* data, size_t size, size_t count, void* out) {
 // One chat completion through the API; returns the cost OpenRouter reports (usage.cost), or -1.
 int64_t call_model(CURL* curl, const std::string& base_url, const std::string& api_key, const char* user,
                    std::string_view model, uint32_t max_tokens, const std::string& prompt) {
-  const Attribution who = attribution_for("https://ledger-demo.example", "ledger-demo", user);
+  const openrouter::Attribution who = openrouter::attribution_for("https://ledger-demo.example", "ledger-demo", user);
   const std::string body = boost::json::serialize(boost::json::object{
       {"model", std::string(model)}, {"max_tokens", max_tokens}, {"user", who.user},
       {"messages", boost::json::array{boost::json::object{{"role", "user"}, {"content", prompt}}}}});

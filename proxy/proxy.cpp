@@ -334,7 +334,7 @@ net::awaitable<Outcome> Proxy::generate(const Request& request, const Endpoint& 
 
 net::awaitable<void> Proxy::answer(Outcome& o, Client& client, Upstream& upstream, const Endpoint& endpoint, const Hold& h,
                                    const std::string& body, Clock::time_point received) {
-  const UpstreamReply r = co_await upstream.post(endpoint.path, body, nullptr, &cancel_);
+  const UpstreamReply r = co_await upstream.post(endpoint.path, body, nullptr, &cancel_, o.account);
   const Clock::time_point answered = r.status != 0 ? r.answered : Clock::now();
   const Clock::time_point written = r.written != Clock::time_point{} ? r.written : answered;
   // The client first, then the bookkeeping (a generation lookup may take seconds).
@@ -379,7 +379,7 @@ net::awaitable<void> Proxy::stream(Outcome& o, Client& client, Upstream& upstrea
     if (first) relay_us = us_between(arrived, Clock::now());
     co_return true;
   };
-  const UpstreamReply r = co_await upstream.post(endpoint.path, body, &sink, &cancel_);
+  const UpstreamReply r = co_await upstream.post(endpoint.path, body, &sink, &cancel_, o.account);
   const Clock::time_point written = r.written != Clock::time_point{} ? r.written : Clock::now();
   o.added_us = us_between(received, written) + relay_us;
   if (!started) {  // no stream came: an error answer, or none

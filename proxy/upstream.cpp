@@ -1,6 +1,8 @@
 // upstream.cpp — see upstream.hpp.
 #include "upstream.hpp"
 
+#include "openrouter/attribution.hpp"
+
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <strings.h>
@@ -202,7 +204,7 @@ net::awaitable<std::unique_ptr<Upstream::Connection>> Upstream::connect(Clock::t
 }
 
 net::awaitable<UpstreamReply> Upstream::perform(const char* method, const std::string& target, const std::string& body,
-                                                const StreamSink* sink, const std::atomic<bool>* cancel) {
+                                                const StreamSink* sink, const std::atomic<bool>* cancel, const std::string& user) {
   UpstreamReply reply;
   if (!error_.empty() || (cancel != nullptr && cancel->load())) {
     reply.error = !error_.empty() ? error_ : "upstream: cut (the proxy is stopping)";
@@ -212,8 +214,14 @@ net::awaitable<UpstreamReply> Upstream::perform(const char* method, const std::s
   req.set(http::field::host, host_header_);
   req.set(http::field::authorization, "Bearer " + options_.key);
   req.set(http::field::user_agent, "ledger-proxy");
-  if (!options_.app_url.empty()) req.set("HTTP-Referer", options_.app_url);
-  if (!options_.app_title.empty()) req.set("X-OpenRouter-Title", options_.app_title), req.set("X-Title", options_.app_title);
+  // Attribution (DESIGN 6): the app, and the account the request is charged to.
+  const openrouter::Attribution who = openrouter::attribution_for(options_.app_url, options_.app_title, user);
+  if (!who.http_referer.empty()) req.set("HTTP-Referer", who.http_referer);
+  if (!user.empty() || !options_.app_title.empty()) {
+    const std::string title = user.empty() ? options_.app_title : who.title;
+    req.set("X-OpenRouter-Title", title);
+    req.set("X-Title", title);
+  }
   if (req.method() == http::verb::post) req.set(http::field::content_type, "application/json"), req.body() = body;
   req.prepare_payload();
   const Clock::time_point deadline = Clock::now() + std::chrono::milliseconds(options_.timeout_ms);
@@ -257,12 +265,13 @@ net::awaitable<UpstreamReply> Upstream::perform(const char* method, const std::s
 }
 
 net::awaitable<UpstreamReply> Upstream::post(const std::string& path, const std::string& body, const StreamSink* sink,
-                                             const std::atomic<bool>* cancel) {
-  co_return co_await perform("POST", path, body, sink, cancel);
+                                             const std::atomic<bool>* cancel, const std::string& user) {
+  co_return co_await perform("POST", path, body, sink, cancel, user);
 }
 
 net::awaitable<UpstreamReply> Upstream::get(const std::string& path_and_query, const std::atomic<bool>* cancel) {
-  co_return co_await perform("GET", path_and_query, "", nullptr, cancel);
+  const std::string no_user;
+  co_return co_await perform("GET", path_and_query, "", nullptr, cancel, no_user);
 }
 
 net::awaitable<std::optional<int64_t>> Upstream::generation_cost(const std::string& id, int attempts, uint32_t interval_ms,

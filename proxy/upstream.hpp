@@ -66,8 +66,9 @@ class Upstream {
   // POST path (e.g. "/chat/completions") with a JSON body. With a sink, a 200 answer's body goes to
   // the sink piece by piece (any other status is collected in reply.body). Nothing starts once
   // *cancel is set.
+  // `user`: the account the request is charged to, named in X-OpenRouter-Title/X-Title (DESIGN 6).
   boost::asio::awaitable<UpstreamReply> post(const std::string& path, const std::string& body, const StreamSink* sink,
-                                             const std::atomic<bool>* cancel);
+                                             const std::atomic<bool>* cancel, const std::string& user);
   boost::asio::awaitable<UpstreamReply> get(const std::string& path_and_query, const std::atomic<bool>* cancel);
   // The generation's total cost in nano-USD, asked up to `attempts` times `interval_ms` apart
   // (OpenRouter answers 404 for a moment after a completion); nullopt when never known.
@@ -80,7 +81,7 @@ class Upstream {
 
  private:
   boost::asio::awaitable<UpstreamReply> perform(const char* method, const std::string& target, const std::string& body,
-                                                const StreamSink* sink, const std::atomic<bool>* cancel);
+                                                const StreamSink* sink, const std::atomic<bool>* cancel, const std::string& user);
   boost::asio::awaitable<std::unique_ptr<Connection>> connect(std::chrono::steady_clock::time_point deadline, UpstreamReply& reply);
 
   UpstreamOptions options_;

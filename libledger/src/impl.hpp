@@ -280,7 +280,7 @@ namespace detail {
 bool store_exists(const std::string& dir);
 }  // namespace detail
 
-struct Ledger::Impl {
+struct __attribute__((visibility("hidden"))) Ledger::Impl {  // internal: not exported with Ledger
   // ---- process-local state --------------------------------------------------------------------
   std::string dir;
   std::string segment_dir;   // where the segment lives (see Options::segment_dir)

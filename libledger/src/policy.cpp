@@ -352,22 +352,4 @@ std::vector<TierSpec> Ledger::Impl::read_tiers() const {
   }
 }
 
-std::vector<std::string> Attribution::headers() const {
-  std::vector<std::string> out;
-  if (!http_referer.empty()) out.push_back("HTTP-Referer: " + http_referer);
-  if (!title.empty()) {
-    out.push_back("X-OpenRouter-Title: " + title);
-    out.push_back("X-Title: " + title);
-  }
-  return out;
-}
-
-Attribution attribution_for(std::string_view app_url, std::string_view app_title, std::string_view user) {
-  Attribution a;
-  a.http_referer = std::string(app_url);
-  a.title = std::string(app_title.empty() ? user : app_title) + (app_title.empty() ? "" : ":" + std::string(user));
-  a.user = std::string(user);
-  return a;
-}
-
 }  // namespace ledger

@@ -1,5 +1,5 @@
 // Policy: the team playbook's tiers x models, inheritance, downgrade under budget pressure, the
-// decision order, reloads that readers never see half-done, and attribution.
+// decision order, and reloads that readers never see half-done.
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -388,12 +388,3 @@ TEST_CASE("readers never see a half-swapped tier table or a torn price", "[polic
   CHECK(torn_price == 0);
 }
 
-TEST_CASE("attribution names the user on a shared key", "[policy]") {
-  const Attribution a = attribution_for("https://my-app.example", "my-app", "alice");
-  CHECK(a.http_referer == "https://my-app.example");
-  CHECK(a.title == "my-app:alice");
-  CHECK(a.user == "alice");
-  const std::vector<std::string> expected = {"HTTP-Referer: https://my-app.example", "X-OpenRouter-Title: my-app:alice",
-                                             "X-Title: my-app:alice"};
-  CHECK(a.headers() == expected);
-}

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "emulator_process.hpp"
+#include "openrouter/attribution.hpp"
 #include "openrouter/client.hpp"
 #include "process.hpp"
 #include "test_util.hpp"
@@ -223,4 +224,15 @@ TEST_CASE("OpenRouter's words in an error are one printable line, cut at a chara
   REQUIRE(close != std::string::npos);
   CHECK(close - open == 276);  // 138 whole é's: the one cut in half is left out
   CHECK(static_cast<unsigned char>(e.message[close - 1]) == 0xA9);
+}
+
+TEST_CASE("attribution names the user on a shared key", "[openrouter]") {
+  const Attribution a = attribution_for("https://my-app.example", "my-app", "alice");
+  CHECK(a.http_referer == "https://my-app.example");
+  CHECK(a.title == "my-app:alice");
+  CHECK(a.user == "alice");
+  const std::vector<std::string> expected = {"HTTP-Referer: https://my-app.example", "X-OpenRouter-Title: my-app:alice",
+                                             "X-Title: my-app:alice"};
+  CHECK(a.headers() == expected);
+  CHECK(attribution_for("", "", "bob").title == "bob");  // no app title: the user alone
 }

@@ -17,10 +17,12 @@
 extern "C" {
 #endif
 
+#ifndef LEDGER_EXPORT /* also defined by ledger/export.hpp (C++) */
 #if defined(__GNUC__)
 #define LEDGER_EXPORT __attribute__((visibility("default")))
 #else
 #define LEDGER_EXPORT
+#endif
 #endif
 
 typedef struct ledger_t ledger_t;

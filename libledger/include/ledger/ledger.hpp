@@ -1,4 +1,12 @@
-// ledger/ledger.hpp — per-account budgets shared by many processes through a shared-memory segment.
+// ledger/ledger.hpp — per-account budgets shared by many processes through a shared-memory segment:
+// the handle (Ledger) and the worker calls. The other public headers: options.hpp (opening,
+// capacities, clock), policy.hpp (tiers and account rules), stats.hpp (what it reports),
+// money.hpp, period.hpp, status.hpp (codes), store.hpp (the durable record, read-only), c.h.
+//
+// Glossary, for readers who know ledgers: a hold (reserve, authorize) is a pending transfer;
+// commit posts it (with the actual amount, which may differ); release voids it; expiry is the
+// pending transfer's timeout (the hold becomes a tombstone that still takes its late commit);
+// debit is a transfer posted at once.
 //
 // Thread and process safety: a Ledger may be used by any number of threads at once, and any number
 // of processes may open the same ledger directory. Every operation is lock-free on the worker path
@@ -7,7 +15,17 @@
 // (set_budget, block) serialize through a kernel-released file lock.
 //
 // Errors are returned as Status (see status.hpp); nothing on the worker path throws or allocates.
-// Money is integer nano-USD. Reservation ids are opaque and never 0.
+// Every call may also return kInvalidArgument (a bad name, amount or pointer) and, for a handle
+// carried across fork() that cannot register again, kFull. Money is integer nano-USD. Reservation
+// ids are opaque and never 0.
+//
+// Caveats:
+// - fork(): a handle opened before fork() re-registers in the child on its first call (its own
+//   process slot); close handles you do not use in the child. Open after fork() where you can.
+// - /dev/shm (or Options::segment_dir) holds the segment: a reboot loses it, and the next open
+//   rebuilds it from the store, which lacks at most the last flush interval (DESIGN 4, promise 3).
+// - One LMDB environment per file per process: flush() and StoreReader of the same directory take
+//   turns in a process (store.hpp); the library enforces it.
 #pragma once
 
 #include <cstdint>
@@ -16,191 +34,18 @@
 #include <string_view>
 #include <vector>
 
+#include "ledger/export.hpp"
 #include "ledger/money.hpp"
+#include "ledger/options.hpp"
 #include "ledger/period.hpp"
+#include "ledger/policy.hpp"
+#include "ledger/stats.hpp"
 #include "ledger/status.hpp"
 
 namespace ledger {
 
-// Capacities fixed when the segment is created; reaching one gives Code::kFull.
-struct Limits {
-  uint32_t max_accounts = 65536;       // 1 .. 16,777,216
-  uint32_t max_reservations = 65536;   // 1 .. 16,777,216 (tombstones count until their grace ends)
-  uint32_t max_processes = 256;        // 1 .. 1023 handles attached at once
-  // 0 .. 65,535 accounts with rules of their own (a model list, soft, a top-up, rate limits);
-  // 192 bytes each. Not in the C ABI's ledger_limits_t: a ledger created there gets the default.
-  uint32_t max_account_rules = 4096;
-};
-
-// A source of wall-clock time in milliseconds since the Unix epoch (UTC). Tests inject one to cross
-// day, week and month boundaries. now_ms == nullptr uses CLOCK_REALTIME_COARSE.
-struct Clock {
-  int64_t (*now_ms)(void* context) = nullptr;
-  void* context = nullptr;
-};
-
-inline constexpr uint32_t kTtlMaxSeconds = 7 * 86400;
-inline constexpr uint32_t kTombstoneGraceMaxSeconds = 30 * 86400;
-inline constexpr uint32_t kModelIdMax = 87;  // bytes of a model id (set_price, authorize)
-
-struct Options {
-  // Behaviour.
-  // false: attach only. An open that finds the store (<dir>/ledger.mdb) but no segment (after a
-  // reboot) still rebuilds the segment from the store; Code::kNotFound when there is neither.
-  bool create_if_missing = true;
-  // The sidecar and ledgerctl: such a handle may use process slots kept for admin tools, so that
-  // a worker pool that takes every one of max_processes cannot lock the admin side out.
-  bool admin = false;
-  // Used only when a segment is created. A rebuild from the store uses, per field, the larger of
-  // these and the limits the store recorded for the last segment.
-  Limits limits;
-  // The hold policy a new segment starts with; an existing segment keeps its own, for every
-  // process (set_hold_policy changes it; ledgerctl init and the sidecar apply the config's).
-  uint32_t default_ttl_s = 600;        // hold TTL when reserve() is given 0 (1 .. kTtlMaxSeconds)
-  uint32_t tombstone_grace_s = 86400;  // how long an expired hold accepts its late commit (0 .. 30 days)
-  uint32_t tombstones_max = 0;         // 0 = half of max_reservations
-  uint32_t file_mode = 0600;       // segment, lock file and store (0660 for a group-shared ledger)
-  uint64_t store_map_size_bytes = uint64_t{1} << 30;  // LMDB map (sparse); full -> Code::kFull
-  // Where the segment lives: "" = where the ledger's creator put it (recorded in
-  // <dir>/ledger.segment-dir), else /dev/shm. An absolute directory on a tmpfs (or any filesystem
-  // that can back a shared mapping). Its pages are reserved at creation: no room is Code::kFull.
-  std::string segment_dir;
-  Clock clock;
-};
-
-// How holds expire, for every process of the segment (Ledger::set_hold_policy).
-struct HoldPolicy {
-  uint32_t default_ttl_s = 600;        // a hold's TTL when the caller passes 0
-  uint32_t tombstone_grace_s = 86400;  // an expired hold still accepts its late commit this long
-  // At most this many tombstones are kept (the oldest beyond it are dropped by reclaim); a reserve
-  // that finds no free slot drops the oldest one itself, so tombstones never starve live holds.
-  // A late commit whose tombstone was dropped gets kUnknownReservation and charges nothing (for
-  // accounts whose key is reconciled, the next reconcile charges what OpenRouter billed). 0 = half
-  // of max_reservations.
-  uint32_t tombstones_max = 0;
-};
-
-// A tier: which models its accounts may use (DESIGN.md 6).
-struct TierSpec {
-  std::string name;                  // 1-63 bytes of [A-Za-z0-9._:@-]
-  bool all_models = false;           // "models": null
-  std::vector<std::string> models;   // the allowlist when !all_models
-  std::string fallback;              // "" = deny a model outside the list
-  uint32_t downgrade_at_percent = 0; // 1..100; 0 = no pressure rule
-  std::string downgrade_to;          // the model used at or above downgrade_at_percent
-};
-
-// What an account sets beyond its budget and tier (DESIGN 13; Ledger::set_rules).
-struct RulesSpec {
-  bool soft = false;                 // its own limit never denies (its ancestors' still do)
-  // Its own model list, for it and its descendants that set no tier or list of their own: it
-  // replaces its tier's list and fallback. all_models = "models": null.
-  bool has_models = false;
-  bool all_models = false;
-  std::vector<std::string> models;
-  std::string fallback;              // "" = none of its own (without has_models: the tier's is replaced)
-  uint32_t rpm = 0;                  // requests per minute (admissions), 0 = no limit, <= kRpmMax
-  uint32_t tpm = 0;                  // tokens per minute, 0 = no limit, <= kTpmMax
-  uint32_t max_concurrent = 0;       // open holds at once, 0 = no limit, <= kMaxConcurrentMax
-};
-inline constexpr uint32_t kRpmMax = 1'000'000;
-inline constexpr uint32_t kTpmMax = 1'000'000'000;
-inline constexpr uint32_t kMaxConcurrentMax = 16'383;
-
-// What an account's rate limits have counted (Ledger::rate_usage): requests and tokens in the
-// current minute, holds open now.
-struct RateUsage {
-  int64_t minute_start_unix = 0;
-  uint64_t requests = 0;
-  uint64_t tokens = 0;
-  uint64_t concurrent = 0;
-};
-
-// A temporary raise of an account's limit (Ledger::set_topup); amount 0 = none.
-struct Topup {
-  int64_t amount_nanousd = 0;
-  int64_t until_unix_ms = 0;  // it counts while the wall clock is before this
-};
-
-// What a request on a shared OpenRouter key must carry to name its user (DESIGN.md 6).
-struct Attribution {
-  std::string http_referer;  // HTTP-Referer header: the app's URL
-  std::string title;         // X-OpenRouter-Title and X-Title headers: "<app_title>:<user>"
-  std::string user;          // the body field "user"
-  // The headers as "Name: value" lines, in a fixed order (empty values are left out).
-  std::vector<std::string> headers() const;
-};
-// REQUIRES: user is an account id (valid_account_name); app_url and app_title are printable.
-Attribution attribution_for(std::string_view app_url, std::string_view app_title, std::string_view user);
-
-struct Balance {
-  int64_t limit_nanousd = 0;      // the limit admission applies: configured, plus a top-up in force
-  int64_t topup_nanousd = 0;      // the part of limit_nanousd that is a top-up (0 = none in force)
-  int64_t topup_until_unix = 0;   // when that top-up ends
-  bool soft = false;              // the account's own limit never denies
-  int64_t spent_nanousd = 0;      // settled in the current period
-  int64_t held_nanousd = 0;       // live holds admitted in the current period
-  int64_t available_nanousd = 0;  // limit - spent - held (negative after an overrun)
-  uint64_t requests = 0;          // settled debits and commits in the current period
-  Period period = Period::kNone;
-  bool blocked = false;
-  int64_t period_start_unix = 0;
-};
-
-struct AccountBalance {
-  std::string account;
-  std::string parent;  // empty = none
-  Balance balance;
-};
-
-// Counts for monitoring (one pass over the tables; not for the hot path).
-struct LedgerStats {
-  uint32_t accounts = 0;
-  uint32_t processes_attached = 0;    // process slots in use, admin ones included (dead ones until reclaimed)
-  uint32_t reservations_held = 0;
-  uint32_t reservations_expired = 0;  // tombstones waiting for a late commit
-  uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0;
-  uint64_t denied_over_budget = 0, denied_parent_over_budget = 0, denied_model = 0, denied_blocked = 0;
-  uint64_t denied_rate = 0;
-  uint32_t tallies = 0, max_tallies = 0;  // (account, model|key) tallies in use, and the table size
-  uint64_t tallies_dropped = 0;  // settlements not tallied per model or key (table crowded); still charged
-  uint64_t tombstones_dropped = 0;  // tombstones dropped before their grace ended (count bound, full table)
-  uint32_t keys = 0, max_keys = 0;  // OpenRouter keys known to the segment, and how many fit
-};
-
-// What commits of authorize()d holds settled for one (account, model) since the segment was created
-// (the store keeps the durable per-day record; see store.hpp).
-struct ModelSpend {
-  std::string account;
-  std::string model;
-  int64_t spent_nanousd = 0;
-  uint64_t requests = 0;  // wraps at 2^32 like every request counter of the segment
-};
-
-// What settled through one OpenRouter key for one account since the segment was created: commits
-// (of holds made with that key), debits, and reconciliation adjustments charged to the key.
-struct KeySpend {
-  std::string account;
-  std::string key_hash;   // 64 lowercase hex
-  int64_t spent_nanousd = 0;
-  uint64_t requests = 0;
-  int64_t adjusted_nanousd = 0;  // the part that reconciliation adjustments added
-};
-
-// One account's use of one window (period index of its period kind) on this host, and the lease
-// it admits against there (global mode).
-struct WindowUsage {
-  int64_t used_nanousd = 0;    // spent + held in the window
-  int64_t spent_nanousd = 0;   // settled
-  int64_t held_nanousd = 0;    // live holds admitted into it
-  uint64_t requests = 0;
-  bool global = false;         // the account admits only against its lease
-  int64_t lease_limit_nanousd = 0;  // this host's lease for the window (0 = none)
-  int64_t lease_deadline_ms = 0;    // CLOCK_MONOTONIC (Ledger::monotonic_ms)
-};
-
 // True for an OpenRouter key hash (64 hex digits) or a prefix of one of at least 12 hex digits.
-bool valid_key_reference(std::string_view text);
+LEDGER_EXPORT bool valid_key_reference(std::string_view text);
 
 // A resolved account, for callers that want to skip the name lookup on every call.
 struct AccountRef {
@@ -210,9 +55,9 @@ struct AccountRef {
 using ReservationId = uint64_t;
 
 // True when `name` is a valid account id: 1-63 bytes of [A-Za-z0-9._:@-].
-bool valid_account_name(std::string_view name);
+LEDGER_EXPORT bool valid_account_name(std::string_view name);
 
-class Ledger {
+class LEDGER_EXPORT Ledger {
  public:
   // Creates (when allowed) or attaches to the ledger in `dir`.
   // Errors: kInvalidArgument (bad dir or limits), kNotFound (no ledger and !create_if_missing),

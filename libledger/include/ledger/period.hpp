@@ -5,6 +5,8 @@
 // 1969-12-29). Valid for 1970-01-01 .. 2149 (daily index < 65536).
 #pragma once
 
+#include "ledger/export.hpp"
+
 #include <cstdint>
 #include <optional>
 #include <string_view>
@@ -22,19 +24,19 @@ struct CivilDate {
 };
 
 // Proleptic Gregorian conversions (Howard Hinnant's algorithms); days are counted from 1970-01-01.
-CivilDate civil_from_days(int64_t days);
-int64_t days_from_civil(CivilDate date);
+LEDGER_EXPORT CivilDate civil_from_days(int64_t days);
+LEDGER_EXPORT int64_t days_from_civil(CivilDate date);
 // Seconds since the epoch floored to whole days (correct for negative times too).
-int64_t floor_days(int64_t unix_seconds);
+LEDGER_EXPORT int64_t floor_days(int64_t unix_seconds);
 
 // Index of the period containing unix_seconds. kNone is always index 0.
-int64_t period_index(Period kind, int64_t unix_seconds);
+LEDGER_EXPORT int64_t period_index(Period kind, int64_t unix_seconds);
 // First second of period `index` (kNone: 0).
-int64_t period_start_unix(Period kind, int64_t index);
+LEDGER_EXPORT int64_t period_start_unix(Period kind, int64_t index);
 // First second after period `index` (kNone: INT64_MAX).
-int64_t period_end_unix(Period kind, int64_t index);
+LEDGER_EXPORT int64_t period_end_unix(Period kind, int64_t index);
 
-std::optional<Period> parse_period(std::string_view text);  // "none", "daily", "weekly", "monthly"
-std::string_view period_name(Period kind);
+LEDGER_EXPORT std::optional<Period> parse_period(std::string_view text);  // "none", "daily", "weekly", "monthly"
+LEDGER_EXPORT std::string_view period_name(Period kind);
 
 }  // namespace ledger

@@ -4,6 +4,8 @@
 // one never allocates and the hot path stays exception-free. ok() is LEDGER_OK.
 #pragma once
 
+#include "ledger/export.hpp"
+
 #include <cstdint>
 #include <string_view>
 
@@ -47,7 +49,7 @@ class [[nodiscard]] Status {
 };
 
 // A static name for a code; "unknown code" for numbers outside the list.
-std::string_view code_message(int32_t code);
+LEDGER_EXPORT std::string_view code_message(int32_t code);
 
 inline std::string_view Status::message() const { return code_message(value()); }
 

@@ -28,6 +28,8 @@
 // otherwise wait for a thread that waits for the store).
 #pragma once
 
+#include "ledger/export.hpp"
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -123,12 +125,12 @@ struct StoreStats {
 
 // Key bindings: which OpenRouter key (its hash) belongs to which account, as provisioned or rotated
 // by ledgerctl (a binding in the store wins over the config's key_hash). hash "" removes it.
-Status store_bind_key(std::string_view dir, std::string_view account, std::string_view hash, uint32_t file_mode = 0600);
-Status store_key_bindings(std::string_view dir, std::vector<std::pair<std::string, std::string>>* out);
+LEDGER_EXPORT Status store_bind_key(std::string_view dir, std::string_view account, std::string_view hash, uint32_t file_mode = 0600);
+LEDGER_EXPORT Status store_key_bindings(std::string_view dir, std::vector<std::pair<std::string, std::string>>* out);
 
 // Opens <dir>/ledger.mdb read-only. kNotFound when there is none yet, kIncompatible for another
 // store format.
-class StoreReader {
+class LEDGER_EXPORT StoreReader {
  public:
   static Status open(std::string_view dir, std::unique_ptr<StoreReader>* out);
   ~StoreReader();
