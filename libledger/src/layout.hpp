@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "ledger/options.hpp"
+
 namespace ledger::detail {
 
 inline constexpr uint64_t kMagic = 0x3147455352444C4CULL;  // "LLDRSEG1" little-endian
@@ -35,11 +37,11 @@ inline constexpr uint32_t kRateTargetBase = kChainDepthMax;
 inline constexpr uint32_t kUndoBase = 2 * kChainDepthMax;
 inline constexpr uint32_t kTargetsMax = 2 * kUndoBase;
 inline constexpr uint32_t kAccountNameMax = 63;
-inline constexpr uint32_t kProcessesMax = 1023;      // worker process slots (Limits::max_processes)
+inline constexpr uint32_t kProcessesMax = kMaxProcessesMax;  // worker process slots (Limits::max_processes)
 inline constexpr uint32_t kAdminProcessSlots = 4;    // and these, for Options::admin handles only
 inline constexpr uint32_t kProcessSlotsMax = kProcessesMax + kAdminProcessSlots;
-inline constexpr uint32_t kAccountsMax = 1u << 24;
-inline constexpr uint32_t kReservationsMax = 1u << 24;
+inline constexpr uint32_t kAccountsMax = kMaxAccountsMax;          // options.hpp names each largest value once
+inline constexpr uint32_t kReservationsMax = kMaxReservationsMax;
 inline constexpr uint32_t kLaneBits = 14;
 inline constexpr uint32_t kRequestBits = 32;
 inline constexpr uint32_t kTagBits = 18;
@@ -347,7 +349,7 @@ static_assert(sizeof(AccountLeases) == 64);
 enum RuleFlags : uint8_t { kRuleSoft = 1, kRuleRate = 2, kRuleModels = 4, kRuleTopup = 8 };
 inline constexpr uint32_t kRateRequestBits = 20, kRateTokenBits = 30, kRateConcurrentBits = 14;
 static_assert(kRateRequestBits + kRateTokenBits + kRateConcurrentBits == 64);
-inline constexpr uint32_t kRulesMax = 65535;
+inline constexpr uint32_t kRulesMax = kMaxAccountRulesMax;
 enum ModelListFlags : uint32_t { kListModels = 1, kListAllModels = 2, kListFallback = 4 };
 struct alignas(64) AccountRules {
   PeriodWord rate;

@@ -123,13 +123,13 @@ std::vector<ConfigKey> ledger_keys() {
                  "recorded in `DIR/ledger.segment-dir`, so workers that open `DIR` without a config find it. It cannot change while a "
                  "segment exists (stop everything, `destroy-segment`, `init`)",
                  check_absolute_dir),
-      uint_key("ledger", "max_accounts", L_, &L::max_accounts, 65536, 1, 1u << 24, "",
+      uint_key("ledger", "max_accounts", L_, &L::max_accounts, Limits{}.max_accounts, 1, kMaxAccountsMax, "",
                "accounts the segment holds, fixed when it is created; `init` (and a SIGHUP) refuses, changing nothing, a config "
                "whose new accounts plus those already in the ledger (removed ones stay, blocked) exceed it: raise it, then "
                "`ledgerctl destroy-segment` and `ledgerctl init` (the store keeps spend)"),
-      uint_key("ledger", "max_reservations", L_, &L::max_reservations, 65536, 1, 1u << 24, "",
+      uint_key("ledger", "max_reservations", L_, &L::max_reservations, Limits{}.max_reservations, 1, kMaxReservationsMax, "",
                "reservation slots (live holds and tombstones), fixed when the segment is created"),
-      uint_key("ledger", "max_processes", L_, &L::max_processes, 256, 1, 1023, "",
+      uint_key("ledger", "max_processes", L_, &L::max_processes, Limits{}.max_processes, 1, kMaxProcessesMax, "",
                "worker handles attached at once, fixed when the segment is created (4 more are kept for `ledgerctl` and the sidecar)"),
       uint_key("ledger", "flush_interval_ms", L_, &L::flush_interval_ms, 1000, 10, 3'600'000, "ms",
                "how often the sidecar flushes: the loss window on a crash of the machine; OpenRouter never delays it"),
@@ -138,13 +138,13 @@ std::vector<ConfigKey> ledger_keys() {
                "ABI workers included"),
       uint_key("ledger", "tombstone_grace_s", L_, &L::tombstone_grace_s, 86400, 0, kTombstoneGraceMaxSeconds, "s",
                "how long an expired or reclaimed hold still accepts its late commit; kept in the segment"),
-      uint_key("ledger", "max_tombstones", L_, &L::max_tombstones, 0, 1, 1u << 24, "",
+      uint_key("ledger", "max_tombstones", L_, &L::max_tombstones, 0, 1, kMaxReservationsMax, "",
                "at most this many such tombstones; the oldest beyond it are dropped (metric `ledger_tombstones_dropped_total`), "
                "and a reserve that finds no free slot drops the oldest itself, so tombstones never starve live holds. A late commit "
                "whose tombstone was dropped gets code 6 and charges nothing; for accounts whose key is reconciled, the next "
                "reconcile charges what OpenRouter billed",
                "half of `max_reservations`"),
-      uint_key("ledger", "max_account_rules", L_, &L::max_account_rules, 4096, 0, 65535, "",
+      uint_key("ledger", "max_account_rules", L_, &L::max_account_rules, Limits{}.max_account_rules, 0, kMaxAccountRulesMax, "",
                "accounts that set rules of their own (`models`, `fallback`, a top-up or rate limits; 192 bytes each), fixed when "
                "the segment is created; `init` names the account that does not fit"),
       bool_key("ledger", "strict_models", L_, &L::strict_models, false,
