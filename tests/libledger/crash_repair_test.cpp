@@ -308,6 +308,7 @@ TEST_CASE("a commit racing an expiry waits for it and is charged as a late commi
   std::thread later([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     woke_reclaimer = kill_reclaimer ? ::kill(reclaimer, SIGKILL) == 0 : ::write(resume[1], "g", 1) == 1;
+    if (!woke_reclaimer) ::kill(reclaimer, SIGKILL);  // never leave the commit waiting for a paused expiry
   });
   const Status committed = f.ledger->commit(id, kUsd);  // blocks until the expiry is over
   later.join();
