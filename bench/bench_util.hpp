@@ -3,9 +3,12 @@
 // sample(): kSamples timed batches of kBatch operations (rdtscp, the timer's own cost subtracted,
 // divided by kBatch since a VM's TSC may tick in ~10 ns steps) -> median and p99 per operation.
 // report() adds them as counters, with x_floor = median / the CAS floor measured in the same run.
+// spawn() starts a helper program (the emulator, the sidecar, the proxy) with its output in a log.
 #pragma once
 
 #include <benchmark/benchmark.h>
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/mman.h>
 #include <x86intrin.h>
 
@@ -13,9 +16,28 @@
 #include <atomic>
 #include <chrono>
 #include <new>
+#include <string>
 #include <vector>
 
 namespace bench {
+
+// Starts argv with stdout and stderr appended to log_path; -1 when it cannot.
+inline pid_t spawn(const std::vector<std::string>& argv, const std::string& log_path) {
+  const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) return -1;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fd, 1);
+  posix_spawn_file_actions_adddup2(&actions, fd, 2);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(fd);
+  return pid;
+}
 
 constexpr int kSamples = 100000;
 constexpr int kBatch = 8;

@@ -13,7 +13,6 @@
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,6 +32,7 @@
 
 #include "ledger/ledger.hpp"
 #include "ledger/store.hpp"
+#include "bench_util.hpp"
 
 extern char** environ;
 
@@ -102,23 +102,7 @@ std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-// Starts argv with stdout and stderr appended to log_path; -1 when it cannot.
-pid_t spawn(const std::vector<std::string>& argv, const std::string& log_path) {
-  const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  if (fd < 0) return -1;
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fd, 1);
-  posix_spawn_file_actions_adddup2(&actions, fd, 2);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = -1;
-  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) pid = -1;
-  posix_spawn_file_actions_destroy(&actions);
-  ::close(fd);
-  return pid;
-}
+using bench::spawn;
 
 // Waits for pid to exit, up to limit; the exit code, or -1 (killed by a signal, or still running at
 // the limit: then it is SIGKILLed and *timed_out set).

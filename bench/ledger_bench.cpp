@@ -121,6 +121,61 @@ BENCHMARK_CAPTURE(BM_HoldAndCommit, AuthorizeCommitChain3, "user", "openai/gpt-4
 BENCHMARK_CAPTURE(BM_HoldAndCommit, AuthorizeCommitFlatTiered, "tiered", "openai/gpt-4o", false);
 BENCHMARK_CAPTURE(BM_HoldAndCommit, ReserveCommitFlatByName, "tiered", nullptr, false);
 
+// Rate limits (DESIGN 13): authorize + commit on a 3-level chain whose every level has an rpm, tpm
+// and max_concurrent limit, against the same chain without them, in one ledger. Its clock advances
+// 1 ms every 10 reads (a minute is 600,000 reads, fewer admissions than the largest rpm), so the
+// limits count on every admission without ever denying; both variants read that same clock.
+struct RatedFixture {
+  std::string dir;
+  std::unique_ptr<Ledger> ledger;
+  static int64_t counting_clock(void*) {
+    thread_local int64_t reads = 0;
+    return 1'796'000'000'000 + ++reads / 10;
+  }
+  RatedFixture() {
+    dir = (std::filesystem::temp_directory_path() / ("ledger-bench-rated-" + std::to_string(::getpid()))).string();
+    std::filesystem::create_directories(dir);
+    Options options;
+    options.limits.max_accounts = 64;
+    options.clock = Clock{&RatedFixture::counting_clock, nullptr};
+    if (!Ledger::open(dir, options, &ledger).ok()) std::abort();
+    (void)ledger->set_price("openai/gpt-4o-mini", 150'000'000, 600'000'000, 0);
+    RulesSpec rated;
+    rated.rpm = kRpmMax;
+    rated.tpm = kTpmMax;
+    rated.max_concurrent = kMaxConcurrentMax;
+    for (const char* prefix : {"plain", "rated", "user-rated"}) {
+      const std::string p(prefix);
+      (void)ledger->set_budget(p + "-org", kAmountNanoUsdMax, Period::kMonthly, "");
+      (void)ledger->set_budget(p + "-team", kAmountNanoUsdMax, Period::kMonthly, p + "-org");
+      (void)ledger->set_budget(p + "-user", kAmountNanoUsdMax, Period::kDaily, p + "-team");
+      for (const char* level : {"-org", "-team", "-user"})  // every level, or the user only
+        if ((p == "rated" || (p == "user-rated" && std::string(level) == "-user")) && !ledger->set_rules(p + level, rated).ok())
+          std::abort();
+    }
+  }
+  ~RatedFixture() {
+    ledger.reset();
+    (void)Ledger::destroy_segment(dir);
+    std::filesystem::remove_all(dir);
+  }
+};
+
+void BM_AuthorizeCommitRates(benchmark::State& state, const char* account) {
+  RatedFixture f;
+  auto pair = [&] {
+    ReservationId id = 0;
+    std::string_view chosen;
+    if (!f.ledger->authorize(account, "openai/gpt-4o-mini", 450'000, 60, &chosen, &id).ok()) std::abort();  // never denied
+    benchmark::DoNotOptimize(f.ledger->commit(id, 400'000));
+  };
+  for (auto _ : state) pair();
+  report(state, sample(pair));
+}
+BENCHMARK_CAPTURE(BM_AuthorizeCommitRates, Chain3NoRateLimits, "plain-user");
+BENCHMARK_CAPTURE(BM_AuthorizeCommitRates, Chain3RpmTpmConcurrency, "rated-user");
+BENCHMARK_CAPTURE(BM_AuthorizeCommitRates, Chain3RatesOnUserOnly, "user-rated-user");
+
 // Flat cost: debit by name of one hot account in a ledger of N accounts (the lookup and the segment
 // size must not matter), N = 1k .. 1M.
 void BM_DebitHotAmong(benchmark::State& state) {

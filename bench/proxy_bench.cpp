@@ -40,7 +40,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -69,6 +68,7 @@
 #include <vector>
 
 #include "ledger/ledger.hpp"
+#include "bench_util.hpp"
 
 extern char** environ;
 
@@ -134,22 +134,7 @@ std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-pid_t spawn(const std::vector<std::string>& argv, const std::string& log_path) {
-  const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  if (fd < 0) return -1;
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fd, 1);
-  posix_spawn_file_actions_adddup2(&actions, fd, 2);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = -1;
-  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) pid = -1;
-  posix_spawn_file_actions_destroy(&actions);
-  ::close(fd);
-  return pid;
-}
+using bench::spawn;
 
 // Runs argv to its end; its exit code (-1: did not start or was killed), output in *out.
 int run(const std::vector<std::string>& argv, const std::string& log_path, std::string* out) {
@@ -324,80 +309,19 @@ class Conn {
     if (!r->got_data) r->got_data = true, r->first_data = filled_;
   }
 
+  enum class Step { kMore, kFailed, kReturn };
+  Step more(Response* r) { return fill(r) ? Step::kMore : Step::kFailed; }
+
   bool advance(Response* r, bool until_first_data) {
     for (;;) {
+      Step step = Step::kMore;
       switch (state_) {
-        case State::kHead: {
-          const size_t end = in_.find("\r\n\r\n", pos_);
-          if (end == std::string::npos) {
-            if (!fill(r)) return false;
-            break;
-          }
-          const std::string head = in_.substr(pos_, end - pos_);
-          pos_ = end + 4;
-          if (head.rfind("HTTP/1.", 0) != 0 || head.size() < 12) return r->error = "not an HTTP response", false;
-          r->status = std::atoi(head.c_str() + 9);
-          std::optional<size_t> length;
-          for (size_t at = head.find("\r\n"); at != std::string::npos;) {
-            const size_t next = head.find("\r\n", at + 2);
-            std::string line = head.substr(at + 2, next == std::string::npos ? std::string::npos : next - at - 2);
-            for (char& ch : line) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-            if (line.rfind("content-length:", 0) == 0) length = static_cast<size_t>(std::atoll(line.c_str() + 15));
-            if (line.rfind("transfer-encoding:", 0) == 0 && line.find("chunked") != std::string::npos) r->chunked = true;
-            if (line.rfind("connection:", 0) == 0 && line.find("close") != std::string::npos) r->close = true;
-            at = next;
-          }
-          if (r->chunked) state_ = State::kSize;
-          else if (length && *length > 0) left_ = *length, state_ = State::kBody;
-          else if (length) state_ = State::kDone;
-          else return r->error = "a response without Content-Length or chunked", false;
-          break;
-        }
-        case State::kSize: {
-          const size_t end = in_.find("\r\n", pos_);
-          if (end == std::string::npos) {
-            if (!fill(r)) return false;
-            break;
-          }
-          left_ = std::strtoul(in_.c_str() + pos_, nullptr, 16);
-          pos_ = end + 2;
-          state_ = left_ == 0 ? State::kTrailer : State::kData;
-          break;
-        }
+        case State::kHead: step = parse_head(r); break;
+        case State::kSize: step = parse_size(r); break;
         case State::kData:
-        case State::kBody: {
-          if (avail() == 0) {
-            if (!fill(r)) return false;
-            break;
-          }
-          const bool first = !r->got_data;
-          data_seen(r);
-          const size_t take = std::min(left_, avail());
-          r->body.append(in_, pos_, take);
-          pos_ += take;
-          left_ -= take;
-          if (left_ == 0) state_ = state_ == State::kData ? State::kDataEnd : State::kDone;
-          if (first && until_first_data) return true;
-          break;
-        }
-        case State::kDataEnd:
-          if (avail() < 2) {
-            if (!fill(r)) return false;
-            break;
-          }
-          pos_ += 2;
-          state_ = State::kSize;
-          break;
-        case State::kTrailer: {
-          const size_t end = in_.find("\r\n", pos_);
-          if (end == std::string::npos) {
-            if (!fill(r)) return false;
-            break;
-          }
-          state_ = end == pos_ ? State::kDone : State::kTrailer;
-          pos_ = end + 2;
-          break;
-        }
+        case State::kBody: step = take_data(r, until_first_data); break;
+        case State::kDataEnd: step = avail() < 2 ? more(r) : (pos_ += 2, state_ = State::kSize, Step::kMore); break;
+        case State::kTrailer: step = parse_trailer(r); break;
         case State::kDone:
           r->done = filled_;
           if (!r->got_data) r->first_data = filled_;
@@ -405,7 +329,61 @@ class Conn {
           pos_ = 0;
           return true;
       }
+      if (step != Step::kMore) return step == Step::kReturn;
     }
+  }
+
+  Step parse_head(Response* r) {
+    const size_t end = in_.find("\r\n\r\n", pos_);
+    if (end == std::string::npos) return more(r);
+    const std::string head = in_.substr(pos_, end - pos_);
+    pos_ = end + 4;
+    if (head.rfind("HTTP/1.", 0) != 0 || head.size() < 12) return r->error = "not an HTTP response", Step::kFailed;
+    r->status = std::atoi(head.c_str() + 9);
+    std::optional<size_t> length;
+    for (size_t at = head.find("\r\n"); at != std::string::npos;) {
+      const size_t next = head.find("\r\n", at + 2);
+      std::string line = head.substr(at + 2, next == std::string::npos ? std::string::npos : next - at - 2);
+      for (char& ch : line) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      if (line.rfind("content-length:", 0) == 0) length = static_cast<size_t>(std::atoll(line.c_str() + 15));
+      if (line.rfind("transfer-encoding:", 0) == 0 && line.find("chunked") != std::string::npos) r->chunked = true;
+      if (line.rfind("connection:", 0) == 0 && line.find("close") != std::string::npos) r->close = true;
+      at = next;
+    }
+    if (r->chunked) state_ = State::kSize;
+    else if (length && *length > 0) left_ = *length, state_ = State::kBody;
+    else if (length) state_ = State::kDone;
+    else return r->error = "a response without Content-Length or chunked", Step::kFailed;
+    return Step::kMore;
+  }
+
+  Step parse_size(Response* r) {
+    const size_t end = in_.find("\r\n", pos_);
+    if (end == std::string::npos) return more(r);
+    left_ = std::strtoul(in_.c_str() + pos_, nullptr, 16);
+    pos_ = end + 2;
+    state_ = left_ == 0 ? State::kTrailer : State::kData;
+    return Step::kMore;
+  }
+
+  Step take_data(Response* r, bool until_first_data) {
+    if (avail() == 0) return more(r);
+    const bool first = !r->got_data;
+    data_seen(r);
+    const size_t take = std::min(left_, avail());
+    r->body.append(in_, pos_, take);
+    pos_ += take;
+    left_ -= take;
+    if (left_ == 0) state_ = state_ == State::kData ? State::kDataEnd : State::kDone;
+    return first && until_first_data ? Step::kReturn : Step::kMore;
+  }
+
+  Step parse_trailer(Response* r) {
+    const size_t end = in_.find("\r\n", pos_);
+    if (end == std::string::npos) return more(r);
+    state_ = end == pos_ ? State::kDone : State::kTrailer;
+    pos_ = end + 2;
+    return Step::kMore;
   }
 
   int fd_ = -1;
@@ -928,6 +906,91 @@ ProcStatus settle_status(pid_t pid) {  // the median of 5 readings 200 ms apart
   return s[2];
 }
 
+// 200 plain and 20 streamed requests on one connection, so that the idle reading is of a warm proxy.
+void warm_up(const Env& e) {
+  Conn c;
+  std::string error;
+  if (!c.open(e.proxy_port, &error)) fail("memory: " + error);
+  const Target plain = proxied_target(e, false), streamed = proxied_target(e, true);
+  Cell warm;
+  Response r;
+  Clock::time_point sent;
+  for (int i = 0; i < 200; ++i) (void)exchange(c, plain, warm, &r, &sent);
+  for (int i = 0; i < 20; ++i) (void)exchange(c, streamed, warm, &r, &sent);
+  if (warm.error_count() > 0) std::printf("  ! warm-up errors: %s\n", warm.error_text().c_str());
+}
+
+// K streams held open at once: opened, each read to its first body byte (the count of those), then finish_streams().
+struct OpenStreams {
+  std::vector<std::unique_ptr<Conn>> conns;
+  std::vector<Response> responses;
+  std::map<std::string, size_t> errors;
+  size_t open = 0;
+};
+void open_streams(const Env& e, int k, OpenStreams& s) {
+  const Target t = proxied_target(e, true);
+  s.responses.resize(static_cast<size_t>(k));
+  for (int i = 0; i < k; ++i) {
+    s.conns.push_back(std::make_unique<Conn>());
+    std::string error;
+    if (!s.conns.back()->open(e.proxy_port, &error) || !s.conns.back()->send(t.request, &error)) ++s.errors[error], s.conns.back()->close();
+  }
+  for (size_t i = 0; i < s.conns.size(); ++i) {
+    Conn& c = *s.conns[i];
+    Response& r = s.responses[i];
+    if (!c.is_open()) continue;
+    if (!c.read(&r, true)) ++s.errors[r.error], c.close();
+    else if (r.status != 200) ++s.errors["HTTP " + std::to_string(r.status)], c.close();
+    else ++s.open;
+  }
+}
+size_t finish_streams(OpenStreams& s) {  // how many ended with [DONE]
+  size_t ok = 0;
+  for (size_t i = 0; i < s.conns.size(); ++i) {
+    Conn& c = *s.conns[i];
+    Response& r = s.responses[i];
+    if (!c.is_open()) continue;
+    if (!c.finish(&r)) ++s.errors["stream cut: " + r.error];
+    else if (r.body.find("data: [DONE]") == std::string::npos) ++s.errors["stream without [DONE]"];
+    else ++ok;
+  }
+  s.conns.clear();
+  return ok;
+}
+
+void memory_cell(Env& e, const Args& a, int run, int k) {
+  stop_proxy(e);
+  start_proxy(e, a);
+  warm_up(e);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const ProcStatus idle = settle_status(e.proxy);
+  const int hold_ms = 8000 + 8 * k;
+  emulator_settings(e, R"({"ttft_ms": )" + std::to_string(hold_ms) + R"(, "tokens_per_second": 0})");
+  OpenStreams s;
+  const auto opened = Clock::now();
+  open_streams(e, k, s);
+  const double open_s = duration<double>(Clock::now() - opened).count();
+  const ProcStatus open = settle_status(e.proxy);
+  const ProcStatus emu = proc_status(e.emulator);
+  const Scrape during = scrape(e);
+  const bool in_time = duration<double>(Clock::now() - opened).count() * 1000 < hold_ms;
+  const size_t ok = finish_streams(s);
+  emulator_settings(e, R"({"ttft_ms": 0, "tokens_per_second": 0})");
+  for (int i = 0; i < 300 && scrape(e).in_flight > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const ProcStatus after = settle_status(e.proxy);
+  std::string error_text;
+  for (const auto& [what, n] : s.errors) error_text += (error_text.empty() ? "" : "; ") + what + " x" + std::to_string(n);
+  if (!in_time) error_text += (error_text.empty() ? "" : "; ") + std::string("the readings came after ttft_ms: streams may have ended");
+  if (s.open != static_cast<size_t>(k)) error_text += (error_text.empty() ? "" : "; ") + std::to_string(s.open) + " open of " + std::to_string(k);
+  std::printf("  %-3d %5d %8.2f %6.1fMiB %6.1fMiB %6.1fMiB %7.1fKiB %8ld %8ld %8.0f %9.0f %6.1fMiB %10ld %9zu %7.1fMiB  %s\n", run, k,
+              open_s, static_cast<double>(idle.rss_kib) / 1024, static_cast<double>(open.rss_kib) / 1024,
+              static_cast<double>(after.rss_kib) / 1024, static_cast<double>(open.rss_kib - idle.rss_kib) / k, idle.threads,
+              open.threads, during.in_flight, during.holds_open, static_cast<double>(emu.rss_kib) / 1024, emu.threads, ok,
+              static_cast<double>(after.hwm_kib) / 1024, error_text.empty() ? "-" : error_text.c_str());
+  std::fflush(stdout);
+}
+
 void memory(Env& e, const Args& a) {
   std::printf("\n== 3. memory per open stream: a fresh ledger-proxy per K (proxy.max_concurrent 1024); warm-up 200 plain + 20 streamed\n"
               "   requests; idle = median of 5 readings of /proc/PID/status; then K streams opened at once, held open by the emulator's\n"
@@ -936,74 +999,7 @@ void memory(Env& e, const Args& a) {
   std::printf("  %-3s %5s %8s %9s %9s %9s %10s %8s %8s %8s %9s %9s %10s %9s %10s  %s\n", "run", "K", "open_s", "rss_idle", "rss_open", "rss_after",
               "per_stream", "thr_idle", "thr_open", "in_flight", "holds", "emu_rss", "emu_thr", "ok", "hwm", "errors");
   for (int run = 1; run <= a.runs; ++run)
-    for (const int k : a.streams) {
-      stop_proxy(e);
-      start_proxy(e, a);
-      {
-        Conn c;
-        std::string error;
-        if (!c.open(e.proxy_port, &error)) fail("memory: " + error);
-        const Target plain = proxied_target(e, false), streamed = proxied_target(e, true);
-        Cell warm;
-        Response r;
-        Clock::time_point sent;
-        for (int i = 0; i < 200; ++i) (void)exchange(c, plain, warm, &r, &sent);
-        for (int i = 0; i < 20; ++i) (void)exchange(c, streamed, warm, &r, &sent);
-        if (warm.error_count() > 0) std::printf("  ! warm-up errors: %s\n", warm.error_text().c_str());
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));
-      const ProcStatus idle = settle_status(e.proxy);
-      const int hold_ms = 8000 + 8 * k;
-      emulator_settings(e, R"({"ttft_ms": )" + std::to_string(hold_ms) + R"(, "tokens_per_second": 0})");
-      const Target t = proxied_target(e, true);
-      std::vector<std::unique_ptr<Conn>> conns;
-      std::vector<Response> responses(static_cast<size_t>(k));
-      std::map<std::string, size_t> errors;
-      const auto opened = Clock::now();
-      for (int i = 0; i < k; ++i) {
-        conns.push_back(std::make_unique<Conn>());
-        std::string error;
-        if (!conns.back()->open(e.proxy_port, &error) || !conns.back()->send(t.request, &error)) ++errors[error], conns.back()->close();
-      }
-      size_t open_streams = 0;
-      for (int i = 0; i < k; ++i) {
-        Conn& c = *conns[static_cast<size_t>(i)];
-        Response& r = responses[static_cast<size_t>(i)];
-        if (!c.is_open()) continue;
-        if (!c.read(&r, true)) ++errors[r.error], c.close();
-        else if (r.status != 200) ++errors["HTTP " + std::to_string(r.status)], c.close();
-        else ++open_streams;
-      }
-      const double open_s = duration<double>(Clock::now() - opened).count();
-      const ProcStatus open = settle_status(e.proxy);
-      const ProcStatus emu = proc_status(e.emulator);
-      const Scrape during = scrape(e);
-      const bool in_time = duration<double>(Clock::now() - opened).count() * 1000 < hold_ms;
-      size_t ok = 0;
-      for (int i = 0; i < k; ++i) {
-        Conn& c = *conns[static_cast<size_t>(i)];
-        Response& r = responses[static_cast<size_t>(i)];
-        if (!c.is_open()) continue;
-        if (!c.finish(&r)) ++errors["stream cut: " + r.error];
-        else if (r.body.find("data: [DONE]") == std::string::npos) ++errors["stream without [DONE]"];
-        else ++ok;
-      }
-      conns.clear();
-      emulator_settings(e, R"({"ttft_ms": 0, "tokens_per_second": 0})");
-      for (int i = 0; i < 300 && scrape(e).in_flight > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));
-      const ProcStatus after = settle_status(e.proxy);
-      std::string error_text;
-      for (const auto& [what, n] : errors) error_text += (error_text.empty() ? "" : "; ") + what + " x" + std::to_string(n);
-      if (!in_time) error_text += (error_text.empty() ? "" : "; ") + std::string("the readings came after ttft_ms: streams may have ended");
-      if (open_streams != static_cast<size_t>(k)) error_text += (error_text.empty() ? "" : "; ") + std::to_string(open_streams) + " open of " + std::to_string(k);
-      std::printf("  %-3d %5d %8.2f %6.1fMiB %6.1fMiB %6.1fMiB %7.1fKiB %8ld %8ld %8.0f %9.0f %6.1fMiB %10ld %9zu %7.1fMiB  %s\n", run, k,
-                  open_s, static_cast<double>(idle.rss_kib) / 1024, static_cast<double>(open.rss_kib) / 1024,
-                  static_cast<double>(after.rss_kib) / 1024, static_cast<double>(open.rss_kib - idle.rss_kib) / k, idle.threads,
-                  open.threads, during.in_flight, during.holds_open, static_cast<double>(emu.rss_kib) / 1024, emu.threads, ok,
-                  static_cast<double>(after.hwm_kib) / 1024, error_text.empty() ? "-" : error_text.c_str());
-      std::fflush(stdout);
-    }
+    for (const int k : a.streams) memory_cell(e, a, run, k);
 }
 
 std::vector<int> parse_ints(const std::string& s) {

@@ -8,59 +8,20 @@
 #include <cstdio>
 #include <random>
 
+#include "json_out.hpp"
 #include "ledger/money.hpp"
 #include "ledger/period.hpp"
 
 namespace emulator {
 namespace json = boost::json;
+using namespace detail;
 
 namespace {
-
-// Money goes into the tree as a marked string and leaves serialize() as a plain JSON number with
-// up to 9 decimals ("0.000325", not "3.25E-4"), like OpenRouter's own output.
-constexpr const char* kNumberMark = "\x1fnum:";
-std::string finish(std::string text) {
-  const std::string open = std::string("\"") + "\\u001fnum:";
-  for (size_t at = text.find(open); at != std::string::npos; at = text.find(open, at)) {
-    const size_t end = text.find('"', at + open.size());
-    if (end == std::string::npos) break;
-    const std::string number = text.substr(at + open.size(), end - at - open.size());
-    text.replace(at, end - at + 1, number);
-    at += number.size();
-  }
-  return text;
-}
-
-template <class T>
-std::string finish_json(const T& v) { return finish(boost::json::serialize(v)); }
-json::string money(int64_t nanousd) { return json::string(std::string(kNumberMark) + usd_number(nanousd)); }
-
-// A completion's usage, the same in a reply and in a stream's last chunk.
-json::object usage_json(int64_t prompt_tokens, int64_t completion_tokens, int64_t cost_nanousd) {
-  return json::object{{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens},
-                      {"total_tokens", prompt_tokens + completion_tokens}, {"cost", money(cost_nanousd)}};
-}
-
 
 int64_t system_now_ms() {
   struct timespec ts {};
   ::clock_gettime(CLOCK_REALTIME, &ts);
   return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
-}
-
-std::string error_body(int code, const std::string& message, const std::string& error_type = "") {
-  json::object error;
-  error["code"] = code;
-  error["message"] = message;
-  if (!error_type.empty()) error["metadata"] = json::object{{"error_type", error_type}};
-  return finish_json(json::object{{"error", std::move(error)}});
-}
-
-Response error(int code, const std::string& message, const std::string& error_type = "") {
-  Response r;
-  r.status = code;
-  r.body = error_body(code, message, error_type);
-  return r;
 }
 
 std::string random_hex(std::mt19937_64& rng, size_t n) {
@@ -133,6 +94,7 @@ Emulator::Emulator(std::string management_key, int64_t (*now_ms)()) : now_ms_(no
       {"anthropic/claude-3.5-sonnet", 3'000'000'000, 15'000'000'000, 0},
       {"meta-llama/llama-3.1-8b-instruct", 20'000'000, 50'000'000, 0},
       {"google/gemma-2-9b-it:free", 0, 0, 0},
+      {"openai/text-embedding-3-small", 20'000'000, 0, 0},
   };
 }
 
@@ -265,9 +227,9 @@ Response Emulator::route(const Request& request, const std::string& path, const 
     data.as_object()["is_free_tier"] = false;
     return Response{200, finish_json(json::object{{"data", data}}), {}, 0, false};
   }
-  if (p == "/chat/completions" && m == "POST") {
+  if ((p == "/chat/completions" || p == "/completions" || p == "/embeddings") && m == "POST") {
     if (caller->management) return error(401, "Management keys cannot be used for completions", "authentication");
-    return completion(*caller, request);
+    return completion(*caller, request, p == "/chat/completions" ? Kind::kChat : p == "/completions" ? Kind::kText : Kind::kEmbedding);
   }
   if (p == "/models" && m == "GET") {
     json::array data;
@@ -401,109 +363,6 @@ Response Emulator::route(const Request& request, const std::string& path, const 
   return error(405, "Method not allowed");
 }
 
-Response Emulator::completion(Key& key, const Request& request) {
-  std::error_code ec;
-  json::value v = json::parse(request.body, ec);
-  if (ec || !v.is_object()) return error(400, "Invalid JSON body");
-  const auto& o = v.get_object();
-  const json::value* model_value = o.if_contains("model");
-  const std::string model = model_value != nullptr && model_value->is_string() ? std::string(model_value->get_string()) : "";
-  const ModelPrice* price = nullptr;
-  for (const auto& m : models_)
-    if (m.id == model) price = &m;
-  if (price == nullptr) return error(400, model + " is not a valid model ID");
-  // "stream" is a boolean; "stream_options" ({"include_usage": bool}) is accepted and changes
-  // nothing: OpenRouter sends the usage chunk of a stream whether it was asked for or not.
-  const json::value* stream_value = o.if_contains("stream");
-  if (stream_value != nullptr && !stream_value->is_bool() && !stream_value->is_null()) return error(400, "stream must be a boolean");
-  const bool stream = stream_value != nullptr && stream_value->is_bool() && stream_value->get_bool();
-  if (const json::value* options = o.if_contains("stream_options"); options != nullptr && !options->is_null()) {
-    const json::value* include = options->is_object() ? options->get_object().if_contains("include_usage") : nullptr;
-    if (!options->is_object() || (include != nullptr && !include->is_bool()))
-      return error(400, "stream_options must be an object such as {\"include_usage\": true}");
-  }
-  roll_windows(key, now_ms_());
-  if (key.limit && *key.limit - window_usage(key) <= 0) {
-    if (limit_exceeded_status_ == 403)
-      return error(403, "Key limit exceeded (total limit). Manage it using https://openrouter.ai/settings/keys", "permission_denied");
-    return error(402, "This request requires more credits, or fewer max_tokens.", "payment_required");
-  }
-  // Deterministic tokens: a quarter of the characters of the messages, and a reply that depends on
-  // the prompt size, never above max_tokens.
-  int64_t chars = 0;
-  if (const json::value* messages = o.if_contains("messages"); messages != nullptr && messages->is_array())
-    for (const auto& message : messages->get_array())
-      if (message.is_object())
-        if (const json::value* content = message.get_object().if_contains("content"); content != nullptr && content->is_string())
-          chars += static_cast<int64_t>(content->get_string().size());
-  const int64_t prompt_tokens = chars / 4 + 1;
-  int64_t completion_tokens = 20 + prompt_tokens % 40;
-  if (const json::value* max = o.if_contains("max_tokens"); max != nullptr && max->is_int64() && max->get_int64() > 0)
-    completion_tokens = std::min(completion_tokens, max->get_int64());
-  // Cost rounded up to the nano-USD, as a provider bills. Charged once, when the request is
-  // accepted, the same for a stream (also one that is cut off later: the provider billed it).
-  const int64_t cost = (prompt_tokens * price->prompt_nanousd_per_mtok + completion_tokens * price->completion_nanousd_per_mtok + 999'999) /
-                           1'000'000 + price->request_nanousd;
-  charge(key, cost);
-  Generation g;
-  g.id = "gen-" + std::to_string(next_seq_++);
-  g.model = model;
-  g.key_hash = key.hash;
-  g.cost = cost;
-  g.prompt_tokens = prompt_tokens;
-  g.completion_tokens = completion_tokens;
-  g.created_ms = now_ms_();
-  g.streamed = stream;
-  g.http_referer = request.http_referer;
-  if (const json::value* user = o.if_contains("user"); user != nullptr && user->is_string()) g.user = std::string(user->get_string());
-  generations_[g.id] = g;
-  const std::string content = "Emulated reply (" + std::to_string(completion_tokens) + " tokens) from " + model + ".";
-  if (stream) return completion_stream(g, content);
-  json::object message{{"role", "assistant"}, {"content", content}};
-  json::array choices{json::object{{"index", 0}, {"message", std::move(message)}, {"finish_reason", "stop"}}};
-  json::object reply{{"id", g.id}, {"object", "chat.completion"}, {"created", g.created_ms / 1000}, {"model", model},
-                     {"choices", std::move(choices)}, {"usage", usage_json(g.prompt_tokens, g.completion_tokens, g.cost)}};
-  Response r{200, finish_json(reply), {{"X-Generation-Id", g.id}}, 0, false};
-  return r;
-}
-
-// The stream of one generation, as OpenRouter sends it: a processing comment, the content in
-// word-sized deltas (the first after the time to first token, the others paced at the generation
-// speed), a chunk with the finish reason, the usage chunk with empty choices, then [DONE].
-Response Emulator::completion_stream(const Generation& g, const std::string& content) const {
-  std::vector<std::string> pieces;
-  for (size_t at = 0; at < content.size();) {
-    const size_t space = content.find(' ', at + 1);
-    const size_t end = space == std::string::npos ? content.size() : space;
-    pieces.push_back(content.substr(at, end - at));
-    at = end;
-  }
-  const int64_t created_s = g.created_ms / 1000;
-  auto chunk = [&](json::value delta, json::value finish_reason) {
-    json::object choice{{"index", 0}, {"delta", std::move(delta)}, {"finish_reason", finish_reason},
-                        {"native_finish_reason", finish_reason}, {"logprobs", nullptr}};
-    json::object c{{"id", g.id}, {"provider", "Emulator"}, {"model", g.model}, {"object", "chat.completion.chunk"},
-                   {"created", created_s}, {"choices", json::array{std::move(choice)}}};
-    return "data: " + finish_json(c) + "\n\n";
-  };
-  // Microseconds per piece at the configured speed: the whole reply takes completion_tokens / tps.
-  const int64_t piece_us = tokens_per_second_ > 0
-      ? static_cast<int64_t>(static_cast<double>(g.completion_tokens) * 1e6 / tokens_per_second_ / static_cast<double>(pieces.size()))
-      : 0;
-  Response r;
-  r.stream = true;
-  r.headers = {{"X-Generation-Id", g.id}, {"Cache-Control", "no-cache"}};
-  r.events.push_back({": OPENROUTER PROCESSING\n\n", 0});
-  for (size_t i = 0; i < pieces.size(); ++i)
-    r.events.push_back({chunk(json::object{{"role", "assistant"}, {"content", pieces[i]}}, nullptr), i == 0 ? ttft_ms_ * 1000 : piece_us});
-  r.events.push_back({chunk(json::object{{"role", "assistant"}, {"content", ""}}, "stop"), 0});
-  json::object last{{"id", g.id}, {"provider", "Emulator"}, {"model", g.model}, {"object", "chat.completion.chunk"},
-                    {"created", created_s}, {"choices", json::array{}}, {"usage", usage_json(g.prompt_tokens, g.completion_tokens, g.cost)}};
-  r.events.push_back({"data: " + finish_json(last) + "\n\n", 0});
-  r.events.push_back({"data: [DONE]\n\n", 0});
-  return r;
-}
-
 Response Emulator::admin(const Request& request, const std::string& path) {
   std::error_code ec;
   json::value v = request.body.empty() ? json::value(json::object{}) : json::parse(request.body, ec);
@@ -542,6 +401,7 @@ Response Emulator::admin(const Request& request, const std::string& path) {
       tokens_per_second_ = std::clamp(x->to_number<double>(), 0.0, 1e6);
     if (const json::value* x = o.if_contains("omit_newer_fields"); x && x->is_bool()) omit_newer_fields_ = x->get_bool();
     if (const json::value* x = o.if_contains("extra_fields"); x && x->is_bool()) extra_fields_ = x->get_bool();
+    generations_kept_ = static_cast<size_t>(std::clamp<int64_t>(integer("generations_kept", static_cast<int64_t>(generations_kept_)), 1, 10'000'000));
     return Response{200, "{\"ok\":true}", {}, 0, false};
   }
   if (path == "/__emulator/usage" && request.method == "POST") {

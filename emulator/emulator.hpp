@@ -2,16 +2,21 @@
 //
 // Implements what ../shared/openrouter-api.md describes for keys (/keys CRUD, pages of 100 newest
 // first, disabled keys hidden unless asked), /key (and /auth/key), /credits, /models, /generation
-// and /chat/completions, with per-key usage in all-time, UTC day, Monday week and calendar month
+// /chat/completions, /completions and /embeddings (completions.cpp), with per-key usage in all-time, UTC day, Monday week and calendar month
 // buckets and limit enforcement. Money is kept in integer nano-USD and emitted as JSON numbers with
 // up to 9 decimals. Faults are injected through /__emulator/* (loopback only, no auth: a test tool).
 // A completion with "stream": true is answered as OpenRouter streams: server-sent events, one HTTP
 // chunk each (`events`), the usage chunk last before `data: [DONE]`; the transport sends them as
 // produced, after each event's delay (time to first token and generation speed, both 0 by default).
+// Generations are kept for /generation?id= lookups: the last kGenerationsKept (settable through
+// /__emulator/settings "generations_kept"), older ones answer 404, so a long run's memory stays
+// bounded (about 150 bytes a generation: 100,000 take some 15 MiB).
 // Thread safety: handle() may be called from many connection threads; one mutex guards the state.
 #pragma once
 
+#include <boost/json/object.hpp>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -52,8 +57,12 @@ struct ModelPrice {
   int64_t request_nanousd;
 };
 
+// What a completion request asks for: chat messages, a text prompt, or embeddings of an input.
+enum class Kind { kChat, kText, kEmbedding };
+
 class Emulator {
  public:
+  static constexpr size_t kGenerationsKept = 100'000;
   // management_key: the plaintext of the one management key (sk-or-v1-...).
   explicit Emulator(std::string management_key, int64_t (*now_ms)() = nullptr);
   Response handle(const Request& request);
@@ -90,8 +99,10 @@ class Emulator {
   void charge(Key& key, int64_t nanousd);
   int64_t window_usage(const Key& key) const;
   std::string key_json(const Key& key, bool newer_fields) const;
-  Response completion(Key& key, const Request& request);
-  Response completion_stream(const Generation& g, const std::string& content) const;
+  Response completion(Key& key, const Request& request, Kind kind);
+  Response reply(const Generation& g, const boost::json::object& request, Kind kind, bool stream) const;
+  Response completion_stream(const Generation& g, const std::string& content, Kind kind) const;
+  void keep(const Generation& g);
   std::string now_iso() const;
 
   std::mutex mutex_;
@@ -100,6 +111,8 @@ class Emulator {
   std::vector<ModelPrice> models_;
   std::vector<Fault> faults_;
   std::map<std::string, Generation> generations_;
+  std::deque<std::string> generation_order_;  // oldest first, for dropping beyond generations_kept_
+  size_t generations_kept_ = kGenerationsKept;
   int64_t next_seq_ = 1;
   int64_t credits_total_ = 100 * 1'000'000'000LL;
   int page_size_ = 100;

@@ -11,10 +11,12 @@
 #include <string>
 #include <thread>
 
-#include <curl/curl.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 
 #include "core/admin.hpp"
 #include "core/config.hpp"
+#include "loops.hpp"
 #include "server.hpp"
 
 using namespace ledger;
@@ -83,35 +85,34 @@ int main(int argc, char** argv) {
   std::shared_ptr<const Config> config;
   std::string key, error;
   if (!load(path, &config, &key, &error)) return std::fprintf(stderr, "ledger-proxy: %s\n", error.c_str()), kExitUsage;
-  curl_global_init(CURL_GLOBAL_DEFAULT);
   std::unique_ptr<Ledger> ledger;
   if (!open_existing_ledger(*config, &ledger, &error).ok()) return std::fprintf(stderr, "ledger-proxy: %s\n", error.c_str()), kExitRuntime;
   install_signals();
   proxy::Proxy handler(config, *ledger, key);
+  if (error = handler.upstream_error(); !error.empty()) return std::fprintf(stderr, "ledger-proxy: %s\n", error.c_str()), kExitUsage;
   if (!handler.open_inflight(&error)) return std::fprintf(stderr, "ledger-proxy: %s\n", error.c_str()), kExitRuntime;
-  std::thread left_over([&] { handler.settle_left_over(); });  // what a proxy killed before left in flight
-  proxy::Server server(handler, config->proxy);
+  proxy::Loops loops(proxy::Loops::default_count());
+  proxy::Server server(handler, config->proxy, loops);
   if (!server.open(config->proxy.listen, &error)) return std::fprintf(stderr, "ledger-proxy: %s\n", error.c_str()), kExitRuntime;
+  loops.start();
+  server.start();
+  // What a proxy killed before left in flight (generation lookups take seconds; the loop goes on meanwhile).
+  boost::asio::co_spawn(loops.at(0), handler.settle_left_over(), boost::asio::detached);
   if (!port_file.empty()) std::ofstream(port_file) << server.port() << "\n";  // for tests and scripts that chose port 0
   log_line("info", "listening", "listen=" + config->proxy.listen.substr(0, config->proxy.listen.rfind(':')) + ":" +
-                                    std::to_string(server.port()) + " dir=" + config->ledger.dir);
-  std::thread reloader([&] {
-    while (!g_stop.load()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      if (!g_reload.exchange(false)) continue;
-      std::shared_ptr<const Config> next;
-      std::string next_key, why;
-      if (load(path, &next, &next_key, &why)) handler.update(next, next_key), log_line("info", "config reloaded");
-      else log_line("error", "reload refused, keeping the running config: " + why);
-    }
-  });
-  server.run(g_stop);
+                                    std::to_string(server.port()) + " dir=" + config->ledger.dir + " loops=" + std::to_string(loops.size()));
+  while (!g_stop.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!g_reload.exchange(false)) continue;
+    std::shared_ptr<const Config> next;
+    std::string next_key, why;
+    if (load(path, &next, &next_key, &why)) handler.update(next, next_key), log_line("info", "config reloaded");
+    else log_line("error", "reload refused, keeping the running config: " + why);
+  }
   log_line("info", "draining", "timeout_ms=" + std::to_string(config->proxy.drain_timeout_ms));
   server.drain(config->proxy.drain_timeout_ms);
   handler.cancel_all();  // (drained: only the left-over settling may still wait on OpenRouter)
-  left_over.join();
-  reloader.join();
+  loops.finish(5'000);
   log_line("info", "stopped");
-  curl_global_cleanup();
   return kExitOk;
 }

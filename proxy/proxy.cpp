@@ -1,8 +1,11 @@
 // proxy.cpp — see proxy.hpp.
 #include "proxy.hpp"
 
+#include <boost/asio.hpp>
 #include <boost/json.hpp>
+#include <cstring>
 
+#include "body.hpp"
 #include "core/admin.hpp"
 #include "ledger/money.hpp"
 #include "metrics.hpp"
@@ -10,6 +13,7 @@
 namespace ledger::proxy {
 
 namespace json = boost::json;
+namespace net = boost::asio;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -27,71 +31,13 @@ std::string error_body(const std::string& message, const char* type, const char*
 }
 
 // Answers with an OpenAI-shaped error; the outcome says which.
-Outcome& refuse(Outcome& o, Client& client, int status, const char* type, const char* code, const std::string& message,
-                Headers headers = {}) {
+net::awaitable<Outcome> refuse(Outcome o, Client& client, int status, const char* type, const char* code, const std::string& message,
+                               Headers headers = {}) {
   headers.emplace_back("Content-Type", "application/json");
   o.status = status;
   o.code = code;
-  (void)client.send(status, headers, error_body(message, type, code));
-  return o;
-}
-
-// A model id or account id as the ledger takes them: visible ASCII, no space (so also safe in a log line).
-bool printable(const std::string& text) {
-  for (const char ch : text)
-    if (ch <= ' ' || ch > '~') return false;
-  return true;
-}
-
-struct ChatRequest {
-  json::object body;
-  std::string model, user;
-  bool stream = false;
-  uint32_t max_tokens = 0;  // 0 = not given
-};
-
-// The fields the proxy reads, with their types checked; *error names the first one that is wrong.
-bool read_chat(const std::string& text, ChatRequest* c, std::string* error) {
-  json::parse_options options;
-  options.max_depth = 64;
-  std::error_code ec;
-  json::value v = json::parse(text, ec, {}, options);
-  if (ec || !v.is_object()) {
-    *error = ec ? "the body is not valid JSON: " + ec.message() : "the body must be a JSON object";
-    return false;
-  }
-  c->body = std::move(v.get_object());
-  const json::value* model = c->body.if_contains("model");
-  if (model == nullptr || !model->is_string() || model->get_string().empty()) {
-    *error = "\"model\" is required: a model id such as \"openai/gpt-4o-mini\"";
-    return false;
-  }
-  c->model = std::string(model->get_string());
-  if (c->model.size() > kModelIdMax || !printable(c->model)) {
-    *error = "\"model\" must be a model id of at most " + std::to_string(kModelIdMax) + " printable characters without spaces";
-    return false;
-  }
-  if (const json::value* m = c->body.if_contains("messages"); m == nullptr || !m->is_array()) {
-    *error = "\"messages\" is required: an array of messages";
-    return false;
-  }
-  if (const json::value* s = c->body.if_contains("stream"); s != nullptr && !s->is_null()) {
-    if (!s->is_bool()) return *error = "\"stream\" must be true or false", false;
-    c->stream = s->get_bool();
-  }
-  if (const json::value* u = c->body.if_contains("user"); u != nullptr && !u->is_null()) {
-    if (!u->is_string() || !valid_account_name(std::string_view(u->get_string())))
-      return *error = "\"user\" must be an account id (1-63 characters of [A-Za-z0-9._:@-])", false;
-    c->user = std::string(u->get_string());
-  }
-  for (const char* name : {"max_tokens", "max_completion_tokens"}) {
-    const json::value* t = c->body.if_contains(name);
-    if (t == nullptr || t->is_null()) continue;
-    if (!t->is_int64() || t->get_int64() < 1 || t->get_int64() > 10'000'000)
-      return *error = std::string("\"") + name + "\" must be a positive integer", false;
-    c->max_tokens = std::max(c->max_tokens, static_cast<uint32_t>(t->get_int64()));
-  }
-  return true;
+  (void)co_await client.send(status, headers, error_body(message, type, code));
+  co_return o;
 }
 
 // True when `user` is `account` or one of its descendants in the config.
@@ -122,110 +68,103 @@ Hold take_hold(Ledger& ledger, const std::string& account, const std::string& mo
   Hold h;
   h.amount = estimate_of(ledger, model, prompt_tokens, max_tokens);
   std::string_view chosen;
-  h.status = ledger.authorize(account, model, h.amount, ttl_s, &chosen, &h.id, 255);
+  h.status = ledger.authorize(account, model, h.amount, ttl_s, &chosen, &h.id, 255);  // its tokens count (estimate above)
   h.chosen = std::string(chosen);
+  if (h.status.code() == Code::kDeniedRate) h.retry_after_ms = Ledger::rate_retry_after_ms();  // this thread's, just set
   if (!h.status.ok() || h.chosen == model) return h;
   const int64_t bound = estimate_of(ledger, h.chosen, prompt_tokens, max_tokens);
   if (bound <= h.amount) return h;
   (void)ledger.release(h.id);
   h.amount = bound;
+  (void)estimate_of(ledger, h.chosen, prompt_tokens, max_tokens);  // its tokens count again at this admission
   h.status = ledger.authorize(account, h.chosen, h.amount, ttl_s, &chosen, &h.id, 255);
   h.chosen = std::string(chosen);
+  if (h.status.code() == Code::kDeniedRate) h.retry_after_ms = Ledger::rate_retry_after_ms();
   return h;
 }
 
 // A denied authorize() as the error an OpenAI SDK understands.
-Outcome& refuse_hold(Outcome& o, Client& client, const Hold& h, const std::string& account, const std::string& model) {
+struct Denial {
+  int status;
+  const char *type, *code;
+  std::string message;
+  Headers headers;
+};
+Denial denial_of(const Hold& h, const std::string& account, const std::string& model) {
   const Headers no_retry{{"x-should-retry", "false"}};
   switch (h.status.code()) {
     case Code::kDeniedOverBudget:
-      return refuse(o, client, 429, "insufficient_quota", "budget_exceeded", "account \"" + account + "\" is over its budget", no_retry);
+      return {429, "insufficient_quota", "budget_exceeded", "account \"" + account + "\" is over its budget", no_retry};
     case Code::kDeniedParentOverBudget:
-      return refuse(o, client, 429, "insufficient_quota", "parent_budget_exceeded",
-                    "a budget above account \"" + account + "\" (its team or org) is exhausted", no_retry);
+      return {429, "insufficient_quota", "parent_budget_exceeded", "a budget above account \"" + account + "\" (its team or org) is exhausted",
+              no_retry};
     case Code::kDeniedModel:
-      return refuse(o, client, 403, "permission_error", "model_not_allowed",
-                    "model \"" + model + "\" is not allowed for account \"" + account + "\" (its tier) and the tier has no fallback");
+      return {403, "permission_error", "model_not_allowed",
+              "model \"" + model + "\" is not allowed for account \"" + account + "\" (its tier) and the tier has no fallback", {}};
     case Code::kDeniedBlocked:
-      return refuse(o, client, 403, "permission_error", "account_blocked", "account \"" + account + "\" (or an ancestor) is blocked");
+      return {403, "permission_error", "account_blocked", "account \"" + account + "\" (or an ancestor) is blocked", {}};
+    case Code::kDeniedRate: {  // retryable: the SDKs wait retry-after-ms (else Retry-After, seconds) and retry
+      const uint32_t ms = std::max<uint32_t>(h.retry_after_ms, 1);
+      return {429, "rate_limit_error", "rate_limited",
+              "a requests/tokens per minute or concurrency limit of account \"" + account + "\" or an ancestor; retry in " +
+                  std::to_string(ms) + " ms",
+              {{"Retry-After", std::to_string((ms + 999) / 1000)}, {"retry-after-ms", std::to_string(ms)}}};
+    }
     case Code::kUnknownModel:
-      return refuse(o, client, 400, "invalid_request_error", "model_not_priced",
-                    "model \"" + h.chosen + "\" has no price in the ledger (ledgerctl init loads OpenRouter's prices)");
+      return {400, "invalid_request_error", "model_not_priced",
+              "model \"" + h.chosen + "\" has no price in the ledger (ledgerctl init loads OpenRouter's prices)", {}};
     case Code::kInvalidArgument:
-      return refuse(o, client, 400, "invalid_request_error", "invalid_request", "the ledger refused the request's model or account");
+      return {400, "invalid_request_error", "invalid_request", "the ledger refused the request's model or account", {}};
     case Code::kUnknownAccount:
-      return refuse(o, client, 401, "invalid_request_error", "invalid_api_key", "the key's account is not in the ledger");
+      return {401, "invalid_request_error", "invalid_api_key", "the key's account is not in the ledger", {}};
     default:
-      return refuse(o, client, 503, "server_error", "ledger_unavailable", "the ledger refused the hold: " + std::string(h.status.message()));
+      return {503, "server_error", "ledger_unavailable", "the ledger refused the hold: " + std::string(h.status.message()), {}};
   }
 }
 
-// The body sent upstream: the chosen model, a max_tokens when there was none (the hold's bound),
-// usage asked for, and `user` set to the account the request is charged to.
-std::string upstream_body(ChatRequest& c, const std::string& chosen, const std::string& account, uint32_t max_tokens_default) {
-  c.body["model"] = chosen;
-  if (c.max_tokens == 0) c.body["max_tokens"] = max_tokens_default;
-  c.body["usage"] = json::object{{"include", true}};
-  if (c.stream) c.body["stream_options"] = json::object{{"include_usage", true}};
-  c.body["user"] = account;
-  return json::serialize(c.body);
-}
-
-// usage.cost of a reply or of a stream's last chunk, nano-USD; nullopt when absent.
-std::optional<int64_t> usage_cost(const json::value& v) {
-  const json::object* o = v.if_object();
-  const json::value* usage = o != nullptr ? o->if_contains("usage") : nullptr;
-  const json::value* cost = usage != nullptr && usage->is_object() ? usage->get_object().if_contains("cost") : nullptr;
-  if (cost == nullptr || !cost->is_number()) return std::nullopt;
-  auto n = usd_double_to_nanousd(cost->to_number<double>());
-  return n && *n >= 0 ? n : std::nullopt;
-}
-
-std::string id_of(const json::value& v) {
-  const json::object* o = v.if_object();
-  const json::value* id = o != nullptr ? o->if_contains("id") : nullptr;
-  return id != nullptr && id->is_string() ? std::string(id->get_string()).substr(0, 128) : "";
-}
-
-// Reads a stream's events as they pass: the generation id and the last usage.cost.
+// Reads a stream's events as they pass: the generation id (from the first event that names one)
+// and the last usage.cost. Only those events are parsed as JSON: the content events between them
+// are scanned for a newline and nothing else.
 struct SseWatch {
   std::string line, id;
   std::optional<int64_t> cost;
+  std::optional<TokenUsage> tokens;
   void feed(const char* data, size_t size) {
-    for (size_t i = 0; i < size; ++i) {
-      if (data[i] != '\n') {
-        if (line.size() < kSseLineMax) line += data[i];
-        continue;
-      }
-      if (line.rfind("data: ", 0) == 0 && line.compare(6, std::string::npos, "[DONE]") != 0) {
-        std::error_code ec;
-        const json::value v = json::parse(std::string_view(line).substr(6), ec);
-        if (!ec) {
-          if (id.empty()) id = id_of(v);
-          if (auto c = usage_cost(v)) cost = c;
-        }
-      }
+    for (size_t at = 0; at < size;) {
+      const char* newline = static_cast<const char*>(std::memchr(data + at, '\n', size - at));
+      const size_t end = newline != nullptr ? static_cast<size_t>(newline - data) : size;
+      if (line.size() < kSseLineMax) line.append(data + at, std::min(end - at, kSseLineMax - line.size()));
+      at = end + 1;
+      if (newline == nullptr) break;
+      event();
       line.clear();
     }
   }
+  void event() {
+    if (line.rfind("data: ", 0) != 0 || line.compare(6, std::string::npos, "[DONE]") == 0) return;
+    if (!id.empty() && line.find("\"usage\"") == std::string::npos) return;
+    std::error_code ec;
+    const json::value v = json::parse(std::string_view(line).substr(6), ec);
+    if (ec) return;
+    if (id.empty()) id = id_of(v);
+    if (auto c = usage_cost(v)) cost = c;
+    if (auto t = usage_tokens(v)) tokens = t;
+  }
 };
-
-}  // namespace
-
-namespace {
 
 // Settles the hold: the reply's cost, else the generation's, else the hold in full; released when
 // OpenRouter cannot have billed anything.
-void settle(Ledger& ledger, Upstream& upstream, const Hold& h, bool billable, std::optional<int64_t> cost, const std::string& generation,
-            const std::atomic<bool>* cancel, Outcome& o) {
+net::awaitable<void> settle(Ledger& ledger, Upstream& upstream, const Hold& h, bool billable, std::optional<int64_t> cost,
+                            std::optional<TokenUsage> tokens, const std::string& generation, const std::atomic<bool>* cancel,
+                            Outcome& o) {
   if (!billable) {
     (void)ledger.release(h.id);
     o.settled = "released";
-    return;
+    co_return;
   }
   o.settled = "usage";
   if (!cost) {
-    cost = upstream.generation_cost(generation, kGenerationAttempts, kGenerationIntervalMs, cancel);
+    cost = co_await upstream.generation_cost(generation, kGenerationAttempts, kGenerationIntervalMs, cancel);
     o.settled = "generation";
   }
   if (!cost) {
@@ -233,7 +172,9 @@ void settle(Ledger& ledger, Upstream& upstream, const Hold& h, bool billable, st
     o.settled = "hold";
   }
   o.cost_nanousd = *cost;
-  (void)ledger.commit(h.id, *cost);
+  // With the reply's token counts, tokens-per-minute limits count those instead of the estimate's.
+  if (tokens) (void)ledger.commit_usage(h.id, *cost, tokens->prompt, tokens->completion);
+  else (void)ledger.commit(h.id, *cost);
 }
 
 Headers pass_headers(const UpstreamReply& r) {
@@ -242,6 +183,10 @@ Headers pass_headers(const UpstreamReply& r) {
   if (!r.retry_after.empty()) h.emplace_back("Retry-After", r.retry_after);  // OpenRouter's back-off, for the SDKs
   if (!r.should_retry.empty()) h.emplace_back("x-should-retry", r.should_retry);
   return h;
+}
+
+std::string bearer_of(const Request& r) {
+  return r.authorization.rfind("Bearer ", 0) == 0 ? r.authorization.substr(7) : "";
 }
 
 }  // namespace
@@ -264,11 +209,11 @@ void Proxy::update(std::shared_ptr<const admin::Config> config, std::string upst
 
 void Proxy::record(const Outcome& outcome) { metrics_->record(outcome); }
 
-void Proxy::settle_left_over() {
+net::awaitable<void> Proxy::settle_left_over() {
   const auto upstream = this->upstream();
   for (const Inflight::Record& r : inflight_.left_over()) {
-    std::optional<int64_t> cost = upstream->generation_cost(r.generation, kGenerationAttempts, kGenerationIntervalMs, &cancel_);
-    if (cancel_.load()) return;  // shutting down: the next start settles the rest
+    std::optional<int64_t> cost = co_await upstream->generation_cost(r.generation, kGenerationAttempts, kGenerationIntervalMs, &cancel_);
+    if (cancel_.load()) co_return;  // shutting down: the next start settles the rest
     const Status s = ledger_.commit(r.reservation, cost.value_or(r.hold_nanousd));
     admin::log_line(s.ok() || s.code() == Code::kAlreadySettled ? "info" : "warn", "settled a request a previous proxy left in flight",
                     "cost_usd=" + format_usd(cost.value_or(r.hold_nanousd)) + " how=" + (cost ? "generation" : "hold") +
@@ -289,7 +234,7 @@ std::shared_ptr<Upstream> Proxy::upstream() const {
   return upstream_;
 }
 
-Outcome Proxy::handle(const Request& request, Client& client) {
+net::awaitable<Outcome> Proxy::handle(const Request& request, Client& client) {
   const auto config = this->config();
   const auto upstream = this->upstream();
   Outcome o;
@@ -298,126 +243,166 @@ Outcome Proxy::handle(const Request& request, Client& client) {
   else if (path.rfind("/v1/", 0) == 0) path = path.substr(3);
   if (request.target == "/healthz" && request.method == "GET") {
     o.status = 200;
-    (void)client.send(200, {{"Content-Type", "application/json"}}, "{\"status\":\"ok\"}");
-    return o;
+    const Headers headers{{"Content-Type", "application/json"}};  // (named: GCC 12 cannot take this list inside co_await)
+    (void)co_await client.send(200, headers, "{\"status\":\"ok\"}");
+    co_return o;
   }
   if (request.target == "/metrics" && request.method == "GET") {
     o.status = 200;
-    (void)client.send(200, {{"Content-Type", "text/plain; version=0.0.4"}}, metrics_->text(in_flight_ ? in_flight_->load() : 0));
-    return o;
+    const Headers headers{{"Content-Type", "text/plain; version=0.0.4"}};
+    const std::string text = metrics_->text(in_flight_ ? in_flight_->load() : 0);
+    (void)co_await client.send(200, headers, text);
+    co_return o;
   }
-  if (path == "/chat/completions" && request.method == "POST") return chat(request, client, *config, *upstream);
-  if (path == "/models" && request.method == "GET") return models(request, client, *upstream);
-  if (path == "/chat/completions" || path == "/models") return refuse(o, client, 405, "invalid_request_error", "method_not_allowed",
-                                                                      request.method + " is not allowed on " + path);
-  return refuse(o, client, 404, "invalid_request_error", "not_found",
-                "no such endpoint: the proxy serves POST /api/v1/chat/completions, GET /api/v1/models, GET /healthz, GET /metrics");
+  const Endpoint* endpoint = endpoint_at(path);
+  if (endpoint != nullptr && request.method == "POST") co_return co_await generate(request, *endpoint, client, *config, *upstream);
+  if (path == "/models" && request.method == "GET") co_return co_await models(request, client, *upstream);
+  if (endpoint != nullptr || path == "/models") {
+    const std::string message = request.method + " is not allowed on " + path;
+    co_return co_await refuse(o, client, 405, "invalid_request_error", "method_not_allowed", message);
+  }
+  co_return co_await refuse(o, client, 404, "invalid_request_error", "not_found",
+                            "no such endpoint: the proxy serves POST /api/v1/chat/completions, /api/v1/completions, /api/v1/embeddings, "
+                            "GET /api/v1/models, GET /healthz, GET /metrics");
 }
 
-Outcome Proxy::models(const Request& request, Client& client, Upstream& upstream) {
+net::awaitable<Outcome> Proxy::models(const Request& request, Client& client, Upstream& upstream) {
   Outcome o;
-  const std::string bearer = request.authorization.rfind("Bearer ", 0) == 0 ? request.authorization.substr(7) : "";
-  const auto owner = keys_.account_of(bearer);
-  if (!owner) return refuse(o, client, 401, "invalid_request_error", "invalid_api_key", "a valid proxy key is required (Bearer lk-...)");
-  o.account = *owner;
-  const Clock::time_point start = Clock::now();
-  const UpstreamReply r = upstream.get("/models", &cancel_);
-  o.upstream_us = us_between(start, Clock::now());
-  if (r.status == 0) return refuse(o, client, 502, "server_error", "upstream_unreachable", "OpenRouter did not answer: " + r.error);
-  o.status = static_cast<int>(r.status);
-  (void)client.send(o.status, pass_headers(r), r.body);
-  return o;
-}
-
-Outcome Proxy::chat(const Request& request, Client& client, const admin::Config& config, Upstream& upstream) {
-  Outcome o;
-  const std::string bearer = request.authorization.rfind("Bearer ", 0) == 0 ? request.authorization.substr(7) : "";
-  const auto owner = keys_.account_of(bearer);
+  const auto owner = keys_.account_of(bearer_of(request));
   if (!owner)
-    return refuse(o, client, 401, "invalid_request_error", "invalid_api_key",
-                  bearer.empty() ? "no proxy key: send Authorization: Bearer lk-... (ledgerctl proxy-key create ACCOUNT)"
-                                 : "the proxy key is not valid (unknown or revoked)");
-  ChatRequest c;
-  std::string error;
-  if (!read_chat(request.body, &c, &error)) return refuse(o, client, 400, "invalid_request_error", "invalid_request", error);
+    co_return co_await refuse(o, client, 401, "invalid_request_error", "invalid_api_key", "a valid proxy key is required (Bearer lk-...)");
   o.account = *owner;
-  o.model = c.model;
-  o.stream = c.stream;
-  if (!c.user.empty() && !in_subtree(config, *owner, c.user))
-    return refuse(o, client, 403, "permission_error", "user_not_allowed",
-                  "\"user\" must name the key's account \"" + *owner + "\" or one of its descendants");
-  if (!c.user.empty()) o.account = c.user;  // end-user attribution on a team's key
-  const uint32_t max_tokens = c.max_tokens != 0 ? c.max_tokens : config.proxy.max_tokens_default;
+  const UpstreamReply r = co_await upstream.get("/models", &cancel_);
+  o.upstream_us = r.status != 0 ? us_between(r.written, r.answered) : 0;
+  const std::string message = "OpenRouter did not answer: " + r.error;
+  if (r.status == 0) co_return co_await refuse(o, client, 502, "server_error", "upstream_unreachable", message);
+  o.status = static_cast<int>(r.status);
+  const Headers headers = pass_headers(r);
+  (void)co_await client.send(o.status, headers, r.body);
+  co_return o;
+}
+
+net::awaitable<Outcome> Proxy::generate(const Request& request, const Endpoint& endpoint, Client& client, const admin::Config& config,
+                                        Upstream& upstream) {
+  Outcome o;
+  const std::string bearer = bearer_of(request);
+  const auto owner = keys_.account_of(bearer);
+  // (Arguments of a co_await are named first throughout: GCC 12 mishandles temporaries made in
+  // conditional expressions or brace lists inside a co_await.)
+  if (!owner) {
+    const std::string message = bearer.empty() ? "no proxy key: send Authorization: Bearer lk-... (ledgerctl proxy-key create ACCOUNT)"
+                                               : "the proxy key is not valid (unknown or revoked)";
+    co_return co_await refuse(o, client, 401, "invalid_request_error", "invalid_api_key", message);
+  }
+  BodyRequest b;
+  std::string error;
+  if (!read_body(request.body, endpoint, &b, &error)) co_return co_await refuse(o, client, 400, "invalid_request_error", "invalid_request", error);
+  o.account = *owner;
+  o.model = b.model;
+  o.stream = b.stream;
+  if (!b.user.empty() && !in_subtree(config, *owner, b.user)) {
+    const std::string message = "\"user\" must name the key's account \"" + *owner + "\" or one of its descendants";
+    co_return co_await refuse(o, client, 403, "permission_error", "user_not_allowed", message);
+  }
+  if (!b.user.empty()) o.account = b.user;  // end-user attribution on a team's key
+  const uint32_t max_tokens = !endpoint.completes ? 0 : b.max_tokens != 0 ? b.max_tokens : config.proxy.max_tokens_default;
   const uint32_t prompt_bound = static_cast<uint32_t>(std::min<size_t>(request.body.size(), UINT32_MAX));  // a token is >= 1 byte
   const uint32_t ttl_s = std::min<uint32_t>(kTtlMaxSeconds, config.proxy.upstream_timeout_ms / 1000 + 60);
-  const Hold h = take_hold(ledger_, o.account, c.model, prompt_bound, max_tokens, ttl_s);
+  const Hold h = take_hold(ledger_, o.account, b.model, prompt_bound, max_tokens, ttl_s);
   o.chosen = h.chosen;
-  if (!h.status.ok()) return refuse_hold(o, client, h, o.account, c.model);
+  if (!h.status.ok()) {
+    const Denial d = denial_of(h, o.account, b.model);
+    co_return co_await refuse(o, client, d.status, d.type, d.code, d.message, d.headers);
+  }
   o.hold_nanousd = h.amount;
   ++metrics_->holds_open;
-  inflight_.begin(h.id, h.amount);
+  const uint32_t slot = inflight_.begin(h.id, h.amount);
   struct Open {  // the hold is settled by the time this goes (every path below settles it)
     std::atomic<int64_t>& n;
     Inflight& inflight;
-    ReservationId id;
+    uint32_t slot;
     ~Open() {
       --n;
-      inflight.end(id);
+      inflight.end(slot);
     }
-  } open{metrics_->holds_open, inflight_, h.id};
-  const std::string body = upstream_body(c, h.chosen, o.account, config.proxy.max_tokens_default);
-  const Clock::time_point sent = Clock::now();
-  o.added_us = us_between(request.received, sent);
-  if (c.stream) return stream(o, client, upstream, h, body, sent);
-  const UpstreamReply r = upstream.post("/chat/completions", body, nullptr, &cancel_);
-  const Clock::time_point answered = Clock::now();
-  o.upstream_us = us_between(sent, answered);
+  } open{metrics_->holds_open, inflight_, slot};
+  const std::string body = upstream_body(b, endpoint, h.chosen, o.account, config.proxy.max_tokens_default);
+  if (b.stream) co_await stream(o, client, upstream, endpoint, h, slot, body, request.received);
+  else co_await answer(o, client, upstream, endpoint, h, body, request.received);
+  co_return o;
+}
+
+net::awaitable<void> Proxy::answer(Outcome& o, Client& client, Upstream& upstream, const Endpoint& endpoint, const Hold& h,
+                                   const std::string& body, Clock::time_point received) {
+  const UpstreamReply r = co_await upstream.post(endpoint.path, body, nullptr, &cancel_);
+  const Clock::time_point answered = r.status != 0 ? r.answered : Clock::now();
+  const Clock::time_point written = r.written != Clock::time_point{} ? r.written : answered;
   // The client first, then the bookkeeping (a generation lookup may take seconds).
   if (r.status == 0) {
-    (void)refuse(o, client, 502, "server_error", "upstream_unreachable", "OpenRouter did not answer: " + r.error);
+    const std::string message = "OpenRouter did not answer: " + r.error;
+    o = co_await refuse(o, client, 502, "server_error", "upstream_unreachable", message);
   } else {
     o.status = static_cast<int>(r.status);
-    (void)client.send(o.status, pass_headers(r), r.body);
+    const Headers headers = pass_headers(r);
+    (void)co_await client.send(o.status, headers, r.body);
   }
-  o.added_us += us_between(answered, Clock::now());
+  o.upstream_us = us_between(written, answered);
+  o.added_us = us_between(received, written) + us_between(answered, Clock::now());
   std::error_code ec;
   const json::value reply = r.status == 200 ? json::parse(r.body, ec) : json::value();
   // An error answer produced nothing to bill; a 200, or no answer to a request that was sent, may have.
-  settle(ledger_, upstream, h, r.sent && (r.status == 200 || r.status == 0), r.status == 200 && !ec ? usage_cost(reply) : std::nullopt,
-         !r.generation_id.empty() ? r.generation_id : !ec ? id_of(reply) : "", &cancel_, o);
-  return o;
+  const bool billable = r.sent && (r.status == 200 || r.status == 0);
+  const std::optional<int64_t> cost = r.status == 200 && !ec ? usage_cost(reply) : std::nullopt;
+  const std::string generation = !r.generation_id.empty() ? r.generation_id : !ec ? id_of(reply) : "";
+  const std::optional<TokenUsage> tokens = r.status == 200 && !ec ? usage_tokens(reply) : std::nullopt;
+  co_await settle(ledger_, upstream, h, billable, cost, tokens, generation, &cancel_, o);
 }
 
-Outcome Proxy::stream(Outcome& o, Client& client, Upstream& upstream, const Hold& h, const std::string& body, Clock::time_point sent) {
+net::awaitable<void> Proxy::stream(Outcome& o, Client& client, Upstream& upstream, const Endpoint& endpoint, const Hold& h, uint32_t slot,
+                                   const std::string& body, Clock::time_point received) {
   SseWatch watch;
   bool started = false, client_gone = false;
-  Clock::time_point first{};
-  const StreamSink sink = [&](const char* data, size_t size) {
-    if (!started) {
+  Clock::time_point arrived{};  // the first piece of the stream
+  int64_t relay_us = 0;         // from then until it had left for the client
+  const StreamSink sink = [&](const char* data, size_t size) -> net::awaitable<bool> {
+    const bool first = !started;
+    if (first) {
       started = true;
-      first = Clock::now();
-      o.upstream_us = us_between(sent, first);  // time to the first byte
-      if (!client.begin_stream(200, {{"Content-Type", "text/event-stream"}, {"Cache-Control", "no-cache"}})) return !(client_gone = true);
+      arrived = Clock::now();
+      const Headers headers{{"Content-Type", "text/event-stream"}, {"Cache-Control", "no-cache"}};
+      if (!co_await client.begin_stream(200, headers)) co_return !(client_gone = true);
     }
     const bool named = !watch.id.empty();
     watch.feed(data, size);
-    if (!named && !watch.id.empty()) inflight_.named(h.id, h.amount, watch.id);  // a restart can now look it up
-    if (!client.chunk(data, size)) return !(client_gone = true);  // the client went away: stop reading upstream
-    return true;
+    if (!named && !watch.id.empty()) inflight_.named(slot, watch.id);  // a restart can now look it up
+    if (!co_await client.chunk(data, size)) co_return !(client_gone = true);  // the client went away: stop reading upstream
+    if (first) relay_us = us_between(arrived, Clock::now());
+    co_return true;
   };
-  const UpstreamReply r = upstream.post("/chat/completions", body, &sink, &cancel_);
+  const UpstreamReply r = co_await upstream.post(endpoint.path, body, &sink, &cancel_);
+  const Clock::time_point written = r.written != Clock::time_point{} ? r.written : Clock::now();
+  o.added_us = us_between(received, written) + relay_us;
   if (!started) {  // no stream came: an error answer, or none
-    if (r.status == 0) (void)refuse(o, client, 502, "server_error", "upstream_unreachable", "OpenRouter did not answer: " + r.error);
-    else o.status = static_cast<int>(r.status), (void)client.send(o.status, pass_headers(r), r.body);
-    settle(ledger_, upstream, h, r.sent && (r.status == 200 || r.status == 0), std::nullopt, r.generation_id, &cancel_, o);
-    return o;
+    const std::string message = "OpenRouter did not answer: " + r.error;
+    const Headers headers = pass_headers(r);
+    if (r.status == 0) {
+      o = co_await refuse(o, client, 502, "server_error", "upstream_unreachable", message);
+    } else {
+      o.status = static_cast<int>(r.status);
+      o.upstream_us = us_between(written, r.answered);
+      (void)co_await client.send(o.status, headers, r.body);
+    }
+    const bool billable = r.sent && (r.status == 200 || r.status == 0);
+    co_await settle(ledger_, upstream, h, billable, std::nullopt, std::nullopt, r.generation_id, &cancel_, o);
+    co_return;
   }
+  o.upstream_us = us_between(written, arrived);  // time to the first byte
   o.status = 200;
   if (client_gone) o.code = "client_gone";
   else if (!r.error.empty()) o.code = "upstream_cut";
-  if (!client_gone) (void)client.end_stream();
-  settle(ledger_, upstream, h, true, watch.cost, !watch.id.empty() ? watch.id : r.generation_id, &cancel_, o);
-  return o;
+  if (!client_gone) (void)co_await client.end_stream();
+  const std::string generation = !watch.id.empty() ? watch.id : r.generation_id;
+  co_await settle(ledger_, upstream, h, true, watch.cost, watch.tokens, generation, &cancel_, o);
 }
 
 }  // namespace ledger::proxy

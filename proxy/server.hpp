@@ -1,50 +1,61 @@
-// server.hpp — ledger-proxy's HTTP/1.1 side (Boost.Beast): one thread per connection, because a
-// stream holds its request for as long as the model writes, and a blocking relay keeps each
-// stream's path short (upstream chunk -> client chunk, no queue in between). Limits: at most
-// proxy.max_concurrent requests in flight (more get 503 and Retry-After), a body limit (413),
-// a header limit (431), the time to send a whole request (header_timeout_ms) and the time a
-// keep-alive connection may sit idle (idle_timeout_ms). drain() stops accepting, lets requests in
-// flight finish until the deadline, then cuts their upstream transfers (they are settled as usual).
+// server.hpp — ledger-proxy's HTTP/1.1 side (Boost.Beast) on the event loops (loops.hpp): each
+// connection is a coroutine on one loop, so an open stream costs a coroutine frame and its
+// buffers, not a thread, and a request's path (client read, upstream write, upstream read, client
+// write) has no hand-off between threads. Limits: at most proxy.max_concurrent requests in flight
+// (more get 503 and Retry-After), at most max_concurrent + 256 connections (more get 503 at once),
+// a body limit (413), a header limit (431), the time to send a whole request (header_timeout_ms,
+// then 408) and the time a keep-alive connection may sit idle or a client may stop reading
+// (idle_timeout_ms). Deadlines are kept per connection and enforced by a sweep on each loop every
+// 50 ms (no timer armed per read or write); the first loop's sweep also gives memory back to the
+// system once a crowd of connections has gone (malloc_trim). drain() stops accepting, closes idle connections,
+// lets requests in flight finish until the deadline, then cuts their upstream transfers (they are
+// settled as usual).
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <cstdint>
-#include <mutex>
-#include <set>
+#include <memory>
 #include <string>
 
 #include "core/config.hpp"
+#include "loops.hpp"
 #include "proxy.hpp"
 
 namespace ledger::proxy {
 
 class Server {
  public:
-  Server(Proxy& proxy, const admin::ProxySection& limits) : proxy_(proxy), limits_(limits) { proxy_.set_in_flight(&in_flight_); }
+  Server(Proxy& proxy, const admin::ProxySection& limits, Loops& loops);
   ~Server();
   // Binds proxy.listen; false with *error naming the address.
   bool open(const std::string& listen, std::string* error);
   uint16_t port() const { return port_; }
-  // Accepts connections until *stop.
-  void run(const std::atomic<bool>& stop);
+  // Accepts connections on the loops (they must be started).
+  void start();
+  // Blocking, from a thread that is not a loop's: returns when every connection is closed (or the
+  // deadlines passed).
   void drain(uint32_t timeout_ms);
 
+  struct Session;  // a connection's state that a loop's sweep sees (server.cpp)
+
  private:
-  void session(int fd);
+  boost::asio::awaitable<void> accept_loop();
+  boost::asio::awaitable<void> session(boost::asio::ip::tcp::socket socket);
+  boost::asio::awaitable<void> sweep(bool trims);
   bool admit_request();
-  void finish_request();
+  void wait_until(const std::atomic<size_t>& count, uint32_t timeout_ms) const;
 
   Proxy& proxy_;
   const admin::ProxySection limits_;
-  int listen_fd_ = -1;
+  Loops& loops_;
+  std::unique_ptr<boost::asio::ip::tcp::acceptor> acceptor_;
   uint16_t port_ = 0;
   std::atomic<size_t> in_flight_{0};
+  std::atomic<size_t> sessions_{0};
   std::atomic<bool> draining_{false};
-  std::mutex mutex_;
-  std::condition_variable idle_;
-  std::set<int> sessions_;      // open connections (guarded by mutex_)
-  std::set<int> idle_fds_;      // those waiting for their next request (guarded by mutex_)
+  std::atomic<bool> stopped_{false};  // the sweeps end
 };
 
 }  // namespace ledger::proxy

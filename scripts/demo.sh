@@ -2,9 +2,10 @@
 # The main job in one command: installs what is missing, builds, and runs the whole system on a
 # local OpenRouter emulator (no network needed):
 #   emulator -> ledgerctl init -> a shared worker key -> ledger-sidecar (flush, reclaim, reconcile,
-#   reports, metrics) -> ledger-proxy with a pool of plain HTTP clients (lk- keys) beside a pool of
-#   worker processes that authorize, call the chat endpoint with the attribution headers and commit
-#   usage.cost, until the budgets bite -> the team report.
+#   reports, metrics) -> ledger-proxy with two pools of clients that know only a URL and an lk- key
+#   (Python httpx: erin, frank; Node with the official openai npm package, streaming: grace) beside
+#   a pool of worker processes that authorize, call the chat endpoint with the attribution headers and commit
+#   usage.cost, until the budgets bite -> the checks of both sides -> the team report.
 #   scripts/demo.sh [--short] [--workers N] [--seconds S]
 # With --hosts N (N >= 2), N simulated hosts share one team budget through leases on a private
 # PostgreSQL (scripts/demo-hosts.sh; --workers is then per host).
@@ -51,6 +52,26 @@ build="$(cd "$build" && pwd)"
 ctl="$build/sidecar/ledgerctl"
 if [ -n "$hosts" ]; then exec bash "$root/scripts/demo-hosts.sh" "$build" "$hosts" "$workers" "$seconds"; fi
 
+# The Node pool's one dependency, the openai npm package at the version examples/node's lock pins,
+# installed beside the build (npm ci; again only when the lock changed).
+node_dir="$build/node-demo"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "demo: node and npm are needed for the Node pool (scripts/setup.sh installs them)" >&2
+  exit 2
+fi
+mkdir -p "$node_dir"
+if ! cmp -s examples/node/package-lock.json "$node_dir/package-lock.json" || [ ! -f "$node_dir/node_modules/openai/package.json" ]; then
+  echo "== npm ci (the openai package for the Node pool, pinned by examples/node/package-lock.json)"
+  cp examples/node/package.json examples/node/package-lock.json "$node_dir/"
+  if ! (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error) > "$node_dir/npm.log" 2>&1; then
+    tail -20 "$node_dir/npm.log"
+    rm -f "$node_dir/package-lock.json"  # so that the next run tries again
+    echo "demo: npm ci failed (log: $node_dir/npm.log)" >&2
+    exit 2
+  fi
+fi
+cp examples/node/proxy_pool.mjs "$node_dir/"
+
 work="$(mktemp -d /tmp/ledger-demo.XXXXXX)"
 pids=()
 cleanup() {
@@ -92,8 +113,8 @@ echo "== ledger-sidecar"
 pids+=($!)
 sleep 0.5
 
-echo "== ledger-proxy, and a proxy pool (erin, frank) beside the batch workers"
-for user in erin frank; do
+echo "== ledger-proxy, and two proxy pools beside the batch workers: Python httpx (erin, frank), Node openai streaming (grace)"
+for user in erin frank grace; do
   "$ctl" --config "$work/demo.json" proxy-key create "$user" 2>/dev/null | sed -n "s/^$user: //p" > "$work/$user.lk"
 done
 "$build/proxy/ledger-proxy" --config "$work/demo.json" --port-file "$work/proxy.port" > "$work/proxy.log" 2>&1 &
@@ -103,13 +124,21 @@ proxy_url="http://127.0.0.1:$(cat "$work/proxy.port")/api/v1"
 python="$(command -v /usr/bin/python3 || command -v python3)"  # Debian's, which has python3-httpx
 "$python" "$root/examples/proxy_pool.py" "$proxy_url" "$seconds" erin="$work/erin.lk" frank="$work/frank.lk" > "$work/proxy-pool.out" 2>&1 &
 pool=$!
+node "$node_dir/proxy_pool.mjs" "$proxy_url" "$seconds" grace="$work/grace.lk" > "$work/node-pool.out" 2>&1 &
+node_pool=$!
 
 echo "== $workers batch workers for $seconds s"
 "$build/examples/ledger-demo" --dir "$work/ledger" --keep --workers "$workers" --seconds "$seconds" \
   --base-url "http://127.0.0.1:$port/api/v1"
 if ! wait "$pool"; then cat "$work/proxy-pool.out"; echo "demo: the proxy pool failed (log: $work/proxy.log)" >&2; exit 2; fi
-cat "$work/proxy-pool.out"
+if ! wait "$node_pool"; then cat "$work/node-pool.out"; echo "demo: the Node pool failed (log: $work/proxy.log)" >&2; exit 2; fi
+cat "$work/proxy-pool.out" "$work/node-pool.out"
 sleep 2.5   # one more flush, reconcile and report round of the sidecar
+# The proxy side's checks: every user of apps within its limit and answered, nothing held, and
+# apps' spend == the sum of its users' == what OpenRouter (the emulator) billed the proxy's key.
+"$ctl" --config "$work/demo.json" status --json > "$work/status.json"
+"$ctl" --config "$work/demo.json" keys list --json > "$work/keys.json"
+"$python" "$root/examples/proxy_checks.py" "$work/status.json" "$work/keys.json" "$proxy_hash" apps erin frank grace
 
 echo
 "$ctl" --config "$work/demo.json" report --to "$(date -u +%F)"

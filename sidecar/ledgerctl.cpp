@@ -66,6 +66,9 @@ Commands:
   proxy-key revoke ID         ID: the id or a unique prefix; the proxy refuses it at once
   global status [--json]      global mode: per global account its limit, spend across hosts, what is
                               leased, and each host's lease and last report
+  topup ACCOUNT USD [--until YYYY-MM-DD]
+                              raise the account's limit by USD for its current window (or through
+                              that UTC day); 0 removes it; journaled (a global account: in the store)
   config-reference            every config key with its default, range and meaning (Markdown; no --config)
   report [--from DATE] [--to DATE] [--format table|json|csv|html] [--out FILE]
                               the team report (default: the last 7 days, a table on stdout)
@@ -106,11 +109,23 @@ json::object balance_json(const std::string& account, const std::string& parent,
   o["available_usd"] = format_usd(b.available_nanousd);
   o["requests"] = b.requests;
   o["blocked"] = b.blocked;
+  o["soft"] = b.soft;  // its own limit never denies (DESIGN 13)
+  o["topup_nanousd"] = b.topup_nanousd;  // part of limit_nanousd, until topup_until_unix
+  o["topup_until_unix"] = b.topup_until_unix;
   return o;
 }
 
 // The table's period column: a budget without a period is a lifetime one, and says so.
 std::string period_column(Period p) { return p == Period::kNone ? "none (lifetime)" : std::string(period_name(p)); }
+
+// BLOCKED, SOFT (and how far over), +TOPUP until when.
+std::string flags_column(const Balance& b) {
+  std::string out = b.blocked ? "BLOCKED" : "";
+  const auto add = [&](const std::string& flag) { out += (out.empty() ? "" : " ") + flag; };
+  if (b.soft) add(b.available_nanousd < 0 ? "SOFT, over by " + format_usd(-b.available_nanousd) : "SOFT");
+  if (b.topup_nanousd != 0) add("+" + format_usd(b.topup_nanousd) + " top-up through " + format_date((b.topup_until_unix - 1) / 86400));
+  return out;
+}
 
 void print_table(const std::vector<AccountBalance>& rows) {
   std::printf("%-24s %-16s %-15s %14s %14s %12s %14s %9s %s\n", "ACCOUNT", "PARENT", "PERIOD", "LIMIT", "SPENT", "HELD",
@@ -120,8 +135,7 @@ void print_table(const std::vector<AccountBalance>& rows) {
     std::printf("%-24s %-16s %-15s %14s %14s %12s %14s %9llu %s\n", r.account.c_str(), r.parent.empty() ? "-" : r.parent.c_str(),
                 period_column(b.period).c_str(), format_usd(b.limit_nanousd).c_str(),
                 format_usd(b.spent_nanousd).c_str(), format_usd(b.held_nanousd).c_str(),
-                format_usd(b.available_nanousd).c_str(), static_cast<unsigned long long>(b.requests),
-                b.blocked ? "BLOCKED" : "");
+                format_usd(b.available_nanousd).c_str(), static_cast<unsigned long long>(b.requests), flags_column(b).c_str());
   }
 }
 
@@ -190,7 +204,7 @@ int cmd_init(const Config& config) {
   const ApplyReport r = apply_config(*ledger, config);
   for (const auto& e : r.errors) std::fprintf(stderr, "ledgerctl: init: %s\n", e.c_str());
   if (r.refused) return kExitRuntime;
-  for (const auto& w : unpriced_models(*ledger, config)) std::fprintf(stderr, "ledgerctl: warning: %s\n", w.c_str());
+  for (const auto& w : r.warnings) std::fprintf(stderr, "ledgerctl: warning: %s\n", w.c_str());
   const Status flushed = ledger->flush();
   std::printf("init: %s: %d accounts created, %d updated, %d unchanged, %d blocked (no longer in the config), %d prices\n",
               config.ledger.dir.c_str(), r.created, r.updated, r.unchanged, r.blocked_removed, r.prices);
@@ -309,6 +323,67 @@ int cmd_block(const Config& config, const std::string& account, bool blocked) {
     return kExitOk;
   }
   return runtime_error("unblocked locally, but " + error + "; run `ledgerctl unblock " + account + "` again once OpenRouter answers");
+}
+
+// ledgerctl topup ACCOUNT USD [--until YYYY-MM-DD]: the account's limit raised by USD for its current
+// window (or through the end of that UTC day); 0 removes it. A global account's top-up is the
+// store's (every host's grants see it); a local one is the segment's, journaled by the flush.
+int topup_global(const Config& config, const std::string& account, int64_t amount, int64_t until_unix);
+
+int cmd_topup(const Config& config, std::vector<std::string> args) {
+  std::string until_text;
+  for (size_t i = 1; i + 1 < args.size(); ++i)
+    if (args[i] == "--until") {
+      until_text = args[i + 1];
+      args.erase(args.begin() + static_cast<std::ptrdiff_t>(i), args.begin() + static_cast<std::ptrdiff_t>(i) + 2);
+      break;
+    }
+  if (args.size() != 3) return usage_error("topup: expected `topup ACCOUNT USD [--until YYYY-MM-DD]`");
+  const std::string& account = args[1];
+  const AccountConfig* a = nullptr;
+  for (const auto& c : config.accounts)
+    if (c.id == account) a = &c;
+  if (a == nullptr) return usage_error("topup: \"" + account + "\" is not an account of " + config.path);
+  const auto amount = parse_usd(args[2]);
+  if (!amount || *amount < 0) return usage_error("topup: \"" + args[2] + "\" is not a USD amount (e.g. 25.00; 0 removes the top-up)");
+  const int64_t now_s = ::time(nullptr);
+  int64_t until_s = 0;
+  if (!until_text.empty()) {
+    const auto day = parse_date(until_text);
+    if (!day) return usage_error("topup: --until must be a date such as 2026-12-31");
+    until_s = (*day + 1) * 86400;  // through the end of that UTC day
+    if (until_s <= now_s) return usage_error("topup: --until " + until_text + " is in the past");
+  } else if (a->period == Period::kNone) {
+    return usage_error("topup: \"" + account + "\" has a lifetime budget (no window): give --until YYYY-MM-DD");
+  } else {
+    until_s = period_end_unix(a->period, period_index(a->period, now_s));  // the end of the current window
+  }
+  const int64_t until = *amount == 0 ? 0 : until_s;
+  if (a->global) return topup_global(config, account, *amount, until);
+  std::unique_ptr<Ledger> ledger;
+  std::string error;
+  if (!open_existing_ledger(config, &ledger, &error).ok()) return runtime_error(error);
+  if (const Status s = ledger->set_topup(account, *amount, until * 1000); !s.ok()) return runtime_error("topup " + account + ": " + describe(s));
+  if (const Status s = ledger->flush(); !s.ok()) return runtime_error("topup: the store could not be written (journal): " + describe(s));
+  if (*amount == 0) std::printf("%s: top-up removed\n", account.c_str());
+  else std::printf("%s: limit raised by %s USD until %s UTC (journaled)\n", account.c_str(), format_usd(*amount).c_str(),
+                   format_date(until / 86400 - (until % 86400 == 0 ? 1 : 0)).c_str());
+  return kExitOk;
+}
+
+int topup_global(const Config& config, const std::string& account, int64_t amount, int64_t until_unix) {
+  global::PgOptions options;
+  std::string error;
+  if (!global::store_options(config, &options, &error)) return runtime_error("topup: " + error);
+  global::PgConnection pg(options);
+  global::PgError e;
+  bool found = false;
+  if (!global::set_topup(pg, account, amount, until_unix, &found, &e))
+    return runtime_error("topup " + account + ": the global store: " + e.message + "; nothing was changed");
+  if (!found) return runtime_error("topup: \"" + account + "\" is not in the global store; run `ledgerctl --config " + config.path + " init` first");
+  std::printf("%s: %s in the global store (every host's grants see it at their next refresh; journaled)\n", account.c_str(),
+              amount == 0 ? "top-up removed" : ("limit raised by " + format_usd(amount) + " USD").c_str());
+  return kExitOk;
 }
 
 int cmd_flush(const Config& config) {
@@ -605,7 +680,7 @@ void doctor_ledger(const Config& config, const Ledger& ledger, const DoctorLine&
                                               : std::to_string(missing) + " config accounts missing: run ledgerctl init");
   const auto unpriced = unpriced_models(ledger, config);
   for (const auto& u : unpriced) line(false, "prices", u);
-  if (unpriced.empty()) line(true, "prices", "every model the tiers name has a price");
+  if (unpriced.empty()) line(true, "prices", "every model the tiers and accounts name has a price");
   LedgerStats stats;
   (void)ledger.stats(&stats);
   line(stats.tallies_dropped == 0, "tallies",
@@ -823,5 +898,6 @@ int main(int argc, char** argv) {
   if (command == "destroy-segment") return want(1, "destroy-segment") ? cmd_destroy_segment(*config) : kExitUsage;
   if (command == "report") return cmd_report(*config, args);
   if (command == "global") return cmd_global(*config, args);
+  if (command == "topup") return cmd_topup(*config, args);
   return usage_error("unknown command \"" + command + "\"");
 }

@@ -25,6 +25,7 @@ std::string_view code_message(int32_t code) {
     case 12: return "permission denied";
     case 13: return "no ledger at that path";
     case 14: return "unknown model: no price known";
+    case 15: return "denied: a requests/tokens per minute or concurrency limit";
     default: return "unknown code";
   }
 }
@@ -152,16 +153,20 @@ Status Ledger::reserve(std::string_view account, int64_t amount_nanousd, uint32_
   AccountRef ref;
   Status status = find(account, &ref);
   if (!status.ok()) return status;
-  return impl_->admit(kOpReserve, ref.index, amount_nanousd, ttl_s, id);
+  return reserve(ref, amount_nanousd, ttl_s, id);
 }
 
 Status Ledger::reserve(AccountRef account, int64_t amount_nanousd, uint32_t ttl_s, ReservationId* id) {
   if (id == nullptr) return Code::kInvalidArgument;
-  return impl_->admit(kOpReserve, account.index, amount_nanousd, ttl_s, id);
+  return impl_->admit(kOpReserve, account.index, amount_nanousd, ttl_s, id, 0, 0, take_estimate_tokens(amount_nanousd));
 }
 
 Status Ledger::commit(ReservationId id, int64_t actual_nanousd) {
   return impl_->settle(id, true, actual_nanousd);
+}
+
+Status Ledger::commit_usage(ReservationId id, int64_t actual_nanousd, uint32_t prompt_tokens, uint32_t completion_tokens) {
+  return impl_->settle(id, true, actual_nanousd, int64_t{prompt_tokens} + completion_tokens);
 }
 
 Status Ledger::release(ReservationId id) { return impl_->settle(id, false, 0); }
@@ -187,6 +192,15 @@ Balance balance_of(Ledger::Impl& l, uint32_t index, const Now& now, int64_t held
   // Saturating: a damaged word must give a wrong number, never undefined arithmetic.
   const int64_t used = current ? word.used : 0;
   b.limit_nanousd = load(a.limit_nanousd);
+  const uint8_t flags = load(a.rules_flags);
+  b.soft = (flags & kRuleSoft) != 0;
+  int64_t topup = 0, until_ms = 0;
+  if (const int32_t entry = l.rules_of(index, kRuleTopup); entry >= 0 && load(a.global) == 0 &&
+                                                           l.read_topup(static_cast<uint32_t>(entry), &topup, &until_ms) && now.ms < until_ms) {
+    b.topup_nanousd = topup;  // in force: part of the limit admission applies
+    b.topup_until_unix = until_ms / 1000;
+    b.limit_nanousd = add_saturating(b.limit_nanousd, topup);
+  }
   b.held_nanousd = held;
   b.spent_nanousd = sub_saturating(used, held);
   b.available_nanousd = sub_saturating(b.limit_nanousd, used);
@@ -260,6 +274,7 @@ Status Ledger::stats(LedgerStats* out) const {
   s.denied_parent_over_budget = load(l.header->denials[1], memory_order_relaxed);
   s.denied_model = load(l.header->denials[2], memory_order_relaxed);
   s.denied_blocked = load(l.header->denials[3], memory_order_relaxed);
+  s.denied_rate = load(l.header->denials[4], memory_order_relaxed);
   s.max_tallies = l.tally_mask + 1;
   for (uint32_t i = 0; i <= l.tally_mask; ++i) s.tallies += load(l.tallies[i].key, memory_order_relaxed) != 0 ? 1 : 0;
   s.tallies_dropped = load(l.header->tallies_dropped, memory_order_relaxed);

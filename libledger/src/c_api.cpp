@@ -103,6 +103,18 @@ int ledger_commit(ledger_t* ledger, uint64_t reservation_id, int64_t actual_nano
   return to_int(ledger->ledger->commit(reservation_id, actual_nanousd));
 }
 
+int ledger_commit_usage(ledger_t* ledger, uint64_t reservation_id, int64_t actual_nanousd, uint32_t prompt_tokens,
+                        uint32_t completion_tokens) {
+  if (ledger == nullptr) return LEDGER_INVALID_ARGUMENT;
+  return to_int(ledger->ledger->commit_usage(reservation_id, actual_nanousd, prompt_tokens, completion_tokens));
+}
+
+int ledger_retry_after_ms(ledger_t* ledger, uint32_t* retry_after_ms) {
+  if (ledger == nullptr || retry_after_ms == nullptr) return LEDGER_INVALID_ARGUMENT;
+  *retry_after_ms = ledger::Ledger::rate_retry_after_ms();
+  return LEDGER_OK;
+}
+
 int ledger_release(ledger_t* ledger, uint64_t reservation_id) {
   if (ledger == nullptr) return LEDGER_INVALID_ARGUMENT;
   return to_int(ledger->ledger->release(reservation_id));

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "impl.hpp"
@@ -258,6 +259,38 @@ static int flush_tally(const Ledger::Impl& l, FlushTxn& t, const TallyRow& row, 
   return t.append_journal(entry);
 }
 
+// ---- account rules: the record a rebuild restores, and a journal entry per top-up changed ------------
+
+static int flush_rules(const Ledger::Impl& l, FlushTxn& t, uint32_t count) {
+  std::vector<RulesRecord> now;
+  for (uint32_t i = 0; i < count; ++i) {
+    RulesRecord r;
+    if (load(l.accounts[i].live) == 0 || !l.read_rules(i, &r.rules, &r.topup)) continue;
+    r.account = std::string(l.account_name(i));
+    now.push_back(std::move(r));
+  }
+  const std::string blob = encode_rules(now);
+  std::string stored;
+  const bool had = get_meta(t.txn, t.env, "rules", &stored);
+  if (had && stored == blob) return 0;
+  std::vector<RulesRecord> before;
+  if (had && !decode_rules(stored, &before)) before.clear();  // an unreadable record: every top-up is news
+  std::map<std::string, Topup> known;
+  for (const auto& r : before) known[r.account] = r.topup;
+  for (const auto& r : now) {
+    const Topup old = known.count(r.account) != 0 ? known[r.account] : Topup{};
+    if (old.amount_nanousd == r.topup.amount_nanousd && old.until_unix_ms == r.topup.until_unix_ms) continue;
+    JournalValue entry{};
+    entry.unix_ms = t.now_ms;
+    entry.kind = static_cast<uint32_t>(JournalKind::kTopup);
+    entry.index = r.topup.until_unix_ms;
+    entry.delta_nanousd = r.topup.amount_nanousd;
+    copy_name(entry.account, sizeof entry.account, r.account);
+    if (const int rc = t.append_journal(entry); rc != 0) return rc;
+  }
+  return put_meta(t.txn, t.env, "rules", blob);
+}
+
 // ---- meta: the policy tables, the hold policy, the limits, the flush's own record ----------------------
 
 static int flush_meta(const Ledger::Impl& l, FlushTxn& t, uint64_t next_sequence) {
@@ -269,7 +302,7 @@ static int flush_meta(const Ledger::Impl& l, FlushTxn& t, uint64_t next_sequence
     priced.push_back(std::move(p));
   }
   const HoldsValue holds{load(l.header->default_ttl_s), load(l.header->tombstone_grace_s), load(l.header->tombstones_max), 0};
-  const LimitsValue limits{l.max_accounts, l.max_reservations, l.max_processes, 0};
+  const LimitsValue limits{l.max_accounts, l.max_reservations, l.max_processes, l.rules_max};
   const std::pair<const char*, std::string> blobs[] = {
       {"tiers", encode_tiers(l.read_tiers())},
       {"prices", encode_prices(priced)},
@@ -373,6 +406,7 @@ Status Ledger::Impl::flush_store() {
       rc = flush_account_word(*this, t, i, p, snap.words[i * 2 + p], snap.held[i * 2 + p], known, &key, &day_key);
   }
   for (size_t k = 0; k < snap.tallies.size() && rc == 0; ++k) rc = flush_tally(*this, t, snap.tallies[k], snap.count);
+  if (rc == 0) rc = flush_rules(*this, t, snap.count);
   if (rc == 0) rc = flush_meta(*this, t, sequence + 1);
   if (rc == 0) rc = txn.commit();  // synced: durable on return
   if (rc == 0 && cacheable) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "atomics.hpp"
+#include "check.hpp"
 #include "layout.hpp"
 #include "ledger/ledger.hpp"
 
@@ -73,6 +74,25 @@ inline uint32_t make_tag(Period kind, int64_t index) {
 inline Period tag_kind(uint32_t tag) { return static_cast<Period>((tag >> 16) & 3u); }
 inline uint32_t tag_index(uint32_t tag) { return tag & 0xFFFFu; }
 inline uint32_t tag_parity(uint32_t tag) { return tag & 1u; }
+// Rate words (layout.hpp, AccountRules): counts in `used`, the minute in `meta`.
+inline constexpr uint64_t kRateRequestMax = (uint64_t{1} << kRateRequestBits) - 1;
+inline constexpr uint64_t kRateTokenMax = (uint64_t{1} << kRateTokenBits) - 1;
+inline constexpr uint64_t kRateConcurrentMax = (uint64_t{1} << kRateConcurrentBits) - 1;
+inline uint64_t rate_requests(int64_t used) { return static_cast<uint64_t>(used) & kRateRequestMax; }
+inline uint64_t rate_tokens(int64_t used) { return (static_cast<uint64_t>(used) >> kRateRequestBits) & kRateTokenMax; }
+inline uint64_t rate_concurrent(int64_t used) { return static_cast<uint64_t>(used) >> (kRateRequestBits + kRateTokenBits); }
+inline int64_t make_rate_used(uint64_t requests, uint64_t tokens, uint64_t concurrent) {
+  return static_cast<int64_t>((requests & kRateRequestMax) | ((tokens & kRateTokenMax) << kRateRequestBits) |
+                              ((concurrent & kRateConcurrentMax) << (kRateRequestBits + kRateTokenBits)));
+}
+inline uint32_t rate_minute(uint64_t meta) { return static_cast<uint32_t>(meta); }
+inline uint64_t make_rate_meta(uint32_t minute, uint32_t lane) {
+  return uint64_t{minute} | (uint64_t{lane & kLaneMask} << (kRequestBits + kTagBits));
+}
+inline constexpr uint64_t kRateLocation = uint64_t{1} << 61;  // Target::location namespace bit (rules index + 1)
+
+// The stamp a lease epoch puts on a global account's period word (layout.hpp, LeaseWord).
+inline uint32_t epoch_stamp(uint32_t lease_seq) { return kEpochStampBase | ((lease_seq >> 1) & (kEpochStamps - 1)); }
 
 inline uint64_t make_ctl(uint32_t seq, uint32_t phase, uint32_t kind, uint32_t resolver,
                          uint32_t bits) {
@@ -84,6 +104,16 @@ inline uint32_t ctl_resolver(uint64_t ctl) { return static_cast<uint32_t>(ctl >>
 inline uint32_t ctl_kind(uint64_t ctl) { return static_cast<uint32_t>(ctl >> 12) & 0xFu; }
 inline uint32_t ctl_phase(uint64_t ctl) { return static_cast<uint32_t>(ctl >> 8) & 0xFu; }
 inline uint32_t ctl_bits(uint64_t ctl) { return static_cast<uint32_t>(ctl) & 0xFFu; }
+// LaneHeader::applied_high: op seq (32) | the applied bits of targets [8, 16).
+inline uint64_t make_applied_high(uint32_t seq, uint32_t bits) { return (uint64_t{seq} << 32) | (bits & 0xFFu); }
+inline uint32_t applied_high_seq(uint64_t high) { return static_cast<uint32_t>(high >> 32); }
+// Whether target j's applied bit is set for the op of `ctl` (read ctl first; for j >= 8 the bit is
+// in applied_high, which counts only while it carries the same op seq).
+inline bool applied_bit(const Lane& lane, uint64_t ctl, uint32_t j) {
+  if (j < 8) return (ctl_bits(ctl) & (1u << j)) != 0;
+  const uint64_t high = load(lane.header.applied_high);
+  return applied_high_seq(high) == ctl_seq(ctl) && ((high >> (j - 8)) & 1u) != 0;
+}
 
 inline uint64_t make_res_state(uint32_t generation, uint32_t status, uint32_t lane) {
   return (uint64_t{generation} << 32) | (uint64_t{lane & kLaneMask} << 4) | (status & 0xFu);
@@ -151,8 +181,48 @@ struct OpScope {
   uint32_t n_targets = 0;
 };
 
-// The clock read once per operation. Period tags are derived on demand (tag()), since most chains
-// use one or two kinds and a monthly index needs a civil-date conversion.
+// CLOCK_MONOTONIC_COARSE in ms: the clock of lease deadlines, the same for every process (a vDSO read).
+inline int64_t monotonic_coarse_ms() {
+  struct timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+// An account and its ancestors, account first, as an admission resolved them: the key a settlement
+// goes through, each level's rate word (AccountRules index + 1, 0 = no rate limits), and the rule
+// flags of the whole chain (or-ed).
+struct Chain {
+  uint32_t accounts[kChainDepthMax];
+  uint32_t rates[kChainDepthMax] = {};
+  uint32_t depth = 0;
+  uint32_t key = 0;  // KeyEntry index + 1: the nearest bound key (the default rule), 0 = none
+  uint32_t flags = 0;
+};
+// A held reservation as its settler reads it (stable while held: only its settler writes it).
+struct HoldView {
+  int64_t amount;
+  uint32_t chain[kChainDepthMax];
+  uint32_t tags[kChainDepthMax];
+  uint32_t depth;
+};
+// An account's own model list as authorize reads it (ModelListFlags, fallback model index + 1, and
+// whether the requested model is on the list).
+struct ModelListView {
+  uint32_t flags = 0;
+  uint32_t fallback = 0;
+  bool allowed = false;
+};
+// What an admission landed: the period (or minute) of each forward target, the levels whose rate
+// words it counted in (bit per level), and that minute.
+struct Admitted {
+  uint32_t tags[kUndoBase] = {};
+  uint32_t rate_levels = 0;
+  uint32_t minute = 0;
+};
+
+// The clock read once per operation: one monotonic read, and the wall clock derived from it (see
+// Ledger::Impl::now). Period tags are derived on demand (tag()), since most chains use one or two
+// kinds and a monthly index needs a civil-date conversion.
 struct Now {
   // A settlement rarely needs the clock (only when the period it belonged to is gone), so it passes
   // an unread Now (ms < 0) and apply() reads the clock itself when it must.
@@ -161,7 +231,9 @@ struct Now {
     n.ms = -1;
     return n;
   }
-  int64_t ms = 0;
+  int64_t ms = 0;       // wall clock (UTC ms): periods, hold deadlines, minutes of rate limits
+  int64_t mono_ms = 0;  // CLOCK_MONOTONIC_COARSE: lease deadlines
+  uint32_t minute() const { return static_cast<uint32_t>(ms / 60'000); }
   int64_t s = 0;
   int64_t days = 0;
   const std::atomic<uint64_t>* month_cache = nullptr;  // (day << 32) | month index of that day
@@ -198,6 +270,11 @@ struct Env;
 
 namespace ledger {
 
+// estimate() notes the tokens of its result for this thread; the next admission of exactly that
+// amount on the thread counts them against tokens-per-minute limits (and takes them).
+void note_estimate_tokens(int64_t amount, uint64_t tokens);
+uint32_t take_estimate_tokens(int64_t amount);
+
 namespace detail {
 // True when <dir>/ledger.mdb exists (a ledger was initialized there).
 bool store_exists(const std::string& dir);
@@ -223,7 +300,8 @@ struct Ledger::Impl {
   detail::Tally* tallies = nullptr;
   detail::KeyEntry* keys = nullptr;
   detail::AccountLeases* leases = nullptr;
-  uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0, process_slots = 0;
+  detail::AccountRules* rules = nullptr;
+  uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0, process_slots = 0, rules_max = 0;
   uint32_t hash_mask = 0, tally_mask = 0, key_mask = 0;
 
   uint32_t process_slot = UINT32_MAX;
@@ -231,6 +309,10 @@ struct Ledger::Impl {
   // The fork epoch this handle registered in; published last (release), after process_slot.
   std::atomic<uint64_t> fork_epoch{UINT64_MAX};
   mutable std::atomic<uint64_t> month_cache{0};  // (day << 32) | month index of that day
+  // The wall clock minus the monotonic one, and until when (monotonic ms) it is used before it is
+  // measured again: an operation reads one clock (see now()).
+  mutable std::atomic<int64_t> wall_offset_ms{0};
+  mutable std::atomic<int64_t> wall_offset_until_ms{INT64_MIN};
   std::atomic<bool> reregistering{false};
   // OFD locks exclude other open file descriptions only; threads sharing this handle also need a
   // process-local mutex. Re-created in a forked child (a copy may be locked by a parent thread).
@@ -292,15 +374,35 @@ struct Ledger::Impl {
   // The limit admission applies to account `index` for period `tag`: its own limit for a local
   // account; for a global one, this host's lease for that period while it is valid, else 0.
   // *lease_seq: the lease's seqlock value read (0 for a local account), for lease_moved().
-  int64_t admission_limit(uint32_t index, uint32_t tag, uint32_t* lease_seq) const {
+  // A soft account's own limit never denies; a top-up raises a local one while it lasts.
+  int64_t admission_limit(uint32_t index, uint32_t tag, const detail::Now& now, uint32_t* lease_seq) const {
     const detail::Account& a = accounts[index];
-    if (detail::load(a.global, detail::memory_order_relaxed) == 0) [[likely]] {
+    const uint32_t global = detail::load(a.global, detail::memory_order_relaxed);
+    const uint32_t flags = detail::load(a.rules_flags, detail::memory_order_relaxed) & (detail::kRuleSoft | detail::kRuleTopup);
+    if ((global | flags) == 0) [[likely]] {
       *lease_seq = 0;
       return detail::load(a.limit_nanousd, detail::memory_order_relaxed);
     }
-    return lease_limit(index, tag, lease_seq);
+    return ruled_limit(index, tag, now, lease_seq);
   }
-  int64_t lease_limit(uint32_t index, uint32_t tag, uint32_t* seq_read) const;
+  int64_t ruled_limit(uint32_t index, uint32_t tag, const detail::Now& now, uint32_t* lease_seq) const;  // rules.cpp
+  // One consistent read of the lease word of (index, tag): false when it is being rewritten, is for
+  // another window, or its deadline has passed at `mono_ms` (fail closed). *seq: the seqlock value.
+  bool read_lease(uint32_t index, uint32_t tag, int64_t mono_ms, int64_t* limit, uint32_t* seq) const {
+    const detail::LeaseWord& w = leases[index].words[detail::tag_parity(tag)];
+    const uint32_t before = detail::load(w.seq);
+    const uint32_t lease_tag = detail::load(w.tag, detail::memory_order_relaxed);
+    *limit = detail::load(w.limit_nanousd, detail::memory_order_relaxed);
+    const int64_t deadline = detail::load(w.deadline_ms, detail::memory_order_relaxed);
+    detail::fence_acquire();
+    *seq = before;
+    return (before & 1u) == 0 && detail::load(w.seq, detail::memory_order_relaxed) == before && lease_tag == tag &&
+           mono_ms < deadline;
+  }
+  int64_t lease_limit(uint32_t index, uint32_t tag, int64_t mono_ms, uint32_t* seq_read) const;
+  // REQUIRES: the sidecar's lease writer. Puts epoch_stamp(seq) on account `index`'s word of
+  // `parity` (see LeaseWord): a fast debit that read an older lease can no longer land.
+  void stamp_epoch(uint32_t index, uint32_t parity, uint32_t seq) const;
   // A denied admission of a global account: raises its lease word's wanted_nanousd to `amount`.
   // Writes shared memory through the segment pointer, so callable from const paths.
   void note_lease_wanted(uint32_t index, uint32_t tag, int64_t amount) const;
@@ -323,16 +425,21 @@ struct Ledger::Impl {
   std::string key_hex(uint32_t key) const;  // "" for 0 or out of range
 
   // ---- engine.cpp -----------------------------------------------------------------------------
-  // Inline: every admission reads the clock once (CLOCK_REALTIME_COARSE, a vDSO read).
-  int64_t now_ms() const {
+  // Inline: every admission reads one clock, CLOCK_MONOTONIC_COARSE (a vDSO read, which is a third
+  // of a debit's time), and derives the wall clock (CLOCK_REALTIME_COARSE) from it with an offset
+  // measured again every kWallOffsetRefreshMs: a wall-clock step is seen within that time.
+  static constexpr int64_t kWallOffsetRefreshMs = 250;
+  int64_t wall_ms(int64_t mono_ms) const {
     if (options.clock.now_ms != nullptr) [[unlikely]] return options.clock.now_ms(options.clock.context);
-    struct timespec ts;
-    ::clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-    return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
+    if (mono_ms >= wall_offset_until_ms.load(std::memory_order_acquire)) [[unlikely]] return measure_wall_offset(mono_ms);
+    return mono_ms + wall_offset_ms.load(std::memory_order_relaxed);
   }
+  int64_t measure_wall_offset(int64_t mono_ms) const;  // segment.cpp
+  int64_t now_ms() const { return wall_ms(detail::monotonic_coarse_ms()); }
   detail::Now now() const {
     detail::Now n;
-    n.ms = std::max<int64_t>(now_ms(), 0);  // before 1970: not a time a ledger runs at; keeps the arithmetic simple
+    n.mono_ms = detail::monotonic_coarse_ms();
+    n.ms = std::max<int64_t>(wall_ms(n.mono_ms), 0);  // before 1970: not a time a ledger runs at; keeps the arithmetic simple
     n.s = n.ms / 1000;
     n.days = n.ms / 86'400'000;
     n.month_cache = &month_cache;
@@ -340,7 +447,7 @@ struct Ledger::Impl {
   }
   uint32_t lanes_total() const { return process_slots * detail::kLanesPerProcess; }
   detail::Lane& lane_by_id(uint32_t lane_id) const {
-    assert(lane_id >= 1 && lane_id <= lanes_total());
+    LEDGER_CHECK(lane_id >= 1 && lane_id <= lanes_total());
     return lanes[lane_id - 1];
   }
   int32_t find_index(std::string_view name) const;
@@ -361,6 +468,47 @@ struct Ledger::Impl {
   Code apply(detail::OpScope* op, uint32_t j, const detail::TargetSpec& spec, const detail::Now& now,
              uint32_t* effective_tag, bool spec_written, bool* landed = nullptr);
   void help(uint32_t lane_id, uint64_t location, detail::PeriodWord current) const;
+  void record_attempt(detail::OpScope* op, uint32_t j, const detail::TargetSpec* first_spec, uint32_t tag, uint64_t location,
+                      detail::PeriodWord desired);
+  bool cas_helping(const detail::OpScope& op, detail::PeriodWord& word, uint64_t location, detail::PeriodWord& current,
+                   detail::PeriodWord desired);
+  Code apply_tally(detail::OpScope* op, uint32_t j, const detail::TargetSpec& spec, uint32_t* effective_tag);
+  Code apply_level(detail::OpScope* op, uint32_t j, const detail::TargetSpec& spec, const detail::Now& now,
+                   uint32_t* effective_tag, bool spec_written, bool* landed);
+  Code apply_rate(detail::OpScope* op, uint32_t j, const detail::TargetSpec& spec, const detail::Now& now,
+                  uint32_t* effective_tag, bool spec_written);
+  bool plan_forced(const detail::TargetSpec& spec, const detail::Now& now, uint32_t stamp, detail::PeriodWord** word,
+                   detail::PeriodWord* current, detail::PeriodWord* desired, uint32_t* tag) const;
+
+  // ---- rules.cpp (account rules: own model lists, soft limits, top-ups, rate limits) -----------
+  // The rate word after admitting spec (a request, its tokens, a concurrent hold) in now's minute;
+  // false when a limit denies, with *retry_ms the hint for when it may pass.
+  bool plan_rate_admission(const detail::AccountRules& r, detail::PeriodWord current, const detail::TargetSpec& spec,
+                           const detail::Now& now, uint32_t stamp, detail::PeriodWord* desired, uint32_t* minute,
+                           uint32_t* retry_ms) const;
+  detail::PeriodWord plan_rate_forced(detail::PeriodWord current, const detail::TargetSpec& spec, uint32_t stamp) const;
+  static void note_rate_denial(uint32_t retry_ms);
+  template <class Read>
+  void read_guarded(const detail::AccountRules& r, Read&& read) const;
+  // The active or past top-up of entry `entry`; false when it has none.
+  bool read_topup(uint32_t entry, int64_t* amount, int64_t* until_ms) const;
+  detail::ModelListView read_model_list(uint32_t entry, int32_t model) const;
+  void read_model_names(const detail::AccountRules& r, RulesSpec* out) const;
+  // REQUIRES: the admin lock. Rewrites an entry's model list under its seqlock.
+  void write_model_list(detail::AccountRules& r, uint32_t list_flags, const std::vector<int32_t>& models, int32_t fallback);
+  // The AccountRules index of account `index` when the flag is in force, else -1.
+  int32_t rules_of(uint32_t index, uint8_t flag) const {
+    const detail::Account& a = accounts[index];
+    if ((detail::load(a.rules_flags, detail::memory_order_relaxed) & flag) == 0) return -1;
+    const uint32_t r = detail::load(a.rules, detail::memory_order_relaxed);
+    return r != 0 && r <= rules_max ? static_cast<int32_t>(r - 1) : -1;
+  }
+  Status write_rules(uint32_t index, const RulesSpec& spec);
+  Status write_topup(uint32_t index, int64_t amount_nanousd, int64_t until_unix_ms);
+  // What account `index` sets (false when nothing: no flags, no entry).
+  bool read_rules(uint32_t index, RulesSpec* out, Topup* topup) const;
+  // REQUIRES: the admin lock. The account's entry, assigned if it has none; nullptr when full.
+  detail::AccountRules* claim_rules(uint32_t index);
   // The word a Target::location names; nullptr when out of range.
   detail::PeriodWord* word_at(uint64_t location) const;
   uint32_t current_tag(const detail::Account& account, const detail::Now& now) const {
@@ -368,24 +516,30 @@ struct Ledger::Impl {
   }
   // model: the model index + 1 a reservation is for (authorize), 0 = none. key: the KeyEntry
   // index + 1 the request goes through, 0 = the default rule (the chain's nearest bound key).
+  // tokens: what the request counts against tokens-per-minute limits at admission.
   Status admit(uint32_t kind, uint32_t account, int64_t amount, uint32_t ttl_s, ReservationId* id,
-               uint32_t model = 0, uint32_t key = 0);
-  Code admit_levels(detail::OpScope* op, const uint32_t* chain, uint32_t depth, uint32_t kind, int64_t amount,
-                    const detail::Now& now, uint32_t* tags);
-  void publish_hold(uint32_t slot, uint32_t generation, const uint32_t* chain, uint32_t depth, const uint32_t* tags,
-                    int64_t amount, uint32_t ttl_s, const detail::Now& now, uint32_t model, uint32_t key);
+               uint32_t model = 0, uint32_t key = 0, uint32_t tokens = 0);
+  Code admit_levels(detail::OpScope* op, const detail::Chain& chain, uint32_t kind, int64_t amount, uint32_t tokens,
+                    const detail::Now& now, detail::Admitted* out);
+  void publish_hold(uint32_t slot, uint32_t generation, const detail::Chain& chain, const detail::Admitted& admitted,
+                    int64_t amount, uint32_t tokens, uint32_t ttl_s, const detail::Now& now, uint32_t model);
   // A free reservation slot claimed by `op` (kResReserving), dropping the oldest tombstone when no
   // slot is free; UINT32_MAX when every slot holds a live hold.
   uint32_t claim_reservation_slot(const detail::OpScope& op, uint32_t* generation);
+  uint32_t claim_oldest_tombstone(const detail::OpScope& op, uint32_t* generation);
+  void undo_fast_debit(uint32_t index, uint32_t tag, int64_t amount);
   // The Tally entry of (account, kind, id): found, or claimed when absent; -1 when none is free
   // within kTallyProbes (the caller counts it as dropped).
   int32_t tally_for(uint32_t account, uint32_t kind, uint32_t id);
   // Writes the spec of a forced tally target at index j of `op` (if the tally has an entry).
   bool write_tally(detail::OpScope* op, uint32_t j, uint32_t account, uint32_t kind, uint32_t id, int64_t amount,
                    int32_t requests, detail::TargetSpec* spec);
-  Status settle(ReservationId id, bool commit, int64_t actual);
+  // tokens: the request's real prompt + completion tokens (commit_usage), < 0 when not given.
+  Status settle(ReservationId id, bool commit, int64_t actual, int64_t tokens = -1);
   // One attempt: false when the slot left `state` before this op could claim it.
-  bool settle_hold(detail::OpScope* op, uint32_t slot, uint64_t state, bool commit, int64_t actual);
+  bool settle_hold(detail::OpScope* op, uint32_t slot, uint64_t state, bool commit, int64_t actual, int64_t tokens);
+  uint32_t rate_settlement(detail::OpScope* op, const detail::Reservation& r, const detail::HoldView& hold, bool expired,
+                           int64_t tokens, detail::TargetSpec* specs, uint32_t n);
   Status charge(uint32_t account, int64_t amount, uint32_t key);
   Status expire_hold(uint32_t slot, uint64_t state, int64_t now_ms);
   // Returns once reservation slot `slot` is no longer in `state` (an expiry in progress).
@@ -393,8 +547,8 @@ struct Ledger::Impl {
   int64_t held_in(uint32_t account, uint32_t tag) const;
   // Counts a denial by its code (1..4). Denials only: the grant path never touches the counters.
   Code count_denial(Code code) const {
-    const auto index = static_cast<uint32_t>(code) - 1;
-    if (index < 4) boost::atomics::ipc_atomic_ref<uint64_t>(header->denials[index]).fetch_add(1, detail::memory_order_relaxed);
+    const auto index = code == Code::kDeniedRate ? 4u : static_cast<uint32_t>(code) - 1;
+    if (index <= 4) boost::atomics::ipc_atomic_ref<uint64_t>(header->denials[index]).fetch_add(1, detail::memory_order_relaxed);
     return code;
   }
   // Reads a model's price consistently (seqlock); false when the model has no price.
@@ -426,6 +580,7 @@ struct Ledger::Impl {
   Status rebuild_from_store();
   Status rebuild_policy(MDB_txn* txn, const db::Env& env);  // tiers, prices, hold policy
   void rebuild_periods(MDB_txn* txn, const db::Env& env);
+  void rebuild_rules(MDB_txn* txn, const db::Env& env);
   // Raises *limits, per field, to what the store recorded for the last segment (if it did).
   void store_recorded_limits(Limits* limits) const;
   // Appends and publishes a new account record; -1 when max_accounts is reached.
@@ -438,6 +593,11 @@ struct Ledger::Impl {
   uint32_t admission_rollback(const detail::Lane& lane, uint32_t seq, uint32_t n, detail::TargetSpec* fixes) const;
   // held_slot: the process slot whose lock byte the caller already holds.
   Repair repair_lane(uint32_t dead_lane, detail::OpScope* op, int depth, uint32_t held_slot);
+  struct RepairPlan;  // reclaim.cpp: the corrections and slot move that resolve a dead lane's op
+  void plan_repair(const detail::Lane& lane, uint32_t dead, uint64_t ctl, RepairPlan* plan, uint32_t* slot_plus_one) const;
+  void roll_forward(const detail::Lane& lane, uint32_t seq, uint32_t n, RepairPlan* plan) const;
+  Repair repair_resolver(uint32_t dead, uint64_t ctl, detail::OpScope* op, int depth, uint32_t held_slot);
+  bool apply_repair(detail::OpScope* op, detail::Lane& lane, uint32_t dead, uint64_t ctl, const RepairPlan& plan, uint32_t slot_plus_one);
   // REQUIRES: the caller holds the slot's lock byte. op == nullptr: borrow one of its idle lanes.
   bool reclaim_dead_process(uint32_t slot, detail::OpScope* op);
   bool process_alive_for(uint32_t owner_slot, uint32_t owner_generation) const;

@@ -9,7 +9,7 @@
 // Segment = Header | ProcessSlot[process_slots] | Lane[process_slots * kLanesPerProcess]
 //         | Account[max_accounts] | uint32 hash[hash_mask + 1] | Reservation[max_reservations]
 //         | Price[kModelsMax] | Policy | Tally[tally_mask + 1] | KeyEntry[key_mask + 1]
-//         | AccountLeases[max_accounts]
+//         | AccountLeases[max_accounts] | AccountRules[rules_max]
 // process_slots = max_processes (for workers) + kAdminProcessSlots (kept for the sidecar and
 // ledgerctl, so that a pool that takes every worker slot cannot lock the admin side out).
 #pragma once
@@ -22,11 +22,18 @@ namespace ledger::detail {
 
 inline constexpr uint64_t kMagic = 0x3147455352444C4CULL;  // "LLDRSEG1" little-endian
 // 2: per-model spend. 3: per-key spend (KeyEntry, Account::key, Reservation::key, Tally kinds),
-// admin process slots, 128-byte reservations, the hold policy in the header.
-inline constexpr uint32_t kFormatVersion = 3;
+// admin process slots, 128-byte reservations, the hold policy in the header. 4: account rules (own
+// model lists, soft limits, top-ups, rate limits), lanes of 16 targets.
+inline constexpr uint32_t kFormatVersion = 4;
 inline constexpr uint32_t kLanesPerProcess = 8;
 inline constexpr uint32_t kChainDepthMax = 4;
-inline constexpr uint32_t kTargetsMax = 8;  // forward levels 0..3, undo levels 4..7
+// Lane targets of an admission: the chain's period words at [0, 4), its rate words at [4, 8), and
+// the undo of entry j (a denial, or a lease lowered meanwhile) at j + kUndoBase. A debit that was
+// admitted puts its key tally at kUndoBase (it has undo entries or a tally, never both). A
+// settlement's targets are listed in order from 0 (levels, tallies, rate words).
+inline constexpr uint32_t kRateTargetBase = kChainDepthMax;
+inline constexpr uint32_t kUndoBase = 2 * kChainDepthMax;
+inline constexpr uint32_t kTargetsMax = 2 * kUndoBase;
 inline constexpr uint32_t kAccountNameMax = 63;
 inline constexpr uint32_t kProcessesMax = 1023;      // worker process slots (Limits::max_processes)
 inline constexpr uint32_t kAdminProcessSlots = 4;    // and these, for Options::admin handles only
@@ -38,6 +45,12 @@ inline constexpr uint32_t kRequestBits = 32;
 inline constexpr uint32_t kTagBits = 18;
 static_assert(kRequestBits + kTagBits + kLaneBits == 64);
 static_assert(kProcessSlotsMax * kLanesPerProcess < (1u << kLaneBits));
+// Lane stamps above every lane id name no lane: they are the lease epochs of global accounts (see
+// LeaseWord, "epoch stamps"). Helping and repair never look at them (no lane entry carries them).
+// A power of two of them, so that the stamp of a lease is a mask, not a division, on the hot path.
+inline constexpr uint32_t kEpochStamps = 4096;
+inline constexpr uint32_t kEpochStampBase = (1u << kLaneBits) - kEpochStamps;
+static_assert(kEpochStampBase > kProcessSlotsMax * kLanesPerProcess);
 
 // ---------------------------------------------------------------------------------------------
 // Period word: the admission word of one account for one period. 16 bytes, changed only by a
@@ -68,11 +81,13 @@ struct alignas(64) Account {
   uint32_t name_hash;
   uint32_t key;          // the bound OpenRouter key: KeyEntry index + 1, 0 = none (admin lock)
   uint8_t global;        // 1: a global account (global mode): admits only against this host's lease
-  uint8_t reserved0[3];
+  uint8_t rules_flags;   // RuleFlags (admin lock); what the account's AccountRules entry says
+  uint16_t rules;        // AccountRules index + 1, 0 = none; assigned once (admin lock), never changed
   char name[64];
 };
 static_assert(sizeof(Account) == 128 && alignof(Account) == 64);
 static_assert(offsetof(Account, limit_nanousd) == 32 && offsetof(Account, name) == 64);
+static_assert(offsetof(Account, rules) == 62);
 
 // ---------------------------------------------------------------------------------------------
 // Reservation slot. `state` = generation (32) | lane (13, at bit 4) | status (4). The generation is
@@ -100,8 +115,12 @@ struct alignas(64) Reservation {
   uint32_t owner_generation;     // that slot's generation; a mismatch means the owner is gone
   // Second cache line: what the settlement is attributed to besides the chain.
   uint32_t key;                  // KeyEntry index + 1 the request goes through, 0 = none
-  uint32_t reserved0;
-  uint8_t reserved1[56];
+  // Rate limits (AccountRules): bit i = chain level i took a rate target at admission (its
+  // concurrency is given back at settlement), the minute it was counted in, its tokens then.
+  uint32_t rate_levels;
+  uint32_t rate_minute;
+  uint32_t rate_tokens;
+  uint8_t reserved1[48];
 };
 static_assert(sizeof(Reservation) == 128 && alignof(Reservation) == 64);
 static_assert(offsetof(Reservation, key) == 64);
@@ -145,7 +164,9 @@ enum OpKind : uint32_t {
 // kTargetTally: `account` is a Tally index, not an account (a settlement's per-model or per-key
 // tally). Tally entries of a debit sit at kChainDepthMax and above (where a denied admission puts
 // its undo entries; a debit has one or the other, never both).
-enum TargetFlags : uint32_t { kTargetAdmit = 1, kTargetUndo = 2, kTargetTally = 4 };
+// kTargetRate: `account` is an account whose AccountRules rate word is the target: `delta` tokens,
+// `delta_requests` requests, `fallback` concurrent holds (see RateWord).
+enum TargetFlags : uint32_t { kTargetAdmit = 1, kTargetUndo = 2, kTargetTally = 4, kTargetRate = 8 };
 struct alignas(64) Target {
   uint32_t seq;          // op seq this entry belongs to; 0 while being rewritten
   uint32_t account;
@@ -170,9 +191,13 @@ struct alignas(64) LaneHeader {
   uint32_t repair_lane;             // repair: the dead lane and the op it resolves
   uint32_t repair_seq;
   uint32_t targets_expected;  // charge: the number of specs; rolled forward only once all are written
-  uint8_t reserved[12];
+  uint32_t reserved;
+  // The applied bits of targets [8, 16), which ctl has no room for: op seq (32) | bits (8). Reset
+  // (with the new seq) before the op is published ACTIVE; a helper sets a bit with a CAS that checks
+  // the seq, exactly as for ctl's bits.
+  uint64_t applied_high;
 };
-static_assert(sizeof(LaneHeader) == 64);
+static_assert(sizeof(LaneHeader) == 64 && offsetof(LaneHeader, applied_high) == 56);
 struct alignas(64) Lane {
   LaneHeader header;
   Target targets[kTargetsMax];
@@ -271,6 +296,21 @@ static_assert(sizeof(KeyEntry) == 64);
 // the lease word of T's parity carries tag T and its deadline (CLOCK_MONOTONIC ms, the same clock
 // for every process) has not passed; no lease, an old one, a passed deadline or a write in progress
 // all deny: fail closed.
+//
+// Epoch stamps: the fast path of a root debit (one CAS, no lane, like a local one) must never land
+// against a lease the sidecar has lowered since the debit read it. So the lease's epoch is in the
+// period word itself: every rewrite of a lease word ends with the sidecar's CAS that puts the stamp
+// epoch_stamp(seq) on the account's period word of that parity (changing nothing else), and the fast
+// path admits only a word whose stamp is the epoch of the lease it read (word read first, then the
+// lease). A fast debit writes the stamp it found; lane operations write their lane ids; so once the
+// sidecar's CAS has landed, no value with an older epoch's stamp can come back (until the stamp
+// wraps, after kEpochStamps rewrites), and a debit that read the old lease fails its CAS and reads
+// again. Words not carrying the current epoch (after a lane operation, a new window) take the lane
+// path, which re-checks the lease after its CAS; the sidecar re-stamps them on its next publish.
+// Only a lowering (a smaller limit, an earlier deadline, another window) starts a new epoch (a
+// renewal or a grant is stored in place: see set_lease), and a fast debit that finds, after its
+// CAS, that kEpochStamps or more epochs passed since it read the lease takes itself back (its word
+// may have come back to the value it read, with the same stamp).
 struct alignas(32) LeaseWord {
   uint32_t seq;
   uint32_t tag;             // the period the lease is for (0 = none)
@@ -286,6 +326,41 @@ struct alignas(64) AccountLeases {
   LeaseWord words[2];
 };
 static_assert(sizeof(AccountLeases) == 64);
+
+// ---------------------------------------------------------------------------------------------
+// Account rules (DESIGN 13): what an account sets beyond its budget and tier. An account gets an
+// entry the first time it sets one (admin lock; Account::rules, never taken back), and
+// Account::rules_flags says which parts are in force, so admission reads an entry only for the
+// accounts that have one.
+//   kRuleSoft    its own limit never denies (its ancestors' still do)
+//   kRuleRate    rpm / tpm / max_concurrent: `rate` is a lane target of its admissions
+//   kRuleModels  its own model list and/or fallback (override its tier for it and its descendants)
+//   kRuleTopup   topup_nanousd raises its limit while the wall clock is before topup_until_ms
+// The rate word is a period word (the same 16-byte CAS, lane stamp and helping rule) packed as
+//   used: requests (20 bits) | tokens (30, at bit 20) | concurrent holds (14, at bit 50)
+//   meta: minute since the epoch (32 bits) | 0 | lane stamp (14, at bit 50)
+// Requests and tokens count in the minute the word carries (a later minute starts them at 0);
+// concurrent holds carry over: +1 when a hold is admitted, -1 when it is settled or expires (so the
+// holds of a dead process give their slots back when the reclaimer expires them). Forced changes
+// saturate at 0 and at each field's maximum. The model list and fallback and the top-up are guarded
+// by `seq` (odd while being rewritten under the admin lock; see Price for a writer that died).
+enum RuleFlags : uint8_t { kRuleSoft = 1, kRuleRate = 2, kRuleModels = 4, kRuleTopup = 8 };
+inline constexpr uint32_t kRateRequestBits = 20, kRateTokenBits = 30, kRateConcurrentBits = 14;
+static_assert(kRateRequestBits + kRateTokenBits + kRateConcurrentBits == 64);
+inline constexpr uint32_t kRulesMax = 65535;
+enum ModelListFlags : uint32_t { kListModels = 1, kListAllModels = 2, kListFallback = 4 };
+struct alignas(64) AccountRules {
+  PeriodWord rate;
+  uint32_t rpm, tpm, max_concurrent;  // 0 = no such limit; each word read on its own
+  uint32_t seq;
+  uint32_t list_flags;                // ModelListFlags
+  uint32_t fallback;                  // model index + 1
+  int64_t topup_nanousd;
+  int64_t topup_until_ms;
+  uint8_t reserved[8];
+  uint64_t allowed[kModelsMax / 64];  // bit per model index, with kListModels and not kListAllModels
+};
+static_assert(sizeof(AccountRules) == 192 && offsetof(AccountRules, allowed) == 64);
 
 // ---------------------------------------------------------------------------------------------
 struct alignas(64) Header {
@@ -311,7 +386,7 @@ struct alignas(64) Header {
   uint64_t offset_policy;
   uint8_t reserved0[8];
   char dir[512];                 // realpath of the ledger directory, for diagnostics
-  uint64_t denials[8];           // by Code 1..4 (index code - 1); counted on denial only
+  uint64_t denials[8];           // by Code 1..4 (index code - 1), and kDeniedRate (index 4); on denial only
   uint64_t offset_tallies;
   uint32_t tally_mask;           // table size - 1 (a power of two)
   uint32_t reserved2;
@@ -327,12 +402,15 @@ struct alignas(64) Header {
   uint32_t reserved3;
   uint64_t tombstones_dropped;   // tombstones dropped before their grace ended (count or a full table)
   uint64_t offset_leases;        // AccountLeases[max_accounts]
-  uint8_t reserved1[3312];
+  uint64_t offset_rules;         // AccountRules[rules_max]
+  uint32_t rules_max;            // Limits::max_account_rules
+  uint32_t rules_count;          // entries [0, rules_count) are assigned to accounts (admin lock)
+  uint8_t reserved1[3296];
 };
 static_assert(sizeof(Header) == 4096);
 static_assert(offsetof(Header, dir) == 128);
 
-static_assert(std::is_trivially_copyable_v<Header> && std::is_trivially_copyable_v<Account> &&
+static_assert(std::is_trivially_copyable_v<Header> && std::is_trivially_copyable_v<Account> && std::is_trivially_copyable_v<AccountRules> &&
               std::is_trivially_copyable_v<Reservation> && std::is_trivially_copyable_v<Lane>);
 
 }  // namespace ledger::detail

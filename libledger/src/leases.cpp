@@ -11,28 +11,38 @@ namespace ledger {
 
 using namespace detail;
 
-int64_t Ledger::monotonic_ms() {
-  struct timespec ts {};
-  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
-}
+int64_t Ledger::monotonic_ms() { return monotonic_coarse_ms(); }
 
-int64_t Ledger::Impl::lease_limit(uint32_t index, uint32_t tag, uint32_t* seq_read) const {
+int64_t Ledger::Impl::lease_limit(uint32_t index, uint32_t tag, int64_t mono_ms, uint32_t* seq_read) const {
   const LeaseWord& w = leases[index].words[tag_parity(tag)];
   for (int attempt = 0; attempt < 16; ++attempt) {
-    const uint32_t before = load(w.seq);
-    if ((before & 1u) != 0) continue;  // being rewritten (or its writer died there): look again, then deny
-    const uint32_t lease_tag = load(w.tag, memory_order_relaxed);
-    const int64_t limit = load(w.limit_nanousd, memory_order_relaxed);
-    const int64_t deadline = load(w.deadline_ms, memory_order_relaxed);
-    fence_acquire();
-    if (load(w.seq, memory_order_relaxed) != before) continue;
-    if (seq_read != nullptr) *seq_read = before;
-    if (lease_tag != tag || Ledger::monotonic_ms() >= deadline) return 0;  // no lease for this window, or lapsed
-    return limit;
+    int64_t limit = 0;
+    uint32_t seq = 0;
+    if (read_lease(index, tag, mono_ms, &limit, &seq)) {
+      if (seq_read != nullptr) *seq_read = seq;
+      return limit;
+    }
+    // Being rewritten (or its writer died there): look again, then deny. Stable but for another
+    // window, or lapsed: deny.
+    if ((seq & 1u) == 0 && load(w.seq, memory_order_relaxed) == seq) {
+      if (seq_read != nullptr) *seq_read = seq;
+      return 0;
+    }
   }
   if (seq_read != nullptr) *seq_read = UINT32_MAX;  // never a stable value: a re-check will look again
   return 0;  // fail closed
+}
+
+void Ledger::Impl::stamp_epoch(uint32_t index, uint32_t parity, uint32_t seq) const {
+  PeriodWord& word = accounts[index].words[parity];
+  const uint32_t stamp = epoch_stamp(seq);
+  PeriodWord current = period_word_load(word);
+  for (;;) {
+    const uint32_t other = meta_lane(current.meta);
+    if (other != 0 && other != stamp) help(other, uint64_t{index} * 2 + parity + 1, current);  // the helping rule
+    const PeriodWord desired{current.used, make_meta(meta_requests(current.meta), meta_tag(current.meta), stamp)};
+    if (period_word_cas(word, current, desired)) return;
+  }
 }
 
 void Ledger::Impl::note_lease_wanted(uint32_t index, uint32_t tag, int64_t amount) const {
@@ -75,11 +85,21 @@ Status Ledger::set_lease(std::string_view account, int64_t period_index, int64_t
   const uint32_t tag = make_tag(kind, period_index);
   std::lock_guard<std::mutex> local(*l.admin_mutex);  // threads of the sidecar; other processes do not write leases
   LeaseWord& w = l.leases[index].words[tag_parity(tag)];
-  // The same lease again (the sidecar publishes every cycle): no rewrite, so no window in which a
-  // reader finds the word odd and denies.
-  if ((load(w.seq) & 1u) == 0 && load(w.tag, memory_order_relaxed) == tag && load(w.limit_nanousd, memory_order_relaxed) == limit_nanousd &&
-      load(w.deadline_ms, memory_order_relaxed) == deadline_monotonic_ms)
+  // Not a lowering (the same window, a limit and a deadline no smaller: a renewal, a grant, the same
+  // lease again): stored in place, in the same epoch. A reader that mixes old and new fields sees a
+  // lease that was granted, and an admission that read the old one was held to less than it may, so
+  // nothing needs fencing, and no reader ever finds the word odd and denies. The word gets the
+  // epoch's stamp again if a lane operation replaced it (root debits take the fast path again).
+  if (const uint32_t stable = load(w.seq); (stable & 1u) == 0 && load(w.tag, memory_order_relaxed) == tag &&
+                                           limit_nanousd >= load(w.limit_nanousd, memory_order_relaxed) &&
+                                           deadline_monotonic_ms >= load(w.deadline_ms, memory_order_relaxed)) {
+    if (limit_nanousd != load(w.limit_nanousd, memory_order_relaxed)) store(w.limit_nanousd, limit_nanousd);
+    if (deadline_monotonic_ms != load(w.deadline_ms, memory_order_relaxed)) store(w.deadline_ms, deadline_monotonic_ms);
+    if (meta_lane(period_word_guess(l.accounts[index].words[tag_parity(tag)]).meta) != epoch_stamp(stable))
+      l.stamp_epoch(static_cast<uint32_t>(index), tag_parity(tag), stable);
     return Code::kOk;
+  }
+  // A lowering, another window, an earlier deadline: a new epoch (seq), then the word's stamp.
   const uint32_t seq = load(w.seq) | 1u;  // odd: rewriting (rounds up after a writer that died mid-way)
   store(w.seq, seq, memory_order_relaxed);
   fence_release();
@@ -88,9 +108,15 @@ Status Ledger::set_lease(std::string_view account, int64_t period_index, int64_t
   store(w.deadline_ms, deadline_monotonic_ms, memory_order_relaxed);
   LEDGER_CRASH_POINT();  // a writer killed here leaves seq odd: admission denies until the next write
   store(w.seq, seq + 1);
-  // Before the caller reads how much of the lease is used (to give the rest back): an admission that
-  // lands after this point sees the new lease on its re-check (see Impl::apply).
+  // Before the caller reads how much of the lease is used (to give the rest back): a lane admission
+  // that lands after this point sees the new lease on its re-check (see Impl::apply), and a fast
+  // debit that read the old lease can no longer land once the word carries the new epoch's stamp.
   boost::atomic_thread_fence(boost::memory_order_seq_cst);
+  // A writer killed here leaves the word unstamped: a fast debit that read the old lease may still
+  // land against it. That is within this host's grant, since the caller gives back nothing before
+  // set_lease returns, and the next writer stamps the word (a new epoch) before it looks.
+  LEDGER_CRASH_POINT();
+  l.stamp_epoch(static_cast<uint32_t>(index), tag_parity(tag), seq + 1);
   return Code::kOk;
 }
 

@@ -213,6 +213,7 @@ Status Ledger::estimate(std::string_view model, uint32_t prompt_tokens, uint32_t
   const Wide total = (per_million + 999'999) / 1'000'000 + request;
   if (total > kAmountNanoUsdMax) return Code::kInvalidArgument;
   *estimate_nanousd = static_cast<int64_t>(total);
+  note_estimate_tokens(*estimate_nanousd, uint64_t{prompt_tokens} + max_completion_tokens);  // for tokens per minute
   return Code::kOk;
 }
 
@@ -246,14 +247,27 @@ static TierView read_tier(const Ledger::Impl& l, uint32_t tier, int32_t model) {
   }
 }
 
+namespace {
+// The level of the chain whose model rules apply (authorize's step 2): its own list (an AccountRules
+// entry with kRuleModels), its tier (index + 1), both, or neither (any model).
+struct Governing {
+  int32_t list = -1;  // AccountRules index
+  uint32_t tier = 0;
+};
+}  // namespace
+
 // Steps (2) and (3) of authorize: the model the account may use, or a denial.
-static Code choose_model(const Ledger::Impl& l, int32_t index, uint32_t tier, int32_t* chosen) {
-  if (tier == 0 || tier > kTiersMax) return Code::kOk;  // no tier on the chain: any model
-  const TierView t = read_tier(l, tier, *chosen);
-  if (t.live == 0) return l.count_denial(Code::kDeniedModel);  // the account's tier is no longer defined
-  if (t.all == 0 && !t.allowed) {
-    if (t.fallback == 0 || t.fallback > kModelsMax) return l.count_denial(Code::kDeniedModel);
-    *chosen = static_cast<int32_t>(t.fallback - 1);
+static Code choose_model(const Ledger::Impl& l, int32_t index, Governing g, int32_t* chosen) {
+  if (g.list < 0 && (g.tier == 0 || g.tier > kTiersMax)) return Code::kOk;  // nothing on the chain: any model
+  const TierView t = g.tier != 0 && g.tier <= kTiersMax ? read_tier(l, g.tier, *chosen) : TierView{};
+  if (g.tier != 0 && t.live == 0) return l.count_denial(Code::kDeniedModel);  // the tier is no longer defined
+  const ModelListView own = g.list >= 0 ? l.read_model_list(static_cast<uint32_t>(g.list), *chosen) : ModelListView{};
+  const bool own_list = (own.flags & kListModels) != 0;
+  const bool allowed = own_list ? (own.flags & kListAllModels) != 0 || own.allowed : g.tier == 0 || t.all != 0 || t.allowed;
+  if (!allowed) {
+    const uint32_t fallback = (own.flags & kListFallback) != 0 ? own.fallback : own_list ? 0 : t.fallback;
+    if (fallback == 0 || fallback > kModelsMax) return l.count_denial(Code::kDeniedModel);
+    *chosen = static_cast<int32_t>(fallback - 1);
   }
   if (t.percent != 0 && t.downgrade_to != 0 && t.downgrade_to <= kModelsMax) {
     const Account& a = l.accounts[index];
@@ -275,15 +289,22 @@ Status Ledger::authorize_via(std::string_view account, std::string_view model, i
   Impl& l = *impl_;
   const int32_t index = l.find_index(account);
   if (index < 0) return Code::kUnknownAccount;
-  // (1) Blocked anywhere on the chain; the nearest tier on the way up.
-  uint32_t tier = 0, depth = 0;
+  // (1) Blocked anywhere on the chain; the nearest level with a model list or a tier on the way up.
+  Governing governing;
+  bool found = false;
+  uint32_t depth = 0;
   for (int32_t a = index; a >= 0; a = load(l.accounts[a].parent, memory_order_relaxed)) {
     if (++depth > kChainDepthMax || static_cast<uint32_t>(a) >= l.max_accounts) return Code::kInvalidArgument;
     if (load(l.accounts[a].blocked, memory_order_relaxed) != 0) return l.count_denial(Code::kDeniedBlocked);
-    if (tier == 0) tier = load(l.accounts[a].tier, memory_order_relaxed);
+    if (found) continue;
+    // A level governs with a tier or a list of its own (a fallback alone only replaces its tier's).
+    governing = Governing{l.rules_of(static_cast<uint32_t>(a), kRuleModels), load(l.accounts[a].tier, memory_order_relaxed)};
+    found = governing.tier != 0 ||
+            (governing.list >= 0 && (l.read_model_list(static_cast<uint32_t>(governing.list), -1).flags & kListModels) != 0);
   }
+  if (!found) governing = Governing{};  // nothing on the chain: any model
   int32_t chosen = l.model_index(model);
-  if (const Code code = choose_model(l, index, tier, &chosen); code != Code::kOk) return code;
+  if (const Code code = choose_model(l, index, governing, &chosen); code != Code::kOk) return code;
   // (4) A price for the model we will use; (5) the reservation.
   int64_t prompt = 0, completion = 0, request = 0;
   if (chosen < 0 || !l.read_price_at(static_cast<uint32_t>(chosen), &prompt, &completion, &request)) {
@@ -297,7 +318,7 @@ Status Ledger::authorize_via(std::string_view account, std::string_view model, i
     if (const Status s = l.resolve_key(key_hash, &key); !s.ok()) return s;
   }
   const Status status = l.admit(kOpReserve, static_cast<uint32_t>(index), estimate_nanousd, ttl_s, id,
-                                static_cast<uint32_t>(chosen) + 1, key);
+                                static_cast<uint32_t>(chosen) + 1, key, take_estimate_tokens(estimate_nanousd));
   if (status.ok()) *model_out = name;
   return status;
 }

@@ -58,6 +58,7 @@ void Ledger::Impl::store_recorded_limits(Limits* limits) const {
   if (recorded.max_reservations <= kReservationsMax)
     limits->max_reservations = std::max(limits->max_reservations, recorded.max_reservations);
   if (recorded.max_processes <= kProcessesMax) limits->max_processes = std::max(limits->max_processes, recorded.max_processes);
+  if (recorded.max_account_rules <= kRulesMax) limits->max_account_rules = std::max(limits->max_account_rules, recorded.max_account_rules);
 }
 
 Status Ledger::Impl::rebuild_policy(MDB_txn* txn, const Env& env) {
@@ -121,8 +122,24 @@ Status Ledger::Impl::rebuild_from_store() {
     uint32_t key_index = 0;
     if (!key.empty() && (key_index = register_key_hex(key)) != 0) store(account.key, key_index);
   }
+  rebuild_rules(txn.txn, env);
   rebuild_periods(txn.txn, env);
   return Code::kOk;
+}
+
+// Account rules and top-ups, as the last flush recorded them (a record that cannot be read, or a
+// rule the segment cannot take, restores nothing of that account's rules: never half of them).
+void Ledger::Impl::rebuild_rules(MDB_txn* txn, const Env& env) {
+  std::string blob;
+  std::vector<RulesRecord> rules_list;
+  if (!get_meta(txn, env, "rules", &blob) || !decode_rules(blob, &rules_list)) return;
+  for (const RulesRecord& r : rules_list) {
+    const int32_t index = find_index(r.account);
+    if (index < 0 || r.rules.rpm > kRpmMax || r.rules.tpm > kTpmMax || r.rules.max_concurrent > kMaxConcurrentMax) continue;
+    if (!write_rules(static_cast<uint32_t>(index), r.rules).ok()) continue;
+    if (r.topup.amount_nanousd > 0 && r.topup.amount_nanousd <= kAmountNanoUsdMax && r.topup.until_unix_ms > 0)
+      (void)write_topup(static_cast<uint32_t>(index), r.topup.amount_nanousd, r.topup.until_unix_ms);
+  }
 }
 
 // The current and previous period of each account get their settled totals back.

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "check.hpp"
 #include "impl.hpp"
 
 namespace ledger {
@@ -28,7 +29,8 @@ bool Ledger::Impl::entry_landed(const Lane& lane, uint32_t seq, uint32_t j) cons
       current.meta == load(t.new_meta, memory_order_relaxed))
     return true;
   // Read the word first, then the bit: an overwriter sets the bit before it overwrites.
-  return (ctl_bits(load(lane.header.ctl)) & (1u << j)) != 0;
+  const uint64_t ctl = load(lane.header.ctl);
+  return ctl_seq(ctl) == seq && applied_bit(lane, ctl, j);
 }
 
 namespace {
@@ -45,15 +47,17 @@ TargetSpec spec_of(const Target& t) {
 }
 }  // namespace
 
-// The corrections that roll back a dead admission: undo every landed level whose undo did not land,
-// and every landed tally of a debit (a debit's tallies sit where a denial's undo entries would).
+// The corrections that roll back a dead admission: undo every landed target (a level's period word
+// or a rate word) whose undo did not land, and every landed tally of a debit (a debit's tallies sit
+// where a denial's undo entries would).
 uint32_t Ledger::Impl::admission_rollback(const Lane& lane, uint32_t seq, uint32_t n, TargetSpec* fixes) const {
   uint32_t n_fixes = 0;
   const auto undo_of = [](TargetSpec spec, uint32_t j, uint32_t flags) {
+    const bool rate = (spec.flags & kTargetRate) != 0;
     spec.delta = -spec.delta;
     spec.delta_requests = -spec.delta_requests;
-    spec.fallback = 0;
-    spec.flags = flags;
+    spec.fallback = rate ? -spec.fallback : 0;  // a rate word's concurrent slot
+    spec.flags = flags | (rate ? kTargetRate : 0u);
     spec.undo_of = j;
     return spec;
   };
@@ -61,11 +65,11 @@ uint32_t Ledger::Impl::admission_rollback(const Lane& lane, uint32_t seq, uint32
     const Target& t = lane.targets[j];
     if (load(t.seq) != seq) continue;
     const uint32_t flags = load(t.flags, memory_order_relaxed);
-    const bool level = j < kChainDepthMax && (flags & kTargetAdmit) != 0;
-    const bool tally = j >= kChainDepthMax && (flags & kTargetTally) != 0 && (flags & kTargetUndo) == 0;
+    const bool level = j < kUndoBase && (flags & kTargetAdmit) != 0;
+    const bool tally = j >= kUndoBase && (flags & kTargetTally) != 0 && (flags & kTargetUndo) == 0;
     if ((!level && !tally) || !entry_landed(lane, seq, j)) continue;
     if (level) {
-      const uint32_t u = kChainDepthMax + j;  // where a denial put this level's undo
+      const uint32_t u = kUndoBase + j;  // where a denial put this target's undo
       const Target& undo = lane.targets[u];
       const bool undone = u < n && load(undo.seq) == seq && (load(undo.flags, memory_order_relaxed) & kTargetUndo) != 0 &&
                           load(undo.undo_of, memory_order_relaxed) == j && entry_landed(lane, seq, u);
@@ -78,132 +82,192 @@ uint32_t Ledger::Impl::admission_rollback(const Lane& lane, uint32_t seq, uint32
   return n_fixes;
 }
 
-Ledger::Impl::Repair Ledger::Impl::repair_lane(uint32_t dead, OpScope* op, int depth,
-                                               uint32_t held_slot) {
+// ---- recovering a dead lane's operation -------------------------------------------------------------
+//
+// How each kind of operation is recovered when its process died between two of its instructions.
+// This table is the crash proof's one description: the writers in engine.cpp keep to its order
+// (each checks it with LEDGER_CHECK where it takes the step the proof relies on), and repair_lane
+// uses it to decide.
+//
+//   kind     direction  decided (forward) / complete (back)                 reservation slot
+//   debit    back       never: a debit not acknowledged is undone            -
+//   reserve  back       complete once its slot left RESERVING (published)    RESERVING -> FREE
+//   commit   forward    its slot is in the SETTLING state it claimed,        SETTLING -> FREE
+//   release  forward      which it claims only after every spec is written   SETTLING -> FREE
+//   expire   forward    the same                                             SETTLING -> EXPIRED
+//   charge   forward    targets_expected == n_targets: all specs written     -
+//   repair   forward    the dead lane it names is RESOLVED by it              as the repair recorded
+//
+// Back: every landed forward target whose undo did not land is undone (admission_rollback).
+// Forward: every target that did not land is applied, forced (roll_forward). "Landed" is decided
+// by entry_landed: the word still holds the entry's value, or its applied bit is set.
+namespace {
+struct DeadOp {
+  uint64_t ctl = 0;
+  uint32_t seq = 0, kind = 0, n = 0, slot_plus_one = 0;
+  uint64_t claimed = 0;  // the reservation state the op moved its slot to (reservation_state_to)
+  Reservation* res = nullptr;
+  uint64_t res_state = 0;
+};
+}  // namespace
+
+struct Ledger::Impl::RepairPlan {
+  TargetSpec fixes[kTargetsMax]{};
+  uint32_t n_fixes = 0;
+  uint64_t res_from = 0, res_to = 0;  // the slot's transition (both 0: none)
+  int64_t tombstone_deadline = 0;
+};
+
+void Ledger::Impl::roll_forward(const Lane& lane, uint32_t seq, uint32_t n, RepairPlan* plan) const {
+  // Entries below n_targets have a complete spec (it is written before n_targets is raised and
+  // never changes within the op); only the attempt part is seqlock-guarded. An entry whose attempt
+  // was being rewritten (seq 0) has not landed: roll it forward like any other.
+  for (uint32_t j = 0; j < n; ++j) {
+    if (entry_landed(lane, seq, j)) continue;
+    TargetSpec fix = spec_of(lane.targets[j]);
+    fix.flags &= ~kTargetAdmit;  // roll forward: forced
+    plan->fixes[plan->n_fixes++] = fix;
+  }
+}
+
+// debit, reserve: an admission never acknowledged is rolled back, unless a reserve already left
+// RESERVING (then it is complete, and its hold expires like any hold of a dead owner). Only the
+// dead lane moves its slot out of RESERVING (to HELD, or to FREE after undoing a denial), so a slot
+// in any other state or generation means just that: the hold may since have been expired,
+// committed, dropped and even reused, and rolling back then would take its amount off twice.
+static void plan_admission_repair(const Ledger::Impl& l, const Lane& lane, const DeadOp& d, Ledger::Impl::RepairPlan* plan) {
+  const bool complete = d.kind == kOpReserve && d.res != nullptr &&
+                        (res_generation(d.res_state) != res_generation(d.claimed) || res_status(d.res_state) != kResReserving);
+  if (complete) return;
+  plan->n_fixes = l.admission_rollback(lane, d.seq, d.n, plan->fixes);
+  if (d.res != nullptr && d.res_state == d.claimed && res_status(d.claimed) == kResReserving) {
+    plan->res_from = d.claimed;
+    plan->res_to = make_res_state(res_generation(d.claimed), kResFree, 0);
+  }
+}
+
+// commit, release, expire: decided once the slot is in the SETTLING state the op claimed.
+static void plan_settlement_repair(const Ledger::Impl& l, const Lane& lane, const DeadOp& d, Ledger::Impl::RepairPlan* plan) {
+  if (d.kind == kOpExpire) plan->tombstone_deadline = load(lane.header.tombstone_deadline_ms, memory_order_relaxed);
+  if (d.res == nullptr || d.res_state != d.claimed) return;
+  plan->res_from = d.claimed;
+  plan->res_to = make_res_state(res_generation(d.claimed), d.kind == kOpExpire ? kResExpired : kResFree, 0);
+  l.roll_forward(lane, d.seq, d.n, plan);
+}
+
+// charge: decided once every spec was written (targets_expected, raised after the last spec).
+static void plan_charge_repair(const Ledger::Impl& l, const Lane& lane, const DeadOp& d, Ledger::Impl::RepairPlan* plan) {
+  const uint32_t expected = load(lane.header.targets_expected, memory_order_relaxed);
+  if (expected != 0 && expected == d.n) l.roll_forward(lane, d.seq, d.n, plan);
+}
+
+// repair: decided once the dead lane it names is RESOLVED by it (its claim landed).
+static void plan_repair_repair(const Ledger::Impl& l, const Lane& lane, uint32_t dead, const DeadOp& d,
+                               Ledger::Impl::RepairPlan* plan) {
+  plan->tombstone_deadline = load(lane.header.tombstone_deadline_ms, memory_order_relaxed);
+  const uint32_t target_lane = load(lane.header.repair_lane, memory_order_relaxed);
+  const uint32_t target_seq = load(lane.header.repair_seq, memory_order_relaxed);
+  if (target_lane < 1 || target_lane > l.lanes_total()) return;
+  const uint64_t tctl = load(l.lane_by_id(target_lane).header.ctl);
+  if (ctl_phase(tctl) != kPhaseResolved || ctl_seq(tctl) != target_seq || ctl_resolver(tctl) != dead) return;
+  if (d.res != nullptr) {
+    const uint64_t from = load(lane.header.reservation_state_from, memory_order_relaxed);
+    if (d.res_state == from) {
+      plan->res_from = from;
+      plan->res_to = d.claimed;
+    }
+  }
+  l.roll_forward(lane, d.seq, d.n, plan);
+}
+
+// The corrections for the dead lane's operation, by the table above (an unknown kind: none).
+void Ledger::Impl::plan_repair(const Lane& lane, uint32_t dead, uint64_t ctl, RepairPlan* plan, uint32_t* slot_plus_one) const {
+  DeadOp d;
+  d.ctl = ctl;
+  d.seq = ctl_seq(ctl);
+  d.kind = ctl_kind(ctl);
+  d.n = std::min(load(lane.header.n_targets), kTargetsMax);
+  d.slot_plus_one = load(lane.header.reservation_slot, memory_order_relaxed);
+  d.claimed = load(lane.header.reservation_state_to, memory_order_relaxed);
+  d.res = d.slot_plus_one != 0 && d.slot_plus_one <= max_reservations ? &reservations[d.slot_plus_one - 1] : nullptr;
+  d.res_state = d.res != nullptr ? load(d.res->state) : 0;
+  *slot_plus_one = d.slot_plus_one;
+  switch (d.kind) {
+    case kOpDebit:
+    case kOpReserve: return plan_admission_repair(*this, lane, d, plan);
+    case kOpCommit:
+    case kOpRelease:
+    case kOpExpire: return plan_settlement_repair(*this, lane, d, plan);
+    case kOpCharge: return plan_charge_repair(*this, lane, d, plan);
+    case kOpRepair: return plan_repair_repair(*this, lane, dead, d, plan);
+    default: return;  // a damaged kind: nothing to decide, only the claim (the lane is freed)
+  }
+}
+
+// A dead lane RESOLVED by another lane: is that resolver still applying its corrections (it died
+// too)? Then it is repaired first, under its own process's lock byte.
+Ledger::Impl::Repair Ledger::Impl::repair_resolver(uint32_t dead, uint64_t ctl, OpScope* op, int depth, uint32_t held_slot) {
+  const uint32_t resolver = ctl_resolver(ctl);
+  if (resolver == 0 || resolver > lanes_total()) return Repair::kDone;
+  Lane& r = lane_by_id(resolver);
+  const uint64_t rctl = load(r.header.ctl);
+  if (ctl_phase(rctl) != kPhaseActive || ctl_kind(rctl) != kOpRepair || load(r.header.repair_lane, memory_order_relaxed) != dead ||
+      load(r.header.repair_seq, memory_order_relaxed) != ctl_seq(ctl))
+    return Repair::kDone;
+  const uint32_t rslot = (resolver - 1) / kLanesPerProcess;
+  if (rslot == process_slot) return Repair::kBusy;  // another thread of ours is at it
+  if (rslot == held_slot) return repair_lane(resolver, op, depth + 1, held_slot);
+  if (!try_lock_byte(kSlotLockBase + rslot)) return Repair::kBusy;  // alive: it will finish
+  const Repair result = repair_lane(resolver, op, depth + 1, rslot);
+  unlock_byte(kSlotLockBase + rslot);
+  return result;
+}
+
+// Records the corrections in our lane, claims the dead lane (false: a helper set a bit meanwhile,
+// so decide again), then applies them and moves the slot.
+bool Ledger::Impl::apply_repair(OpScope* op, Lane& lane, uint32_t dead, uint64_t ctl, const RepairPlan& plan, uint32_t slot_plus_one) {
+  start(op, kOpRepair);
+  LaneHeader& h = op->lane->header;
+  const bool moves_slot = plan.res_from != 0 || plan.res_to != 0;
+  store(h.repair_lane, dead, memory_order_relaxed);
+  store(h.repair_seq, ctl_seq(ctl), memory_order_relaxed);
+  store(h.reservation_slot, moves_slot ? slot_plus_one : 0u, memory_order_relaxed);
+  store(h.reservation_state_from, plan.res_from, memory_order_relaxed);
+  store(h.reservation_state_to, plan.res_to, memory_order_relaxed);
+  store(h.tombstone_deadline_ms, plan.tombstone_deadline, memory_order_relaxed);
+  for (uint32_t j = 0; j < plan.n_fixes; ++j) write_spec(op, j, plan.fixes[j]);
+  LEDGER_CHECK(op->n_targets == plan.n_fixes);  // the proof of a repair: every correction recorded before the claim
+  LEDGER_CRASH_POINT();  // corrections recorded, dead lane not claimed
+  uint64_t expected = ctl;
+  if (!compare_exchange(lane.header.ctl, expected, make_ctl(ctl_seq(ctl), kPhaseResolved, ctl_kind(ctl), op->lane_id, ctl_bits(ctl)))) {
+    finish(op);
+    return false;
+  }
+  LEDGER_CRASH_POINT();  // claimed, nothing applied
+  const Now now = this->now();
+  for (uint32_t j = 0; j < plan.n_fixes; ++j) (void)apply(op, j, plan.fixes[j], now, nullptr, true);
+  LEDGER_CRASH_POINT();
+  if (moves_slot && slot_plus_one != 0 && slot_plus_one <= max_reservations) {
+    Reservation& res = reservations[slot_plus_one - 1];
+    if (res_status(plan.res_to) == kResExpired) store(res.deadline_ms, plan.tombstone_deadline, memory_order_relaxed);
+    uint64_t from = plan.res_from;
+    (void)compare_exchange(res.state, from, plan.res_to);
+  }
+  finish(op);
+  return true;
+}
+
+Ledger::Impl::Repair Ledger::Impl::repair_lane(uint32_t dead, OpScope* op, int depth, uint32_t held_slot) {
   if (depth > 4) return Repair::kBusy;  // a chain of dead resolvers this long: try again later
   Lane& lane = lane_by_id(dead);
   for (int attempt = 0; attempt < 64; ++attempt) {
     const uint64_t ctl = load(lane.header.ctl);
-    const uint32_t seq = ctl_seq(ctl);
-    if (ctl_phase(ctl) == kPhaseResolved) {
-      // Resolved by another lane: is that resolver still applying its corrections?
-      const uint32_t resolver = ctl_resolver(ctl);
-      if (resolver == 0 || resolver > lanes_total()) return Repair::kDone;
-      Lane& r = lane_by_id(resolver);
-      const uint64_t rctl = load(r.header.ctl);
-      if (ctl_phase(rctl) != kPhaseActive || ctl_kind(rctl) != kOpRepair ||
-          load(r.header.repair_lane, memory_order_relaxed) != dead ||
-          load(r.header.repair_seq, memory_order_relaxed) != seq)
-        return Repair::kDone;
-      const uint32_t rslot = (resolver - 1) / kLanesPerProcess;
-      if (rslot == process_slot) return Repair::kBusy;  // another thread of ours is at it
-      if (rslot == held_slot) return repair_lane(resolver, op, depth + 1, held_slot);
-      if (!try_lock_byte(kSlotLockBase + rslot)) return Repair::kBusy;  // alive: it will finish
-      const Repair result = repair_lane(resolver, op, depth + 1, rslot);
-      unlock_byte(kSlotLockBase + rslot);
-      return result;
-    }
+    if (ctl_phase(ctl) == kPhaseResolved) return repair_resolver(dead, ctl, op, depth, held_slot);
     if (ctl_phase(ctl) != kPhaseActive) return Repair::kDone;
-
-    const uint32_t kind = ctl_kind(ctl);
-    const uint32_t n = std::min(load(lane.header.n_targets), kTargetsMax);
-    const uint32_t slot_plus_one = load(lane.header.reservation_slot, memory_order_relaxed);
-    const uint64_t claimed = load(lane.header.reservation_state_to, memory_order_relaxed);
-    TargetSpec fixes[kTargetsMax]{};
-    uint32_t n_fixes = 0;
-    uint64_t res_from = 0, res_to = 0;
-    int64_t tombstone_deadline = 0;
-    Reservation* res = slot_plus_one != 0 && slot_plus_one <= max_reservations
-                           ? &reservations[slot_plus_one - 1]
-                           : nullptr;
-    const uint64_t res_state = res != nullptr ? load(res->state) : 0;
-
-    if (kind == kOpDebit || kind == kOpReserve) {
-      // Admission that was never acknowledged: roll back, unless a reserve already left RESERVING
-      // (then it is complete, and its hold expires like any hold of a dead owner). Only the dead
-      // lane moves its slot out of RESERVING (to HELD, or to FREE after undoing a denial), so a slot
-      // in any other state or generation means just that: the hold may since have been expired,
-      // committed, dropped and even reused, and rolling back then would take its amount off twice.
-      const bool complete = kind == kOpReserve && res != nullptr &&
-                            (res_generation(res_state) != res_generation(claimed) || res_status(res_state) != kResReserving);
-      if (!complete) {
-        n_fixes = admission_rollback(lane, seq, n, fixes);
-        if (res != nullptr && res_state == claimed && res_status(claimed) == kResReserving) {
-          res_from = claimed;
-          res_to = make_res_state(res_generation(claimed), kResFree, 0);
-        }
-      }
-    } else if (kind == kOpCommit || kind == kOpRelease || kind == kOpExpire || kind == kOpRepair || kind == kOpCharge) {
-      bool proven;
-      if (kind == kOpCharge) {
-        const uint32_t expected = load(lane.header.targets_expected, memory_order_relaxed);
-        proven = expected != 0 && expected == n;  // all specs written: the charge was decided
-      } else if (kind == kOpRepair) {
-        const uint32_t target_lane = load(lane.header.repair_lane, memory_order_relaxed);
-        const uint32_t target_seq = load(lane.header.repair_seq, memory_order_relaxed);
-        proven = target_lane >= 1 && target_lane <= lanes_total();
-        if (proven) {
-          const uint64_t tctl = load(lane_by_id(target_lane).header.ctl);
-          proven = ctl_phase(tctl) == kPhaseResolved && ctl_seq(tctl) == target_seq &&
-                   ctl_resolver(tctl) == dead;
-        }
-        if (proven && res != nullptr) {
-          const uint64_t from = load(lane.header.reservation_state_from, memory_order_relaxed);
-          if (res_state == from) {
-            res_from = from;
-            res_to = claimed;
-          }
-        }
-      } else {
-        proven = res != nullptr && res_state == claimed;
-        if (proven) {
-          res_from = claimed;
-          res_to = make_res_state(res_generation(claimed), kind == kOpExpire ? kResExpired : kResFree, 0);
-        }
-      }
-      if (kind == kOpExpire || kind == kOpRepair)
-        tombstone_deadline = load(lane.header.tombstone_deadline_ms, memory_order_relaxed);
-      if (proven) {
-        // Entries below n_targets have a complete spec (it is written before n_targets is raised and
-        // never changes within the op); only the attempt part is seqlock-guarded. An entry whose
-        // attempt was being rewritten (seq 0) has not landed: roll it forward like any other.
-        for (uint32_t j = 0; j < n; ++j) {
-          if (entry_landed(lane, seq, j)) continue;
-          TargetSpec fix = spec_of(lane.targets[j]);
-          fix.flags &= ~kTargetAdmit;  // roll forward: forced
-          fixes[n_fixes++] = fix;
-        }
-      }
-    }
-
-    // Record the corrections in our lane, claim the dead lane, then apply them.
-    start(op, kOpRepair);
-    LaneHeader& h = op->lane->header;
-    store(h.repair_lane, dead, memory_order_relaxed);
-    store(h.repair_seq, seq, memory_order_relaxed);
-    store(h.reservation_slot, res_from != 0 || res_to != 0 ? slot_plus_one : 0u, memory_order_relaxed);
-    store(h.reservation_state_from, res_from, memory_order_relaxed);
-    store(h.reservation_state_to, res_to, memory_order_relaxed);
-    store(h.tombstone_deadline_ms, tombstone_deadline, memory_order_relaxed);
-    for (uint32_t j = 0; j < n_fixes; ++j) write_spec(op, j, fixes[j]);
-    LEDGER_CRASH_POINT();  // corrections recorded, dead lane not claimed
-    uint64_t expected = ctl;
-    if (!compare_exchange(lane.header.ctl, expected,
-                          make_ctl(seq, kPhaseResolved, kind, op->lane_id, ctl_bits(ctl)))) {
-      finish(op);  // a helper set a bit meanwhile: decide again
-      continue;
-    }
-    LEDGER_CRASH_POINT();  // claimed, nothing applied
-    const Now now = this->now();
-    for (uint32_t j = 0; j < n_fixes; ++j) (void)apply(op, j, fixes[j], now, nullptr, true);
-    LEDGER_CRASH_POINT();
-    if (res != nullptr && (res_from != 0 || res_to != 0)) {
-      if (res_status(res_to) == kResExpired) store(res->deadline_ms, tombstone_deadline, memory_order_relaxed);
-      uint64_t from = res_from;
-      (void)compare_exchange(res->state, from, res_to);
-    }
-    finish(op);
-    return Repair::kDone;
+    RepairPlan plan;
+    uint32_t slot_plus_one = 0;
+    plan_repair(lane, dead, ctl, &plan, &slot_plus_one);
+    if (apply_repair(op, lane, dead, ctl, plan, slot_plus_one)) return Repair::kDone;
   }
   return Repair::kBusy;
 }

@@ -120,8 +120,8 @@ Status record_segment_dir(const std::string& dir, const std::string& segment_dir
 
 struct SegmentGeometry {
   uint64_t offset_processes, offset_lanes, offset_accounts, offset_hash, offset_reservations,
-      offset_prices, offset_policy, offset_tallies, offset_keys, offset_leases, total;
-  uint32_t hash_mask, tally_mask, key_mask, process_slots;
+      offset_prices, offset_policy, offset_tallies, offset_keys, offset_leases, offset_rules, total;
+  uint32_t hash_mask, tally_mask, key_mask, process_slots, rules_max;
 };
 
 uint32_t power_of_two_at_least(uint64_t wanted, uint32_t floor, uint32_t cap) {
@@ -150,15 +150,18 @@ SegmentGeometry geometry_for(const Limits& limits) {
   g.key_mask = keys - 1;
   g.offset_keys = align_up(g.offset_tallies + uint64_t{tallies} * sizeof(Tally), 64);
   g.offset_leases = align_up(g.offset_keys + uint64_t{keys} * sizeof(KeyEntry), 64);
-  g.total = align_up(g.offset_leases + uint64_t{limits.max_accounts} * sizeof(AccountLeases), 4096);
+  g.offset_rules = align_up(g.offset_leases + uint64_t{limits.max_accounts} * sizeof(AccountLeases), 64);
+  g.rules_max = limits.max_account_rules;
+  g.total = align_up(g.offset_rules + uint64_t{g.rules_max} * sizeof(AccountRules), 4096);
   return g;
 }
 
 // Every field that later computes an address or bounds a loop must be what the geometry says.
 bool header_matches(const Header& h, uint64_t file_size) {
-  const Limits limits{h.max_accounts, h.max_reservations, h.max_processes};
+  const Limits limits{h.max_accounts, h.max_reservations, h.max_processes, h.rules_max};
   if (limits.max_accounts < 1 || limits.max_accounts > kAccountsMax || limits.max_reservations < 1 ||
-      limits.max_reservations > kReservationsMax || limits.max_processes < 1 || limits.max_processes > kProcessesMax)
+      limits.max_reservations > kReservationsMax || limits.max_processes < 1 || limits.max_processes > kProcessesMax ||
+      limits.max_account_rules > kRulesMax)
     return false;
   const SegmentGeometry g = geometry_for(limits);
   return h.header_size == sizeof(Header) && h.total_size == file_size && g.total == h.total_size &&
@@ -166,7 +169,7 @@ bool header_matches(const Header& h, uint64_t file_size) {
          g.offset_accounts == h.offset_accounts && g.offset_hash == h.offset_hash &&
          g.offset_reservations == h.offset_reservations && g.offset_prices == h.offset_prices &&
          g.offset_policy == h.offset_policy && g.offset_tallies == h.offset_tallies && g.offset_keys == h.offset_keys &&
-         g.offset_leases == h.offset_leases &&
+         g.offset_leases == h.offset_leases && g.offset_rules == h.offset_rules && load(h.rules_count) <= h.rules_max &&
          g.hash_mask == h.hash_mask && g.tally_mask == h.tally_mask && g.key_mask == h.key_mask &&
          g.process_slots == h.process_slots && load(h.account_count) <= limits.max_accounts &&
          load(h.key_count) <= (g.key_mask + 1) / 2 && load(h.model_count) <= kModelsMax / 2;
@@ -188,7 +191,7 @@ uint64_t random_segment_id() {
 bool limits_valid(const Limits& l) {
   return l.max_accounts >= 1 && l.max_accounts <= kAccountsMax && l.max_reservations >= 1 &&
          l.max_reservations <= kReservationsMax && l.max_processes >= 1 &&
-         l.max_processes <= kProcessesMax;
+         l.max_processes <= kProcessesMax && l.max_account_rules <= kRulesMax;
 }
 
 bool hold_policy_valid(uint32_t default_ttl_s, uint32_t tombstone_grace_s) {
@@ -320,6 +323,8 @@ Status Ledger::Impl::create_segment(int fd, const Limits& limits) {
   h->offset_keys = g.offset_keys;
   h->key_mask = g.key_mask;
   h->offset_leases = g.offset_leases;
+  h->offset_rules = g.offset_rules;
+  h->rules_max = g.rules_max;
   h->segment_id = random_segment_id();
   h->default_ttl_s = options.default_ttl_s;
   h->tombstone_grace_s = options.tombstone_grace_s;
@@ -344,6 +349,8 @@ void Ledger::Impl::map_tables() {
   tallies = reinterpret_cast<Tally*>(b + header->offset_tallies);
   keys = reinterpret_cast<KeyEntry*>(b + header->offset_keys);
   leases = reinterpret_cast<AccountLeases*>(b + header->offset_leases);
+  rules = reinterpret_cast<AccountRules*>(b + header->offset_rules);
+  rules_max = header->rules_max;
   tally_mask = header->tally_mask;
   key_mask = header->key_mask;
   max_accounts = header->max_accounts;
@@ -549,8 +556,28 @@ Ledger::Ledger(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Ledger::~Ledger() = default;
 const std::string& Ledger::dir() const { return impl_->dir; }
 Limits Ledger::limits() const {
-  return Limits{impl_->max_accounts, impl_->max_reservations, impl_->max_processes};
+  return Limits{impl_->max_accounts, impl_->max_reservations, impl_->max_processes, impl_->rules_max};
 }
 int64_t Ledger::now_ms() const { return impl_->now_ms(); }
+
+// Both coarse clocks advance at the same kernel tick: the wall clock is read on both sides of the
+// monotonic read until the two agree, so the offset is that of one tick, never of two.
+int64_t Ledger::Impl::measure_wall_offset(int64_t mono_ms) const {
+  const auto ns = [](const struct timespec& ts) { return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec; };
+  int64_t offset_ns = 0;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    struct timespec before {}, mono {}, after {};
+    ::clock_gettime(CLOCK_REALTIME_COARSE, &before);
+    ::clock_gettime(CLOCK_MONOTONIC_COARSE, &mono);
+    ::clock_gettime(CLOCK_REALTIME_COARSE, &after);
+    offset_ns = ns(before) - ns(mono);
+    if (ns(before) == ns(after)) break;
+  }
+  // Floor division: the derived wall clock is the monotonic ms plus whole ms, never ahead by one.
+  const int64_t offset_ms = offset_ns >= 0 ? offset_ns / 1'000'000 : -((-offset_ns + 999'999) / 1'000'000);
+  wall_offset_ms.store(offset_ms, std::memory_order_relaxed);
+  wall_offset_until_ms.store(mono_ms + kWallOffsetRefreshMs, std::memory_order_release);
+  return mono_ms + offset_ms;
+}
 
 }  // namespace ledger

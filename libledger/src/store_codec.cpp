@@ -274,6 +274,47 @@ std::string encode_prices(const std::vector<PriceRecord>& prices) {
   return out;
 }
 
+std::string encode_rules(const std::vector<RulesRecord>& rules) {
+  std::string out;
+  put_u32(out, static_cast<uint32_t>(rules.size()));
+  for (const auto& r : rules) {
+    put_str(out, r.account);
+    const uint32_t flags = (r.rules.soft ? 1u : 0u) | (r.rules.has_models ? 2u : 0u) | (r.rules.all_models ? 4u : 0u);
+    put_u32(out, flags);
+    put_u32(out, r.rules.rpm);
+    put_u32(out, r.rules.tpm);
+    put_u32(out, r.rules.max_concurrent);
+    put_str(out, r.rules.fallback);
+    put_i64(out, r.topup.amount_nanousd);
+    put_i64(out, r.topup.until_unix_ms);
+    put_u32(out, static_cast<uint32_t>(r.rules.models.size()));
+    for (const auto& m : r.rules.models) put_str(out, m);
+  }
+  return out;
+}
+
+bool decode_rules(std::string_view in, std::vector<RulesRecord>* out) {
+  Reader r{in};
+  uint32_t count = 0;
+  if (!r.u32(&count) || count > detail::kRulesMax) return false;
+  for (uint32_t i = 0; i < count; ++i) {
+    RulesRecord rec;
+    uint32_t flags = 0, models = 0;
+    if (!r.str(&rec.account) || !r.u32(&flags) || !r.u32(&rec.rules.rpm) || !r.u32(&rec.rules.tpm) ||
+        !r.u32(&rec.rules.max_concurrent) || !r.str(&rec.rules.fallback) || !r.i64(&rec.topup.amount_nanousd) ||
+        !r.i64(&rec.topup.until_unix_ms) || !r.u32(&models) || models > detail::kModelsMax)
+      return false;
+    rec.rules.soft = (flags & 1u) != 0;
+    rec.rules.has_models = (flags & 2u) != 0;
+    rec.rules.all_models = (flags & 4u) != 0;
+    rec.rules.models.resize(models);
+    for (auto& m : rec.rules.models)
+      if (!r.str(&m)) return false;
+    out->push_back(std::move(rec));
+  }
+  return r.done();
+}
+
 bool decode_prices(std::string_view in, std::vector<PriceRecord>* out) {
   Reader r{in};
   uint32_t count = 0;

@@ -72,7 +72,7 @@ static_assert(sizeof(JournalValue) == 168);
 
 // meta "limits": the segment's capacities, so that a rebuild makes one at least as large.
 struct LimitsValue {
-  uint32_t max_accounts, max_reservations, max_processes, reserved;
+  uint32_t max_accounts, max_reservations, max_processes, max_account_rules;  // rules: 0 in stores before format 4
 };
 // meta "holds": the hold policy, so that a rebuilt segment keeps every process's default TTL.
 struct HoldsValue {
@@ -154,6 +154,16 @@ struct PriceRecord {
 };
 std::string encode_prices(const std::vector<PriceRecord>& prices);
 bool decode_prices(std::string_view in, std::vector<PriceRecord>* out);
+
+// meta "rules": every account's rules (Ledger::set_rules) and top-up, for a rebuild; a flush that
+// finds a top-up changed against this record journals it (JournalKind::kTopup).
+struct RulesRecord {
+  std::string account;
+  RulesSpec rules;
+  Topup topup;
+};
+std::string encode_rules(const std::vector<RulesRecord>& rules);
+bool decode_rules(std::string_view in, std::vector<RulesRecord>* out);
 
 uint64_t next_journal_seq(MDB_txn* txn, MDB_dbi journal);
 

@@ -1,5 +1,6 @@
 // store_reader.cpp — the read side of the store (ledger/store.hpp): what reports and tools read.
 #include <cstring>
+#include <map>
 
 #include "impl.hpp"
 #include "store_codec.hpp"
@@ -69,7 +70,16 @@ void split_key(const MDB_val& k, size_t tail, std::string* account, const char**
 
 Status StoreReader::accounts(std::vector<StoredAccount>* out) const {
   out->clear();
-  return scan(impl_->env, impl_->env.accounts, nullptr, [&](const MDB_val& k, const MDB_val& v) {
+  std::map<std::string, RulesRecord> rules;  // soft, top-ups: the meta record the flush keeps
+  {
+    Txn txn;
+    std::string blob;
+    std::vector<RulesRecord> list;
+    if (mdb_txn_begin(impl_->env.env, nullptr, MDB_RDONLY, &txn.txn) == 0 && get_meta(txn.txn, impl_->env, "rules", &blob) &&
+        decode_rules(blob, &list))
+      for (auto& r : list) rules[r.account] = std::move(r);
+  }
+  const Status status = scan(impl_->env, impl_->env.accounts, nullptr, [&](const MDB_val& k, const MDB_val& v) {
     AccountValue a;
     if (!decode_account(v, &a)) return true;  // not a record we know: skipped, never misread
     out->push_back(StoredAccount{std::string(static_cast<const char*>(k.mv_data), k.mv_size),
@@ -80,6 +90,14 @@ Status StoreReader::accounts(std::vector<StoredAccount>* out) const {
                                  (a.flags & kAccountGlobal) != 0});
     return true;
   });
+  for (StoredAccount& a : *out) {
+    const auto it = rules.find(a.account);
+    if (it == rules.end()) continue;
+    a.soft = it->second.rules.soft;
+    a.topup_nanousd = it->second.topup.amount_nanousd;
+    a.topup_until_unix_ms = it->second.topup.until_unix_ms;
+  }
+  return status;
 }
 
 Status StoreReader::periods(std::vector<StoredPeriod>* out) const {

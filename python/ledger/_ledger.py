@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 from ._library import MODEL_NAME_BYTES_MAX, BalanceStruct, Library, Limits, load_library
-from .errors import Code, InvalidArgument, LedgerError, error_for
+from .errors import Code, InvalidArgument, LedgerError, RateLimited, error_for
 from .money import cost_nanousd, to_usd, usd
 
 __all__ = ["Period", "Balance", "Authorization", "Ledger", "Hold", "Money", "Cost", "segment_path",
@@ -227,8 +227,18 @@ class Ledger:
                 self._free_locked()
 
     def _check(self, code: int, detail: str = "") -> None:
+        if code == Code.DENIED_RATE:
+            raise RateLimited(code, self._lib.strerror(code), detail, self._retry_after_ms())
         if code != Code.OK:
             raise error_for(code, self._lib.strerror(code), detail)
+
+    def _retry_after_ms(self) -> Optional[int]:
+        """This thread's hint after a rate denial (ledger_retry_after_ms), when the library has it."""
+        fn = self._lib.ledger_retry_after_ms
+        if fn is None or self._handle is None:
+            return None
+        hint = ctypes.c_uint32(0)
+        return int(hint.value) if fn(self._handle, ctypes.byref(hint)) == Code.OK else None
 
     # -- budgets --------------------------------------------------------------------------------
     def set_budget(self, account: str, limit: Money, period: Union[Period, int] = Period.NONE,

@@ -68,6 +68,7 @@ _SIGNATURES = {
 # DESIGN.md 8.4 additions a library may not have yet: bound when present, else None.
 _OPTIONAL_SIGNATURES = {
     "ledger_commit_usage": (_i, [_p, _u64, _i64, _u32, _u32]),
+    "ledger_retry_after_ms": (_i, [_p, ctypes.POINTER(_u32)]),
 }
 
 
@@ -94,6 +95,7 @@ class Library:
     ledger_authorize: Callable[..., int]
     ledger_authorize_via: Callable[..., int]
     ledger_commit_usage: Optional[Callable[..., int]]
+    ledger_retry_after_ms: Optional[Callable[..., int]]
 
     def __init__(self, path: str, cdll: ctypes.CDLL) -> None:
         self.path = path

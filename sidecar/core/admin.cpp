@@ -19,6 +19,7 @@ Options options_for(const Config& config) {
   options.limits.max_accounts = config.ledger.max_accounts;
   options.limits.max_reservations = config.ledger.max_reservations;
   options.limits.max_processes = config.ledger.max_processes;
+  options.limits.max_account_rules = config.ledger.max_account_rules;
   options.default_ttl_s = config.ledger.reservation_ttl_s;
   options.tombstone_grace_s = config.ledger.tombstone_grace_s;
   options.tombstones_max = config.ledger.max_tombstones;
@@ -45,7 +46,8 @@ std::string open_error(const Config& config, Status status) {
              Ledger::segment_path(config.ledger.dir) + " (ledgerctl destroy-segment): the next open rebuilds it from the store";
       break;
     case Code::kFull: {
-      Limits limits{config.ledger.max_accounts, config.ledger.max_reservations, config.ledger.max_processes};
+      Limits limits{config.ledger.max_accounts, config.ledger.max_reservations, config.ledger.max_processes,
+                    config.ledger.max_account_rules};
       const uint64_t mib = (Ledger::segment_bytes(limits) + (1u << 20) - 1) >> 20;
       hint = "no room for the segment (it needs " + std::to_string(mib) + " MiB in " +
              (config.ledger.segment_dir.empty() ? std::string("/dev/shm") : config.ledger.segment_dir) +
@@ -130,6 +132,14 @@ ApplyReport apply_config(Ledger& ledger, const Config& config) {
     report.refused = true;
     return report;
   }
+  report.warnings = unpriced_models(ledger, config);
+  if (config.ledger.strict_models && !report.warnings.empty()) {  // named without a price: refused, as ledger.strict_models asks
+    report.errors = std::move(report.warnings);
+    report.errors.front() += " (ledger.strict_models: nothing was changed)";
+    report.warnings.clear();
+    report.refused = true;
+    return report;
+  }
   std::set<std::string> wanted;
   for (const AccountConfig& a : config.accounts) {  // parents come first
     wanted.insert(a.id);
@@ -175,8 +185,37 @@ ApplyReport apply_config(Ledger& ledger, const Config& config) {
     if (s.ok()) ++report.prices;
     else report.errors.push_back("price of \"" + p.model + "\": " + describe(s));
   }
+  apply_account_rules(ledger, config, &report);
   apply_ledger_settings(ledger, config, &report);
   return report;
+}
+
+RulesSpec rules_of(const AccountConfig& a) {
+  RulesSpec r;
+  r.soft = a.soft;
+  r.has_models = a.models.has_value();
+  r.all_models = r.has_models && !a.models->has_value();
+  if (r.has_models && a.models->has_value()) r.models = **a.models;
+  r.fallback = a.fallback;
+  r.rpm = a.rpm;
+  r.tpm = a.tpm;
+  r.max_concurrent = a.max_concurrent;
+  return r;
+}
+
+// Each account's own model list, soft limit and rate limits (DESIGN 13); a top-up is kept.
+void apply_account_rules(Ledger& ledger, const Config& config, ApplyReport* report) {
+  for (size_t i = 0; i < config.accounts.size(); ++i) {
+    const AccountConfig& a = config.accounts[i];
+    const Status s = ledger.set_rules(a.id, rules_of(a));
+    if (s.ok()) continue;
+    report->errors.push_back(
+        "rules of \"" + a.id + "\": " + describe(s) +
+        (s.code() == Code::kFull ? "; the segment holds rules for at most " + std::to_string(ledger.limits().max_account_rules) +
+                                       " accounts (ledger.max_account_rules when it was created, or the model table is full): "
+                                       "raise it, then ledgerctl destroy-segment and ledgerctl init (the store keeps spend)"
+                                 : ""));
+  }
 }
 
 void apply_ledger_settings(Ledger& ledger, const Config& config, ApplyReport* report) {
@@ -221,9 +260,12 @@ std::vector<std::string> unpriced_models(const Ledger& ledger, const Config& con
                                      ? "; with the \"openrouter\" section the sidecar also loads prices from OpenRouter's /models, "
                                        "so it may be missing there too, or not loaded yet"
                                      : "";
+  std::set<std::string> configured;  // priced by the config, whether or not it was applied yet
+  for (const PriceConfig& p : config.prices) configured.insert(p.model);
   auto check = [&](const std::string& key, const std::string& model) {
     int64_t estimate = 0;
-    if (model.empty() || ledger.estimate(model, 1, 1, &estimate).code() != Code::kUnknownModel) return;
+    if (model.empty() || configured.count(model) != 0 || ledger.estimate(model, 1, 1, &estimate).code() != Code::kUnknownModel)
+      return;
     out.push_back(key + ": \"" + model + "\" has no price (check the spelling, or add it under \"prices\"" + where_else + ")");
   };
   for (const TierConfig& t : config.tiers) {
@@ -232,6 +274,13 @@ std::vector<std::string> unpriced_models(const Ledger& ledger, const Config& con
       for (size_t i = 0; i < t.models->size(); ++i) check(where + ".models[" + std::to_string(i) + "]", (*t.models)[i]);
     check(where + ".fallback", t.fallback);
     check(where + ".downgrade_to", t.downgrade_to);
+  }
+  for (size_t a = 0; a < config.accounts.size(); ++a) {
+    const AccountConfig& account = config.accounts[a];
+    const std::string where = "accounts[" + std::to_string(a) + "] (\"" + account.id + "\")";
+    if (account.models && account.models->has_value())
+      for (size_t i = 0; i < (*account.models)->size(); ++i) check(where + ".models[" + std::to_string(i) + "]", (**account.models)[i]);
+    check(where + ".fallback", account.fallback);
   }
   return out;
 }

@@ -36,6 +36,7 @@ struct ApplyReport {
   int created = 0, updated = 0, unchanged = 0, blocked_removed = 0, prices = 0;
   std::vector<std::string> still_blocked;  // in the config but blocked (ledgerctl unblock NAME)
   std::vector<std::string> errors;
+  std::vector<std::string> warnings;  // models named without a price (errors under ledger.strict_models)
   bool refused = false;  // nothing was changed (errors says why and what to do)
 };
 // Makes the ledger match the config: creates or updates every account (spend is kept), blocks the
@@ -44,6 +45,9 @@ struct ApplyReport {
 // nothing) when the accounts already in the ledger plus the config's new ones exceed the segment's
 // capacity (Ledger::limits().max_accounts).
 ApplyReport apply_config(Ledger& ledger, const Config& config);
+// What the config says an account sets beyond its budget and tier (DESIGN 13).
+RulesSpec rules_of(const AccountConfig& account);
+void apply_account_rules(Ledger& ledger, const Config& config, ApplyReport* report);
 // The parts of apply_config that are not accounts and policy: the hold policy (every process's
 // default TTL and tombstone rules), the LMDB map size, and each account's bound OpenRouter key.
 void apply_ledger_settings(Ledger& ledger, const Config& config, ApplyReport* report);

@@ -74,9 +74,39 @@ void parse_prices(const json::value& v, Config& c) {
   }
 }
 
+// A list of model ids, or null (every model).
+std::optional<std::vector<std::string>> parse_model_list(const json::value& v, const std::string& where) {
+  if (v.is_null()) return std::nullopt;
+  if (!v.is_array()) fail(where, "expected an array of model ids or null, got " + kind_name(v));
+  std::vector<std::string> list;
+  for (size_t i = 0; i < v.get_array().size(); ++i) {
+    const auto& m = v.get_array()[i];
+    const std::string mw = where + "[" + std::to_string(i) + "]";
+    if (!m.is_string() || !valid_model_id(std::string(m.get_string()))) fail(mw, "expected a model id such as \"openai/gpt-4o-mini\"");
+    list.emplace_back(m.get_string());
+  }
+  return list;
+}
+
+// DESIGN 13: models, fallback, enforce, rpm, tpm, max_concurrent.
+void parse_account_rules(const json::object& o, const std::string& named, AccountConfig* a) {
+  if (const json::value* models = o.if_contains("models")) a->models = parse_model_list(*models, named + ".models");
+  a->fallback = get_string(o, named, "fallback", "");
+  if (!a->fallback.empty() && !valid_model_id(a->fallback)) fail(named + ".fallback", "not a model id");
+  if (!a->fallback.empty() && !a->models && a->tier.empty())
+    fail(named + ".fallback", "a fallback replaces the account's own list's or its tier's: give the account \"models\" or a \"tier\"");
+  const std::string enforce = get_string(o, named, "enforce", "hard");
+  if (enforce != "hard" && enforce != "soft") fail(named + ".enforce", "expected \"hard\" or \"soft\", got \"" + enforce + "\"");
+  a->soft = enforce == "soft";
+  a->rpm = static_cast<uint32_t>(get_uint(o, named, "rpm", 0, 1, kRpmMax));
+  a->tpm = static_cast<uint32_t>(get_uint(o, named, "tpm", 0, 1, kTpmMax));
+  a->max_concurrent = static_cast<uint32_t>(get_uint(o, named, "max_concurrent", 0, 1, kMaxConcurrentMax));
+}
+
 AccountConfig parse_account(const json::value& v, size_t i, std::map<std::string, size_t>& seen) {
   const std::string where = "accounts[" + std::to_string(i) + "]";
-  const auto& o = object_with(v, where, {"id", "parent", "tier", "limit_usd", "period", "key_hash", "scope"});
+  const auto& o = object_with(v, where, {"id", "parent", "tier", "limit_usd", "period", "key_hash", "scope", "models", "fallback",
+                                         "enforce", "rpm", "tpm", "max_concurrent"});
   AccountConfig a;
   a.id = get_string(o, where, "id", "", true, 256);
   if (!valid_account_name(a.id)) fail(where + ".id", "\"" + a.id + "\" is not an account id (1-63 characters of [A-Za-z0-9._:@-])");
@@ -103,6 +133,7 @@ AccountConfig parse_account(const json::value& v, size_t i, std::map<std::string
   const std::string scope = get_string(o, named, "scope", "global");
   if (scope != "global" && scope != "local") fail(named + ".scope", "expected \"global\" or \"local\", got \"" + scope + "\"");
   a.global = scope == "global";  // meaningful only with a "global" section (see parse_config)
+  parse_account_rules(o, named, &a);
   return a;
 }
 

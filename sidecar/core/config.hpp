@@ -39,6 +39,12 @@ struct AccountConfig {
   Period period = Period::kNone;
   bool period_given = false;  // false: "period" was left out, so the budget is a lifetime one (none)
   bool global = false;        // with a "global" section: every account unless it says "scope": "local"
+  // DESIGN 13: its own model list (nullopt inside = "models": null, every model), fallback, soft
+  // limit and rate limits (0 = none).
+  std::optional<std::optional<std::vector<std::string>>> models;  // outer nullopt: "models" left out
+  std::string fallback;
+  bool soft = false;          // "enforce": "soft"
+  uint32_t rpm = 0, tpm = 0, max_concurrent = 0;
 };
 
 // The sections, one struct each. Their defaults are not here: every scalar field has one row in the
@@ -53,6 +59,8 @@ struct LedgerSection {
   std::string segment_dir;            // "" = as recorded for the ledger, else /dev/shm
   uint32_t tombstone_grace_s{};
   uint32_t max_tombstones{};          // 0 = half of max_reservations
+  uint32_t max_account_rules{};       // accounts with rules of their own (models, soft, top-up, rates)
+  bool strict_models{};               // a model named in tiers or accounts with no price is an error, not a warning
 };
 
 struct OpenRouterSection {

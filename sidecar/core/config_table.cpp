@@ -144,6 +144,12 @@ std::vector<ConfigKey> ledger_keys() {
                "whose tombstone was dropped gets code 6 and charges nothing; for accounts whose key is reconciled, the next "
                "reconcile charges what OpenRouter billed",
                "half of `max_reservations`"),
+      uint_key("ledger", "max_account_rules", L_, &L::max_account_rules, 4096, 0, 65535, "",
+               "accounts that set rules of their own (`models`, `fallback`, a top-up or rate limits; 192 bytes each), fixed when "
+               "the segment is created; `init` names the account that does not fit"),
+      bool_key("ledger", "strict_models", L_, &L::strict_models, false,
+               "a model named in `tiers` or `accounts` (`models`, `fallback`, `downgrade_to`) that has no price is an error for "
+               "`init` and a reload (the running config stays), not a warning"),
       uint_key("ledger", "store_map_size_mb", L_, &L::store_map_size_mb, 1024, 1, 1u << 20, "MiB",
                "LMDB map size (sparse); a full map fails the flush with code 9, logged once; raise it and send SIGHUP: the next "
                "flush uses it"),
@@ -185,7 +191,11 @@ std::vector<ConfigKey> other_keys() {
       doc_key("accounts[]", "", "none",
               "`id`, `limit_usd`, `period` (none/daily/weekly/monthly; left out = none, a lifetime budget, which `init` points out "
               "per account and `status` shows as `none (lifetime)`), `parent`, `tier`, `key_hash` (the account's own OpenRouter "
-              "key: see \"Reconciliation per key\"), `scope` (`\"global\"`, the default with a `global` section, or `\"local\"`)"),
+              "key: see \"Reconciliation per key\"), `scope` (`\"global\"`, the default with a `global` section, or `\"local\"`), "
+              "`models` (its own list, or null = all, for it and its descendants that set no tier or list; replaces its tier's) and "
+              "`fallback` (with `models` or a `tier`: replaces the tier's), `enforce` (`\"hard\"`, or `\"soft\"`: its own limit "
+              "never denies, its ancestors' still do), `rpm`, `tpm`, `max_concurrent` (requests and tokens per minute, open holds: "
+              "positive integers up to 1,000,000, 1,000,000,000 and 16,383; absent = no limit); see \"Governance\""),
       string_key("reports", "dir", &Config::reports, &R::dir, "reports", "`reports`", "where the sidecar writes the team report; relative to the config file"),
       uint_key("reports", "interval_s", &Config::reports, &R::interval_s, 300, 10, 86400 * 7, "s", "how often the sidecar writes it"),
       formats_key(),

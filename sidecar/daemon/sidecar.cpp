@@ -53,6 +53,7 @@ void log_apply(const ApplyReport& r, const char* what) {
                " unchanged=" + std::to_string(r.unchanged) + " blocked_removed=" + std::to_string(r.blocked_removed) +
                " prices=" + std::to_string(r.prices) + " errors=" + std::to_string(r.errors.size()));
   for (const auto& e : r.errors) log_line("warn", e);
+  for (const auto& w : r.warnings) log_line("warn", w);
 }
 
 std::string flush_hint(Code code) {

@@ -33,7 +33,9 @@ std::string read_first_line(const std::string& path) {
 std::vector<const AccountConfig*> global_chain(const Config& config, const AccountConfig& a) {
   std::vector<const AccountConfig*> chain;
   for (const AccountConfig* at = &a; at != nullptr && chain.size() < 4;) {
-    if (at->global) chain.push_back(at);
+    // A soft account's own limit never denies (DESIGN 13): it admits without a lease, and a grant
+    // of its ancestors must not be refused because it is over its own limit.
+    if (at->global && !at->soft) chain.push_back(at);
     const AccountConfig* parent = nullptr;
     for (const auto& c : config.accounts)
       if (c.id == at->parent) parent = &c;
@@ -278,12 +280,12 @@ bool LeaseWorker::report_and_read(const Config& config, int64_t now_s, bool fina
 // The store's view of this host's leases, the accounts' limits and blocks (blocks are global).
 void LeaseWorker::apply_store_view(const Config& config, const RefreshResult& got, int64_t now_s) {
   for (const auto& v : got.leases)
-    leases_[{v.account, v.window}] = Lease{v.granted_nanousd, v.window_granted_nanousd, v.limit_nanousd, v.spent_nanousd, v.blocked};
+    leases_[{v.account, v.window}] = Lease{v.granted_nanousd, v.window_granted_nanousd, v.limit_nanousd, v.blocked};
   for (const auto& g : got.accounts) {
     const AccountConfig* a = find_account(config, g.id);
     if (a == nullptr || !a->global) continue;
     Lease& lease = leases_[{g.id, window_of(*a, now_s)}];
-    lease.limit = g.limit_nanousd;
+    lease.limit = g.limit_in(window_of(*a, now_s));
     lease.blocked = g.blocked;
     Balance b;
     if (ledger_.balance(g.id, &b).ok() && b.blocked != g.blocked) (void)ledger_.block(g.id, g.blocked);
@@ -291,15 +293,17 @@ void LeaseWorker::apply_store_view(const Config& config, const RefreshResult& go
   // Only at the first refresh of this process: that is when the segment may have been rebuilt. Later
   // the store's record is this process's own reports, and a report read while a hold was being
   // taken can be above the settled spend for an instant (see window_usage): not spend to charge.
-  if (!restored_) restore_reported_spend(config, got.leases, now_s);
-  restored_ = true;
+  if (!restored_) restored_ = restore_reported_spend(config, got.leases, now_s);
 }
 
 // A segment rebuilt from LMDB (its host lost /dev/shm, as in a reboot) may know less than this host
 // already reported: the store's record of this host's spend in a current window is the floor. The
 // difference is charged here, so that spend is not admitted a second time (G1); only what was
-// neither flushed nor reported before the failure stays unknown (DESIGN 4, promise 3).
-void LeaseWorker::restore_reported_spend(const Config& config, const std::vector<LeaseView>& views, int64_t now_s) {
+// neither flushed nor reported before the failure stays unknown (DESIGN 4, promise 3). False when
+// a difference could not be charged: the next refresh tries again (and the leases stay as they were:
+// publish() never grants what the segment does not know it spent).
+bool LeaseWorker::restore_reported_spend(const Config& config, const std::vector<LeaseView>& views, int64_t now_s) {
+  bool done = true;
   std::vector<std::pair<size_t, const AccountConfig*>> deepest_first;
   for (const auto& a : config.accounts)
     if (a.global) deepest_first.emplace_back(global_chain(config, a).size(), &a);
@@ -309,12 +313,17 @@ void LeaseWorker::restore_reported_spend(const Config& config, const std::vector
       WindowUsage u;
       if (v.account != a->id || v.window != window_of(*a, now_s) || !ledger_.window_usage(a->id, v.window, &u).ok()) continue;
       const int64_t missing = v.spent_nanousd - u.spent_nanousd;
-      if (missing <= 0 || !ledger_.adjust(a->id, missing).ok()) continue;
+      if (missing <= 0) continue;
+      if (!ledger_.adjust(a->id, missing).ok()) {
+        done = false;
+        continue;
+      }
       admin::log_line("warn", "global: this host's ledger knew less than it had reported (rebuilt after losing its segment?); "
                               "the difference is charged again",
                       "account=" + a->id + " usd=" + format_usd(missing));
     }
   }
+  return done;
 }
 
 void LeaseWorker::measure_demand(const Config& config, int64_t now_s) {
@@ -332,7 +341,9 @@ void LeaseWorker::measure_demand(const Config& config, int64_t now_s) {
     // and while denials go on, the headroom doubles each cycle (a host that starts spending fast
     // reaches its rate's slice in a few cycles, not only after its spend was measured).
     if (!ledger_.take_lease_wanted(a.id, window_of(a, now_s), &d.wanted).ok()) d.wanted = 0;
-    d.boost = d.wanted > 0 ? std::max(d.boost * 2, d.wanted * 4) : d.boost / 2;
+    // Capped at the largest amount there is: it doubles for as long as an exhausted account is
+    // denied (it overflowed after about 60 cycles before, a finding of the ASan run).
+    d.boost = d.wanted > 0 ? std::min(kAmountNanoUsdMax, std::max(d.boost * 2, d.wanted * 4)) : d.boost / 2;
     d.used = u.used_nanousd;
     d.spent = u.spent_nanousd;
     d.last_used = u.used_nanousd;
@@ -478,13 +489,9 @@ void LeaseWorker::publish(const Config& config, int64_t now_s) {
       continue;
     }
     // Only the current and the next window: an old one's word is the next one's (same parity).
-    // Spend the store has on record but this segment does not (it was rebuilt from a store that
-    // lost its last flush interval) is not admitted again: it comes off the lease.
-    WindowUsage u;
-    int64_t unseen = 0;
-    if (ledger_.window_usage(a->id, it->first.second, &u).ok()) unseen = std::max<int64_t>(0, it->second.reported_spent - u.spent_nanousd);
-    if (it->first.second >= current)
-      (void)ledger_.set_lease(a->id, it->first.second, std::max<int64_t>(0, it->second.granted - unseen), deadline);
+    // Nothing before the first refresh has compared the store's record with the segment: spend the
+    // segment does not know (restore_reported_spend) must not be admitted again.
+    if (it->first.second >= current && restored_) (void)ledger_.set_lease(a->id, it->first.second, it->second.granted, deadline);
     if (it->first.second == current) leased[a->id] = it->second.granted;
     ++it;
   }

@@ -64,7 +64,6 @@ class LeaseWorker {
  private:
   struct Lease {  // one (account, window) of this host, as the store last said
     int64_t granted = 0, window_granted = 0, limit = 0;
-    int64_t reported_spent = 0;  // the store's record of this host's spend (never decreases)
     bool blocked = false;
   };
   struct Demand {  // what this host used of one account's current window, and how fast
@@ -81,7 +80,7 @@ class LeaseWorker {
   std::vector<Usage> current_usage(const admin::Config& config) const;
   bool nothing_to_refresh(const admin::Config& config, const std::vector<Usage>& usage) const;
   void apply_store_view(const admin::Config& config, const RefreshResult& got, int64_t now_s);
-  void restore_reported_spend(const admin::Config& config, const std::vector<LeaseView>& views, int64_t now_s);
+  bool restore_reported_spend(const admin::Config& config, const std::vector<LeaseView>& views, int64_t now_s);
   void measure_demand(const admin::Config& config, int64_t now_s);
   void grow(const admin::Config& config, int64_t now_s);
   void give_back_surplus(const admin::Config& config, int64_t now_s, bool everything);

@@ -33,6 +33,10 @@ const char* const kTables[] = {
     "CREATE TABLE IF NOT EXISTS ledger_account_days (owner TEXT NOT NULL, account TEXT NOT NULL, model TEXT NOT NULL, "
     "day BIGINT NOT NULL, spent_nanousd BIGINT NOT NULL, requests BIGINT NOT NULL, PRIMARY KEY (owner, account, model, day))",
     "CREATE TABLE IF NOT EXISTS ledger_records (owner TEXT PRIMARY KEY, captured_at TIMESTAMPTZ NOT NULL)",
+    // Version 3: top-ups (DESIGN 13): an account's limit is raised by amount_nanousd in every window
+    // that starts before until_unix (ledgerctl topup; one per account, the last one wins).
+    "CREATE TABLE IF NOT EXISTS ledger_topups (account TEXT PRIMARY KEY, amount_nanousd BIGINT NOT NULL, "
+    "until_unix BIGINT NOT NULL, set_at TIMESTAMPTZ NOT NULL DEFAULT now())",
 };
 
 // Columns each table must have: a table of the same name without them is not ours.
@@ -50,6 +54,7 @@ const std::map<std::string, std::vector<std::string>>& expected_columns() {
       {"ledger_key_days", {"owner", "key_hash", "account", "day", "spent_nanousd"}},
       {"ledger_account_days", {"owner", "account", "model", "day", "spent_nanousd", "requests"}},
       {"ledger_records", {"owner", "captured_at"}},
+      {"ledger_topups", {"account", "amount_nanousd", "until_unix"}},
   };
   return columns;
 }
@@ -114,6 +119,22 @@ bool ensure_schema(PgConnection& pg, PgError* error) {
       error);
 }
 
+bool set_topup(PgConnection& pg, const std::string& account, int64_t amount_nanousd, int64_t until_unix, bool* found, PgError* error) {
+  return pg.transaction(
+      [&](PgConnection& c, PgError* e) {
+        PgResult r;
+        if (!c.exec("SELECT 1 FROM ledger_accounts WHERE id = $1", {account}, &r, e)) return false;
+        *found = !r.rows.empty();
+        if (!*found) return true;
+        if (!c.exec("INSERT INTO ledger_topups (account, amount_nanousd, until_unix) VALUES ($1, $2, $3) ON CONFLICT (account) "
+                    "DO UPDATE SET amount_nanousd = EXCLUDED.amount_nanousd, until_unix = EXCLUDED.until_unix, set_at = now()",
+                    {account, i64(amount_nanousd), i64(until_unix)}, &r, e))
+          return false;
+        return journal(c, "topup", account, "amount_nanousd=" + i64(amount_nanousd) + " until_unix=" + i64(until_unix), e);
+      },
+      error);
+}
+
 bool publish_accounts(PgConnection& pg, const std::vector<GlobalAccount>& accounts, int* changed, PgError* error) {
   *changed = 0;
   return pg.transaction(
@@ -162,10 +183,13 @@ bool grant_level(PgConnection& c, const std::string& host, const LevelAmount& l,
   const std::vector<std::string> key{l.account, period_text(l.period), i64(l.window)};
   if (!c.exec("INSERT INTO ledger_windows (account, period, window_index) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", key, &r, e))
     return false;
+  // The limit, raised by a top-up that lasts into this window (its start is before the top-up's end).
   if (!c.exec("UPDATE ledger_windows SET granted_nanousd = ledger_windows.granted_nanousd + $4 FROM ledger_accounts a "
               "WHERE ledger_windows.account = $1 AND ledger_windows.period = $2 AND ledger_windows.window_index = $3 "
-              "AND a.id = $1 AND a.period = $2 AND NOT a.blocked AND ledger_windows.granted_nanousd + $4 <= a.limit_nanousd",
-              {l.account, period_text(l.period), i64(l.window), i64(l.amount_nanousd)}, &r, e))
+              "AND a.id = $1 AND a.period = $2 AND NOT a.blocked AND ledger_windows.granted_nanousd + $4 <= a.limit_nanousd + "
+              "COALESCE((SELECT t.amount_nanousd FROM ledger_topups t WHERE t.account = $1 AND t.until_unix > $5), 0)",
+              {l.account, period_text(l.period), i64(l.window), i64(l.amount_nanousd), i64(period_start_unix(l.period, l.window))},
+              &r, e))
     return false;
   *granted = r.affected == 1;
   if (!*granted) return true;
@@ -296,25 +320,33 @@ bool expire_leases(PgConnection& pg, uint64_t* expired, PgError* error) {
 bool read_leases(PgConnection& pg, const std::string& host, std::vector<LeaseView>* out, PgError* error) {
   PgResult r;
   if (!pg.exec("SELECT l.account, l.period, l.window_index, l.granted_nanousd, l.used_nanousd, a.limit_nanousd, a.blocked, "
-               "w.granted_nanousd, l.expired, l.spent_nanousd FROM ledger_leases l JOIN ledger_accounts a ON a.id = l.account "
+               "w.granted_nanousd, l.expired, l.spent_nanousd, COALESCE(t.amount_nanousd, 0), COALESCE(t.until_unix, 0) "
+               "FROM ledger_leases l JOIN ledger_accounts a ON a.id = l.account "
                "JOIN ledger_windows w ON w.account = l.account AND w.period = l.period AND w.window_index = l.window_index "
-               "WHERE l.host_id = $1",
+               "LEFT JOIN ledger_topups t ON t.account = l.account WHERE l.host_id = $1",
                {host}, &r, error))
     return false;
   out->clear();
-  for (const auto& row : r.rows)
-    out->push_back(LeaseView{row[0].value_or(""), static_cast<Period>(as_i64(row[1]) & 3), as_i64(row[2]), as_i64(row[3]),
-                             as_i64(row[4]), as_i64(row[9]), as_i64(row[5]), as_i64(row[7]), as_bool(row[6]), as_bool(row[8])});
+  for (const auto& row : r.rows) {
+    const auto period = static_cast<Period>(as_i64(row[1]) & 3);
+    // The limit of that window: raised by a top-up that lasts into it (as grant_level decides).
+    const int64_t topup = as_i64(row[11]) > period_start_unix(period, as_i64(row[2])) ? as_i64(row[10]) : 0;
+    out->push_back(LeaseView{row[0].value_or(""), period, as_i64(row[2]), as_i64(row[3]), as_i64(row[4]), as_i64(row[9]),
+                             as_i64(row[5]) + topup, as_i64(row[7]), as_bool(row[6]), as_bool(row[8])});
+  }
   return true;
 }
 
 bool read_accounts(PgConnection& pg, std::vector<GlobalAccount>* out, PgError* error) {
   PgResult r;
-  if (!pg.exec("SELECT id, parent, limit_nanousd, period, blocked FROM ledger_accounts ORDER BY id", {}, &r, error)) return false;
+  if (!pg.exec("SELECT a.id, a.parent, a.limit_nanousd, a.period, a.blocked, COALESCE(t.amount_nanousd, 0), COALESCE(t.until_unix, 0) "
+               "FROM ledger_accounts a LEFT JOIN ledger_topups t ON t.account = a.id ORDER BY a.id",
+               {}, &r, error))
+    return false;
   out->clear();
   for (const auto& row : r.rows)
     out->push_back(GlobalAccount{row[0].value_or(""), row[1].value_or(""), as_i64(row[2]), static_cast<Period>(as_i64(row[3]) & 3),
-                                 as_bool(row[4])});
+                                 as_bool(row[4]), as_i64(row[5]), as_i64(row[6])});
   return true;
 }
 
@@ -389,6 +421,11 @@ bool read_status(PgConnection& pg, int64_t now_unix, std::vector<AccountStatus>*
   out->clear();
   for (const auto& a : accounts) {
     AccountStatus s{a.id, a.period, period_index(a.period, now_unix), a.limit_nanousd, 0, 0, a.blocked, {}};
+    s.limit_nanousd = a.limit_in(s.window);  // a top-up that lasts into this window raises it
+    if (s.limit_nanousd != a.limit_nanousd) {
+      s.topup_nanousd = a.topup_nanousd;
+      s.topup_until_unix = a.topup_until_unix;
+    }
     PgResult r;
     if (!pg.exec("SELECT host_id, granted_nanousd, used_nanousd, spent_nanousd, EXTRACT(EPOCH FROM expires_at)::BIGINT, expired "
                  "FROM ledger_leases WHERE account = $1 AND period = $2 AND window_index = $3 ORDER BY host_id",

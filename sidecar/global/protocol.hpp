@@ -13,6 +13,7 @@
 //                    recorded through the key (cumulative)
 //   ledger_account_days (v2) per host incarnation, account, model ("" = total) and day: its spend
 //   ledger_records   (v2) when each host incarnation last captured those (see host_record.hpp)
+//   ledger_topups    (v3) per account: a top-up of its limit, in every window that starts before its end
 // A lease belongs to a host's incarnation ("host_id/incarnation", the incarnation kept in the ledger
 // directory): a host that loses its directory comes back as a new incarnation, so its old leases are
 // never renewed, expire, and stay charged in full (G3); one that keeps it reports its true use.
@@ -36,7 +37,7 @@
 
 namespace ledger::global {
 
-inline constexpr int kSchemaVersion = 2;  // 2: per-key days for the one reconciler
+inline constexpr int kSchemaVersion = 3;  // 2: per-key days for the one reconciler; 3: top-ups
 
 // Creates the tables (first use) or checks them: a newer schema, or a table of the same name that
 // is not ours, is an error naming it; nothing is changed then.
@@ -47,11 +48,19 @@ struct GlobalAccount {
   int64_t limit_nanousd = 0;
   Period period = Period::kNone;
   bool blocked = false;
+  int64_t topup_nanousd = 0, topup_until_unix = 0;  // read_accounts: its top-up (ledger_topups), if any
+  // The limit of `window`: raised by a top-up that lasts into it.
+  int64_t limit_in(int64_t window) const {
+    return limit_nanousd + (topup_until_unix > period_start_unix(period, window) ? topup_nanousd : 0);
+  }
 };
 // Publishes the config's global accounts (one transaction, journaled per change): limits, periods
 // and parents. A new account starts unblocked; an existing one keeps the store's block, which only
 // set_blocked changes (ledgerctl block/unblock), as init keeps a local block.
 bool publish_accounts(PgConnection& pg, const std::vector<GlobalAccount>& accounts, int* changed, PgError* error);
+// Raises a global account's limit by amount_nanousd (0 removes it) in every window that starts
+// before until_unix (ledgerctl topup), journaled; *found is false when the store has no such account.
+bool set_topup(PgConnection& pg, const std::string& account, int64_t amount_nanousd, int64_t until_unix, bool* found, PgError* error);
 // Blocks or unblocks a global account for every host (each applies it at its next refresh);
 // *found is false when the store has no such account (nothing changed then).
 bool set_blocked(PgConnection& pg, const std::string& account, bool blocked, bool* found, PgError* error);
@@ -138,9 +147,10 @@ struct AccountStatus {
   std::string id;
   Period period = Period::kNone;
   int64_t window = 0;
-  int64_t limit_nanousd = 0, spent_nanousd = 0, leased_nanousd = 0;
+  int64_t limit_nanousd = 0, spent_nanousd = 0, leased_nanousd = 0;  // limit: of this window, a top-up included
   bool blocked = false;
   std::vector<HostShare> hosts;
+  int64_t topup_nanousd = 0, topup_until_unix = 0;  // a top-up in force in this window
 };
 bool read_status(PgConnection& pg, int64_t now_unix, std::vector<AccountStatus>* out, PgError* error);
 

@@ -60,6 +60,35 @@ static void render_global(std::string& out, const SidecarCounters& c) {
   for (const auto& [account, leased] : c.leased_nanousd) sample(out, "ledger_global_leased_nanousd", "account=\"" + label(account) + "\"", leased);
 }
 
+// DESIGN 13: soft accounts, top-ups in force, and what rate limits counted in the current minute.
+void render_rules(std::string& out, const Ledger& ledger, const std::vector<AccountBalance>& accounts) {
+  family(out, "ledger_account_soft", "gauge", "1 when the account's own limit never denies (enforce: soft).");
+  for (const auto& a : accounts)
+    if (a.balance.soft) sample(out, "ledger_account_soft", "account=\"" + a.account + "\"", 1);
+  family(out, "ledger_account_topup_nanousd", "gauge", "A top-up in force (part of ledger_account_limit_nanousd), in nano-USD.");
+  for (const auto& a : accounts)
+    if (a.balance.topup_nanousd != 0) sample(out, "ledger_account_topup_nanousd", "account=\"" + a.account + "\"", a.balance.topup_nanousd);
+  struct Rate {
+    const char* name;
+    const char* help;
+    uint64_t RateUsage::*field;
+  };
+  const Rate rates[] = {{"ledger_rate_requests", "Requests admitted in the current minute (accounts with rate limits).", &RateUsage::requests},
+                        {"ledger_rate_tokens", "Tokens counted in the current minute (accounts with rate limits).", &RateUsage::tokens},
+                        {"ledger_rate_concurrent", "Holds open now (accounts with rate limits).", &RateUsage::concurrent}};
+  std::vector<std::pair<std::string, RateUsage>> usage;
+  for (const auto& a : accounts) {
+    RulesSpec rules;
+    RateUsage u;
+    if (ledger.rules(a.account, &rules).ok() && (rules.rpm | rules.tpm | rules.max_concurrent) != 0 && ledger.rate_usage(a.account, &u).ok())
+      usage.emplace_back(a.account, u);
+  }
+  for (const Rate& r : rates) {
+    family(out, r.name, "gauge", r.help);
+    for (const auto& [account, u] : usage) sample(out, r.name, "account=\"" + account + "\"", static_cast<int64_t>(u.*(r.field)));
+  }
+}
+
 std::string render_metrics(const Ledger& ledger, const SidecarCounters& c, int64_t now_unix) {
   std::string out;
   std::vector<AccountBalance> accounts;
@@ -92,6 +121,8 @@ std::string render_metrics(const Ledger& ledger, const SidecarCounters& c, int64
   sample(out, "ledger_denials_total", "reason=\"parent_over_budget\"", static_cast<int64_t>(s.denied_parent_over_budget));
   sample(out, "ledger_denials_total", "reason=\"model\"", static_cast<int64_t>(s.denied_model));
   sample(out, "ledger_denials_total", "reason=\"blocked\"", static_cast<int64_t>(s.denied_blocked));
+  sample(out, "ledger_denials_total", "reason=\"rate\"", static_cast<int64_t>(s.denied_rate));
+  render_rules(out, ledger, accounts);
   struct Scalar {
     const char* name;
     const char* type;

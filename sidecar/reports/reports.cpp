@@ -108,11 +108,18 @@ Status build_report(const Config& config, const ReportInputs& in, int64_t from_d
     row.period = std::string(period_name(a.period));
     row.limit_nanousd = a.limit_nanousd;
     row.blocked = a.blocked;
+    row.soft = a.soft;
+    if (a.topup_nanousd != 0 && now_unix * 1000 < a.topup_until_unix_ms && !a.global) {  // a global top-up is the store's
+      row.topup_nanousd = a.topup_nanousd;
+      row.topup_until_unix = a.topup_until_unix_ms / 1000;
+      row.limit_nanousd += a.topup_nanousd;
+    }
     if (const auto hosts = in.hosts.find(a.account); hosts != in.hosts.end()) row.hosts = hosts->second;
     const int64_t current = period_index(a.period, now_unix);
     for (const StoredPeriod* p : periods_of[a.account])
       if (p->period == a.period && p->index == current) row.period_spent_nanousd = p->spent_nanousd;
-    row.percent_used_bp = a.limit_nanousd > 0 ? static_cast<int64_t>(static_cast<Wide>(row.period_spent_nanousd) * 10000 / a.limit_nanousd) : -1;
+    row.percent_used_bp =
+        row.limit_nanousd > 0 ? static_cast<int64_t>(static_cast<Wide>(row.period_spent_nanousd) * 10000 / row.limit_nanousd) : -1;
     index[a.account] = r.rows.size();
     r.rows.push_back(std::move(row));
   }
@@ -251,6 +258,15 @@ std::string html(const std::string& s) {
 }
 }  // namespace
 
+// BLOCKED, SOFT, a top-up in force: after the row (the limit includes the top-up).
+std::string row_flags(const ReportRow& row) {
+  std::string out;
+  if (row.blocked) out += "  BLOCKED";
+  if (row.soft) out += "  SOFT";
+  if (row.topup_nanousd != 0) out += "  +" + format_usd(row.topup_nanousd) + " top-up";
+  return out;
+}
+
 std::string render_table(const Report& r) {
   std::string out = "team report " + format_date(r.from_day) + " .. " + format_date(r.to_day) + " (UTC)\n\n";
   char line[512];
@@ -262,7 +278,7 @@ std::string render_table(const Report& r) {
                   row.parent.empty() ? "-" : row.parent.c_str(), row.tier.empty() ? "-" : row.tier.c_str(),
                   format_usd(row.cost_nanousd).c_str(), static_cast<unsigned long long>(row.requests),
                   format_usd(row.limit_nanousd).c_str(), row.period.c_str(), percent(row.percent_used_bp).c_str(),
-                  row.blocked ? "  BLOCKED" : "");
+                  row_flags(row).c_str());
     out += line;
   }
   out += "\ntotal (root accounts): " + format_usd(r.total_cost_nanousd) + " USD, " + std::to_string(r.total_requests) + " requests\n";
@@ -331,7 +347,9 @@ std::string render_json(const Report& r) {
                                 {"cost_nanousd", row.cost_nanousd}, {"cost_usd", format_usd(row.cost_nanousd)},
                                 {"requests", row.requests}, {"period_spent_nanousd", row.period_spent_nanousd},
                                 {"percent_used", row.percent_used_bp < 0 ? json::value(nullptr) : json::value(percent(row.percent_used_bp))},
-                                {"blocked", row.blocked}, {"models", models_json(row.models)}, {"hosts", hosts_json(row.hosts)}});
+                                {"blocked", row.blocked}, {"soft", row.soft}, {"topup_nanousd", row.topup_nanousd},
+                                {"topup_until_unix", row.topup_until_unix}, {"models", models_json(row.models)},
+                                {"hosts", hosts_json(row.hosts)}});
   json::array days;
   for (const auto& [day, cost] : r.days) days.push_back(json::object{{"date", format_date(day)}, {"cost_nanousd", cost}, {"cost_usd", format_usd(cost)}});
   json::array anomalies;

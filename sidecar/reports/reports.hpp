@@ -47,6 +47,9 @@ struct ReportRow {
   int64_t period_spent_nanousd = 0; // settled in the current period
   int64_t percent_used_bp = 0;      // of the limit, in basis points (10000 = 100 %); -1 = no limit
   bool blocked = false;
+  bool soft = false;                // its own limit never denies: how far over shows in percent_used_bp
+  int64_t topup_nanousd = 0;        // a top-up in force now (part of limit_nanousd), and its end
+  int64_t topup_until_unix = 0;
   std::vector<HostCost> hosts;      // global mode: the range's cost by host (they sum to cost_nanousd)
 };
 

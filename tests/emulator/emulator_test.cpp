@@ -401,6 +401,62 @@ std::string post(const std::string& path, const std::string& key, const std::str
 }
 }  // namespace
 
+TEST_CASE("text completions and embeddings in OpenRouter's shapes, billed like chat", "[emulator]") {
+  Client c;
+  const auto k = c.created(R"({"name": "t"})");
+  const std::string secret(k.at("key").as_string()), hash(k.at("data").at("hash").as_string());
+  // 44 characters of prompt: 12 tokens; a reply of 20 + 12 % 40 = 32 tokens, cut to max_tokens 10.
+  Response r = c.call("POST", "/api/v1/completions", secret,
+                      R"({"model": "openai/gpt-4o-mini", "prompt": ["0123456789012345678901", "0123456789012345678901"], "max_tokens": 10})");
+  REQUIRE(r.status == 200);
+  auto v = json::parse(r.body).as_object();
+  CHECK(v.at("object").as_string() == "text_completion");
+  CHECK(v.at("choices").at(0).at("text").as_string().starts_with("Emulated reply"));
+  CHECK(v.at("usage").at("prompt_tokens").as_int64() == 12);
+  CHECK(v.at("usage").at("completion_tokens").as_int64() == 10);
+  CHECK(r.body.find("\"cost\":0.0000078}") != std::string::npos);  // 12 x $0.15 + 10 x $0.60 per million tokens
+  // Embeddings: no completion tokens; floats, or base64 float32 when asked (the openai SDKs' default).
+  r = c.call("POST", "/api/v1/embeddings", secret, R"({"model": "openai/text-embedding-3-small", "input": ["abcdefgh", "ijkl"]})");
+  REQUIRE(r.status == 200);
+  v = json::parse(r.body).as_object();
+  CHECK(v.at("object").as_string() == "list");
+  REQUIRE(v.at("data").as_array().size() == 2);
+  CHECK(v.at("data").at(1).at("embedding").as_array().size() == 8);
+  CHECK(v.at("usage").at("prompt_tokens").as_int64() == 4);
+  CHECK_FALSE(v.at("usage").as_object().contains("completion_tokens"));
+  CHECK(r.body.find("\"cost\":0.00000008") != std::string::npos);  // 4 x $0.02 per million
+  r = c.call("POST", "/api/v1/embeddings", secret, R"({"model": "openai/text-embedding-3-small", "input": "x", "encoding_format": "base64"})");
+  CHECK(json::parse(r.body).at("data").at(0).at("embedding").as_string().size() == 44);  // 32 bytes
+  CHECK(c.call("POST", "/api/v1/embeddings", secret, R"({"model": "openai/text-embedding-3-small", "input": "x", "stream": true})").status == 400);
+  CHECK(c.call("POST", "/api/v1/completions", secret, R"({"model": "openai/gpt-4o-mini"})").status == 400);
+  // A streamed text completion: text chunks, usage last.
+  r = c.call("POST", "/api/v1/completions", secret, R"({"model": "openai/gpt-4o-mini", "prompt": "hello", "stream": true})");
+  REQUIRE(r.stream);
+  const ParsedStream s = parse_stream(r);
+  CHECK(s.done);
+  REQUIRE(s.chunks.size() >= 3);
+  CHECK(s.chunks[0].at("object").as_string() == "text_completion");
+  CHECK(s.chunks[0].at("choices").at(0).as_object().contains("text"));
+  CHECK(s.chunks.back().at("usage").at("completion_tokens").as_int64() == 22);
+  // Billed: 7,800 + 80 + 20 (one token, base64) + 13,500 (2 + 22 tokens) nano-USD.
+  CHECK(c.call("GET", "/api/v1/keys/" + hash).body.find("\"usage\":0.0000214,") != std::string::npos);
+}
+
+TEST_CASE("generations are kept up to a bound, the oldest dropped first", "[emulator]") {
+  Client c;
+  const auto k = c.created(R"({"name": "g"})");
+  const std::string secret(k.at("key").as_string());
+  REQUIRE(c.call("POST", "/__emulator/settings", "", R"({"generations_kept": 3})").status == 200);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i)
+    ids.emplace_back(json::parse(c.call("POST", "/api/v1/chat/completions", secret, "{" + kChat + "}").body).at("id").as_string());
+  CHECK(c.call("GET", "/api/v1/generation?id=" + ids[0], secret).status == 404);
+  CHECK(c.call("GET", "/api/v1/generation?id=" + ids[1], secret).status == 404);
+  for (int i = 2; i < 5; ++i) CHECK(c.call("GET", "/api/v1/generation?id=" + ids[i], secret).status == 200);
+  CHECK(json::parse(c.call("GET", "/__emulator/state").body).at("generations").as_int64() == 3);
+  CHECK(emulator::Emulator::kGenerationsKept == 100'000);  // the documented default
+}
+
 TEST_CASE("the emulator binary serves real HTTP on loopback, and truncates for real", "[emulator][process]") {
   ledger_test::TempDir dir;
   const auto [pid, key_file, port] = spawn_emulator(dir);

@@ -515,12 +515,13 @@ TEST_CASE("a lease writer killed mid-write leaves the account denying until the 
   REQUIRE(f.ledger->set_scope("alice", true) == Code::kOk);
   const int64_t far = Ledger::monotonic_ms() + 600'000;
   // alice has no period: her lease is for window 0.
-  REQUIRE(f.ledger->set_lease("alice", 0, 10 * kUsd, far) == Code::kOk);
+  REQUIRE(f.ledger->set_lease("alice", 0, 20 * kUsd, far) == Code::kOk);
   REQUIRE(f.ledger->debit("alice", kUsd) == Code::kOk);
-  const int status = run_crashing_child(f.dir.path(), 1, [far](Ledger& l) { return l.set_lease("alice", 0, 20 * kUsd, far).ok(); });
+  // A lowering rewrites the word under its seqlock (a raise or renewal is stored in place).
+  const int status = run_crashing_child(f.dir.path(), 1, [far](Ledger& l) { return l.set_lease("alice", 0, 10 * kUsd, far).ok(); });
   REQUIRE(require_crash_or_completion(status) == ChildEnd::kCrashed);  // died with the lease word half rewritten (its seqlock odd)
   CHECK(f.ledger->debit("alice", 1) == Code::kDeniedOverBudget);  // fail closed, not the old or a torn lease
-  REQUIRE(f.ledger->set_lease("alice", 0, 20 * kUsd, far) == Code::kOk);  // the next writer rounds the seqlock up
-  CHECK(f.ledger->debit("alice", 15 * kUsd) == Code::kOk);
-  CHECK(f.ledger->debit("alice", 5 * kUsd) == Code::kDeniedOverBudget);  // 1 + 15 + 5 > 20
+  REQUIRE(f.ledger->set_lease("alice", 0, 10 * kUsd, far) == Code::kOk);  // the next writer rounds the seqlock up
+  CHECK(f.ledger->debit("alice", 8 * kUsd) == Code::kOk);
+  CHECK(f.ledger->debit("alice", 2 * kUsd) == Code::kDeniedOverBudget);  // 1 + 8 + 2 > 10
 }

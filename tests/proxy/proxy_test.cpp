@@ -4,16 +4,22 @@
 // upstream faults are clear errors that leave no hold behind; a client that goes away mid-stream
 // is settled by the generation's real cost; SIGTERM drains; no key reaches the log.
 #include <curl/curl.h>
+#include <fcntl.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/wait.h>
 
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
 #include "emulator_process.hpp"
 #include "ledger/ledger.hpp"
+#include "ledger/money.hpp"
 #include "process.hpp"
 #include "test_util.hpp"
 
@@ -81,26 +87,30 @@ struct Setup : ledger_test::EmulatorLedger {
   pid_t proxy = -1;
   std::string base;
 
-  Setup() {
+  // proxy_extra: more keys for the proxy section (", \"idle_timeout_ms\": 500"); base_url: another
+  // upstream than the emulator.
+  explicit Setup(const std::string& proxy_extra = "", const std::string& base_url = "") {
     openrouter::KeyInfo k;
     std::string secret;
     REQUIRE_FALSE(client.create_key("proxy-upstream", std::nullopt, "", &k, &secret));
     upstream_hash = k.hash;
     ledger_test::write_file(dir.path() + "/upstream.key", secret + "\n");
     ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 64, "max_reservations": 4096, "max_processes": 32},
-      "openrouter": {"base_url": ")" + emu.base() + R"(", "management_key_file": ")" + emu.key_file() +
+      "openrouter": {"base_url": ")" + (base_url.empty() ? emu.base() : base_url) + R"(", "management_key_file": ")" + emu.key_file() +
                                         R"(", "app_url": "https://proxy-test.example", "app_title": "proxy-test"},
       "tiers": {"pro": {"models": ["openai/gpt-4o-mini", "openai/gpt-4o"]},
                 "basic": {"models": ["openai/gpt-4o-mini"], "fallback": "openai/gpt-4o-mini"}},
       "prices": {"openai/gpt-4o-mini": {"prompt_usd_per_mtok": "0.15", "completion_usd_per_mtok": "0.60"},
-                 "openai/gpt-4o": {"prompt_usd_per_mtok": "2.50", "completion_usd_per_mtok": "10"}},
+                 "openai/gpt-4o": {"prompt_usd_per_mtok": "2.50", "completion_usd_per_mtok": "10"},
+                 "openai/text-embedding-3-small": {"prompt_usd_per_mtok": "0.02", "completion_usd_per_mtok": "0"}},
       "accounts": [{"id": "eng", "limit_usd": "10", "period": "daily"},
                    {"id": "alice", "parent": "eng", "tier": "pro", "limit_usd": "5", "period": "daily"},
                    {"id": "bob", "parent": "eng", "tier": "pro", "limit_usd": "5", "period": "daily"},
                    {"id": "carol", "parent": "eng", "tier": "basic", "limit_usd": "0.001", "period": "daily"},
+                   {"id": "dan", "parent": "eng", "tier": "pro", "limit_usd": "5", "period": "daily", "rpm": 2, "tpm": 1000000},
                    {"id": "other", "limit_usd": "1", "period": "daily"}],
       "proxy": {"listen": "127.0.0.1:0", "upstream_key_file": "upstream.key", "max_tokens_default": 512,
-                "max_body_bytes": 65536, "drain_timeout_ms": 10000}})");
+                "max_body_bytes": 65536, "drain_timeout_ms": 10000)" + proxy_extra + R"(}})");
     REQUIRE(run({LEDGERCTL_PATH, "--config", config, "init"}).exit_code == 0);
     alice_key = make_key("alice");
     eng_key = make_key("eng");
@@ -137,8 +147,8 @@ struct Setup : ledger_test::EmulatorLedger {
     proxy = -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
-  Reply post(const std::string& key, const std::string& body, size_t abort_after = 0) {
-    return http(base + "/api/v1/chat/completions", key, body, abort_after);
+  Reply post(const std::string& key, const std::string& body, size_t abort_after = 0, const std::string& path = "/api/v1/chat/completions") {
+    return http(base + path, key, body, abort_after);
   }
   Balance balance(const std::string& account) {
     std::unique_ptr<Ledger> l;
@@ -201,6 +211,45 @@ TEST_CASE("through the proxy the ledger equals what OpenRouter billed, to the na
   CHECK(log.find("msg=\"request\" method=POST path=/api/v1/chat/completions status=200 account=bob") != std::string::npos);
 }
 
+TEST_CASE("text completions and embeddings: an upper-bound hold, then exactly what was billed", "[proxy]") {
+  Setup s;
+  const std::string prompt = R"({"model": "openai/gpt-4o-mini", "prompt": "hello there", "max_tokens": 20)";
+  auto r = s.post(s.eng_key, prompt + "}", 0, "/api/v1/completions");
+  INFO(r.body);
+  REQUIRE(r.status == 200);
+  CHECK(r.body.find("\"object\":\"text_completion\"") != std::string::npos);
+  r = s.post(s.eng_key, prompt + R"(, "stream": true})", 0, "/v1/completions");
+  REQUIRE(r.status == 200);
+  CHECK(r.body.find("\"text\":") != std::string::npos);
+  CHECK(r.body.find("data: [DONE]") != std::string::npos);
+  const std::string embed = R"({"model": "openai/text-embedding-3-small", "input": ["one text", "and another"]})";
+  r = s.post(s.eng_key, embed, 0, "/api/v1/embeddings");
+  REQUIRE(r.status == 200);
+  CHECK(boost::json::parse(r.body).at("data").as_array().size() == 2);
+  // Bad bodies name the field; an embedding cannot stream.
+  r = s.post(s.eng_key, R"({"model": "openai/text-embedding-3-small"})", 0, "/v1/embeddings");
+  CHECK(r.status == 400);
+  CHECK(r.message().find("\"input\" is required") != std::string::npos);
+  r = s.post(s.eng_key, R"({"model": "openai/text-embedding-3-small", "input": "x", "stream": true})", 0, "/v1/embeddings");
+  CHECK(r.status == 400);
+  CHECK(r.message().find("\"stream\" is not supported for embeddings") != std::string::npos);
+  r = s.post(s.eng_key, R"({"model": "openai/gpt-4o-mini", "prompt": 5})", 0, "/v1/completions");
+  CHECK(r.message().find("\"prompt\" is required: a string or an array") != std::string::npos);
+  REQUIRE(s.settled());
+  CHECK(s.balance("eng").requests == 3);
+  CHECK(s.balance("eng").spent_nanousd == s.billed());  // each exactly what the emulator billed
+  REQUIRE(s.stop() == 0);
+  // The embedding's hold bounded its prompt by the body's bytes and held no completion tokens.
+  std::unique_ptr<Ledger> l;
+  REQUIRE(Ledger::open(s.ledger_dir, Options{}, &l) == Code::kOk);
+  int64_t bound = 0;
+  REQUIRE(l->estimate("openai/text-embedding-3-small", static_cast<uint32_t>(embed.size()), 0, &bound) == Code::kOk);
+  const std::string log = ledger_test::read_file(s.log);
+  CHECK(log.find("path=/api/v1/embeddings status=200 account=eng model=openai/text-embedding-3-small hold_usd=" + format_usd(bound) + " ") !=
+        std::string::npos);
+  CHECK(log.find("path=/v1/completions status=200 account=eng model=openai/gpt-4o-mini stream=1") != std::string::npos);
+}
+
 TEST_CASE("denials have the shapes the OpenAI SDKs understand, and leave no hold", "[proxy]") {
   Setup s;
   auto r = s.post(s.carol_key, chat("openai/gpt-4o-mini", R"(, "max_tokens": 100000)"));  // more than carol's $0.001
@@ -236,6 +285,39 @@ TEST_CASE("denials have the shapes the OpenAI SDKs understand, and leave no hold
   CHECK(s.balance("eng").held_nanousd == 0);
   CHECK(s.balance("eng").spent_nanousd == 0);
   CHECK(s.billed() == 0);  // nothing reached OpenRouter
+}
+
+// DESIGN 12/13: a rate denial is retryable: 429 rate_limited with Retry-After (seconds) and
+// retry-after-ms, which the SDKs wait and retry after; tokens count what OpenRouter reported.
+TEST_CASE("a rate limit is a retryable 429 with Retry-After, and tokens count the reply's usage", "[proxy][rules]") {
+  Setup s;
+  const std::string dan = s.make_key("dan");
+  uint64_t tokens = 0;
+  for (int i = 0; i < 2; ++i) {
+    const Reply ok = s.post(dan, chat("openai/gpt-4o-mini", R"(, "max_tokens": 50)"));
+    REQUIRE(ok.status == 200);
+    const auto usage = boost::json::parse(ok.body).at("usage").as_object();
+    tokens += static_cast<uint64_t>(usage.at("prompt_tokens").to_number<int64_t>() + usage.at("completion_tokens").to_number<int64_t>());
+  }
+  const Reply r = s.post(dan, chat("openai/gpt-4o-mini", R"(, "max_tokens": 50)"));  // dan's third in the minute
+  CHECK(r.status == 429);
+  CHECK(r.code() == "rate_limited");
+  CHECK(r.body.find("\"type\":\"rate_limit_error\"") != std::string::npos);
+  CHECK(r.has_header("retry-after-ms: "));
+  CHECK(r.has_header("Retry-After: "));
+  CHECK_FALSE(r.has_header("x-should-retry: false"));  // unlike a budget denial, worth retrying later
+  REQUIRE(s.settled());
+  CHECK(s.balance("dan").spent_nanousd == s.billed());  // two requests billed, the denied one never sent
+  CHECK(s.balance("dan").requests == 2);
+  std::unique_ptr<Ledger> l;
+  REQUIRE(Ledger::open(s.ledger_dir, Options{}, &l) == Code::kOk);
+  RateUsage u;
+  REQUIRE(l->rate_usage("dan", &u) == Code::kOk);
+  if (u.requests != 0) {  // still the same minute (else the counts already started again)
+    CHECK(u.requests == 2);
+    CHECK(u.tokens == tokens);  // the reply's usage replaced the estimate's upper bound
+  }
+  CHECK(u.concurrent == 0);
 }
 
 TEST_CASE("bad bodies are clear errors, nothing is held or sent upstream", "[proxy]") {
@@ -294,6 +376,123 @@ TEST_CASE("upstream faults: errors passed through and released, cut answers sett
   REQUIRE(s.settled());
   CHECK(s.balance("alice").spent_nanousd > 0);
   CHECK(s.balance("eng").spent_nanousd == s.billed());
+}
+
+namespace {
+
+// A connection to the proxy that reads with a deadline (so that a test fails rather than hangs).
+int raw_connect(const std::string& base) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(std::stoi(base.substr(base.rfind(':') + 1))));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  const timeval limit{5, 0};
+  (void)::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+  return fd;
+}
+
+// What the proxy sends until it closes the connection; "(timed out)" appended when it keeps it open 5 s.
+std::string read_to_close(int fd) {
+  std::string got;
+  char buffer[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
+    if (n == 0) break;
+    if (n < 0) return got + "(timed out)";
+    got.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return got;
+}
+
+}  // namespace
+
+TEST_CASE("deadlines: a request that does not arrive whole gets 408, an idle connection is closed", "[proxy]") {
+  Setup s(R"(, "header_timeout_ms": 300, "idle_timeout_ms": 500)");
+  int fd = raw_connect(s.base);
+  const std::string part = "POST /api/v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nContent-Length: 100\r\n\r\n{\"model\"";
+  REQUIRE(::send(fd, part.data(), part.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(part.size()));
+  std::string got = read_to_close(fd);
+  CHECK(got.rfind("HTTP/1.1 408", 0) == 0);
+  CHECK(got.find("\"code\":\"request_timeout\"") != std::string::npos);
+  fd = raw_connect(s.base);  // nothing sent: closed without a word
+  CHECK(read_to_close(fd).empty());
+  // A keep-alive connection serves a request, then is closed once idle.
+  fd = raw_connect(s.base);
+  const std::string get = "GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n";
+  REQUIRE(::send(fd, get.data(), get.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(get.size()));
+  got = read_to_close(fd);
+  CHECK(got.rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(got.find("(timed out)") == std::string::npos);
+  CHECK(s.balance("eng").held_nanousd == 0);
+}
+
+namespace {
+
+// openssl s_server on a free loopback port with a self-signed certificate for `san`; stopped (by
+// its pid) when this goes.
+struct TlsServer {
+  pid_t pid = -1;
+  uint16_t port = 0;
+  std::string cert;
+  TlsServer(const std::string& dir, const std::string& san) {
+    cert = dir + "/tls-" + san + ".pem";
+    const std::string key = dir + "/tls-" + san + ".key";
+    REQUIRE(run({"/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ledger-test",
+                 "-addext", "subjectAltName=IP:" + san, "-keyout", key, "-out", cert}).exit_code == 0);
+    const int probe = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    REQUIRE(::bind(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::getsockname(probe, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    port = ntohs(addr.sin_port);
+    ::close(probe);
+    const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    pid = ledger_test::spawn({"/usr/bin/openssl", "s_server", "-quiet", "-accept", "127.0.0.1:" + std::to_string(port), "-cert", cert,
+                              "-key", key, "-www"}, null, null);
+    ::close(null);
+    for (int i = 0; i < 300; ++i, std::this_thread::sleep_for(std::chrono::milliseconds(10))) {
+      const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      addr.sin_port = htons(port);
+      const bool up = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+      ::close(fd);
+      if (up) return;
+    }
+    FAIL("openssl s_server did not start");
+  }
+  ~TlsServer() {
+    if (pid > 0) ::kill(pid, SIGTERM), ::waitpid(pid, nullptr, 0);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("https upstream: the certificate is verified against the system's trust store and the host name", "[proxy][tls]") {
+  ledger_test::TempDir certs;
+  TlsServer untrusted(certs.path(), "127.0.0.1"), other_name(certs.path(), "127.0.0.2");
+  {  // a certificate no CA of the system signed: refused before anything is sent, the hold released
+    Setup s("", "https://127.0.0.1:" + std::to_string(untrusted.port) + "/api/v1");
+    const auto r = s.post(s.alice_key, chat("openai/gpt-4o-mini"));
+    INFO(r.body);
+    CHECK(r.status == 502);
+    CHECK(r.code() == "upstream_unreachable");
+    CHECK(r.message().find("certificate verify failed") != std::string::npos);
+    CHECK(s.settled());
+    CHECK(s.balance("alice").spent_nanousd == 0);
+  }
+  // Trusted (SSL_CERT_FILE names it, as the system's store would), but issued for another address.
+  ::setenv("SSL_CERT_FILE", other_name.cert.c_str(), 1);
+  Setup s("", "https://127.0.0.1:" + std::to_string(other_name.port) + "/api/v1");
+  const auto r = s.post(s.alice_key, chat("openai/gpt-4o-mini"));
+  ::unsetenv("SSL_CERT_FILE");
+  INFO(r.body);
+  CHECK(r.status == 502);
+  CHECK(r.message().find("certificate verify failed") != std::string::npos);
+  CHECK(s.balance("alice").spent_nanousd == 0);
 }
 
 TEST_CASE("a client that goes away mid-stream: upstream stops, the generation's real cost is charged", "[proxy]") {
@@ -375,4 +574,30 @@ TEST_CASE("a proxy SIGKILLed mid-stream: the next one settles what it left, by t
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(s.balance("eng").spent_nanousd == s.billed());
   CHECK(ledger_test::read_file(s.log).find("how=generation") != std::string::npos);
+}
+
+TEST_CASE("records of the earlier in-flight format (a file per hold) are still settled by the next proxy", "[proxy][crash]") {
+  Setup s;
+  REQUIRE(s.stop() == 0);
+  ReservationId id = 0;
+  {
+    std::unique_ptr<Ledger> l;
+    REQUIRE(Ledger::open(s.ledger_dir, Options{}, &l) == Code::kOk);
+    std::string_view chosen;
+    REQUIRE(l->authorize("alice", "openai/gpt-4o-mini", 12345, 600, &chosen, &id, 255) == Code::kOk);
+  }
+  // What a proxy of the earlier format left when it was killed (pid 4194303 runs nothing): the
+  // hold, no generation id known, so it is charged in full.
+  const std::string dir = s.ledger_dir + "/proxy-inflight/4194303.1";
+  std::filesystem::create_directories(dir);
+  ledger_test::write_file(dir + "/" + std::to_string(id), std::to_string(id) + " 12345\n");
+  s.start();
+  bool settled = false;
+  for (int i = 0; i < 500 && !settled; ++i, std::this_thread::sleep_for(std::chrono::milliseconds(20)))
+    settled = s.balance("alice").spent_nanousd == 12345;
+  CHECK(settled);
+  CHECK(s.balance("alice").held_nanousd == 0);
+  REQUIRE(s.stop() == 0);
+  CHECK(ledger_test::read_file(s.log).find("how=hold") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir));  // forgotten once settled
 }

@@ -1,5 +1,6 @@
 // ledger-proxy with the official `openai` npm package (tests/proxy/package.json pins it), against
-// the real emulator over loopback and a real ledger: plain and streamed chat, a budget denial as
+// the real emulator over loopback and a real ledger: plain and streamed chat, text completions and
+// embeddings, a budget denial as
 // the SDK's RateLimitError that the SDK does not retry, a model outside the tier as
 // PermissionDeniedError, a fallback visible as the answered model, and at the end the ledger's
 // spend equal to what the emulator billed the proxy's upstream key, to the nano-USD.
@@ -141,12 +142,13 @@ describe("ledger-proxy with the openai npm package", { concurrency: 1 }, () => {
       ledger: { dir: "ledger", max_accounts: 64, max_reservations: 4096, max_processes: 32 },
       openrouter: { base_url: emuBase, management_key_file: mgmtFile, app_url: "https://proxy-sdk-test.example", app_title: "proxy-sdk-test" },
       tiers: {
-        pro: { models: ["openai/gpt-4o-mini", "openai/gpt-4o"] },
+        pro: { models: ["openai/gpt-4o-mini", "openai/gpt-4o", "openai/text-embedding-3-small"] },
         basic: { models: ["openai/gpt-4o-mini"], fallback: "openai/gpt-4o-mini" },
       },
       prices: {
         "openai/gpt-4o-mini": { prompt_usd_per_mtok: "0.15", completion_usd_per_mtok: "0.60" },
         "openai/gpt-4o": { prompt_usd_per_mtok: "2.50", completion_usd_per_mtok: "10" },
+        "openai/text-embedding-3-small": { prompt_usd_per_mtok: "0.02", completion_usd_per_mtok: "0" },
       },
       accounts: [
         { id: "eng", limit_usd: "10", period: "daily" },
@@ -288,6 +290,29 @@ describe("ledger-proxy with the openai npm package", { concurrency: 1 }, () => {
     const models = new Set();
     for await (const chunk of stream) models.add(chunk.model);
     assert.deepEqual([...models], ["openai/gpt-4o-mini"]);
+  });
+
+  test("text completions, plain and streamed, and embeddings (the SDK's base64 default, decoded)", async () => {
+    const c = client(s.aliceKey);
+    const r = await c.completions.create({ model: "openai/gpt-4o-mini", prompt: "hello there", max_tokens: 12 });
+    assert.equal(r.object, "text_completion");
+    assert.match(r.choices[0].text, /Emulated reply/);
+    assert.ok(r.usage.completion_tokens > 0 && r.usage.completion_tokens <= 12, JSON.stringify(r.usage));
+    const stream = await c.completions.create({ model: "openai/gpt-4o-mini", prompt: "hello there", stream: true });
+    let text = "", usage = null;
+    for await (const chunk of stream) {
+      for (const choice of chunk.choices) text += choice.text ?? "";
+      if (chunk.usage) usage = chunk.usage;
+    }
+    assert.match(text, /openai\/gpt-4o-mini/);
+    assert.ok(usage && usage.completion_tokens > 0, "the last chunk carries usage");
+    const e = await c.embeddings.create({ model: "openai/text-embedding-3-small", input: ["one text", "and another"] });
+    assert.equal(e.data.length, 2);
+    assert.equal(e.data[1].embedding.length, 8);
+    assert.ok(e.usage.prompt_tokens > 0);
+    assert.equal(c.attempts, 3);
+    await sleep(300);
+    assert.equal(requestLines(/ path=\/api\/v1\/embeddings status=200 account=alice /).length, 1, proxyLog());
   });
 
   test("the ledger's spend equals what the emulator billed the upstream key, to the nano-USD", async () => {

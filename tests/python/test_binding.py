@@ -400,6 +400,33 @@ class Binding(unittest.TestCase):
             shutil.rmtree(d, ignore_errors=True)
 
 
+    @unittest.skipUnless(os.environ.get("LEDGERCTL"), "needs $LEDGERCTL for rate limits")
+    def test_rate_limits_from_a_config(self) -> None:
+        d = tempfile.mkdtemp(prefix="ledger-py-rates-")
+        try:
+            support.ledgerctl_init({
+                "ledger": {"dir": "ledger", "max_accounts": 64},
+                "prices": {MODEL: {"prompt_usd_per_mtok": "0.15", "completion_usd_per_mtok": "0.60"}},
+                "accounts": [{"id": "t", "limit_usd": "10", "period": "daily", "rpm": 2, "tpm": 300},
+                             {"id": "u", "parent": "t", "limit_usd": "10", "period": "daily"}],
+            }, d)
+            with ledger.Ledger.open(os.path.join(d, "ledger")) as led:
+                estimate = led.estimate(MODEL, 100, 100)  # 200 tokens, counted at admission
+                granted = led.authorize("u", MODEL, estimate)
+                led.commit_usage(granted.reservation_id, estimate, 20, 30)  # really 50: 250 left this minute
+                led.debit("u", 1)
+                with self.assertRaises(ledger.RateLimited) as e:  # the team's 2 requests per minute
+                    led.debit("u", 1)
+                self.assertEqual(e.exception.code, 15)
+                self.assertIsInstance(e.exception, ledger.Denied)
+                self.assertIsNotNone(e.exception.retry_after_ms)
+                self.assertTrue(1 <= e.exception.retry_after_ms <= 60_000)
+                self.assertEqual(led.balance("u").spent_nanousd, estimate + 1)  # the denial charged nothing
+        finally:
+            ledger.destroy_segment(os.path.join(d, "ledger"))
+            shutil.rmtree(d, ignore_errors=True)
+
+
 class Errors(unittest.TestCase):
     def test_a_class_per_code_under_one_base(self) -> None:
         expected = {1: ledger.BudgetExceeded, 2: ledger.ParentBudgetExceeded, 3: ledger.ModelNotAllowed,

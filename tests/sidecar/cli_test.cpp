@@ -331,7 +331,50 @@ TEST_CASE("init warns and doctor flags tier models that have no price", "[cli]")
   CHECK(clean.exit_code == 0);
   CHECK(clean.err.find("has no price") == std::string::npos);
   doctor = run({LEDGERCTL_PATH, "--config", config, "doctor"});
-  CHECK(doctor.out.find("ok     prices                 every model the tiers name has a price") != std::string::npos);
+  CHECK(doctor.out.find("ok     prices                 every model the tiers and accounts name has a price") != std::string::npos);
+}
+
+TEST_CASE("governance from the config: account model lists, strict_models, soft limits and top-ups", "[cli][rules]") {
+  TempDir dir;
+  const std::string config = dir.path() + "/ledger.json";
+  SegmentCleanup cleanup{dir.path() + "/ledger"};
+  auto write = [&](const std::string& strict) {
+    ledger_test::write_file(config, R"({"ledger": {"dir": "ledger", "max_accounts": 16, "max_reservations": 16, "max_processes": 8)" +
+                                        strict + R"(},
+      "prices": {"openai/gpt-4o-mini": {"prompt_usd_per_mtok": "0.15", "completion_usd_per_mtok": "0.60"}},
+      "accounts": [{"id": "team", "limit_usd": "10", "period": "monthly", "rpm": 100},
+                   {"id": "alice", "parent": "team", "limit_usd": "1", "period": "daily", "enforce": "soft",
+                    "models": ["openai/gpt-4o-mini", "openai/gpt-4o-mnii"]},
+                   {"id": "bob", "parent": "team", "limit_usd": "2", "period": "daily", "max_concurrent": 3}]})");
+  };
+  write(R"(, "strict_models": true)");
+  auto r = run({LEDGERCTL_PATH, "--config", config, "init"});
+  CHECK(r.exit_code == 2);  // refused: a model named with no price
+  CHECK(r.err.find("accounts[1] (\"alice\").models[1]: \"openai/gpt-4o-mnii\" has no price") != std::string::npos);
+  CHECK(r.err.find("ledger.strict_models: nothing was changed") != std::string::npos);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "status"}).out.find("alice") == std::string::npos);  // no account was made
+  write("");
+  r = run({LEDGERCTL_PATH, "--config", config, "init"});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);  // a warning without strict_models
+  CHECK(r.err.find("warning: accounts[1] (\"alice\").models[1]") != std::string::npos);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "debit", "alice", "3"}).exit_code == 0);  // soft: over her own $1
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "debit", "bob", "2.5"}).exit_code == 3);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "topup", "bob", "1"}).exit_code == 0);  // for the rest of today
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "debit", "bob", "2.5"}).exit_code == 0);
+  const auto status = run({LEDGERCTL_PATH, "--config", config, "status"});
+  CHECK(status.out.find("SOFT, over by 2.00") != std::string::npos);
+  CHECK(status.out.find("+1.00 top-up through") != std::string::npos);
+  const auto json = boost::json::parse(run({LEDGERCTL_PATH, "--config", config, "balance", "bob", "--json"}).out).as_object();
+  CHECK(json.at("limit_nanousd").as_int64() == 3'000'000'000);
+  CHECK(json.at("topup_nanousd").as_int64() == 1'000'000'000);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "topup", "bob", "1", "--until", "2020-01-01"}).exit_code == 1);  // past
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "topup", "bob", "x"}).exit_code == 1);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "topup", "nobody", "1"}).exit_code == 1);
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "topup", "bob", "0"}).exit_code == 0);  // removed
+  CHECK(run({LEDGERCTL_PATH, "--config", config, "debit", "bob", "0.01"}).exit_code == 3);
+  const auto report = run({LEDGERCTL_PATH, "--config", config, "report", "--format", "json"});
+  CHECK(report.out.find("\"soft\":true") != std::string::npos);
 }
 
 namespace {

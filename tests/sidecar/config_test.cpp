@@ -110,6 +110,18 @@ TEST_CASE("every bad config names what is wrong", "[config]") {
                                                                                                   {"id": "b", "limit_usd": 1}]})",
        "ledger.max_accounts: 1 is fewer than the 2 accounts listed"},
       {"tier without models", R"({"ledger": {"dir": "x"}, "tiers": {"free": {}}})", "tiers.free.models: required"},
+      // DESIGN 13
+      {"models not a list", with_accounts(R"([{"id": "a", "limit_usd": 1, "models": "openai/gpt-4o"}])"),
+       "accounts[0] (\"a\").models: expected an array of model ids or null"},
+      {"a model with a space", with_accounts(R"([{"id": "a", "limit_usd": 1, "models": ["gpt 4"]}])"), "accounts[0] (\"a\").models[0]"},
+      {"fallback with nothing to fall back from", with_accounts(R"([{"id": "a", "limit_usd": 1, "fallback": "openai/gpt-4o"}])"),
+       "accounts[0] (\"a\").fallback: a fallback replaces"},
+      {"enforce neither", with_accounts(R"([{"id": "a", "limit_usd": 1, "enforce": "strict"}])"),
+       "accounts[0] (\"a\").enforce: expected \"hard\" or \"soft\""},
+      {"rpm zero", with_accounts(R"([{"id": "a", "limit_usd": 1, "rpm": 0}])"), "accounts[0] (\"a\").rpm: must be between 1 and 1000000"},
+      {"tpm too large", with_accounts(R"([{"id": "a", "limit_usd": 1, "tpm": 2000000000}])"), "accounts[0] (\"a\").tpm: must be between"},
+      {"max_concurrent negative", with_accounts(R"([{"id": "a", "limit_usd": 1, "max_concurrent": -1}])"), "accounts[0] (\"a\").max_concurrent"},
+      {"rules table too large", R"({"ledger": {"dir": "x", "max_account_rules": 70000}})", "ledger.max_account_rules: must be between"},
   };
   for (const Case& c : cases) {
     INFO(c.name);

@@ -40,6 +40,7 @@ typedef struct ledger_t ledger_t;
 #define LEDGER_PERMISSION                 12
 #define LEDGER_NOT_FOUND                  13  /* no ledger at that path */
 #define LEDGER_UNKNOWN_MODEL              14  /* no price known for the model */
+#define LEDGER_DENIED_RATE                15  /* a requests/tokens per minute or concurrency limit */
 
 #define LEDGER_PERIOD_NONE     0
 #define LEDGER_PERIOD_DAILY    1
@@ -92,6 +93,12 @@ LEDGER_EXPORT int ledger_reserve(ledger_t* ledger, const char* account, int64_t 
  * its tombstone is kept (ledger.tombstone_grace_s, default 24 h, at most ledger.max_tombstones);
  * after that it gives LEDGER_UNKNOWN_RESERVATION and charges nothing. */
 LEDGER_EXPORT int ledger_commit(ledger_t* ledger, uint64_t reservation_id, int64_t actual_nanousd);
+/* ledger_commit with the request's real token counts (corrects tokens-per-minute accounting: the
+ * tokens counted at admission are replaced by these, in the minute the hold was admitted in).
+ * (DESIGN.md 8.4.) */
+LEDGER_EXPORT int ledger_commit_usage(ledger_t* ledger, uint64_t reservation_id, int64_t actual_nanousd,
+                                      uint32_t prompt_tokens, uint32_t completion_tokens);
+/* A release gives the hold's tokens and its concurrent slot back (the request never ran). */
 LEDGER_EXPORT int ledger_release(ledger_t* ledger, uint64_t reservation_id);
 LEDGER_EXPORT int ledger_balance(ledger_t* ledger, const char* account, ledger_balance_t* out);
 LEDGER_EXPORT int ledger_reclaim(ledger_t* ledger, uint32_t* reclaimed);  /* expired or dead holders' holds */
@@ -120,6 +127,17 @@ LEDGER_EXPORT int ledger_authorize(ledger_t* ledger, const char* account, const 
 LEDGER_EXPORT int ledger_authorize_via(ledger_t* ledger, const char* account, const char* model,
                          int64_t estimate_nanousd, uint32_t ttl_seconds, const char* key_hash,
                          char* model_out, size_t model_out_size, uint64_t* reservation_id);
+
+/* Rate limits (config accounts[].rpm, tpm, max_concurrent) count on the whole chain at every
+ * admission (debit, reserve, authorize): an admission over any of them is LEDGER_DENIED_RATE.
+ * Tokens per minute count, at admission, the tokens of the ledger_estimate this thread made last
+ * when estimate_nanousd is exactly its result (else none until ledger_commit_usage); a request whose
+ * tokens alone exceed tpm is never admitted.
+ * After LEDGER_DENIED_RATE on the calling thread, *retry_after_ms is how long until the limit that
+ * denied may admit again: the rest of the minute for rpm and tpm, a short poll interval (50 ms) for
+ * max_concurrent (a slot comes back when one of the account's holds settles). 0 when this thread
+ * was never rate-denied. The ledger argument is only checked (the hint is per thread). */
+LEDGER_EXPORT int ledger_retry_after_ms(ledger_t* ledger, uint32_t* retry_after_ms);
 
 #ifdef __cplusplus
 }  /* extern "C" */

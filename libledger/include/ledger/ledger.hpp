@@ -27,6 +27,9 @@ struct Limits {
   uint32_t max_accounts = 65536;       // 1 .. 16,777,216
   uint32_t max_reservations = 65536;   // 1 .. 16,777,216 (tombstones count until their grace ends)
   uint32_t max_processes = 256;        // 1 .. 1023 handles attached at once
+  // 0 .. 65,535 accounts with rules of their own (a model list, soft, a top-up, rate limits);
+  // 192 bytes each. Not in the C ABI's ledger_limits_t: a ledger created there gets the default.
+  uint32_t max_account_rules = 4096;
 };
 
 // A source of wall-clock time in milliseconds since the Unix epoch (UTC). Tests inject one to cross
@@ -87,6 +90,38 @@ struct TierSpec {
   std::string downgrade_to;          // the model used at or above downgrade_at_percent
 };
 
+// What an account sets beyond its budget and tier (DESIGN 13; Ledger::set_rules).
+struct RulesSpec {
+  bool soft = false;                 // its own limit never denies (its ancestors' still do)
+  // Its own model list, for it and its descendants that set no tier or list of their own: it
+  // replaces its tier's list and fallback. all_models = "models": null.
+  bool has_models = false;
+  bool all_models = false;
+  std::vector<std::string> models;
+  std::string fallback;              // "" = none of its own (without has_models: the tier's is replaced)
+  uint32_t rpm = 0;                  // requests per minute (admissions), 0 = no limit, <= kRpmMax
+  uint32_t tpm = 0;                  // tokens per minute, 0 = no limit, <= kTpmMax
+  uint32_t max_concurrent = 0;       // open holds at once, 0 = no limit, <= kMaxConcurrentMax
+};
+inline constexpr uint32_t kRpmMax = 1'000'000;
+inline constexpr uint32_t kTpmMax = 1'000'000'000;
+inline constexpr uint32_t kMaxConcurrentMax = 16'383;
+
+// What an account's rate limits have counted (Ledger::rate_usage): requests and tokens in the
+// current minute, holds open now.
+struct RateUsage {
+  int64_t minute_start_unix = 0;
+  uint64_t requests = 0;
+  uint64_t tokens = 0;
+  uint64_t concurrent = 0;
+};
+
+// A temporary raise of an account's limit (Ledger::set_topup); amount 0 = none.
+struct Topup {
+  int64_t amount_nanousd = 0;
+  int64_t until_unix_ms = 0;  // it counts while the wall clock is before this
+};
+
 // What a request on a shared OpenRouter key must carry to name its user (DESIGN.md 6).
 struct Attribution {
   std::string http_referer;  // HTTP-Referer header: the app's URL
@@ -99,7 +134,10 @@ struct Attribution {
 Attribution attribution_for(std::string_view app_url, std::string_view app_title, std::string_view user);
 
 struct Balance {
-  int64_t limit_nanousd = 0;
+  int64_t limit_nanousd = 0;      // the limit admission applies: configured, plus a top-up in force
+  int64_t topup_nanousd = 0;      // the part of limit_nanousd that is a top-up (0 = none in force)
+  int64_t topup_until_unix = 0;   // when that top-up ends
+  bool soft = false;              // the account's own limit never denies
   int64_t spent_nanousd = 0;      // settled in the current period
   int64_t held_nanousd = 0;       // live holds admitted in the current period
   int64_t available_nanousd = 0;  // limit - spent - held (negative after an overrun)
@@ -123,6 +161,7 @@ struct LedgerStats {
   uint32_t reservations_expired = 0;  // tombstones waiting for a late commit
   uint32_t max_accounts = 0, max_reservations = 0, max_processes = 0;
   uint64_t denied_over_budget = 0, denied_parent_over_budget = 0, denied_model = 0, denied_blocked = 0;
+  uint64_t denied_rate = 0;
   uint32_t tallies = 0, max_tallies = 0;  // (account, model|key) tallies in use, and the table size
   uint64_t tallies_dropped = 0;  // settlements not tallied per model or key (table crowded); still charged
   uint64_t tombstones_dropped = 0;  // tombstones dropped before their grace ended (count bound, full table)
@@ -215,6 +254,11 @@ class Ledger {
   // is being expired waits for that expiry (microseconds; if the expiring process died, this call
   // repairs it). Second settle: kAlreadySettled, or kUnknownReservation once the slot was reused.
   Status commit(ReservationId id, int64_t actual_nanousd);
+  // commit(), with the request's real token counts: tokens-per-minute limits count them instead of
+  // the tokens counted at admission (in the minute the hold was admitted in).
+  Status commit_usage(ReservationId id, int64_t actual_nanousd, uint32_t prompt_tokens, uint32_t completion_tokens);
+  // Settles a hold without a cost (the request never reached the provider); its tokens and its
+  // concurrent slot are given back.
   Status release(ReservationId id);
   // Charges the account and its ancestors without an admission check: spend that happened outside
   // the ledger (a reconciliation adjustment). All levels or none, also across a crash. With a key,
@@ -287,12 +331,35 @@ class Ledger {
   // Sets the account's tier; "" = inherit from the parent (no tier on the whole chain = any model).
   Status set_account_tier(std::string_view account, std::string_view tier);
 
+  // ---- account rules (DESIGN 13) ---------------------------------------------------------------
+  // Replaces what the account sets beyond its budget and tier (a top-up is kept). An account that
+  // sets anything but `soft` takes one of Limits::max_account_rules entries for good (kFull when
+  // none is left). Rate limits count on the whole chain, in shared memory, like money: an admission
+  // over any level's rpm, tpm or max_concurrent is kDeniedRate (see rate_retry_after_ms); a dead
+  // process's concurrent slots come back when its holds are reclaimed.
+  Status set_rules(std::string_view account, const RulesSpec& rules);
+  // Raises the account's limit by amount_nanousd until until_unix_ms (wall clock); 0 removes it.
+  // Local accounts only: a global account's top-up is the store's (global mode).
+  Status set_topup(std::string_view account, int64_t amount_nanousd, int64_t until_unix_ms);
+  Status rules(std::string_view account, RulesSpec* out, Topup* topup = nullptr) const;
+  // After kDeniedRate on this thread: milliseconds until the limit that denied may admit again (the
+  // end of its minute for rpm and tpm; a short poll interval for max_concurrent). A request whose
+  // tokens alone exceed tpm is never admitted. 0 before any rate denial on the thread.
+  static uint32_t rate_retry_after_ms();
+  // The account's rate counts now (zero when it never had rate limits).
+  Status rate_usage(std::string_view account, RateUsage* out) const;
+
   // Policy and reserve in one call: the one call a worker makes before each request. Decision
-  // order: (1) blocked account or ancestor -> kDeniedBlocked; (2) the tier (the account's, else the
-  // nearest ancestor's) must allow the model, else its fallback is used, else kDeniedModel;
-  // (3) at or above downgrade_at_percent of the account's own budget the model becomes downgrade_to;
-  // (4) the chosen model must have a price, else kUnknownModel; (5) the estimate is reserved on the
-  // whole chain (kDeniedOverBudget / kDeniedParentOverBudget). *model_out views segment memory valid
+  // order: (1) blocked account or ancestor -> kDeniedBlocked; (2) the governing level is the account,
+  // else its nearest ancestor, that sets a model list, a fallback or a tier; its own list (else its
+  // tier's) must allow the model, else its own fallback (else its tier's, when the list is the
+  // tier's) is used, else kDeniedModel; no governing level = any model; (3) at or above
+  // downgrade_at_percent of the account's own budget the model becomes the governing tier's
+  // downgrade_to; (4) the chosen model must have a price, else kUnknownModel; (5) rate limits on the
+  // whole chain (kDeniedRate), then the estimate is reserved on the whole chain
+  // (kDeniedOverBudget / kDeniedParentOverBudget). Tokens per minute count, at admission, the
+  // tokens of the estimate() this thread made last when estimate_nanousd is its result (else none,
+  // until commit_usage). *model_out views segment memory valid
   // until the next set_price/set_tiers; copy it. model_out_max (C ABI buffer size - 1): a chosen
   // model longer than that gives kInvalidArgument and reserves nothing.
   // On kUnknownModel, *model_out names the model that has no price (the requested one, or the

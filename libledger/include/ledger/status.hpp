@@ -26,6 +26,7 @@ enum class Code : int32_t {
   kPermission = 12,
   kNotFound = 13,
   kUnknownModel = 14,
+  kDeniedRate = 15,  // a requests/tokens per minute or concurrency limit (Ledger::rate_retry_after_ms)
 };
 
 class [[nodiscard]] Status {
@@ -36,8 +37,8 @@ class [[nodiscard]] Status {
   constexpr bool ok() const { return code_ == Code::kOk; }
   constexpr Code code() const { return code_; }
   constexpr int32_t value() const { return static_cast<int32_t>(code_); }
-  // True for the denials a worker must respect (codes 1-4).
-  constexpr bool denied() const { return value() >= 1 && value() <= 4; }
+  // True for the denials a worker must respect (codes 1-4 and 15).
+  constexpr bool denied() const { return (value() >= 1 && value() <= 4) || code_ == Code::kDeniedRate; }
   std::string_view message() const;
   constexpr bool operator==(const Status&) const = default;
 

@@ -50,6 +50,10 @@ struct StoredAccount {
   std::string tier;  // "" = inherits
   std::string key_hash;  // the OpenRouter key bound to the account, "" = none
   bool global = false;   // global mode: admits only against this host's leases
+  // Its rules (DESIGN 13) as the last flush recorded them: soft, a top-up (0 = none) and its end.
+  bool soft = false;
+  int64_t topup_nanousd = 0;
+  int64_t topup_until_unix_ms = 0;
 };
 
 struct StoredPeriod {
@@ -96,7 +100,8 @@ struct StoredAdjustmentDay {
   uint64_t count = 0;
 };
 
-enum class JournalKind : uint32_t { kFlush = 1, kAdjustment = 2 };  // reaches disk: never renumber
+// kTopup: a top-up set (delta_nanousd, until index = unix ms) or removed (0). Reaches disk: never renumber.
+enum class JournalKind : uint32_t { kFlush = 1, kAdjustment = 2, kTopup = 3 };
 struct JournalEntry {
   uint64_t seq = 0;
   int64_t unix_ms = 0;
