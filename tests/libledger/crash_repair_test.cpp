@@ -89,6 +89,14 @@ struct Fixture {
     }
     return alice;
   }
+  // Every level spent exactly `spent` (the chain has no other spender), nothing held anywhere.
+  void require_chain_spent(int64_t spent) {
+    const Chain c = read_chain(*ledger);
+    REQUIRE(c.alice == spent);
+    REQUIRE(c.team == spent);
+    REQUIRE(c.org == spent);
+    REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+  }
   void reclaim_all() {
     uint32_t n = 0;
     REQUIRE(ledger->reclaim(&n) == Code::kOk);
@@ -144,11 +152,7 @@ TEST_CASE("a denied debit killed while undoing leaves nothing behind", "[crash]"
       },
       [&](int64_t, bool) {
         f.reclaim_all();
-        const Chain c = read_chain(*f.ledger);
-        REQUIRE(c.alice == 0);
-        REQUIRE(c.team == 0);
-        REQUIRE(c.org == 0);
-        REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+        f.require_chain_spent(0);
       });
   CHECK(crashes >= 6);
 }
@@ -199,11 +203,7 @@ TEST_CASE("a commit killed at any point is charged exactly once", "[crash]") {
         REQUIRE((again == Code::kOk || again == Code::kAlreadySettled));
         if (completed) REQUIRE(again == Code::kAlreadySettled);
         spent += 3 * kUsd;
-        const Chain c = read_chain(*f.ledger);
-        REQUIRE(c.alice == spent);
-        REQUIRE(c.team == spent);
-        REQUIRE(c.org == spent);
-        REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+        f.require_chain_spent(spent);
         f.require_tally(spent, ++commits);
         const auto [through_key, key_requests, adjusted] = f.key_tally();
         REQUIRE(through_key == (keyed ? spent : 0));
@@ -308,6 +308,7 @@ TEST_CASE("a commit racing an expiry waits for it and is charged as a late commi
   std::thread later([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     woke_reclaimer = kill_reclaimer ? ::kill(reclaimer, SIGKILL) == 0 : ::write(resume[1], "g", 1) == 1;
+    if (!woke_reclaimer) ::kill(reclaimer, SIGKILL);  // never leave the commit waiting for a paused expiry
   });
   const Status committed = f.ledger->commit(id, kUsd);  // blocks until the expiry is over
   later.join();
@@ -378,11 +379,7 @@ TEST_CASE("a reserve repaired long after its hold expired is not rolled back twi
         REQUIRE(::kill(keeper, SIGKILL) == 0);
         REQUIRE(::waitpid(keeper, nullptr, 0) == keeper);
         f.reclaim_all();
-        const Chain c = read_chain(*f.ledger);
-        REQUIRE(c.alice == 0);  // reserved then expired: nothing spent, on every level, whatever the point
-        REQUIRE(c.team == 0);
-        REQUIRE(c.org == 0);
-        REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+        f.require_chain_spent(0);  // reserved then expired: nothing spent, on every level, whatever the point
       });
   CHECK(crashes >= 7);
   REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 0) == 0);
@@ -402,11 +399,7 @@ TEST_CASE("a release killed at any point frees the hold exactly once", "[crash]"
         const Status again = f.ledger->release(id);
         REQUIRE((again == Code::kOk || again == Code::kAlreadySettled));
         if (completed) REQUIRE(again == Code::kAlreadySettled);
-        const Chain c = read_chain(*f.ledger);
-        REQUIRE(c.alice == 0);
-        REQUIRE(c.team == 0);
-        REQUIRE(c.org == 0);
-        REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+        f.require_chain_spent(0);
       });
   CHECK(crashes >= 6);
 }
@@ -430,15 +423,12 @@ TEST_CASE("an expiry killed at any point still yields one tombstone that charges
       [&](int64_t, bool) {
         uint32_t n = 0;
         REQUIRE(f.ledger->reclaim(&n) == Code::kOk);  // finishes or redoes the expiry
-        Chain c = read_chain(*f.ledger);
+        const Chain c = read_chain(*f.ledger);
         REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
         REQUIRE(f.ledger->commit(id, kUsd) == Code::kOk);  // the late commit, tallied like any other
         spent += kUsd;
         f.require_tally(spent, ++commits);
-        c = read_chain(*f.ledger);
-        REQUIRE(c.alice == spent);
-        REQUIRE(c.team == spent);
-        REQUIRE(c.org == spent);
+        f.require_chain_spent(spent);
         f.clock.now_ms += 5000;
         REQUIRE(f.ledger->reclaim(&n) == Code::kOk);
         f.clock.now_ms = ::time(nullptr) * int64_t{1000};
@@ -477,11 +467,7 @@ TEST_CASE("a reclaimer killed while repairing is itself repaired", "[crash]") {
               const Status again = f.ledger->commit(id, 2 * kUsd);
               REQUIRE((again == Code::kOk || again == Code::kAlreadySettled));
               spent += 2 * kUsd;
-              const Chain c = read_chain(*f.ledger);
-              REQUIRE(c.alice == spent);
-              REQUIRE(c.team == spent);
-              REQUIRE(c.org == spent);
-              REQUIRE(c.held_alice + c.held_team + c.held_org == 0);
+              f.require_chain_spent(spent);
               f.require_tally(spent, ++commits);
             });
         // A dead worker's half-applied commit takes a repair, which has crash points of its own.
