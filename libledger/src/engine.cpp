@@ -692,7 +692,6 @@ Code Ledger::Impl::admit_levels(OpScope* op, const Chain& chain, uint32_t kind, 
   }
   if (denied == Code::kOk) {
     for (uint32_t k = 0; k < rate_targets; ++k) out->rate_levels |= 1u << (order[k] - kRateTargetBase);
-    out->minute = rate_targets != 0 ? out->tags[order[0]] : 0;
     return Code::kOk;
   }
   for (uint32_t k = applied; k-- > 0;) {
@@ -720,8 +719,11 @@ void Ledger::Impl::publish_hold(uint32_t slot, uint32_t generation, const Chain&
   store(r.owner_generation, process_generation, memory_order_relaxed);
   store(r.key, chain.key, memory_order_relaxed);
   store(r.rate_levels, admitted.rate_levels, memory_order_relaxed);
-  store(r.rate_minute, admitted.minute, memory_order_relaxed);
-  store(r.rate_tokens, admitted.rate_levels != 0 ? tokens : 0u, memory_order_relaxed);
+  // As admission counted them: tokens capped like a rate word's field, each level's own minute.
+  store(r.rate_tokens, admitted.rate_levels != 0 ? static_cast<uint32_t>(std::min<uint64_t>(tokens, kRateTokenMax)) : 0u,
+        memory_order_relaxed);
+  for (uint32_t i = 0; i < kChainDepthMax; ++i)
+    store(r.rate_minutes[i], (admitted.rate_levels >> i & 1u) != 0 ? admitted.tags[kRateTargetBase + i] : 0u, memory_order_relaxed);
   LEDGER_CRASH_POINT();  // levels applied, hold not yet published
   store(r.state, make_res_state(generation, kResHeld, 0));
   LEDGER_CRASH_POINT();  // published, op not ended, id not returned
@@ -806,7 +808,7 @@ uint32_t Ledger::Impl::rate_settlement(OpScope* op, const Reservation& r, const 
   for (uint32_t i = 0; i < hold.depth; ++i) {
     const uint32_t entry = load(accounts[hold.chain[i]].rules, memory_order_relaxed);  // assigned once, never changed
     if ((levels & (1u << i)) == 0 || entry == 0 || entry > rules_max) continue;
-    specs[n] = TargetSpec{.account = entry - 1, .tag = load(r.rate_minute, memory_order_relaxed),
+    specs[n] = TargetSpec{.account = entry - 1, .tag = load(r.rate_minutes[i], memory_order_relaxed),  // the minute this level counted it in
                           .delta = tokens >= 0 ? tokens - counted : 0, .fallback = expired ? 0 : -1, .delta_requests = 0,
                           .flags = kTargetRate, .undo_of = 0};
     if (specs[n].delta == 0 && specs[n].fallback == 0) continue;

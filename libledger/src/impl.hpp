@@ -212,12 +212,11 @@ struct ModelListView {
   uint32_t fallback = 0;
   bool allowed = false;
 };
-// What an admission landed: the period (or minute) of each forward target, the levels whose rate
-// words it counted in (bit per level), and that minute.
+// What an admission landed: the period (or, for a rate word, the minute) of each forward target,
+// and the levels whose rate words it counted in (bit per level).
 struct Admitted {
   uint32_t tags[kUndoBase] = {};
   uint32_t rate_levels = 0;
-  uint32_t minute = 0;
 };
 
 // The clock read once per operation: one monotonic read, and the wall clock derived from it (see

@@ -118,11 +118,13 @@ struct alignas(64) Reservation {
   // Second cache line: what the settlement is attributed to besides the chain.
   uint32_t key;                  // KeyEntry index + 1 the request goes through, 0 = none
   // Rate limits (AccountRules): bit i = chain level i took a rate target at admission (its
-  // concurrency is given back at settlement), the minute it was counted in, its tokens then.
+  // concurrency is given back at settlement), its tokens then, and the minute each level counted it
+  // in (levels of one admission can land on either side of a minute's boundary: each word keeps the
+  // later minute another process's clock may already be in).
   uint32_t rate_levels;
-  uint32_t rate_minute;
   uint32_t rate_tokens;
-  uint8_t reserved1[48];
+  uint32_t rate_minutes[kChainDepthMax];
+  uint8_t reserved1[36];
 };
 static_assert(sizeof(Reservation) == 128 && alignof(Reservation) == 64);
 static_assert(offsetof(Reservation, key) == 64);
