@@ -1,11 +1,14 @@
 // Account rules (DESIGN 13) in the library: an account's own model list and fallback (and how they
 // inherit and override tiers), soft limits, top-ups (expiry, journal, rebuild), and rate limits
 // (requests and tokens per minute, concurrent holds) on a chain, through the C++ API and the C ABI.
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <atomic>
 #include <map>
+#include <vector>
 
 #include "ledger/c.h"
 #include "ledger/store.hpp"
@@ -364,4 +367,64 @@ TEST_CASE("rate denials through the C ABI: code 15 and the retry hint", "[rules]
   uint64_t id = 0;
   CHECK(ledger_commit_usage(c, id, 1, 1, 1) == LEDGER_UNKNOWN_RESERVATION);
   ledger_close(c);
+}
+
+// Several processes at once against one chain: exactly the team's rpm admitted in a minute, and
+// exactly its cap of holds open at a time, whatever the interleaving. The clock is in shared memory,
+// so that the parent moves every process to the next minute at once.
+TEST_CASE("across processes, exactly the rpm and the concurrency cap are admitted per minute", "[rules][rate]") {
+  auto* clock = static_cast<ManualClock*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(clock != MAP_FAILED);
+  clock->now_ms = utc(2026, 12, 6, 12, 0, 0) * 1000;
+  TempDir dir;
+  Options options;
+  options.clock = clock->clock();
+  std::unique_ptr<Ledger> l;
+  REQUIRE(Ledger::open(dir.path(), options, &l) == Code::kOk);
+  REQUIRE(l->set_budget("team", 1000 * kUsd, Period::kDaily, "") == Code::kOk);
+  for (const char* u : {"u0", "u1", "u2", "u3"}) REQUIRE(l->set_budget(u, 1000 * kUsd, Period::kDaily, "team") == Code::kOk);
+  RulesSpec team;
+  team.rpm = 150;
+  team.max_concurrent = 7;
+  REQUIRE(l->set_rules("team", team) == Code::kOk);
+  auto* counts = static_cast<std::atomic<int>*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  for (int i = 0; i < 8; ++i) new (&counts[i]) std::atomic<int>(0);
+  const auto round = [&](bool holds) {  // 4 processes, 100 attempts each; the admitted ones counted
+    std::vector<pid_t> children;
+    for (int c = 0; c < 4; ++c) {
+      const pid_t pid = ::fork();
+      if (pid == 0) {
+        std::unique_ptr<Ledger> mine;
+        if (!Ledger::open(dir.path(), options, &mine).ok()) ::_exit(2);
+        const std::string user = "u" + std::to_string(c);
+        ReservationId id = 0;
+        for (int i = 0; i < 100; ++i)
+          if ((holds ? mine->reserve(user, 1, 600, &id) : mine->debit(user, 1)).ok()) counts[holds ? 1 : 0]++;
+        ::_exit(0);  // the holds stay open (this process exits, its slots are reclaimed below)
+      }
+      children.push_back(pid);
+    }
+    for (pid_t pid : children) {
+      int status = 0;
+      REQUIRE(::waitpid(pid, &status, 0) == pid);
+      REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+    }
+  };
+  round(false);
+  CHECK(counts[0].load() == 150);  // 400 attempts, exactly the rpm admitted
+  clock->now_ms += 60'000;          // the next minute, for every process
+  round(true);
+  CHECK(counts[1].load() == 7);  // the cap of open holds (rpm 150 allows more)
+  RateUsage u;
+  REQUIRE(l->rate_usage("team", &u) == Code::kOk);
+  CHECK(u.requests == 7);
+  CHECK(u.concurrent == 7);
+  uint32_t reclaimed = 0;
+  REQUIRE(l->reclaim(&reclaimed) == Code::kOk);  // the children died holding them: their slots come back
+  CHECK(reclaimed == 7);
+  REQUIRE(l->rate_usage("team", &u) == Code::kOk);
+  CHECK(u.concurrent == 0);
+  CHECK(balance_of(*l, "team").spent_nanousd == 150);
+  ::munmap(counts, 4096);
+  ::munmap(clock, 4096);
 }

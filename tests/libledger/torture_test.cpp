@@ -85,22 +85,53 @@ static_assert(sizeof(Record) == 32);
   }
 }
 
-}  // namespace
+// Rate limits (DESIGN 13) on the team and every user: the rate words are lane targets like the
+// budgets, so after the torture every level counted the same admissions (the team's requests are
+// its users' sum, all in one minute: the clock is fixed) and no concurrent slot is left: the
+// team's cap of 6 open holds would deny every worker for good if dead processes' slots leaked.
+void set_rate_limits(Ledger& ledger) {
+  RulesSpec team, user;
+  team.max_concurrent = 6;
+  team.tpm = kTpmMax;
+  user.max_concurrent = 100;
+  user.rpm = kRpmMax;
+  REQUIRE(ledger.set_rules("team", team) == Code::kOk);
+  for (int i = 2; i < kN; ++i) REQUIRE(ledger.set_rules(kAccounts[i], user) == Code::kOk);
+}
 
-TEST_CASE("SIGKILL torture keeps every acknowledged operation and every invariant", "[torture]") {
-  const char* env = std::getenv("LEDGER_TORTURE_KILLS");
-  const int kills_target = env != nullptr ? std::max(1, std::atoi(env)) : 1000;
+void check_rate_words(Ledger& ledger) {
+  RateUsage team, user;
+  REQUIRE(ledger.rate_usage("team", &team) == Code::kOk);
+  uint64_t users = 0;
+  for (int i = 2; i < kN; ++i) {
+    REQUIRE(ledger.rate_usage(kAccounts[i], &user) == Code::kOk);
+    CHECK(user.concurrent == 0);
+    users += user.requests;
+  }
+  std::printf("  rate words: team requests %llu (users %llu), concurrent %llu\n", static_cast<unsigned long long>(team.requests),
+              static_cast<unsigned long long>(users), static_cast<unsigned long long>(team.concurrent));
+  CHECK(team.concurrent == 0);
+  CHECK(team.requests == users);
+  CHECK(users > 0);
+  CHECK(users < (uint64_t{1} << 20));  // below the field's ceiling: the equality above is exact
+}
+
+void torture(bool rated, int kills_target) {
   TempDir dir;
   std::unique_ptr<Ledger> ledger;
+  ledger_test::ManualClock clock;  // rated: one minute for the whole run
+  clock.now_ms = ledger_test::utc(2026, 12, 6, 12, 0, 0) * 1000;
   Options options;
   options.limits.max_reservations = kMaxReservations;
   options.tombstone_grace_s = 1;
+  if (rated) options.clock = clock.clock();
   REQUIRE(Ledger::open(dir.path(), options, &ledger) == Code::kOk);
   // Budgets large enough that most operations are granted, small enough that some are denied.
   const int64_t limits[] = {int64_t{1} << 40, int64_t{1} << 39, int64_t{1} << 37, int64_t{1} << 37, 2'000'000};
   for (int i = 0; i < kN; ++i)
     REQUIRE(ledger->set_budget(kAccounts[i], limits[i], Period::kNone, kParent[i] < 0 ? "" : kAccounts[kParent[i]]) == Code::kOk);
   for (const char* m : kModels) REQUIRE(ledger->set_price(m, 1, 1, 0) == Code::kOk);
+  if (rated) set_rate_limits(*ledger);
 
   std::vector<std::string> logs;
   std::vector<pid_t> workers(kWorkers, -1);
@@ -222,11 +253,31 @@ TEST_CASE("SIGKILL torture keeps every acknowledged operation and every invarian
   CHECK(tallied.size() <= per_model.size());
   std::printf("torture: invariant mismatches: %d\n", mismatches);
   CHECK(acknowledged > static_cast<uint64_t>(kills_target));
+  if (rated) check_rate_words(*ledger);
 
   // No reservation slot leaked: once tombstones age out, every slot can be reserved again.
+  if (rated) {
+    for (int i = 1; i < kN; ++i) REQUIRE(ledger->set_rules(kAccounts[i], RulesSpec{}) == Code::kOk);  // no caps for this check
+    clock.now_ms += 3000;  // the tombstones' grace is over on this clock too
+  }
   ::sleep(2);
   REQUIRE(ledger->reclaim(&reclaimed) == Code::kOk);
   std::vector<ReservationId> ids(kMaxReservations);
   for (auto& id : ids) REQUIRE(ledger->reserve("u0", 0, 60, &id) == Code::kOk);
   for (auto id : ids) REQUIRE(ledger->release(id) == Code::kOk);
+}
+
+int kills_wanted() {
+  const char* env = std::getenv("LEDGER_TORTURE_KILLS");
+  return env != nullptr ? std::max(1, std::atoi(env)) : 1000;
+}
+
+}  // namespace
+
+TEST_CASE("SIGKILL torture keeps every acknowledged operation and every invariant", "[torture]") { torture(false, kills_wanted()); }
+
+// Fewer kills: every admission counts a request in the one minute, and the count must stay below
+// the field's ceiling (2^20) for the chain's equality to be exact.
+TEST_CASE("SIGKILL torture with rate limits: every level counts the same, no slot is left behind", "[torture][rate]") {
+  torture(true, std::min(kills_wanted(), 300));
 }
