@@ -146,6 +146,28 @@ Status Ledger::bound_key(std::string_view account, std::string* key_hash) const 
   return Code::kOk;
 }
 
+Status Ledger::key_holds(std::vector<KeyHold>* out) const {
+  if (out == nullptr) return Code::kInvalidArgument;
+  const Impl& l = *impl_;
+  std::vector<KeyHold> by_key(l.key_mask + 1);
+  for (uint32_t r = 0; r < l.max_reservations; ++r) {
+    const Reservation& res = l.reservations[r];
+    const uint32_t status = res_status(load(res.state));
+    const uint32_t key = load(res.key, memory_order_relaxed);
+    if ((status != kResHeld && status != kResSettling) || key == 0 || key > l.key_mask + 1) continue;
+    KeyHold& k = by_key[key - 1];
+    k.held_nanousd = add_saturating(k.held_nanousd, std::clamp<int64_t>(load(res.amount_nanousd, memory_order_relaxed), 0, kAmountNanoUsdMax));
+    ++k.holds;
+  }
+  out->clear();
+  for (uint32_t i = 0; i <= l.key_mask; ++i) {
+    if (by_key[i].holds == 0) continue;
+    by_key[i].key_hash = l.key_hex(i + 1);
+    out->push_back(std::move(by_key[i]));
+  }
+  return Code::kOk;
+}
+
 Status Ledger::key_spend(std::vector<KeySpend>* out) const {
   if (out == nullptr) return Code::kInvalidArgument;
   const Impl& l = *impl_;

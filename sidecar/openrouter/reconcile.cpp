@@ -117,6 +117,7 @@ struct Reconciling {
   int64_t now_unix;
   KeyDays days;
   ReconcileReport report;
+  std::map<std::string, int64_t> held;  // per key: live holds through it, read before the record
 };
 
 void compare(Reconciling& r, DriftRow& row, const openrouter::KeyInfo& key) {
@@ -125,17 +126,23 @@ void compare(Reconciling& r, DriftRow& row, const openrouter::KeyInfo& key) {
     row.drift = Drift::kUnknownWindow;
     return;
   }
+  // A request OpenRouter billed may still be a hold here (its commit not landed yet): the holds
+  // through the key count as the ledger's, so only spend beyond them is charged (a hold is an
+  // upper bound of what its request costs). Holds are read before the record: a request is then
+  // in one of the two (or both, which only makes the ledger look higher), never in neither.
+  const auto held = r.held.find(row.key_hash);
+  const int64_t in_flight = held != r.held.end() ? held->second : 0;
   const int64_t delta = *row.openrouter_nanousd - row.ledger_nanousd;
   if (delta < -r.tolerance) row.drift = Drift::kLedgerHigher;
-  if (delta <= r.tolerance) return;
+  if (delta - in_flight <= r.tolerance) return;
   if (row.account.empty()) {
     row.drift = Drift::kUnbound;
   } else if (r.dry_run) {
     row.drift = Drift::kWouldAdjust;
-  } else if (const Status s = r.ledger.adjust(row.account, delta, row.key_hash); s.ok()) {
+  } else if (const Status s = r.ledger.adjust(row.account, delta - in_flight, row.key_hash); s.ok()) {
     row.drift = Drift::kAdjusted;
-    row.adjusted_nanousd = delta;
-    r.report.adjusted_total_nanousd += delta;
+    row.adjusted_nanousd = delta - in_flight;
+    r.report.adjusted_total_nanousd += delta - in_flight;
   } else {
     row.drift = Drift::kAdjustFailed;
     row.detail = describe(s);
@@ -219,7 +226,7 @@ ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Conf
 
 ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Config& config, bool dry_run, int64_t tolerance,
                           const KeyRecordSource& source) {
-  Reconciling r{ledger, client, config, dry_run, tolerance, ledger.now_ms() / 1000, {}, {}};
+  Reconciling r{ledger, client, config, dry_run, tolerance, ledger.now_ms() / 1000, {}, {}, {}};
   // OpenRouter first, then the ledger: spend settled in between makes the ledger look higher (only
   // reported), never OpenRouter (which would be charged).
   std::vector<openrouter::KeyInfo> keys;
@@ -227,6 +234,9 @@ ReconcileReport reconcile(Ledger& ledger, openrouter::Client& client, const Conf
     r.report.error = "cannot list keys: " + e.message;
     return r.report;
   }
+  std::vector<KeyHold> holds;
+  if (r.ledger.key_holds(&holds).ok())
+    for (const auto& h : holds) r.held[h.key_hash] = h.held_nanousd;
   KeyRecord record;
   std::string error;
   if (!source(&record, &error)) {

@@ -128,6 +128,10 @@ class LEDGER_EXPORT Ledger {
   Status bound_key(std::string_view account, std::string* key_hash) const;
   // Per (account, key) tallies (one pass over the tally table), in table order.
   Status key_spend(std::vector<KeySpend>* out) const;
+  // Per key, the live holds (held or being settled) that go through it: one pass over the
+  // reservation table. Reconciliation counts them as the ledger's (OpenRouter may have billed a
+  // request before its commit landed), so an in-flight request is never charged twice.
+  Status key_holds(std::vector<KeyHold>* out) const;
   // ---- global mode (DESIGN 11): budgets shared by hosts through leases ------------------------
   // A global account admits only against this host's lease for the window being charged: no
   // lease, or one whose deadline passed, denies (kDeniedOverBudget / kDeniedParentOverBudget): the

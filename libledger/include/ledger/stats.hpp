@@ -75,6 +75,14 @@ struct WindowUsage {
   int64_t lease_deadline_ms = 0;    // CLOCK_MONOTONIC (Ledger::monotonic_ms)
 };
 
+// What live holds going through one OpenRouter key hold now (Ledger::key_holds): requests in flight
+// that OpenRouter may already have billed.
+struct KeyHold {
+  std::string key_hash;  // 64 lowercase hex
+  int64_t held_nanousd = 0;
+  uint32_t holds = 0;
+};
+
 // What an account's rate limits have counted (Ledger::rate_usage): requests and tokens in the
 // current minute, holds open now.
 struct RateUsage {
