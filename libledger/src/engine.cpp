@@ -95,7 +95,7 @@ std::atomic<uint32_t> g_next_lane_hint{0};
 thread_local uint32_t tl_lane_hint __attribute__((tls_model("initial-exec"))) = UINT32_MAX;
 }  // namespace
 
-Status Ledger::Impl::acquire(OpScope* op) {
+Status Ledger::Impl::claim_lane(OpScope* op) {
   Status status = ensure_registered();
   if (!status.ok()) return status;
   if (tl_lane_hint == UINT32_MAX) tl_lane_hint = g_next_lane_hint.fetch_add(1, std::memory_order_relaxed);
@@ -133,11 +133,11 @@ void Ledger::Impl::finish(OpScope* op) {
   store(op->lane->header.ctl, make_ctl(op->seq, kPhaseOwned, kOpNone, 0, 0), memory_order_release);
 }
 
-void Ledger::Impl::release(OpScope* op) {
+void Ledger::Impl::free_lane(OpScope* op) {
   store(op->lane->header.ctl, make_ctl(op->seq, kPhaseIdle, kOpNone, 0, 0), memory_order_release);
 }
 
-void Ledger::Impl::end(OpScope* op) { release(op); }
+void Ledger::Impl::end(OpScope* op) { free_lane(op); }
 
 namespace {
 void store_spec(Target& t, const TargetSpec& spec) {
@@ -145,7 +145,7 @@ void store_spec(Target& t, const TargetSpec& spec) {
   store(t.tag, spec.tag, memory_order_relaxed);
   store(t.flags, spec.flags, memory_order_relaxed);
   store(t.delta, spec.delta, memory_order_relaxed);
-  store(t.fallback, spec.fallback, memory_order_relaxed);
+  store(t.delta_extra, spec.delta_extra, memory_order_relaxed);
   store(t.delta_requests, spec.delta_requests, memory_order_relaxed);
   store(t.undo_of, spec.undo_of, memory_order_relaxed);
 }
@@ -161,7 +161,7 @@ void Ledger::Impl::write_spec(OpScope* op, uint32_t j, const TargetSpec& spec) {
   store(t.tag, spec.tag, memory_order_relaxed);
   store(t.flags, spec.flags, memory_order_relaxed);
   store(t.delta, spec.delta, memory_order_relaxed);
-  store(t.fallback, spec.fallback, memory_order_relaxed);
+  store(t.delta_extra, spec.delta_extra, memory_order_relaxed);
   LEDGER_CRASH_POINT();  // a torn entry (seq 0)
   store(t.delta_requests, spec.delta_requests, memory_order_relaxed);
   store(t.undo_of, spec.undo_of, memory_order_relaxed);
@@ -304,7 +304,7 @@ bool Ledger::Impl::plan_forced(const TargetSpec& spec, const Now& now, uint32_t 
     *desired = with_requests(*current, spec.delta, spec.tag);
     return true;
   }
-  if (spec.fallback == 0 && ((spec.flags & kTargetUndo) != 0 || spec.delta_requests == 0)) {
+  if (spec.delta_extra == 0 && ((spec.flags & kTargetUndo) != 0 || spec.delta_requests == 0)) {
     *tag = spec.tag;
     return false;
   }
@@ -315,7 +315,7 @@ bool Ledger::Impl::plan_forced(const TargetSpec& spec, const Now& now, uint32_t 
   const uint32_t found = meta_tag(current->meta);
   const bool newer = tag_kind(found) == kind && tag_index(found) > tag_index(now_tag);
   *tag = found == now_tag || newer ? found : now_tag;
-  *desired = with_requests(*tag == found ? *current : PeriodWord{0, 0}, spec.fallback, *tag);
+  *desired = with_requests(*tag == found ? *current : PeriodWord{0, 0}, spec.delta_extra, *tag);
   return true;
 }
 
@@ -649,7 +649,7 @@ TargetSpec admission_spec(const Ledger::Impl& l, const Chain& chain, uint32_t j,
   spec.tag = now.minute();
   spec.delta = tokens;
   spec.delta_requests = 1;
-  spec.fallback = kind == kOpReserve ? 1 : 0;
+  spec.delta_extra = kind == kOpReserve ? 1 : 0;
   spec.flags |= kTargetRate;
   return spec;
 }
@@ -660,7 +660,7 @@ TargetSpec undo_spec(TargetSpec forward, uint32_t j, uint32_t tag) {
   forward.tag = tag;
   forward.delta = -forward.delta;
   forward.delta_requests = -forward.delta_requests;
-  forward.fallback = rate ? -forward.fallback : 0;  // a rate word's concurrent slot; a level's has none
+  forward.delta_extra = rate ? -forward.delta_extra : 0;  // a rate word's concurrent slot; a level's has none
   forward.flags = kTargetUndo | (rate ? kTargetRate : 0u);
   forward.undo_of = j;
   return forward;
@@ -809,9 +809,9 @@ uint32_t Ledger::Impl::rate_settlement(OpScope* op, const Reservation& r, const 
     const uint32_t entry = load(accounts[hold.chain[i]].rules, memory_order_relaxed);  // assigned once, never changed
     if ((levels & (1u << i)) == 0 || entry == 0 || entry > rules_max) continue;
     specs[n] = TargetSpec{.account = entry - 1, .tag = load(r.rate_minutes[i], memory_order_relaxed),  // the minute this level counted it in
-                          .delta = tokens >= 0 ? tokens - counted : 0, .fallback = expired ? 0 : -1, .delta_requests = 0,
+                          .delta = tokens >= 0 ? tokens - counted : 0, .delta_extra = expired ? 0 : -1, .delta_requests = 0,
                           .flags = kTargetRate, .undo_of = 0};
-    if (specs[n].delta == 0 && specs[n].fallback == 0) continue;
+    if (specs[n].delta == 0 && specs[n].delta_extra == 0) continue;
     write_spec(op, n, specs[n]);
     ++n;
   }
@@ -837,8 +837,8 @@ bool Ledger::Impl::settle_hold(OpScope* op, uint32_t slot, uint64_t state, bool 
   uint32_t n = 0;
   for (; n < hold.depth; ++n) {
     specs[n] = commit ? TargetSpec{.account = hold.chain[n], .tag = hold.tags[n], .delta = expired ? actual : actual - hold.amount,
-                                   .fallback = actual, .delta_requests = 1, .flags = 0, .undo_of = 0}
-                      : TargetSpec{.account = hold.chain[n], .tag = hold.tags[n], .delta = -hold.amount, .fallback = 0,
+                                   .delta_extra = actual, .delta_requests = 1, .flags = 0, .undo_of = 0}
+                      : TargetSpec{.account = hold.chain[n], .tag = hold.tags[n], .delta = -hold.amount, .delta_extra = 0,
                                    .delta_requests = 0, .flags = 0, .undo_of = 0};
     write_spec(op, n, specs[n]);
   }
@@ -884,7 +884,7 @@ Status Ledger::Impl::charge(uint32_t account, int64_t amount, uint32_t key) {
     specs[n].account = chain[n];
     specs[n].tag = current_tag(accounts[chain[n]], now);
     specs[n].delta = amount;
-    specs[n].fallback = amount;
+    specs[n].delta_extra = amount;
     write_spec(&op, n, specs[n]);
   }
   if (key != 0 && write_tally(&op, n, account, kTallyKey, key - 1, amount, 0, &specs[n])) ++n;

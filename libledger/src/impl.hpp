@@ -167,7 +167,7 @@ struct TargetSpec {
   uint32_t account;
   uint32_t tag;              // admit: the current period; forced: the period the change belongs to
   int64_t delta;
-  int64_t fallback;
+  int64_t delta_extra;         // see Target::delta_extra (layout.hpp)
   int32_t delta_requests;
   uint32_t flags;            // kTargetAdmit / kTargetUndo / kTargetTally
   uint32_t undo_of;
@@ -450,12 +450,13 @@ struct __attribute__((visibility("hidden"))) Ledger::Impl {  // internal: not ex
     return lanes[lane_id - 1];
   }
   int32_t find_index(std::string_view name) const;
-  Status acquire(detail::OpScope* op);       // claims a free lane of this process (phase OWNED)
+  // Lanes are claimed and freed (ownership); holds are released (a settlement): two words.
+  Status claim_lane(detail::OpScope* op);    // claims a free lane of this process (phase OWNED)
   void start(detail::OpScope* op, uint32_t kind);  // a new op seq on the owned lane (ACTIVE)
   void finish(detail::OpScope* op);          // the op is over; the lane stays owned
-  void release(detail::OpScope* op);         // the lane is free again (IDLE)
+  void free_lane(detail::OpScope* op);       // the lane is free again (IDLE)
   Status begin(detail::OpScope* op, uint32_t kind) {
-    Status status = acquire(op);
+    Status status = claim_lane(op);
     if (status.ok()) start(op, kind);
     return status;
   }

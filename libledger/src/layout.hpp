@@ -148,7 +148,7 @@ static_assert(sizeof(ProcessSlot) == 64);
 // lane id = slot * kLanesPerProcess + k + 1 (0 means "no lane"). ctl packs
 //   seq (32, at bit 32) | resolver lane (14, at bit 16) | kind (4, at bit 12) | phase (4, at bit 8)
 //   | applied bits (8).
-// Entries [0, n_targets) have a complete spec (account, tag, flags, delta, fallback, requests,
+// Entries [0, n_targets) have a complete spec (account, tag, flags, delta, delta_extra, requests,
 // undo_of), written before n_targets is raised and not changed for the rest of the op. The attempt
 // (location, new_used, new_meta) is valid for op `seq` only while the entry's own `seq` equals it
 // (seqlock discipline: 0 while being rewritten before each CAS attempt).
@@ -169,7 +169,7 @@ enum OpKind : uint32_t {
 // tally). Tally entries of a debit sit at kChainDepthMax and above (where a denied admission puts
 // its undo entries; a debit has one or the other, never both).
 // kTargetRate: `account` is an account whose AccountRules rate word is the target: `delta` tokens,
-// `delta_requests` requests, `fallback` concurrent holds (see RateWord).
+// `delta_requests` requests, `delta_extra` concurrent holds (see RateWord).
 enum TargetFlags : uint32_t { kTargetAdmit = 1, kTargetUndo = 2, kTargetTally = 4, kTargetRate = 8 };
 struct alignas(64) Target {
   uint32_t seq;          // op seq this entry belongs to; 0 while being rewritten
@@ -177,7 +177,8 @@ struct alignas(64) Target {
   uint32_t tag;          // spec: period tag the change belongs to
   uint32_t flags;        // TargetFlags
   int64_t delta;         // spec: change of `used` when the word still holds `tag`
-  int64_t fallback;      // spec: change of the current period's `used` when `tag`'s word was recycled
+  int64_t delta_extra;   // spec: a level: the change of the current period's `used` when `tag`'s word was
+                         // recycled (a charge, a late commit); a rate word: the change of concurrent holds
   int32_t delta_requests;
   uint32_t undo_of;      // for kTargetUndo: index of the forward entry it undoes
   uint64_t location;     // attempt: word id (account * 2 + parity + 1, or kTallyLocation | tally + 1)

@@ -39,7 +39,7 @@ TargetSpec spec_of(const Target& t) {
   spec.account = load(t.account, memory_order_relaxed);
   spec.tag = load(t.tag, memory_order_relaxed);
   spec.delta = load(t.delta, memory_order_relaxed);
-  spec.fallback = load(t.fallback, memory_order_relaxed);
+  spec.delta_extra = load(t.delta_extra, memory_order_relaxed);
   spec.delta_requests = load(t.delta_requests, memory_order_relaxed);
   spec.flags = load(t.flags, memory_order_relaxed);
   spec.undo_of = load(t.undo_of, memory_order_relaxed);
@@ -56,7 +56,7 @@ uint32_t Ledger::Impl::admission_rollback(const Lane& lane, uint32_t seq, uint32
     const bool rate = (spec.flags & kTargetRate) != 0;
     spec.delta = -spec.delta;
     spec.delta_requests = -spec.delta_requests;
-    spec.fallback = rate ? -spec.fallback : 0;  // a rate word's concurrent slot
+    spec.delta_extra = rate ? -spec.delta_extra : 0;  // a rate word's concurrent slot
     spec.flags = flags | (rate ? kTargetRate : 0u);
     spec.undo_of = j;
     return spec;
@@ -330,7 +330,7 @@ bool Ledger::Impl::process_alive_for(uint32_t owner_slot, uint32_t owner_generat
 
 Status Ledger::Impl::reclaim_dead_processes() {
   OpScope op;
-  Status status = acquire(&op);
+  Status status = claim_lane(&op);
   if (!status.ok()) return status;
   // A dead owner's slot; or a free slot whose lanes are busy, which no process can have left (a
   // damaged segment), repaired alike so that nothing waits for its lanes.
@@ -343,7 +343,7 @@ Status Ledger::Impl::reclaim_dead_processes() {
     if (needs_repair(slot)) (void)reclaim_dead_process(slot, &op);
     unlock_byte(kSlotLockBase + slot);
   }
-  release(&op);
+  free_lane(&op);
   return Code::kOk;
 }
 

@@ -62,11 +62,11 @@ bool Ledger::Impl::plan_rate_admission(const AccountRules& r, PeriodWord current
   const uint64_t requests = (fresh ? 0 : rate_requests(current.used)) + (spec.delta_requests > 0 ? 1u : 0u);
   const uint64_t add_tokens = spec.delta > 0 ? std::min<uint64_t>(static_cast<uint64_t>(spec.delta), kRateTokenMax) : 0;
   const uint64_t tokens = (fresh ? 0 : rate_tokens(current.used)) + add_tokens;
-  const uint64_t concurrent = rate_concurrent(current.used) + (spec.fallback > 0 ? 1u : 0u);
+  const uint64_t concurrent = rate_concurrent(current.used) + (spec.delta_extra > 0 ? 1u : 0u);
   const uint32_t rpm = load(r.rpm, memory_order_relaxed), tpm = load(r.tpm, memory_order_relaxed);
   const uint32_t max_concurrent = load(r.max_concurrent, memory_order_relaxed);
   const bool over_minute = (rpm != 0 && requests > rpm) || (tpm != 0 && tokens + (add_tokens == 0 ? 1 : 0) > tpm);
-  const bool over_holds = max_concurrent != 0 && spec.fallback > 0 && concurrent > max_concurrent;
+  const bool over_holds = max_concurrent != 0 && spec.delta_extra > 0 && concurrent > max_concurrent;
   if (over_minute || over_holds) [[unlikely]] {
     // rpm and tpm: the rest of the minute (a minute already spent denies even a request of no
     // tokens); max_concurrent: a poll interval, since a slot comes back when a hold settles.
@@ -87,7 +87,7 @@ PeriodWord Ledger::Impl::plan_rate_forced(PeriodWord current, const TargetSpec& 
   const bool same = minute == spec.tag;
   const uint64_t requests = same ? moved(rate_requests(current.used), spec.delta_requests, kRateRequestMax) : rate_requests(current.used);
   const uint64_t tokens = same ? moved(rate_tokens(current.used), spec.delta, kRateTokenMax) : rate_tokens(current.used);
-  const uint64_t concurrent = moved(rate_concurrent(current.used), spec.fallback, kRateConcurrentMax);
+  const uint64_t concurrent = moved(rate_concurrent(current.used), spec.delta_extra, kRateConcurrentMax);
   return PeriodWord{make_rate_used(requests, tokens, concurrent), make_rate_meta(minute, stamp)};
 }
 
