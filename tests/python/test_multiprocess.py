@@ -17,17 +17,22 @@ import ledger
 MODEL = "openai/gpt-4o-mini"
 MEMBERS = ("alice", "bob", "carol", "dave")
 _LEDGER: Optional[ledger.Ledger] = None  # the worker's ledger: inherited (fork) or set by _init (spawn)
+_START = None  # a Barrier with one party per task: no pool process takes a second task before all start
 
 
-def _init(led: ledger.Ledger) -> None:
-    global _LEDGER
-    _LEDGER = led
+def _init(start, led: Optional[ledger.Ledger] = None) -> None:
+    global _LEDGER, _START
+    _START = start
+    if led is not None:
+        _LEDGER = led
 
 
 def spend(seed: int, led: Optional[ledger.Ledger] = None) -> Tuple[int, Dict[str, int], Dict[str, int], int]:
     """Holds and commits until every member is denied 20 times in a row; returns what it committed."""
     led = led or _LEDGER
     assert led is not None
+    if _START is not None:
+        _START.wait(timeout=120)  # every task on its own process, however slow the pool starts
     rng = random.Random(seed)
     committed = {a: 0 for a in MEMBERS}
     requests = {a: 0 for a in MEMBERS}
@@ -60,14 +65,15 @@ class Pools(unittest.TestCase):
             led.set_budget(account, ledger.usd("0.4") + i * ledger.usd("0.15"), ledger.DAILY, "team")
 
     def tearDown(self) -> None:
-        global _LEDGER
+        global _LEDGER, _START
         _LEDGER = None
+        _START = None
         self.t.close()
 
     def check(self, results) -> None:
         led = self.t.ledger
         pids = {r[0] for r in results}
-        self.assertGreater(len(pids), 1, "several worker processes")
+        self.assertEqual(len(pids), len(results), "one worker process per task")
         self.assertNotIn(os.getpid(), pids)
         self.assertGreater(sum(r[3] for r in results), 0, "the budgets bit")
         total = 0
@@ -92,18 +98,21 @@ class Pools(unittest.TestCase):
         global _LEDGER
         _LEDGER = self.t.ledger  # opened in the parent, used as is in each forked child
         _LEDGER.balance("team")  # and used here first, so the child gets an attached handle
-        with multiprocessing.get_context("fork").Pool(8) as pool:
-            results = pool.map(spend, range(8))
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(8, initializer=_init, initargs=(ctx.Barrier(8),)) as pool:
+            results = pool.map(spend, range(8), chunksize=1)
         self.check(results)
 
     def test_spawn_pool_of_4_with_the_ledger_pickled(self) -> None:
-        with multiprocessing.get_context("spawn").Pool(4, initializer=_init, initargs=(self.t.ledger,)) as pool:
-            results = pool.map(spend, range(100, 104))
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(4, initializer=_init, initargs=(ctx.Barrier(4), self.t.ledger)) as pool:
+            results = pool.map(spend, range(100, 104), chunksize=1)
         self.check(results)
 
     def test_fork_pool_with_the_ledger_as_an_argument(self) -> None:
-        with multiprocessing.get_context("fork").Pool(4) as pool:
-            results = pool.starmap(spend, [(seed, self.t.ledger) for seed in range(200, 204)])
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(4, initializer=_init, initargs=(ctx.Barrier(4),)) as pool:
+            results = pool.starmap(spend, [(seed, self.t.ledger) for seed in range(200, 204)], chunksize=1)
         self.check(results)
 
 
