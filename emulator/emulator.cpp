@@ -217,150 +217,160 @@ Response Emulator::route(const Request& request, const std::string& path, const 
   Response auth_error;
   Key* caller = authenticate(request, &auth_error);
   if (caller == nullptr) return auth_error;
-  const bool newer = !omit_newer_fields_;
-
-  if ((p == "/key" || p == "/auth/key") && m == "GET") {
-    roll_windows(*caller, now_ms_());
-    json::value data = json::parse(key_json(*caller, newer));
-    data.as_object()["is_management_key"] = caller->management;
-    data.as_object()["is_provisioning_key"] = caller->management;
-    data.as_object()["is_free_tier"] = false;
-    return Response{200, finish_json(json::object{{"data", data}}), {}, 0, false};
-  }
+  if ((p == "/key" || p == "/auth/key") && m == "GET") return current_key(*caller);
   if ((p == "/chat/completions" || p == "/completions" || p == "/embeddings") && m == "POST") {
     if (caller->management) return error(401, "Management keys cannot be used for completions", "authentication");
     return completion(*caller, request, p == "/chat/completions" ? Kind::kChat : p == "/completions" ? Kind::kText : Kind::kEmbedding);
   }
-  if (p == "/models" && m == "GET") {
-    json::array data;
-    for (const auto& model : models_) {
-      json::object pricing{{"prompt", per_token(model.prompt_nanousd_per_mtok)},
-                           {"completion", per_token(model.completion_nanousd_per_mtok)},
-                           {"request", usd_number(model.request_nanousd)},
-                           {"image", "0"}};
-      data.push_back(json::object{{"id", model.id}, {"name", model.id}, {"pricing", std::move(pricing)}, {"context_length", 128000}});
-    }
-    return Response{200, finish_json(json::object{{"data", std::move(data)}}), {}, 0, false};
-  }
-  if (p == "/generation" && m == "GET") {
-    const auto it = generations_.find(query.count("id") ? query.at("id") : "");
-    if (it == generations_.end() || now_ms_() - it->second.created_ms < generation_not_ready_ms_)
-      return error(404, "Resource not found", "not_found");
-    const Generation& g = it->second;
-    json::object data{{"id", g.id}, {"model", g.model}, {"total_cost", money(g.cost)},
-                      {"tokens_prompt", g.prompt_tokens}, {"tokens_completion", g.completion_tokens},
-                      {"external_user", g.user}, {"http_referer", g.http_referer}, {"streamed", g.streamed},
-                      {"cancelled", false}};
-    return Response{200, finish_json(json::object{{"data", std::move(data)}}), {}, 0, false};
-  }
+  if (p == "/models" && m == "GET") return models();
+  if (p == "/generation" && m == "GET") return generation(query.count("id") ? query.at("id") : "");
   // Everything below is for management keys only.
   const bool admin_path = p == "/keys" || p.rfind("/keys/", 0) == 0 || p == "/credits";
   if (!admin_path) return error(404, "Resource not found", "not_found");
   if (!caller->management) return error(403, "Only management keys can perform this operation", "permission_denied");
-
-  if (p == "/credits" && m == "GET") {
-    int64_t used = 0;
-    for (const auto& k : keys_) used += k.usage;
-    json::object data{{"total_credits", money(credits_total_)},
-                      {"total_usage", money(used)}};
-    return Response{200, finish_json(json::object{{"data", std::move(data)}}), {}, 0, false};
-  }
-  if (p == "/keys" && m == "GET") {
-    const bool include_disabled = query.count("include_disabled") && query.at("include_disabled") == "true";
-    long offset = 0;
-    if (query.count("offset")) {
-      try {
-        offset = std::stol(query.at("offset"));
-      } catch (...) {
-        offset = -1;
-      }
-      if (offset < 0) return error(400, "offset must be a non-negative integer");
-    }
-    std::vector<const Key*> visible;
-    for (auto it = keys_.rbegin(); it != keys_.rend(); ++it)  // most recent first
-      if (!it->management && (include_disabled || !it->disabled)) visible.push_back(&*it);
-    std::string body = "{\"data\":[";
-    for (size_t i = static_cast<size_t>(offset), n = 0; i < visible.size() && n < static_cast<size_t>(page_size_); ++i, ++n) {
-      if (n) body += ',';
-      roll_windows(const_cast<Key&>(*visible[i]), now_ms_());
-      body += key_json(*visible[i], newer);
-    }
-    body += "]}";
-    return Response{200, body, {}, 0, false};
-  }
-  if (p == "/keys" && m == "POST") {
-    std::error_code ec;
-    json::value v = json::parse(request.body, ec);
-    if (ec || !v.is_object()) return error(400, "Invalid JSON body");
-    const auto& o = v.get_object();
-    const json::value* name = o.if_contains("name");
-    if (name == nullptr || !name->is_string() || name->get_string().empty()) return error(400, "name is required");
-    Key k;
-    k.name = std::string(name->get_string());
-    if (const json::value* limit = o.if_contains("limit"); limit != nullptr && !limit->is_null()) {
-      const auto nanos = usd_from_json(*limit);
-      if (!nanos || *nanos < 0) return error(400, "limit must be a non-negative number");
-      k.limit = *nanos;
-    }
-    if (const json::value* reset = o.if_contains("limit_reset"); reset != nullptr && !reset->is_null()) {
-      const std::string r = reset->is_string() ? std::string(reset->get_string()) : "";
-      if (r != "daily" && r != "weekly" && r != "monthly") return error(400, "limit_reset must be daily, weekly or monthly");
-      k.limit_reset = r;
-    }
-    std::mt19937_64 rng(static_cast<uint64_t>(next_seq_) * 0x9E3779B97F4A7C15ULL ^ static_cast<uint64_t>(now_ms_()));
-    k.secret = "sk-or-v1-" + random_hex(rng, 64);
-    k.hash = random_hex(rng, 64);
-    k.label = k.secret.substr(0, 12) + "..." + k.secret.substr(k.secret.size() - 4);
-    k.created_at = now_iso();
-    k.created_seq = next_seq_++;
-    roll_windows(k, now_ms_());
-    const std::string key_body = key_json(k, newer);
-    const std::string secret = k.secret;
-    keys_.push_back(std::move(k));
-    Response r;
-    r.status = 201;
-    r.body = "{\"data\":" + key_body + ",\"key\":\"" + secret + "\"}";
-    return r;
-  }
-  if (p.rfind("/keys/", 0) == 0) {
-    const std::string hash = p.substr(6);
-    Key* key = nullptr;
-    for (Key& k : keys_)
-      if (k.hash == hash && !k.management) key = &k;
-    if (key == nullptr) return error(404, "Resource not found", "not_found");
-    roll_windows(*key, now_ms_());
-    if (m == "GET") return Response{200, "{\"data\":" + key_json(*key, newer) + "}", {}, 0, false};
-    if (m == "DELETE") {
-      keys_.erase(keys_.begin() + (key - keys_.data()));
-      return Response{200, "{\"deleted\":true}", {}, 0, false};
-    }
-    if (m == "PATCH") {
-      std::error_code ec;
-      json::value v = json::parse(request.body, ec);
-      if (ec || !v.is_object()) return error(400, "Invalid JSON body");
-      const auto& o = v.get_object();
-      for (const auto& [field, value] : o) {
-        if (field == "name" && value.is_string()) key->name = std::string(value.get_string());
-        else if (field == "disabled" && value.is_bool()) key->disabled = value.get_bool();
-        else if (field == "limit") {
-          if (value.is_null()) key->limit.reset();
-          else if (const auto nanos = usd_from_json(value); nanos && *nanos >= 0) key->limit = *nanos;
-          else return error(400, "limit must be a non-negative number or null");
-        } else if (field == "limit_reset") {
-          const std::string r = value.is_string() ? std::string(value.get_string()) : "";
-          if (!value.is_null() && r != "daily" && r != "weekly" && r != "monthly")
-            return error(400, "limit_reset must be daily, weekly, monthly or null");
-          key->limit_reset = r;
-        } else if (field == "include_byok_in_limit" && value.is_bool()) {
-        } else {
-          return error(400, "cannot update field \"" + std::string(field) + "\"");
-        }
-      }
-      key->updated_at = now_iso();
-      return Response{200, "{\"data\":" + key_json(*key, newer) + "}", {}, 0, false};
-    }
-  }
+  if (p == "/credits" && m == "GET") return credits();
+  if (p == "/keys" && m == "GET") return list_keys(query);
+  if (p == "/keys" && m == "POST") return create_key(request);
+  if (p.rfind("/keys/", 0) == 0) return one_key(request, p.substr(6));
   return error(405, "Method not allowed");
+}
+
+Response Emulator::current_key(Key& caller) {
+  roll_windows(caller, now_ms_());
+  json::value data = json::parse(key_json(caller, !omit_newer_fields_));
+  data.as_object()["is_management_key"] = caller.management;
+  data.as_object()["is_provisioning_key"] = caller.management;
+  data.as_object()["is_free_tier"] = false;
+  return Response{200, finish_json(json::object{{"data", data}}), {}, 0, false};
+}
+
+Response Emulator::models() const {
+  json::array data;
+  for (const auto& model : models_) {
+    json::object pricing{{"prompt", per_token(model.prompt_nanousd_per_mtok)},
+                         {"completion", per_token(model.completion_nanousd_per_mtok)},
+                         {"request", usd_number(model.request_nanousd)},
+                         {"image", "0"}};
+    data.push_back(json::object{{"id", model.id}, {"name", model.id}, {"pricing", std::move(pricing)}, {"context_length", 128000}});
+  }
+  return Response{200, finish_json(json::object{{"data", std::move(data)}}), {}, 0, false};
+}
+
+Response Emulator::generation(const std::string& id) const {
+  const auto it = generations_.find(id);
+  if (it == generations_.end() || now_ms_() - it->second.created_ms < generation_not_ready_ms_)
+    return error(404, "Resource not found", "not_found");
+  const Generation& g = it->second;
+  json::object data{{"id", g.id}, {"model", g.model}, {"total_cost", money(g.cost)},
+                    {"tokens_prompt", g.prompt_tokens}, {"tokens_completion", g.completion_tokens},
+                    {"external_user", g.user}, {"http_referer", g.http_referer}, {"streamed", g.streamed},
+                    {"cancelled", false}};
+  return Response{200, finish_json(json::object{{"data", std::move(data)}}), {}, 0, false};
+}
+
+Response Emulator::credits() const {
+  int64_t used = 0;
+  for (const auto& k : keys_) used += k.usage;
+  json::object data{{"total_credits", money(credits_total_)}, {"total_usage", money(used)}};
+  return Response{200, finish_json(json::object{{"data", std::move(data)}}), {}, 0, false};
+}
+
+// GET /keys: one page of the non-management keys, most recent first.
+Response Emulator::list_keys(const std::map<std::string, std::string>& query) {
+  const bool include_disabled = query.count("include_disabled") && query.at("include_disabled") == "true";
+  long offset = 0;
+  if (query.count("offset")) {
+    try {
+      offset = std::stol(query.at("offset"));
+    } catch (...) {
+      offset = -1;
+    }
+    if (offset < 0) return error(400, "offset must be a non-negative integer");
+  }
+  std::vector<Key*> visible;
+  for (auto it = keys_.rbegin(); it != keys_.rend(); ++it)
+    if (!it->management && (include_disabled || !it->disabled)) visible.push_back(&*it);
+  std::string body = "{\"data\":[";
+  for (size_t i = static_cast<size_t>(offset), n = 0; i < visible.size() && n < static_cast<size_t>(page_size_); ++i, ++n) {
+    if (n) body += ',';
+    roll_windows(*visible[i], now_ms_());
+    body += key_json(*visible[i], !omit_newer_fields_);
+  }
+  body += "]}";
+  return Response{200, body, {}, 0, false};
+}
+
+Response Emulator::create_key(const Request& request) {
+  std::error_code ec;
+  json::value v = json::parse(request.body, ec);
+  if (ec || !v.is_object()) return error(400, "Invalid JSON body");
+  const auto& o = v.get_object();
+  const json::value* name = o.if_contains("name");
+  if (name == nullptr || !name->is_string() || name->get_string().empty()) return error(400, "name is required");
+  Key k;
+  k.name = std::string(name->get_string());
+  if (const json::value* limit = o.if_contains("limit"); limit != nullptr && !limit->is_null()) {
+    const auto nanos = usd_from_json(*limit);
+    if (!nanos || *nanos < 0) return error(400, "limit must be a non-negative number");
+    k.limit = *nanos;
+  }
+  if (const json::value* reset = o.if_contains("limit_reset"); reset != nullptr && !reset->is_null()) {
+    const std::string r = reset->is_string() ? std::string(reset->get_string()) : "";
+    if (r != "daily" && r != "weekly" && r != "monthly") return error(400, "limit_reset must be daily, weekly or monthly");
+    k.limit_reset = r;
+  }
+  std::mt19937_64 rng(static_cast<uint64_t>(next_seq_) * 0x9E3779B97F4A7C15ULL ^ static_cast<uint64_t>(now_ms_()));
+  k.secret = "sk-or-v1-" + random_hex(rng, 64);
+  k.hash = random_hex(rng, 64);
+  k.label = k.secret.substr(0, 12) + "..." + k.secret.substr(k.secret.size() - 4);
+  k.created_at = now_iso();
+  k.created_seq = next_seq_++;
+  roll_windows(k, now_ms_());
+  const std::string body = "{\"data\":" + key_json(k, !omit_newer_fields_) + ",\"key\":\"" + k.secret + "\"}";
+  keys_.push_back(std::move(k));
+  return Response{201, body, {}, 0, false};
+}
+
+// GET, DELETE or PATCH /keys/<hash>.
+Response Emulator::one_key(const Request& request, const std::string& hash) {
+  Key* key = nullptr;
+  for (Key& k : keys_)
+    if (k.hash == hash && !k.management) key = &k;
+  if (key == nullptr) return error(404, "Resource not found", "not_found");
+  roll_windows(*key, now_ms_());
+  if (request.method == "GET") return Response{200, "{\"data\":" + key_json(*key, !omit_newer_fields_) + "}", {}, 0, false};
+  if (request.method == "DELETE") {
+    keys_.erase(keys_.begin() + (key - keys_.data()));
+    return Response{200, "{\"deleted\":true}", {}, 0, false};
+  }
+  if (request.method == "PATCH") return patch_key(*key, request.body);
+  return error(405, "Method not allowed");
+}
+
+// PATCH /keys/<hash>: name, disabled, limit, limit_reset (include_byok_in_limit accepted, ignored).
+Response Emulator::patch_key(Key& key, const std::string& body) {
+  std::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (ec || !v.is_object()) return error(400, "Invalid JSON body");
+  for (const auto& [field, value] : v.get_object()) {
+    if (field == "name" && value.is_string()) key.name = std::string(value.get_string());
+    else if (field == "disabled" && value.is_bool()) key.disabled = value.get_bool();
+    else if (field == "limit") {
+      if (value.is_null()) key.limit.reset();
+      else if (const auto nanos = usd_from_json(value); nanos && *nanos >= 0) key.limit = *nanos;
+      else return error(400, "limit must be a non-negative number or null");
+    } else if (field == "limit_reset") {
+      const std::string r = value.is_string() ? std::string(value.get_string()) : "";
+      if (!value.is_null() && r != "daily" && r != "weekly" && r != "monthly")
+        return error(400, "limit_reset must be daily, weekly, monthly or null");
+      key.limit_reset = r;
+    } else if (field == "include_byok_in_limit" && value.is_bool()) {
+    } else {
+      return error(400, "cannot update field \"" + std::string(field) + "\"");
+    }
+  }
+  key.updated_at = now_iso();
+  return Response{200, "{\"data\":" + key_json(key, !omit_newer_fields_) + "}", {}, 0, false};
 }
 
 Response Emulator::admin(const Request& request, const std::string& path) {

@@ -94,6 +94,14 @@ class Emulator {
 
   Response route(const Request& request, const std::string& path, const std::map<std::string, std::string>& query);
   Response admin(const Request& request, const std::string& path);
+  Response current_key(Key& caller);
+  Response models() const;
+  Response generation(const std::string& id) const;
+  Response credits() const;
+  Response list_keys(const std::map<std::string, std::string>& query);
+  Response create_key(const Request& request);
+  Response one_key(const Request& request, const std::string& hash);
+  Response patch_key(Key& key, const std::string& body);
   Key* authenticate(const Request& request, Response* error);
   void roll_windows(Key& key, int64_t now_ms);
   void charge(Key& key, int64_t nanousd);
